@@ -1,0 +1,70 @@
+//! The error frame the relay sends when it refuses a client frame, and its codes.
+//!
+//! ```json
+//! {"type":"error","code":"invalid_site","message":"site contains ' '; allowed are …"}
+//! ```
+//! A refused frame does not close the connection; a client that keeps sending bad frames is
+//! closed with [`crate::close::CloseCode::BadProtocol`].
+
+use serde::{Deserialize, Serialize};
+
+/// Why a client frame was refused. Serialized in `snake_case`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid JSON, or not an object.
+    InvalidJson,
+    /// The frame is a binary frame; only text frames are understood.
+    BinaryFrame,
+    /// The frame's `action` or `type` is not one the server knows.
+    UnknownType,
+    /// A required field is missing or of the wrong type.
+    InvalidFrame,
+    /// A site name breaks the name rules.
+    InvalidSite,
+    /// A topic name breaks the name rules.
+    InvalidTopic,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire, also used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::BinaryFrame => "binary_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::InvalidSite => "invalid_site",
+            ErrorCode::InvalidTopic => "invalid_topic",
+        }
+    }
+}
+
+/// `{"type":"error","code":…,"message":…}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "error")]
+pub struct ErrorFrame {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl ErrorFrame {
+    /// Encodes the frame as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shape() {
+        let f = ErrorFrame { code: ErrorCode::InvalidSite, message: "bad".into() };
+        assert_eq!(f.to_json(), r#"{"type":"error","code":"invalid_site","message":"bad"}"#);
+        assert_eq!(serde_json::from_str::<ErrorFrame>(&f.to_json()).unwrap(), f);
+    }
+}

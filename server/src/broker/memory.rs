@@ -1,0 +1,187 @@
+//! The in-process broker: the default, needing nothing outside the relay.
+//!
+//! Each site has its own lock, held while a publication gets its offset, enters history and is
+//! queued to local subscribers, so subscribers see every site's publications in offset order. The
+//! epoch is drawn at start: a restart loses history, and the new epoch tells clients so.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use super::{HistoryOptions, PublishOutcome};
+use crate::{
+    hub::Hub,
+    publication::{Position, Publication, PublishRequest},
+};
+
+#[derive(Debug)]
+struct SiteStream {
+    /// Offset of the last publication; 0 before the first.
+    offset: u64,
+    /// Newest last; bounded by [`HistoryOptions`].
+    history: VecDeque<Arc<Publication>>,
+}
+
+/// Keys seen within the dedupe window, with their expiry kept in arrival order.
+#[derive(Debug, Default)]
+struct Dedupe {
+    keys: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Dedupe {
+    /// Records `key`; false if it was already seen within `window`.
+    fn insert(&mut self, key: &str, window: Duration, now: Instant) -> bool {
+        self.expire(window, now);
+        if self.keys.contains_key(key) {
+            return false;
+        }
+        self.keys.insert(key.to_owned(), now);
+        self.order.push_back((now, key.to_owned()));
+        true
+    }
+
+    fn expire(&mut self, window: Duration, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < window {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+}
+
+/// The in-process broker.
+#[derive(Debug)]
+pub struct MemoryBroker {
+    hub: Arc<Hub>,
+    epoch: Arc<str>,
+    options: HistoryOptions,
+    sites: Mutex<HashMap<Arc<str>, Arc<Mutex<SiteStream>>>>,
+    dedupe: Mutex<Dedupe>,
+}
+
+impl MemoryBroker {
+    /// Creates a broker delivering to `hub`, with a fresh random epoch.
+    pub fn new(hub: Arc<Hub>, options: HistoryOptions) -> Self {
+        let epoch = format!("{:016x}", rand::random::<u64>());
+        MemoryBroker { hub, epoch: epoch.into(), options, sites: Mutex::default(), dedupe: Mutex::default() }
+    }
+
+    fn stream(&self, site: &Arc<str>) -> Arc<Mutex<SiteStream>> {
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites
+            .entry(site.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(SiteStream { offset: 0, history: VecDeque::new() })))
+            .clone()
+    }
+
+    /// See [`super::Broker::publish`].
+    pub fn publish(&self, req: PublishRequest) -> PublishOutcome {
+        let now = Instant::now();
+        if let Some(key) = &req.idempotency_key {
+            let mut dedupe = self.dedupe.lock().unwrap_or_else(|e| e.into_inner());
+            if !dedupe.insert(key, self.options.dedupe_window, now) {
+                return PublishOutcome::Duplicate;
+            }
+        }
+        let stream = self.stream(&req.site);
+        let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
+        stream.offset += 1;
+        let position = Position { epoch: self.epoch.clone(), offset: stream.offset };
+        let publication = Arc::new(Publication::new(&req, position.clone()));
+        stream.history.push_back(publication.clone());
+        trim(&mut stream.history, &self.options, now);
+        // Delivering under the site lock keeps every subscriber's view in offset order.
+        self.hub.deliver(&publication);
+        PublishOutcome::Published(position)
+    }
+
+    /// Expires old history and dedupe keys.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let streams: Vec<_> = self.sites.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for stream in streams {
+            trim(&mut stream.lock().unwrap_or_else(|e| e.into_inner()).history, &self.options, now);
+        }
+        self.dedupe.lock().unwrap_or_else(|e| e.into_inner()).expire(self.options.dedupe_window, now);
+    }
+}
+
+fn trim(history: &mut VecDeque<Arc<Publication>>, options: &HistoryOptions, now: Instant) {
+    while history.len() > options.size {
+        history.pop_front();
+    }
+    while history.front().is_some_and(|p| now.duration_since(p.published_at) > options.ttl) {
+        history.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hub::{Outbox, Subscriber},
+        metrics::Metrics,
+        publication::Validator,
+    };
+    use datastream_protocol::NameRules;
+
+    fn request(site: &str, n: u32, key: Option<&str>) -> PublishRequest {
+        let v = Validator { names: NameRules::default(), max_message_bytes: 1 << 20 };
+        let mut req = v.parse(&format!(r#"{{"site":"{site}","topic":"t","data":{n}}}"#)).unwrap();
+        req.idempotency_key = key.map(str::to_owned);
+        req
+    }
+
+    fn broker(size: usize, window: Duration) -> (MemoryBroker, Arc<Hub>) {
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
+        let options = HistoryOptions { size, ttl: Duration::from_secs(600), dedupe_window: window };
+        (MemoryBroker::new(hub.clone(), options), hub)
+    }
+
+    #[test]
+    fn offsets_count_per_site_in_one_epoch() {
+        let (b, _) = broker(10, Duration::from_secs(60));
+        let pos = |o| match o {
+            PublishOutcome::Published(p) => p,
+            PublishOutcome::Duplicate => panic!("duplicate"),
+        };
+        let a1 = pos(b.publish(request("a", 1, None)));
+        let a2 = pos(b.publish(request("a", 2, None)));
+        let b1 = pos(b.publish(request("b", 1, None)));
+        assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
+        assert_eq!(a1.epoch, b1.epoch);
+        let (other, _) = broker(10, Duration::from_secs(60));
+        assert_ne!(other.epoch, b.epoch, "a new broker is a new epoch");
+    }
+
+    #[test]
+    fn repeated_keys_are_published_once_within_the_window() {
+        let (b, hub) = broker(10, Duration::from_millis(50));
+        let (outbox, mut rx) = Outbox::new(1 << 20);
+        hub.subscribe(&"a".into(), 1, Subscriber { outbox });
+        assert!(matches!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Published(_)));
+        assert_eq!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Duplicate);
+        assert!(matches!(b.publish(request("a", 2, Some("other"))), PublishOutcome::Published(_)));
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(matches!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Published(_)), "window over");
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let (b, _) = broker(3, Duration::from_secs(60));
+        for n in 0..10 {
+            b.publish(request("a", n, None));
+        }
+        let stream = b.stream(&"a".into());
+        let stream = stream.lock().unwrap();
+        let offsets: Vec<u64> = stream.history.iter().map(|p| p.position.offset).collect();
+        assert_eq!(offsets, vec![8, 9, 10]);
+    }
+}

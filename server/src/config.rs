@@ -1,0 +1,234 @@
+//! Configuration: one struct, read from command-line flags and `DATASTREAM_*` environment
+//! variables, validated once at start.
+//!
+//! Every field has a default that runs the relay alone (in-memory broker, HTTP publish) so the
+//! bare binary serves on first run. AWS settings (`AWS_REGION`, `AWS_ENDPOINT_URL_SQS`, credentials)
+//! are not duplicated here: the AWS SDK reads them as it always does.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, ValueEnum};
+use datastream_protocol::NameRules;
+
+/// Paths the relay serves itself; the stage may not take one of these names.
+const RESERVED_PATHS: &[&str] = &["healthz", "readyz", "metrics", "publish"];
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Relay configuration. Each flag has a matching `DATASTREAM_*` environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address and port to listen on for WebSocket and HTTP.
+    #[arg(long, env = "DATASTREAM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Stage name: WebSocket clients connect to `/<stage>?site=<site>`, and the default SQS queue
+    /// name's suffix. The original service's production stage is `dev`.
+    #[arg(long, env = "DATASTREAM_STAGE", default_value = "dev")]
+    pub stage: String,
+
+    /// SQS queue to consume: a queue name (resolved with GetQueueUrl) or a full queue URL.
+    /// Unset: no SQS ingest. Region, endpoint and credentials come from the standard AWS settings.
+    #[arg(long, env = "DATASTREAM_SQS_QUEUE")]
+    pub sqs_queue: Option<String>,
+
+    /// Concurrent SQS long-poll loops.
+    #[arg(long, env = "DATASTREAM_SQS_POLLERS", default_value_t = 2)]
+    pub sqs_pollers: usize,
+
+    /// SQS long-poll wait (0–20 s).
+    #[arg(long, env = "DATASTREAM_SQS_WAIT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub sqs_wait: Duration,
+
+    /// Bearer token required by `POST /publish`. Unset: publishing is open to loopback callers only,
+    /// unless `--publish-open` is given.
+    #[arg(long, env = "DATASTREAM_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// Accept `POST /publish` from any address without a token. Only for trusted networks.
+    #[arg(long, env = "DATASTREAM_PUBLISH_OPEN", default_value_t = false)]
+    pub publish_open: bool,
+
+    /// Largest accepted message (the JSON text of one `{site, topic, data}` object), in bytes.
+    /// The default is SQS's own limit.
+    #[arg(long, env = "DATASTREAM_MAX_MESSAGE_BYTES", default_value_t = 262_144)]
+    pub max_message_bytes: usize,
+
+    /// Largest accepted `POST /publish` body, in bytes.
+    #[arg(long, env = "DATASTREAM_MAX_PUBLISH_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_publish_body_bytes: usize,
+
+    /// Longest site or topic name, in characters.
+    #[arg(long, env = "DATASTREAM_MAX_NAME_LEN", default_value_t = 64)]
+    pub max_name_len: usize,
+
+    /// Publications kept per site for recovery and rewind.
+    #[arg(long, env = "DATASTREAM_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// How long a publication stays in history.
+    #[arg(long, env = "DATASTREAM_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Window in which a repeated SQS message id or idempotency key is dropped as a duplicate.
+    #[arg(long, env = "DATASTREAM_DEDUPE_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub dedupe_window: Duration,
+
+    /// Per-connection send queue cap, in bytes; a client that falls further behind is disconnected
+    /// (close code 3000) so it cannot hold memory or delay others.
+    #[arg(long, env = "DATASTREAM_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub client_queue_bytes: usize,
+
+    /// Largest frame a client may send, in bytes.
+    #[arg(long, env = "DATASTREAM_MAX_CLIENT_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_client_frame_bytes: usize,
+
+    /// Interval between server pings.
+    #[arg(long, env = "DATASTREAM_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A connection from which nothing (not even a pong) was heard for this long is closed.
+    #[arg(long, env = "DATASTREAM_CLIENT_TIMEOUT", default_value = "35s", value_parser = humantime::parse_duration)]
+    pub client_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long to wait for in-flight work and open sockets before exiting.
+    #[arg(long, env = "DATASTREAM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "DATASTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// A setting that cannot work, named so the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {reason}")]
+pub struct ConfigError {
+    /// The flag (and environment variable) at fault.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { setting, reason: reason.into() }
+}
+
+impl Config {
+    /// Checks the settings that clap's types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.stage.is_empty()
+            || !self.stage.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(bad(
+                "--stage (DATASTREAM_STAGE)",
+                format!("{:?} must be non-empty ASCII letters, digits, '_', '-' or '.'", self.stage),
+            ));
+        }
+        if RESERVED_PATHS.contains(&self.stage.as_str()) {
+            return Err(bad(
+                "--stage (DATASTREAM_STAGE)",
+                format!("{:?} is a path the relay serves itself ({})", self.stage, RESERVED_PATHS.join(", ")),
+            ));
+        }
+        if matches!(&self.sqs_queue, Some(q) if q.trim().is_empty()) {
+            return Err(bad("--sqs-queue (DATASTREAM_SQS_QUEUE)", "is set but empty; unset it to disable SQS"));
+        }
+        if self.sqs_pollers == 0 || self.sqs_pollers > 64 {
+            return Err(bad("--sqs-pollers (DATASTREAM_SQS_POLLERS)", "must be between 1 and 64"));
+        }
+        if self.sqs_wait > Duration::from_secs(20) {
+            return Err(bad("--sqs-wait (DATASTREAM_SQS_WAIT)", "SQS allows at most 20s"));
+        }
+        if matches!(&self.publish_token, Some(t) if t.len() < 16) {
+            return Err(bad("--publish-token (DATASTREAM_PUBLISH_TOKEN)", "must be at least 16 characters"));
+        }
+        if self.max_message_bytes < 64 {
+            return Err(bad("--max-message-bytes (DATASTREAM_MAX_MESSAGE_BYTES)", "must be at least 64"));
+        }
+        if self.max_publish_body_bytes < self.max_message_bytes {
+            return Err(bad(
+                "--max-publish-body-bytes (DATASTREAM_MAX_PUBLISH_BODY_BYTES)",
+                "must be at least --max-message-bytes",
+            ));
+        }
+        if self.max_name_len == 0 || self.max_name_len > 256 {
+            return Err(bad("--max-name-len (DATASTREAM_MAX_NAME_LEN)", "must be between 1 and 256"));
+        }
+        if self.history_size == 0 {
+            return Err(bad("--history-size (DATASTREAM_HISTORY_SIZE)", "must be at least 1"));
+        }
+        if self.client_queue_bytes < self.max_message_bytes {
+            return Err(bad(
+                "--client-queue-bytes (DATASTREAM_CLIENT_QUEUE_BYTES)",
+                "must be at least --max-message-bytes, or the largest message could never be sent",
+            ));
+        }
+        if self.max_client_frame_bytes < 256 {
+            return Err(bad("--max-client-frame-bytes (DATASTREAM_MAX_CLIENT_FRAME_BYTES)", "must be at least 256"));
+        }
+        if self.ping_interval.is_zero() {
+            return Err(bad("--ping-interval (DATASTREAM_PING_INTERVAL)", "must be positive"));
+        }
+        if self.client_timeout <= self.ping_interval {
+            return Err(bad(
+                "--client-timeout (DATASTREAM_CLIENT_TIMEOUT)",
+                "must be longer than --ping-interval, or healthy clients would be cut off",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The name rules implied by this configuration.
+    pub fn name_rules(&self) -> NameRules {
+        NameRules { max_len: self.max_name_len }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["datastream"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("parse").config
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        c.validate().expect("defaults validate");
+        assert_eq!(c.stage, "dev");
+        assert_eq!(c.sqs_queue, None);
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let err = parse(&["--stage", "metrics"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATASTREAM_STAGE"), "{err}");
+        let err = parse(&["--stage", "a/b"]).validate().unwrap_err();
+        assert!(err.to_string().contains("--stage"), "{err}");
+        let err = parse(&["--ping-interval", "30s", "--client-timeout", "30s"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATASTREAM_CLIENT_TIMEOUT"), "{err}");
+        let err = parse(&["--publish-token", "short"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATASTREAM_PUBLISH_TOKEN"), "{err}");
+        let err = parse(&["--sqs-wait", "21s"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATASTREAM_SQS_WAIT"), "{err}");
+    }
+}

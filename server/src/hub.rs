@@ -1,0 +1,235 @@
+//! The local subscriber registry and fan-out.
+//!
+//! The hub maps each site to the connections on this node subscribed to it. Delivering a
+//! publication walks that site's subscribers under a read lock and pushes one shared reference into
+//! each connection's [`Outbox`]; no socket I/O happens here, so a slow client never delays the
+//! others. Sites are spread over shards so publishes to different sites do not contend.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::{metrics::Metrics, publication::Publication};
+
+/// Identifies one WebSocket connection within this process.
+pub type ConnId = u64;
+
+const SHARDS: usize = 32;
+
+/// A connection's send queue: unbounded in count but capped in bytes.
+///
+/// Passing the cap trips [`Outbox::overflowed`] and drops everything after it; the session then
+/// closes the connection with the "slow consumer" code so the client reconnects and recovers
+/// from history instead of holding memory on the server.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Arc<Publication>>,
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    overflow: CancellationToken,
+}
+
+impl Outbox {
+    /// Creates an outbox capped at `max_bytes` and the receiver its session reads.
+    pub fn new(max_bytes: usize) -> (Arc<Outbox>, mpsc::UnboundedReceiver<Arc<Publication>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Outbox { tx, queued_bytes: AtomicUsize::new(0), max_bytes, overflow: CancellationToken::new() };
+        (Arc::new(outbox), rx)
+    }
+
+    /// Queues `publication`; false if it was dropped (cap passed, or the session is gone).
+    pub fn push(&self, publication: &Arc<Publication>) -> bool {
+        if self.overflow.is_cancelled() {
+            return false;
+        }
+        let len = publication.queued_len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before + len > self.max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.overflow.cancel();
+            return false;
+        }
+        self.tx.send(publication.clone()).is_ok()
+    }
+
+    /// Records that the session wrote (or discarded) `publication`, freeing its share of the cap.
+    pub fn taken(&self, publication: &Publication) {
+        self.queued_bytes.fetch_sub(publication.queued_len(), Ordering::Relaxed);
+    }
+
+    /// Completes once the byte cap has been passed.
+    pub fn overflowed(&self) -> WaitForCancellationFuture<'_> {
+        self.overflow.cancelled()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's subscription to one site.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// Where this connection's publications go.
+    pub outbox: Arc<Outbox>,
+}
+
+type Shard = RwLock<HashMap<Arc<str>, HashMap<ConnId, Subscriber>>>;
+
+/// The registry of local subscribers, by site.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    next_conn: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// Creates an empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            next_conn: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shard(&self, site: &str) -> &Shard {
+        let i = self.hasher.hash_one(site) as usize % self.shards.len();
+        &self.shards[i]
+    }
+
+    /// Adds (or replaces) `conn`'s subscription to `site`. Returns true if `site` had no local
+    /// subscriber before.
+    pub fn subscribe(&self, site: &Arc<str>, conn: ConnId, subscriber: Subscriber) -> bool {
+        let mut shard = self.shard(site).write().unwrap_or_else(|e| e.into_inner());
+        let subs = shard.entry(site.clone()).or_default();
+        let first = subs.is_empty();
+        if subs.insert(conn, subscriber).is_none() {
+            self.metrics.subscriptions.inc();
+            if first {
+                self.metrics.sites.inc();
+            }
+        }
+        first
+    }
+
+    /// Removes `conn`'s subscription to `site`. Returns true if `site` has no local subscriber left.
+    pub fn unsubscribe(&self, site: &str, conn: ConnId) -> bool {
+        let mut shard = self.shard(site).write().unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = shard.get_mut(site) else { return false };
+        if subs.remove(&conn).is_none() {
+            return false;
+        }
+        self.metrics.subscriptions.dec();
+        if subs.is_empty() {
+            shard.remove(site);
+            self.metrics.sites.dec();
+            return true;
+        }
+        false
+    }
+
+    /// Queues `publication` for every local subscriber of its site; returns how many took it.
+    pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
+        let shard = self.shard(&publication.site).read().unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = shard.get(&publication.site) else { return 0 };
+        let mut queued = 0;
+        let mut dropped = 0;
+        for sub in subs.values() {
+            if sub.outbox.push(publication) {
+                queued += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        drop(shard);
+        if dropped > 0 {
+            self.metrics.dropped("slow_consumer", dropped);
+        }
+        self.metrics.fanout_seconds.observe(publication.published_at.elapsed().as_secs_f64());
+        queued
+    }
+
+    /// Number of local subscribers of `site`.
+    pub fn subscriber_count(&self, site: &str) -> usize {
+        let shard = self.shard(site).read().unwrap_or_else(|e| e.into_inner());
+        shard.get(site).map_or(0, HashMap::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publication::{Position, Validator};
+    use datastream_protocol::NameRules;
+
+    fn publication(site: &str, data: &str) -> Arc<Publication> {
+        let v = Validator { names: NameRules::default(), max_message_bytes: 1 << 20 };
+        let req = v.parse(&format!(r#"{{"site":"{site}","topic":"t","data":{data}}}"#)).unwrap();
+        Arc::new(Publication::new(&req, Position { epoch: "e".into(), offset: 1 }))
+    }
+
+    #[test]
+    fn delivers_to_the_site_only_and_tracks_first_and_last() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (a, mut rx_a) = Outbox::new(1 << 20);
+        let (b, mut rx_b) = Outbox::new(1 << 20);
+        let mrc: Arc<str> = "mrc".into();
+        let saf: Arc<str> = "saf".into();
+        assert!(hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone() }));
+        assert!(!hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone() }), "re-subscribe is not first");
+        assert!(hub.subscribe(&saf, 2, Subscriber { outbox: b }));
+        assert_eq!(hub.deliver(&publication("mrc", "1")), 1);
+        assert_eq!(rx_a.try_recv().unwrap().site.as_ref(), "mrc");
+        assert!(rx_b.try_recv().is_err());
+        assert!(hub.unsubscribe("mrc", 1));
+        assert!(!hub.unsubscribe("mrc", 1));
+        assert_eq!(hub.deliver(&publication("mrc", "2")), 0);
+        assert_eq!(hub.subscriber_count("saf"), 1);
+    }
+
+    #[test]
+    fn outbox_trips_once_the_byte_cap_is_passed() {
+        let (outbox, mut rx) = Outbox::new(100);
+        let p = publication("mrc", &format!("\"{}\"", "x".repeat(20)));
+        let len = p.queued_len();
+        let fits = 100 / len;
+        for _ in 0..fits {
+            assert!(outbox.push(&p));
+        }
+        assert!(!outbox.push(&p), "over the cap is refused");
+        assert!(outbox.overflowed().now_or_never_ready());
+        // Once tripped, nothing more is queued even after the session drained.
+        while let Ok(p) = rx.try_recv() {
+            outbox.taken(&p);
+        }
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(!outbox.push(&p));
+    }
+
+    trait NowOrNever {
+        fn now_or_never_ready(self) -> bool;
+    }
+    impl<F: std::future::Future> NowOrNever for F {
+        fn now_or_never_ready(self) -> bool {
+            futures_util::FutureExt::now_or_never(self).is_some()
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `POST /publish`: publish one `{site, topic, data}` object, or an array of them.
+//!
+//! | outcome | status | body |
+//! |---|---|---|
+//! | published | 202 | `{"accepted": n, "duplicates": d}` |
+//! | invalid JSON or message | 400 | `{"error": "...", "field": "site", "index": 2}` |
+//! | body or one message too large | 413 | `{"error": "..."}` |
+//! | token configured, missing or wrong | 401 | `{"error": "..."}` |
+//! | no token configured, caller not on loopback | 403 | `{"error": "..."}` |
+//! | shutting down, or the broker is unavailable | 503 | `{"error": "...", "accepted": n}` |
+//!
+//! An array is validated whole before anything is published: one bad element rejects the request
+//! and publishes nothing.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, ConnectInfo, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::{json, value::RawValue};
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use crate::{
+    broker::PublishOutcome,
+    metrics::Source,
+    publication::{InvalidMessage, PublishRequest},
+    AppState,
+};
+
+/// A refused publish request. The body never carries internal details.
+#[derive(Debug)]
+pub enum PublishError {
+    /// Missing or wrong bearer token.
+    Unauthorized,
+    /// No token configured and the caller is not on loopback.
+    NotLoopback,
+    /// The body is larger than the configured limit.
+    BodyTooLarge(usize),
+    /// The body is not valid JSON (or not UTF-8), or is an empty array.
+    BadBody(String),
+    /// A message failed validation; `index` is its position in an array body.
+    Invalid { index: Option<usize>, error: InvalidMessage },
+    /// Shutting down or broker unavailable; `accepted` messages were published before it.
+    Unavailable { accepted: usize },
+}
+
+impl IntoResponse for PublishError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            PublishError::Unauthorized => {
+                let body = json!({ "error": "missing or invalid bearer token" });
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], Json(body)).into_response();
+            }
+            PublishError::NotLoopback => (
+                StatusCode::FORBIDDEN,
+                json!({ "error": "publishing without a token is allowed from loopback only; configure DATASTREAM_PUBLISH_TOKEN" }),
+            ),
+            PublishError::BodyTooLarge(max) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": format!("body is larger than {max} bytes") }))
+            }
+            PublishError::BadBody(msg) => (StatusCode::BAD_REQUEST, json!({ "error": msg })),
+            PublishError::Invalid { index, error } => {
+                let status = match error {
+                    InvalidMessage::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                let mut body = json!({ "error": error.to_string() });
+                if let Some(field) = error.field() {
+                    body["field"] = field.into();
+                }
+                if let Some(index) = index {
+                    body["index"] = index.into();
+                }
+                (status, body)
+            }
+            PublishError::Unavailable { accepted } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "temporarily unable to publish; retry", "accepted": accepted }),
+            ),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), PublishError> {
+    match &state.config.publish_token {
+        Some(token) => {
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+                Ok(())
+            } else {
+                Err(PublishError::Unauthorized)
+            }
+        }
+        None if state.config.publish_open || peer.ip().is_loopback() => Ok(()),
+        None => Err(PublishError::NotLoopback),
+    }
+}
+
+/// Splits and validates a publish body into requests.
+fn parse_body(state: &AppState, body: &[u8]) -> Result<Vec<PublishRequest>, PublishError> {
+    let text = std::str::from_utf8(body).map_err(|_| PublishError::BadBody("body is not UTF-8".into()))?;
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text)
+            .map_err(|e| PublishError::BadBody(format!("body is not valid JSON: {e}")))?;
+        if items.is_empty() {
+            return Err(PublishError::BadBody("empty array: nothing to publish".into()));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                state.validator.parse(raw.get()).map_err(|error| PublishError::Invalid { index: Some(i), error })
+            })
+            .collect()
+    } else {
+        let req = state.validator.parse(text.trim()).map_err(|error| PublishError::Invalid { index: None, error })?;
+        Ok(vec![req])
+    }
+}
+
+/// The `POST /publish` handler.
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, PublishError> {
+    authorize(&state, &headers, peer)?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => PublishError::BodyTooLarge(state.config.max_publish_body_bytes),
+        _ => PublishError::BadBody(rejection.body_text()),
+    })?;
+    let requests = parse_body(&state, &body).inspect_err(|e| {
+        if let PublishError::Invalid { error, .. } = e {
+            state.metrics.malformed(Source::Http, error.reason());
+        }
+    })?;
+    let (mut accepted, mut duplicates) = (0usize, 0usize);
+    for req in requests {
+        if state.is_draining() {
+            return Err(PublishError::Unavailable { accepted });
+        }
+        match state.broker.publish(req).await {
+            Ok(PublishOutcome::Published(_)) => {
+                accepted += 1;
+                state.metrics.message_in(Source::Http);
+            }
+            Ok(PublishOutcome::Duplicate) => {
+                duplicates += 1;
+                state.metrics.duplicates.inc();
+            }
+            Err(e) => {
+                warn!(error = %e, "publish failed");
+                return Err(PublishError::Unavailable { accepted });
+            }
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted, "duplicates": duplicates }))).into_response())
+}

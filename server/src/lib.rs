@@ -1,0 +1,86 @@
+//! datastream: a real-time relay for Photon Ranch. Publishers send `{site, topic, data}` messages
+//! through SQS or `POST /publish`; browsers subscribed to a site receive them over WebSockets.
+//!
+//! # Layout
+//! - [`config`]: every setting, from flags and `DATASTREAM_*` environment variables.
+//! - [`publication`]: validation of incoming messages, and the encoded-once publication.
+//! - [`broker`]: stream positions, history and dedupe; hands publications to the hub in order.
+//! - [`hub`]: local subscribers by site, per-connection byte-capped queues, fan-out.
+//! - [`session`]: one task per WebSocket connection.
+//! - [`ingest`]: where messages come from: SQS pollers and the HTTP publish endpoint.
+//! - [`http`]: the router: WebSocket upgrade, publish, health, readiness and metrics.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: binding, running and the ordered graceful shutdown.
+
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod publication;
+pub mod server;
+pub mod session;
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use config::Config;
+pub use server::Server;
+
+use crate::{broker::Broker, hub::Hub, metrics::Metrics, publication::Validator};
+
+/// State shared by every request handler and session.
+#[derive(Debug)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// Message validation limits, derived from the configuration.
+    pub validator: Validator,
+    /// Local subscribers.
+    pub hub: Arc<Hub>,
+    /// Positions, history and delivery.
+    pub broker: Broker,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the sessions must close (shutdown).
+    pub close_sessions: CancellationToken,
+    /// Tracks every WebSocket session, which axum does not do once a connection is upgraded.
+    pub sessions: TaskTracker,
+    /// Set once shutdown began: new connections and publishes are refused with 503.
+    pub draining: AtomicBool,
+    /// Upstream health, for `/readyz`.
+    pub readiness: Readiness,
+}
+
+impl AppState {
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Health of the relay's upstreams, reported by `/readyz`.
+#[derive(Debug)]
+pub struct Readiness {
+    /// Whether SQS ingest is configured at all.
+    pub sqs_enabled: bool,
+    /// Whether the last SQS call succeeded.
+    pub sqs_ok: AtomicBool,
+}
+
+impl Readiness {
+    /// Records the outcome of an SQS call.
+    pub fn set_sqs(&self, ok: bool) {
+        self.sqs_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Whether SQS is healthy (or not in use).
+    pub fn sqs(&self) -> bool {
+        !self.sqs_enabled || self.sqs_ok.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,180 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Every labelled series is created up front and kept as a handle, so counting on a hot path is one
+//! atomic add with no label lookup. Label values are fixed strings, never client input, so the
+//! number of series is bounded.
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceReasonLabels {
+    source: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+/// Where a message entered the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The SQS queue.
+    Sqs,
+    /// `POST /publish`.
+    Http,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Sqs => "sqs",
+            Source::Http => "http",
+        }
+    }
+}
+
+/// All metrics of one relay process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections, by protocol.
+    pub connections_legacy: Gauge,
+    /// Subscriptions (connection × site) across all connections.
+    pub subscriptions: Gauge,
+    /// Sites with at least one local subscriber.
+    pub sites: Gauge,
+    messages_in: Family<SourceLabel, Counter>,
+    malformed: Family<SourceReasonLabels, Counter>,
+    /// Messages dropped as repeats of an SQS message id or idempotency key.
+    pub duplicates: Counter,
+    /// Frames written to client sockets.
+    pub messages_out: Counter,
+    dropped: Family<ReasonLabel, Counter>,
+    disconnects: Family<ReasonLabel, Counter>,
+    client_frames_rejected: Family<ReasonLabel, Counter>,
+    sqs_errors: Family<OpLabel, Counter>,
+    /// Seconds from a publication's acceptance until it sat in every local subscriber's queue.
+    pub fanout_seconds: Histogram,
+    /// Seconds from a publication's acceptance until a session wrote it to its socket.
+    pub delivery_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("datastream");
+        let connections = Family::<ProtocolLabel, Gauge>::default();
+        registry.register("connections", "Open WebSocket connections", connections.clone());
+        let subscriptions = Gauge::default();
+        registry.register("subscriptions", "Site subscriptions across all connections", subscriptions.clone());
+        let sites = Gauge::default();
+        registry.register("sites", "Sites with at least one subscriber on this node", sites.clone());
+        let messages_in = Family::<SourceLabel, Counter>::default();
+        registry.register("messages_in", "Messages accepted for publishing, by source", messages_in.clone());
+        let malformed = Family::<SourceReasonLabels, Counter>::default();
+        registry.register("messages_malformed", "Messages refused as malformed, by source and reason", malformed.clone());
+        let duplicates = Counter::default();
+        registry.register("messages_duplicate", "Messages dropped as repeats within the dedupe window", duplicates.clone());
+        let messages_out = Counter::default();
+        registry.register("messages_out", "Frames written to client sockets", messages_out.clone());
+        let dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register("messages_dropped", "Frames not delivered to a client, by reason", dropped.clone());
+        let disconnects = Family::<ReasonLabel, Counter>::default();
+        registry.register("disconnects", "Connections closed by the server, by reason", disconnects.clone());
+        let client_frames_rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register("client_frames_rejected", "Client frames refused, by reason", client_frames_rejected.clone());
+        let sqs_errors = Family::<OpLabel, Counter>::default();
+        registry.register("sqs_errors", "Failed SQS calls, by operation", sqs_errors.clone());
+        let fanout_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
+        registry.register("fanout_seconds", "Time to queue a publication for every local subscriber", fanout_seconds.clone());
+        let delivery_seconds = Histogram::new(exponential_buckets(0.000_05, 4.0, 10));
+        registry.register("delivery_seconds", "Time from acceptance to write on a client socket", delivery_seconds.clone());
+
+        Metrics {
+            connections_legacy: connections.get_or_create_owned(&ProtocolLabel { protocol: "legacy" }),
+            registry,
+            subscriptions,
+            sites,
+            messages_in,
+            malformed,
+            duplicates,
+            messages_out,
+            dropped,
+            disconnects,
+            client_frames_rejected,
+            sqs_errors,
+            fanout_seconds,
+            delivery_seconds,
+        }
+    }
+
+    /// Counts a message accepted from `source`.
+    pub fn message_in(&self, source: Source) {
+        self.messages_in.get_or_create(&SourceLabel { source: source.label() }).inc();
+    }
+
+    /// Counts a malformed message from `source`.
+    pub fn malformed(&self, source: Source, reason: &'static str) {
+        self.malformed.get_or_create(&SourceReasonLabels { source: source.label(), reason }).inc();
+    }
+
+    /// Counts frames not delivered.
+    pub fn dropped(&self, reason: &'static str, n: u64) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc_by(n);
+    }
+
+    /// Counts a connection closed by the server.
+    pub fn disconnect(&self, reason: &'static str) {
+        self.disconnects.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a refused client frame.
+    pub fn client_frame_rejected(&self, reason: &'static str) {
+        self.client_frames_rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a failed SQS call.
+    pub fn sqs_error(&self, op: &'static str) {
+        self.sqs_errors.get_or_create(&OpLabel { op }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

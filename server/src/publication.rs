@@ -1,0 +1,267 @@
+//! Messages on their way through the relay: an incoming [`PublishRequest`] (validated the same way
+//! whether it came from SQS or HTTP) and the [`Publication`] it becomes once the broker has given it
+//! a stream position.
+//!
+//! A publication is encoded once, when it is created; every subscriber's queue holds a reference
+//! to the same bytes.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use datastream_protocol::{legacy, NameError, NameRules};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Longest accepted idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// A message to publish, after validation.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// Target site.
+    pub site: Arc<str>,
+    /// Topic, chosen by the publisher.
+    pub topic: Arc<str>,
+    /// The publisher's `data`, kept as its exact JSON text.
+    pub data: Box<RawValue>,
+    /// Key under which a repeat of this message is recognised and dropped (an SQS message id, or a
+    /// key the publisher supplied).
+    pub idempotency_key: Option<String>,
+}
+
+/// Why an incoming message was refused. Each variant names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidMessage {
+    /// The message is larger than the configured limit.
+    #[error("message is {size} bytes; the limit is {max}")]
+    TooLarge {
+        /// Size of the message text.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// Not JSON at all.
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not an object.
+    #[error("message must be a JSON object with \"site\", \"topic\" and \"data\"")]
+    NotAnObject,
+    /// A required field is absent.
+    #[error("\"{0}\" is required")]
+    Missing(&'static str),
+    /// A field that must be a string is not.
+    #[error("\"{0}\" must be a string")]
+    NotAString(&'static str),
+    /// A site or topic name breaks the name rules.
+    #[error("\"{field}\" is invalid: {source}")]
+    BadName {
+        /// `site` or `topic`.
+        field: &'static str,
+        /// What is wrong with it.
+        source: NameError,
+    },
+    /// The idempotency key is empty or too long.
+    #[error("\"idempotency_key\" must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes")]
+    BadIdempotencyKey,
+}
+
+impl InvalidMessage {
+    /// The field at fault, if the error is about one field.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            InvalidMessage::Missing(f) | InvalidMessage::NotAString(f) => Some(f),
+            InvalidMessage::BadName { field, .. } => Some(field),
+            InvalidMessage::BadIdempotencyKey => Some("idempotency_key"),
+            _ => None,
+        }
+    }
+
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidMessage::TooLarge { .. } => "too_large",
+            InvalidMessage::NotJson(_) => "not_json",
+            InvalidMessage::NotAnObject => "not_an_object",
+            InvalidMessage::Missing(_) => "missing_field",
+            InvalidMessage::NotAString(_) => "not_a_string",
+            InvalidMessage::BadName { .. } => "bad_name",
+            InvalidMessage::BadIdempotencyKey => "bad_idempotency_key",
+        }
+    }
+}
+
+/// The fields read from an incoming message; anything else in the object is ignored.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(borrow)]
+    site: Option<&'a RawValue>,
+    #[serde(borrow)]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    idempotency_key: Option<&'a RawValue>,
+}
+
+/// Limits applied to incoming messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Validator {
+    /// Site and topic name rules.
+    pub names: NameRules,
+    /// Largest accepted message text, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Validator {
+    /// Validates one message given as JSON text (an SQS body, or one element of an HTTP body).
+    pub fn parse(&self, text: &str) -> Result<PublishRequest, InvalidMessage> {
+        if text.len() > self.max_message_bytes {
+            return Err(InvalidMessage::TooLarge { size: text.len(), max: self.max_message_bytes });
+        }
+        let raw: &RawValue =
+            serde_json::from_str(text).map_err(|e| InvalidMessage::NotJson(e.to_string()))?;
+        if !raw.get().starts_with('{') {
+            return Err(InvalidMessage::NotAnObject);
+        }
+        // Only a duplicate key can fail here, since the text is a valid object.
+        let incoming: Incoming<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| InvalidMessage::NotJson(e.to_string()))?;
+        let site = string_field("site", incoming.site)?;
+        self.names
+            .check_site(&site)
+            .map_err(|source| InvalidMessage::BadName { field: "site", source })?;
+        let topic = string_field("topic", incoming.topic)?;
+        self.names
+            .check_topic(&topic)
+            .map_err(|source| InvalidMessage::BadName { field: "topic", source })?;
+        let data = incoming.data.ok_or(InvalidMessage::Missing("data"))?.to_owned();
+        let idempotency_key = match incoming.idempotency_key {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => {
+                let key = serde_json::from_str::<String>(raw.get())
+                    .map_err(|_| InvalidMessage::NotAString("idempotency_key"))?;
+                if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+                    return Err(InvalidMessage::BadIdempotencyKey);
+                }
+                Some(key)
+            }
+        };
+        Ok(PublishRequest { site: site.into(), topic: topic.into(), data, idempotency_key })
+    }
+}
+
+fn string_field(name: &'static str, raw: Option<&RawValue>) -> Result<String, InvalidMessage> {
+    let raw = raw.ok_or(InvalidMessage::Missing(name))?;
+    if raw.get() == "null" {
+        return Err(InvalidMessage::Missing(name));
+    }
+    serde_json::from_str::<String>(raw.get()).map_err(|_| InvalidMessage::NotAString(name))
+}
+
+/// A stream position: publications to one site are numbered by `offset` (1, 2, 3, …) within an
+/// `epoch`; a new epoch means the history before it is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Identifies one unbroken history of a site.
+    pub epoch: Arc<str>,
+    /// Number of the publication within the epoch, from 1.
+    pub offset: u64,
+}
+
+/// A published message with its position, ready to send.
+#[derive(Debug)]
+pub struct Publication {
+    /// Target site.
+    pub site: Arc<str>,
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Position in the site's stream.
+    pub position: Position,
+    /// When the broker accepted it; used to expire history and to measure fan-out latency.
+    pub published_at: Instant,
+    /// The legacy frame `{"site","topic","data"}`, encoded once and shared by every subscriber.
+    pub legacy_frame: Utf8Bytes,
+}
+
+impl Publication {
+    /// Builds a publication and encodes its frames.
+    pub fn new(req: &PublishRequest, position: Position) -> Self {
+        let legacy_frame = legacy::encode_publication(&req.site, &req.topic, &req.data).into();
+        Publication {
+            site: req.site.clone(),
+            topic: req.topic.clone(),
+            position,
+            published_at: Instant::now(),
+            legacy_frame,
+        }
+    }
+
+    /// Bytes this publication occupies in a subscriber's send queue.
+    pub fn queued_len(&self) -> usize {
+        self.legacy_frame.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validator() -> Validator {
+        Validator { names: NameRules::default(), max_message_bytes: 1024 }
+    }
+
+    #[test]
+    fn accepts_the_original_body() {
+        let req = validator()
+            .parse(r#"{"topic": "testing", "site": "tst", "data": "{\"text\": \"hello\"}"}"#)
+            .unwrap();
+        assert_eq!(&*req.site, "tst");
+        assert_eq!(&*req.topic, "testing");
+        assert_eq!(req.data.get(), r#""{\"text\": \"hello\"}""#);
+        assert_eq!(req.idempotency_key, None);
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_message() {
+        let v = validator();
+        let cases: &[(&str, InvalidMessage)] = &[
+            ("not json", InvalidMessage::NotJson(String::new())),
+            ("[1,2]", InvalidMessage::NotAnObject),
+            ("\"x\"", InvalidMessage::NotAnObject),
+            (r#"{"topic":"t","data":1}"#, InvalidMessage::Missing("site")),
+            (r#"{"site":null,"topic":"t","data":1}"#, InvalidMessage::Missing("site")),
+            (r#"{"site":3,"topic":"t","data":1}"#, InvalidMessage::NotAString("site")),
+            (r#"{"site":"s","data":1}"#, InvalidMessage::Missing("topic")),
+            (r#"{"site":"s","topic":"t"}"#, InvalidMessage::Missing("data")),
+            (r#"{"site":"s","topic":"t","data":1,"idempotency_key":""}"#, InvalidMessage::BadIdempotencyKey),
+        ];
+        for (body, want) in cases {
+            let got = v.parse(body).unwrap_err();
+            assert_eq!(std::mem::discriminant(&got), std::mem::discriminant(want), "{body}: {got}");
+        }
+        let err = v.parse(r#"{"site":"","topic":"t","data":1}"#).unwrap_err();
+        assert_eq!(err.field(), Some("site"));
+        assert!(err.to_string().contains("must not be empty"), "{err}");
+        let err = v.parse(r#"{"site":"s","topic":"a b","data":1}"#).unwrap_err();
+        assert_eq!(err.field(), Some("topic"));
+        let big = format!(r#"{{"site":"s","topic":"t","data":"{}"}}"#, "x".repeat(2000));
+        assert!(matches!(v.parse(&big), Err(InvalidMessage::TooLarge { max: 1024, .. })));
+        assert!(matches!(
+            v.parse(r#"{"site":"a","site":"b","topic":"t","data":1}"#),
+            Err(InvalidMessage::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn legacy_frame_keeps_data_verbatim() {
+        let req = validator()
+            .parse(r#"{"data": {"x": 1.0, "big": 123456789012345678901234567890}, "site": "mrc", "topic": "t", "extra": 1}"#)
+            .unwrap();
+        let p = Publication::new(&req, Position { epoch: "e".into(), offset: 1 });
+        assert_eq!(
+            p.legacy_frame.as_str(),
+            r#"{"site":"mrc","topic":"t","data":{"x": 1.0, "big": 123456789012345678901234567890}}"#
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Binding the listener, running every task, and the ordered graceful shutdown:
+//!
+//! 1. refuse new connections and publishes (503) and report not ready;
+//! 2. stop SQS ingest, letting each poller finish publishing its in-flight batch;
+//! 3. close every WebSocket with 1001 after writing what was queued for it;
+//! 4. stop the HTTP server.
+//!
+//! Each step waits at most until the shutdown deadline; whatever is left is dropped then.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+use crate::{
+    broker::{Broker, HistoryOptions, MemoryBroker},
+    http,
+    hub::Hub,
+    ingest,
+    metrics::Metrics,
+    publication::Validator,
+    AppState, Config, Readiness,
+};
+
+/// How often the broker expires history and dedupe keys.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A relay bound to its address, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Validates `config`, binds the listener and builds the shared state.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (DATASTREAM_LISTEN)", config.listen))?;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let options = HistoryOptions {
+            size: config.history_size,
+            ttl: config.history_ttl,
+            dedupe_window: config.dedupe_window,
+        };
+        let broker = Broker::Memory(MemoryBroker::new(hub.clone(), options));
+        let state = AppState {
+            validator: Validator { names: config.name_rules(), max_message_bytes: config.max_message_bytes },
+            readiness: Readiness { sqs_enabled: config.sqs_queue.is_some(), sqs_ok: AtomicBool::new(false) },
+            config,
+            hub,
+            broker,
+            metrics,
+            close_sessions: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+        };
+        Ok(Server { listener, state: Arc::new(state) })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TcpListener always has a local address.
+        self.listener.local_addr().unwrap_or(self.state.config.listen)
+    }
+
+    /// Shared state, for tests and embedding.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then shuts down in order (see the module docs).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Server { listener, state } = self;
+        let addr = listener.local_addr().context("listener address")?;
+
+        let stop_ingest = CancellationToken::new();
+        let ingest = TaskTracker::new();
+        if let Some(queue) = state.config.sqs_queue.clone() {
+            let client = ingest::sqs::client().await;
+            ingest.spawn(ingest::sqs::run(client, state.clone(), queue, stop_ingest.clone()));
+        }
+        ingest.close();
+
+        let sweeper = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    state.broker.sweep();
+                }
+            })
+        };
+
+        let stop_http = CancellationToken::new();
+        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stop_http.clone().cancelled_owned());
+        let mut http_task = tokio::spawn(async move { serve.await });
+        info!(%addr, stage = %state.config.stage, sqs = state.config.sqs_queue.is_some(), "listening");
+
+        tokio::select! {
+            () = shutdown => {}
+            res = &mut http_task => {
+                sweeper.abort();
+                return res.context("HTTP server task")?.context("HTTP server failed");
+            }
+        }
+
+        let deadline = Instant::now() + state.config.shutdown_timeout;
+        info!(timeout = ?state.config.shutdown_timeout, "shutting down");
+        state.draining.store(true, Ordering::Relaxed);
+
+        stop_ingest.cancel();
+        if tokio::time::timeout_at(deadline, ingest.wait()).await.is_err() {
+            warn!("ingest did not stop before the deadline");
+        }
+
+        state.close_sessions.cancel();
+        state.sessions.close();
+        if tokio::time::timeout_at(deadline, state.sessions.wait()).await.is_err() {
+            warn!(open = state.sessions.len(), "sessions still open at the deadline; dropping them");
+        }
+
+        stop_http.cancel();
+        sweeper.abort();
+        match tokio::time::timeout_at(deadline, &mut http_task).await {
+            Ok(res) => res.context("HTTP server task")?.context("HTTP server failed")?,
+            Err(_) => {
+                warn!("HTTP connections still open at the deadline; dropping them");
+                http_task.abort();
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
