@@ -55,8 +55,7 @@ fn as_string(raw: Option<&RawValue>) -> Option<String> {
 impl LegacyClientFrame {
     /// Parses one client text frame.
     pub fn parse(text: &str) -> Result<Self, LegacyFrameError> {
-        let raw: RawAction<'_> =
-            serde_json::from_str(text).map_err(|e| LegacyFrameError::NotJson(e.to_string()))?;
+        let raw: RawAction<'_> = serde_json::from_str(text).map_err(|e| LegacyFrameError::NotJson(e.to_string()))?;
         let action = as_string(raw.action).ok_or(LegacyFrameError::MissingAction)?;
         if action != UPDATE_SUBSCRIBER_SITE {
             return Err(LegacyFrameError::UnknownAction(action));
@@ -98,10 +97,7 @@ mod tests {
         assert!(matches!(LegacyClientFrame::parse("nope"), Err(LegacyFrameError::NotJson(_))));
         assert!(matches!(LegacyClientFrame::parse("[1]"), Err(LegacyFrameError::NotJson(_))));
         assert_eq!(LegacyClientFrame::parse("{}"), Err(LegacyFrameError::MissingAction));
-        assert_eq!(
-            LegacyClientFrame::parse(r#"{"action":1}"#),
-            Err(LegacyFrameError::MissingAction)
-        );
+        assert_eq!(LegacyClientFrame::parse(r#"{"action":1}"#), Err(LegacyFrameError::MissingAction));
         assert_eq!(
             LegacyClientFrame::parse(r#"{"action":"sendmessage"}"#),
             Err(LegacyFrameError::UnknownAction("sendmessage".into()))

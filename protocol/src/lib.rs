@@ -11,6 +11,8 @@
 //!
 //! Nothing here does I/O; every type is plain data with serde impls.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod backoff;
 pub mod close;
 pub mod error;

@@ -112,18 +112,9 @@ mod tests {
     fn bad_names_are_refused_with_a_reason() {
         let rules = NameRules { max_len: 4 };
         assert_eq!(rules.check_site(""), Err(NameError::Empty(NameKind::Site)));
-        assert_eq!(
-            rules.check_topic("abcde"),
-            Err(NameError::TooLong { kind: NameKind::Topic, len: 5, max: 4 })
-        );
-        assert_eq!(
-            rules.check_site("a b"),
-            Err(NameError::BadChar { kind: NameKind::Site, ch: ' ' })
-        );
-        assert_eq!(
-            rules.check_site("é"),
-            Err(NameError::BadChar { kind: NameKind::Site, ch: 'é' })
-        );
+        assert_eq!(rules.check_topic("abcde"), Err(NameError::TooLong { kind: NameKind::Topic, len: 5, max: 4 }));
+        assert_eq!(rules.check_site("a b"), Err(NameError::BadChar { kind: NameKind::Site, ch: ' ' }));
+        assert_eq!(rules.check_site("é"), Err(NameError::BadChar { kind: NameKind::Site, ch: 'é' }));
         let msg = rules.check_site("a/b").unwrap_err().to_string();
         assert!(msg.contains("site contains '/'"), "{msg}");
     }

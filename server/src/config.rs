@@ -192,21 +192,26 @@ impl Config {
     }
 }
 
+/// Parses `args` as the binary's flags would be, for unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) fn test_config(args: &[&str]) -> Config {
     use clap::Parser;
-
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         config: Config,
     }
+    let mut all = vec!["datastream"];
+    all.extend_from_slice(args);
+    Cli::try_parse_from(all).expect("parse").config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        let mut all = vec!["datastream"];
-        all.extend_from_slice(args);
-        Cli::try_parse_from(all).expect("parse").config
+        test_config(args)
     }
 
     #[test]

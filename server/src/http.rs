@@ -4,19 +4,19 @@
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
+    Json, Router,
     extract::{
-        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
         DefaultBodyLimit, Query, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
-    http::{header, StatusCode},
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
 };
 use serde_json::json;
 use tracing::debug;
 
-use crate::{ingest, session, AppState};
+use crate::{AppState, ingest, session};
 
 /// Builds the router for `state`.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -59,13 +59,10 @@ async fn connect(
     let site: Arc<str> = site.into();
     debug!(%site, "legacy connection");
     let max_frame = state.config.max_client_frame_bytes;
-    upgrade
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| {
-            let sessions = state.sessions.clone();
-            sessions.track_future(session::legacy::run(socket, state, site))
-        })
+    upgrade.max_message_size(max_frame).max_frame_size(max_frame).on_upgrade(move |socket| {
+        let sessions = state.sessions.clone();
+        sessions.track_future(session::legacy::run(socket, state, site))
+    })
 }
 
 /// `GET /readyz`: 200 when every configured upstream is healthy and the server is not draining.
@@ -74,15 +71,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let sqs = state.readiness.sqs();
     let ready = sqs && !draining;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let sqs_state = if !state.readiness.sqs_enabled { "disabled" } else if sqs { "ok" } else { "unreachable" };
+    let sqs_state = if !state.readiness.sqs_enabled {
+        "disabled"
+    } else if sqs {
+        "ok"
+    } else {
+        "unreachable"
+    };
     (status, Json(json!({ "ready": ready, "draining": draining, "sqs": sqs_state }))).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
         .into_response()
 }

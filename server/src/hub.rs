@@ -9,8 +9,8 @@ use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 

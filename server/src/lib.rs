@@ -12,6 +12,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: binding, running and the ordered graceful shutdown.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod broker;
 pub mod config;
 pub mod http;
@@ -23,8 +25,8 @@ pub mod server;
 pub mod session;
 
 use std::sync::{
-    atomic::{AtomicBool, Ordering},
     Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};

@@ -2,7 +2,7 @@
 //! SIGINT.
 
 use clap::Parser;
-use datastream::{config::LogFormat, Config, Server};
+use datastream::{Config, Server, config::LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// Real-time relay for Photon Ranch: SQS and HTTP publish in, WebSocket subscribers out.

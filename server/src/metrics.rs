@@ -5,12 +5,12 @@
 //! number of series is bounded.
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
+    encoding::{EncodeLabelSet, text::encode},
     metrics::{
         counter::Counter,
         family::Family,
         gauge::Gauge,
-        histogram::{exponential_buckets, Histogram},
+        histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
 };
@@ -104,9 +104,17 @@ impl Metrics {
         let messages_in = Family::<SourceLabel, Counter>::default();
         registry.register("messages_in", "Messages accepted for publishing, by source", messages_in.clone());
         let malformed = Family::<SourceReasonLabels, Counter>::default();
-        registry.register("messages_malformed", "Messages refused as malformed, by source and reason", malformed.clone());
+        registry.register(
+            "messages_malformed",
+            "Messages refused as malformed, by source and reason",
+            malformed.clone(),
+        );
         let duplicates = Counter::default();
-        registry.register("messages_duplicate", "Messages dropped as repeats within the dedupe window", duplicates.clone());
+        registry.register(
+            "messages_duplicate",
+            "Messages dropped as repeats within the dedupe window",
+            duplicates.clone(),
+        );
         let messages_out = Counter::default();
         registry.register("messages_out", "Frames written to client sockets", messages_out.clone());
         let dropped = Family::<ReasonLabel, Counter>::default();
@@ -118,9 +126,17 @@ impl Metrics {
         let sqs_errors = Family::<OpLabel, Counter>::default();
         registry.register("sqs_errors", "Failed SQS calls, by operation", sqs_errors.clone());
         let fanout_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
-        registry.register("fanout_seconds", "Time to queue a publication for every local subscriber", fanout_seconds.clone());
+        registry.register(
+            "fanout_seconds",
+            "Time to queue a publication for every local subscriber",
+            fanout_seconds.clone(),
+        );
         let delivery_seconds = Histogram::new(exponential_buckets(0.000_05, 4.0, 10));
-        registry.register("delivery_seconds", "Time from acceptance to write on a client socket", delivery_seconds.clone());
+        registry.register(
+            "delivery_seconds",
+            "Time from acceptance to write on a client socket",
+            delivery_seconds.clone(),
+        );
 
         Metrics {
             connections_legacy: connections.get_or_create_owned(&ProtocolLabel { protocol: "legacy" }),

@@ -8,7 +8,7 @@
 use std::{sync::Arc, time::Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use datastream_protocol::{legacy, NameError, NameRules};
+use datastream_protocol::{NameError, NameRules, legacy};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -118,8 +118,7 @@ impl Validator {
         if text.len() > self.max_message_bytes {
             return Err(InvalidMessage::TooLarge { size: text.len(), max: self.max_message_bytes });
         }
-        let raw: &RawValue =
-            serde_json::from_str(text).map_err(|e| InvalidMessage::NotJson(e.to_string()))?;
+        let raw: &RawValue = serde_json::from_str(text).map_err(|e| InvalidMessage::NotJson(e.to_string()))?;
         if !raw.get().starts_with('{') {
             return Err(InvalidMessage::NotAnObject);
         }
@@ -127,13 +126,9 @@ impl Validator {
         let incoming: Incoming<'_> =
             serde_json::from_str(raw.get()).map_err(|e| InvalidMessage::NotJson(e.to_string()))?;
         let site = string_field("site", incoming.site)?;
-        self.names
-            .check_site(&site)
-            .map_err(|source| InvalidMessage::BadName { field: "site", source })?;
+        self.names.check_site(&site).map_err(|source| InvalidMessage::BadName { field: "site", source })?;
         let topic = string_field("topic", incoming.topic)?;
-        self.names
-            .check_topic(&topic)
-            .map_err(|source| InvalidMessage::BadName { field: "topic", source })?;
+        self.names.check_topic(&topic).map_err(|source| InvalidMessage::BadName { field: "topic", source })?;
         let data = incoming.data.ok_or(InvalidMessage::Missing("data"))?.to_owned();
         let idempotency_key = match incoming.idempotency_key {
             None => None,
@@ -213,9 +208,7 @@ mod tests {
 
     #[test]
     fn accepts_the_original_body() {
-        let req = validator()
-            .parse(r#"{"topic": "testing", "site": "tst", "data": "{\"text\": \"hello\"}"}"#)
-            .unwrap();
+        let req = validator().parse(r#"{"topic": "testing", "site": "tst", "data": "{\"text\": \"hello\"}"}"#).unwrap();
         assert_eq!(&*req.site, "tst");
         assert_eq!(&*req.topic, "testing");
         assert_eq!(req.data.get(), r#""{\"text\": \"hello\"}""#);
@@ -247,10 +240,7 @@ mod tests {
         assert_eq!(err.field(), Some("topic"));
         let big = format!(r#"{{"site":"s","topic":"t","data":"{}"}}"#, "x".repeat(2000));
         assert!(matches!(v.parse(&big), Err(InvalidMessage::TooLarge { max: 1024, .. })));
-        assert!(matches!(
-            v.parse(r#"{"site":"a","site":"b","topic":"t","data":1}"#),
-            Err(InvalidMessage::NotJson(_))
-        ));
+        assert!(matches!(v.parse(r#"{"site":"a","site":"b","topic":"t","data":1}"#), Err(InvalidMessage::NotJson(_))));
     }
 
     #[test]

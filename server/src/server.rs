@@ -10,7 +10,7 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{atomic::AtomicBool, atomic::Ordering, Arc},
+    sync::{Arc, atomic::AtomicBool, atomic::Ordering},
     time::Duration,
 };
 
@@ -20,13 +20,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
+    AppState, Config, Readiness,
     broker::{Broker, HistoryOptions, MemoryBroker},
     http,
     hub::Hub,
     ingest,
     metrics::Metrics,
     publication::Validator,
-    AppState, Config, Readiness,
 };
 
 /// How often the broker expires history and dedupe keys.
@@ -48,11 +48,8 @@ impl Server {
             .with_context(|| format!("cannot listen on {} (DATASTREAM_LISTEN)", config.listen))?;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let options = HistoryOptions {
-            size: config.history_size,
-            ttl: config.history_ttl,
-            dedupe_window: config.dedupe_window,
-        };
+        let options =
+            HistoryOptions { size: config.history_size, ttl: config.history_ttl, dedupe_window: config.dedupe_window };
         let broker = Broker::Memory(MemoryBroker::new(hub.clone(), options));
         let state = AppState {
             validator: Validator { names: config.name_rules(), max_message_bytes: config.max_message_bytes },

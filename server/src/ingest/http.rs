@@ -15,21 +15,21 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    body::Bytes,
-    extract::{rejection::BytesRejection, ConnectInfo, State},
-    http::{header, HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
     Json,
+    body::Bytes,
+    extract::{ConnectInfo, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use serde_json::{json, value::RawValue};
 use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::{
+    AppState, Config,
     broker::PublishOutcome,
     metrics::Source,
     publication::{InvalidMessage, PublishRequest},
-    AppState,
 };
 
 /// A refused publish request. The body never carries internal details.
@@ -87,8 +87,8 @@ impl IntoResponse for PublishError {
     }
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), PublishError> {
-    match &state.config.publish_token {
+fn authorize(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Result<(), PublishError> {
+    match &config.publish_token {
         Some(token) => {
             let presented = headers
                 .get(header::AUTHORIZATION)
@@ -101,7 +101,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<
                 Err(PublishError::Unauthorized)
             }
         }
-        None if state.config.publish_open || peer.ip().is_loopback() => Ok(()),
+        None if config.publish_open || peer.ip().is_loopback() => Ok(()),
         None => Err(PublishError::NotLoopback),
     }
 }
@@ -110,8 +110,8 @@ fn authorize(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<
 fn parse_body(state: &AppState, body: &[u8]) -> Result<Vec<PublishRequest>, PublishError> {
     let text = std::str::from_utf8(body).map_err(|_| PublishError::BadBody("body is not UTF-8".into()))?;
     if text.trim_start().starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(text)
-            .map_err(|e| PublishError::BadBody(format!("body is not valid JSON: {e}")))?;
+        let items: Vec<&RawValue> =
+            serde_json::from_str(text).map_err(|e| PublishError::BadBody(format!("body is not valid JSON: {e}")))?;
         if items.is_empty() {
             return Err(PublishError::BadBody("empty array: nothing to publish".into()));
         }
@@ -135,7 +135,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, PublishError> {
-    authorize(&state, &headers, peer)?;
+    authorize(&state.config, &headers, peer)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => PublishError::BodyTooLarge(state.config.max_publish_body_bytes),
         _ => PublishError::BadBody(rejection.body_text()),
@@ -166,4 +166,36 @@ pub async fn publish(
         }
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted, "duplicates": duplicates }))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_config;
+    use axum::http::HeaderValue;
+
+    fn check(args: &[&str], peer: &str, token: Option<&str>) -> Result<(), PublishError> {
+        let mut headers = HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+        }
+        authorize(&test_config(args), &headers, peer.parse().unwrap())
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_may_publish() {
+        assert!(check(&[], "127.0.0.1:5000", None).is_ok());
+        assert!(check(&[], "[::1]:5000", None).is_ok());
+        assert!(matches!(check(&[], "10.1.2.3:5000", None), Err(PublishError::NotLoopback)));
+        assert!(check(&["--publish-open"], "10.1.2.3:5000", None).is_ok());
+    }
+
+    #[test]
+    fn with_a_token_everyone_needs_it() {
+        let args = ["--publish-token", "0123456789abcdef"];
+        assert!(matches!(check(&args, "127.0.0.1:1", None), Err(PublishError::Unauthorized)));
+        assert!(matches!(check(&args, "10.1.2.3:1", Some("0123456789abcdeX")), Err(PublishError::Unauthorized)));
+        assert!(matches!(check(&args, "10.1.2.3:1", Some("0123456789abcde")), Err(PublishError::Unauthorized)));
+        assert!(check(&args, "10.1.2.3:1", Some("0123456789abcdef")).is_ok());
+    }
 }

@@ -15,15 +15,15 @@
 use std::{sync::Arc, time::Duration};
 
 use aws_sdk_sqs::{
+    Client,
     error::DisplayErrorContext,
     types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName},
-    Client,
 };
 use datastream_protocol::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::{broker::PublishOutcome, metrics::Source, AppState};
+use crate::{AppState, broker::PublishOutcome, metrics::Source};
 
 /// Retry delays after an SQS error.
 const RETRY: Backoff = Backoff { min: Duration::from_millis(200), max: Duration::from_secs(20) };

@@ -13,10 +13,10 @@ use datastream_protocol::{
     legacy::{LegacyClientFrame, LegacyFrameError},
 };
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
 use tracing::debug;
 
-use super::{close, write_batch, Registration, Socket, Strikes};
+use super::{Registration, Socket, Strikes, close, is_too_big, write_batch};
 use crate::AppState;
 
 /// Why a session ended.
@@ -91,6 +91,9 @@ pub async fn run<S: Socket>(mut socket: S, state: Arc<AppState>, site: Arc<str>)
                         message: "binary frames are not understood; send JSON text".into(),
                     }),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Err(e)) if is_too_big(&e) => {
+                        break End::Close(CloseCode::MessageTooBig, "frame too large", "frame_too_large");
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
                 };
                 if let Some(frame) = refused {

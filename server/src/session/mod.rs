@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use axum::{
-    extract::ws::{CloseFrame, Message, Utf8Bytes},
     Error as WsError,
+    extract::ws::{CloseFrame, Message, Utf8Bytes},
 };
 use datastream_protocol::close::CloseCode;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -36,14 +36,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const STRIKE_WINDOW: Duration = Duration::from_secs(60);
 
 /// What a session socket must be: axum's `WebSocket`, or a pair of channels in tests.
-pub trait Socket:
-    Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
-{
-}
-impl<T> Socket for T where
-    T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
-{
-}
+pub trait Socket: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send {}
+impl<T> Socket for T where T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send {}
 
 /// A connection's sites in the hub; unsubscribes from all of them when dropped, so a session that
 /// ends for any reason leaves the registry at once.
@@ -168,6 +162,13 @@ async fn write_batch<S: Socket>(
     socket.flush().await?;
     metrics.messages_out.inc_by(written);
     Ok(())
+}
+
+/// Whether a socket read failed because the client's frame was over the size limit.
+fn is_too_big(err: &WsError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|e| e.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
 /// Sends a close frame and waits briefly for the client's reply, so the close is clean.

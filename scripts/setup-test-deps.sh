@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, skipping what is already there:
+#   - Debian packages (apt-get), when missing;
+#   - a Python venv with moto[server] (a local SQS server) and boto3.
+# Safe to run again; a warm run takes seconds.
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+APT_UPDATED=0
+need_apt() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  step "apt-get install ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}"
+}
+
+# Python venv with moto (SQS) and boto3 (the original README's publisher).
+if ! "$DATASTREAM_TEST_VENV/bin/python3" -c 'import moto, boto3, flask_cors' 2>/dev/null; then
+  step "Python venv with moto[server] in $DATASTREAM_TEST_VENV"
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    need_apt python3-venv
+  fi
+  rm -rf "$DATASTREAM_TEST_VENV"
+  python3 -m venv "$DATASTREAM_TEST_VENV"
+  "$DATASTREAM_TEST_VENV/bin/pip" install -q --upgrade pip
+  "$DATASTREAM_TEST_VENV/bin/pip" install -q 'moto[server]>=5,<6' 'boto3>=1.34'
+fi
+
+step "test dependencies ready"

@@ -1,0 +1,185 @@
+//! Real child processes for the tests: the relay binary, `moto_server` (SQS), and the Python
+//! publisher. Each is killed by PID when its handle drops, so a failing test leaves nothing behind.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use super::WAIT;
+
+/// A child process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Where the test tools live: `$DATASTREAM_TEST_VENV/bin` if set (the test script sets it),
+/// else the `PATH`.
+fn tool(name: &str) -> PathBuf {
+    if let Some(venv) = std::env::var_os("DATASTREAM_TEST_VENV") {
+        let p = PathBuf::from(venv).join("bin").join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+/// A running `moto_server`: a real SQS-protocol server, in memory, on loopback.
+pub struct Moto {
+    pub proc: Proc,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        // A port picked free can be taken before moto binds it; try a few.
+        for _ in 0..3 {
+            let port = free_port();
+            let child = Command::new(tool("moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start moto_server ({e}); install test dependencies with scripts/test.sh")
+                });
+            let mut proc = Proc { child, name: "moto_server" };
+            let start = Instant::now();
+            while start.elapsed() < WAIT {
+                if port_open(port) {
+                    return Moto { proc, endpoint: format!("http://127.0.0.1:{port}") };
+                }
+                if let Ok(Some(_)) = proc.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = proc.child.kill();
+        }
+        panic!("moto_server did not start");
+    }
+}
+
+/// Runs `tests/sqs_publish.py` (boto3, exactly as the original README publishes) with `args`.
+pub fn boto3_publish(endpoint: &str, queue: &str, args: &[&str]) {
+    let script = super::repo_root().join("tests/sqs_publish.py");
+    let out = Command::new(tool("python3"))
+        .arg(script)
+        .args(["--queue", queue])
+        .args(args)
+        .env("AWS_ENDPOINT_URL_SQS", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output()
+        .expect("run python3 tests/sqs_publish.py");
+    assert!(out.status.success(), "sqs_publish.py failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The relay binary running as a child process, with its JSON log lines collected.
+pub struct Relay {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Relay {
+    /// Starts `datastream` with `env` (plus a loopback port 0 and JSON logs) and waits until it
+    /// logs its address.
+    pub fn start(env: &[(&str, &str)]) -> Relay {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_datastream"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATASTREAM_LISTEN", "127.0.0.1:0")
+            .env("DATASTREAM_LOG_FORMAT", "json")
+            .env("DATASTREAM_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn datastream");
+        let stdout = child.stdout.take().expect("stdout");
+        let proc = Proc { child, name: "datastream" };
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    eprintln!("relay: {line}");
+                    continue;
+                };
+                if v["message"] == "listening" {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().expect("logs").push(v);
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("relay did not log its address");
+        Relay { proc, addr: addr.parse().expect("address"), logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{path_and_query}", self.addr)
+    }
+
+    /// Whether a log line with this message (and, if given, field value) was written.
+    pub fn logged(&self, message: &str, field: Option<(&str, &str)>) -> bool {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .any(|v| v["message"] == message && field.is_none_or(|(k, val)| v[k].as_str() == Some(val)))
+    }
+}
