@@ -24,6 +24,12 @@ pub enum ErrorCode {
     InvalidSite,
     /// A topic name breaks the name rules.
     InvalidTopic,
+    /// The connection already has the most subscriptions allowed.
+    TooManySubscriptions,
+    /// The client may not subscribe to this site.
+    Forbidden,
+    /// The server could not carry out the request right now; retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -36,6 +42,9 @@ impl ErrorCode {
             ErrorCode::InvalidFrame => "invalid_frame",
             ErrorCode::InvalidSite => "invalid_site",
             ErrorCode::InvalidTopic => "invalid_topic",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -44,6 +53,9 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "error")]
 pub struct ErrorFrame {
+    /// The id of the refused request, when it carried one (v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
     /// Machine-readable reason.
     pub code: ErrorCode,
     /// Human-readable detail.
@@ -51,6 +63,11 @@ pub struct ErrorFrame {
 }
 
 impl ErrorFrame {
+    /// An error frame without a request id.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorFrame { id: None, code, message: message.into() }
+    }
+
     /// Encodes the frame as JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -63,8 +80,10 @@ mod tests {
 
     #[test]
     fn wire_shape() {
-        let f = ErrorFrame { code: ErrorCode::InvalidSite, message: "bad".into() };
+        let f = ErrorFrame::new(ErrorCode::InvalidSite, "bad");
         assert_eq!(f.to_json(), r#"{"type":"error","code":"invalid_site","message":"bad"}"#);
+        let f = ErrorFrame { id: Some(4), ..f };
+        assert_eq!(f.to_json(), r#"{"type":"error","id":4,"code":"invalid_site","message":"bad"}"#);
         assert_eq!(serde_json::from_str::<ErrorFrame>(&f.to_json()).unwrap(), f);
     }
 }

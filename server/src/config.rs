@@ -102,6 +102,15 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// On shutdown, connections are closed at random moments spread over this window, so
+    /// clients do not all reconnect at once. Must be shorter than the shutdown timeout.
+    #[arg(long, env = "DATASTREAM_DRAIN_WINDOW", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
+
+    /// Most sites one v2 connection may subscribe to.
+    #[arg(long, env = "DATASTREAM_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: u32,
+
     /// Log format.
     #[arg(long, env = "DATASTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -182,6 +191,15 @@ impl Config {
                 "--client-timeout (DATASTREAM_CLIENT_TIMEOUT)",
                 "must be longer than --ping-interval, or healthy clients would be cut off",
             ));
+        }
+        if self.drain_window >= self.shutdown_timeout {
+            return Err(bad(
+                "--drain-window (DATASTREAM_DRAIN_WINDOW)",
+                "must be shorter than --shutdown-timeout, or closes would be cut off",
+            ));
+        }
+        if self.max_subscriptions == 0 {
+            return Err(bad("--max-subscriptions (DATASTREAM_MAX_SUBSCRIPTIONS)", "must be at least 1"));
         }
         Ok(())
     }

@@ -76,11 +76,28 @@ impl Outbox {
     }
 }
 
+/// The topics a subscription wants; evaluated here so unwanted publications are never queued.
+pub type TopicFilter = Arc<[Arc<str>]>;
+
 /// One connection's subscription to one site.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     /// Where this connection's publications go.
     pub outbox: Arc<Outbox>,
+    /// Only these topics; `None`: every topic.
+    pub topics: Option<TopicFilter>,
+}
+
+impl Subscriber {
+    /// Whether this subscription wants `topic`.
+    pub fn wants(&self, topic: &str) -> bool {
+        wants(self.topics.as_deref(), topic)
+    }
+}
+
+/// Whether a subscription with filter `topics` wants `topic`.
+pub fn wants(topics: Option<&[Arc<str>]>, topic: &str) -> bool {
+    topics.is_none_or(|t| t.iter().any(|x| &**x == topic))
 }
 
 type Shard = RwLock<HashMap<Arc<str>, HashMap<ConnId, Subscriber>>>;
@@ -153,6 +170,9 @@ impl Hub {
         let mut queued = 0;
         let mut dropped = 0;
         for sub in subs.values() {
+            if !sub.wants(&publication.topic) {
+                continue;
+            }
             if sub.outbox.push(publication) {
                 queued += 1;
             } else {
@@ -193,9 +213,9 @@ mod tests {
         let (b, mut rx_b) = Outbox::new(1 << 20);
         let mrc: Arc<str> = "mrc".into();
         let saf: Arc<str> = "saf".into();
-        assert!(hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone() }));
-        assert!(!hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone() }), "re-subscribe is not first");
-        assert!(hub.subscribe(&saf, 2, Subscriber { outbox: b }));
+        assert!(hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None }));
+        assert!(!hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None }), "re-subscribe is not first");
+        assert!(hub.subscribe(&saf, 2, Subscriber { outbox: b, topics: None }));
         assert_eq!(hub.deliver(&publication("mrc", "1")), 1);
         assert_eq!(rx_a.try_recv().unwrap().site.as_ref(), "mrc");
         assert!(rx_b.try_recv().is_err());

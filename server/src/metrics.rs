@@ -63,8 +63,10 @@ impl Source {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Open WebSocket connections, by protocol.
+    /// Open legacy WebSocket connections.
     pub connections_legacy: Gauge,
+    /// Open v2 WebSocket connections.
+    pub connections_v2: Gauge,
     /// Subscriptions (connection × site) across all connections.
     pub subscriptions: Gauge,
     /// Sites with at least one local subscriber.
@@ -140,6 +142,7 @@ impl Metrics {
 
         Metrics {
             connections_legacy: connections.get_or_create_owned(&ProtocolLabel { protocol: "legacy" }),
+            connections_v2: connections.get_or_create_owned(&ProtocolLabel { protocol: "v2" }),
             registry,
             subscriptions,
             sites,

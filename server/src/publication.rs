@@ -5,10 +5,13 @@
 //! A publication is encoded once, when it is created; every subscriber's queue holds a reference
 //! to the same bytes.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
 
 use axum::extract::ws::Utf8Bytes;
-use datastream_protocol::{NameError, NameRules, legacy};
+use datastream_protocol::{NameError, NameRules, legacy, v2};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -175,26 +178,50 @@ pub struct Publication {
     pub position: Position,
     /// When the broker accepted it; used to expire history and to measure fan-out latency.
     pub published_at: Instant,
-    /// The legacy frame `{"site","topic","data"}`, encoded once and shared by every subscriber.
-    pub legacy_frame: Utf8Bytes,
+    /// The publisher's data, verbatim.
+    pub data: Box<RawValue>,
+    /// The legacy frame `{"site","topic","data"}`, encoded on first use and shared by every
+    /// subscriber.
+    legacy_frame: OnceLock<Utf8Bytes>,
+    /// The v2 frame `{"type":"pub",…}`, encoded on first use and shared by every subscriber.
+    v2_frame: OnceLock<Utf8Bytes>,
 }
 
+/// Room taken in a queue by a frame's fixed parts (keys, punctuation, epoch, offset).
+const FRAME_OVERHEAD: usize = 96;
+
 impl Publication {
-    /// Builds a publication and encodes its frames.
+    /// Builds a publication; its frames are encoded when first needed.
     pub fn new(req: &PublishRequest, position: Position) -> Self {
-        let legacy_frame = legacy::encode_publication(&req.site, &req.topic, &req.data).into();
         Publication {
             site: req.site.clone(),
             topic: req.topic.clone(),
             position,
             published_at: Instant::now(),
-            legacy_frame,
+            data: req.data.clone(),
+            legacy_frame: OnceLock::new(),
+            v2_frame: OnceLock::new(),
         }
     }
 
-    /// Bytes this publication occupies in a subscriber's send queue.
+    /// The legacy frame.
+    pub fn legacy_frame(&self) -> Utf8Bytes {
+        self.legacy_frame.get_or_init(|| legacy::encode_publication(&self.site, &self.topic, &self.data).into()).clone()
+    }
+
+    /// The v2 publication frame.
+    pub fn v2_frame(&self) -> Utf8Bytes {
+        self.v2_frame
+            .get_or_init(|| {
+                v2::encode_pub(&self.site, &self.topic, &self.position.epoch, self.position.offset, &self.data).into()
+            })
+            .clone()
+    }
+
+    /// Bytes this publication occupies in a subscriber's send queue (an upper bound of either
+    /// frame's length).
     pub fn queued_len(&self) -> usize {
-        self.legacy_frame.len()
+        self.data.get().len() + self.site.len() + self.topic.len() + self.position.epoch.len() + FRAME_OVERHEAD
     }
 }
 
@@ -250,7 +277,7 @@ mod tests {
             .unwrap();
         let p = Publication::new(&req, Position { epoch: "e".into(), offset: 1 });
         assert_eq!(
-            p.legacy_frame.as_str(),
+            p.legacy_frame().as_str(),
             r#"{"site":"mrc","topic":"t","data":{"x": 1.0, "big": 123456789012345678901234567890}}"#
         );
     }

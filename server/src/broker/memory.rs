@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{HistoryOptions, PublishOutcome};
+use super::{HistoryOptions, PublishOutcome, Snapshot};
 use crate::{
     hub::Hub,
     publication::{Position, Publication, PublishRequest},
@@ -101,6 +101,13 @@ impl MemoryBroker {
         PublishOutcome::Published(position)
     }
 
+    /// See [`super::Broker::snapshot`].
+    pub fn snapshot(&self, site: &Arc<str>) -> Snapshot {
+        let stream = self.stream(site);
+        let stream = stream.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot { epoch: self.epoch.clone(), top: stream.offset, history: stream.history.iter().cloned().collect() }
+    }
+
     /// Expires old history and dedupe keys.
     pub fn sweep(&self) {
         let now = Instant::now();
@@ -164,7 +171,7 @@ mod tests {
     fn repeated_keys_are_published_once_within_the_window() {
         let (b, hub) = broker(10, Duration::from_millis(50));
         let (outbox, mut rx) = Outbox::new(1 << 20);
-        hub.subscribe(&"a".into(), 1, Subscriber { outbox });
+        hub.subscribe(&"a".into(), 1, Subscriber { outbox, topics: None });
         assert!(matches!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Published(_)));
         assert_eq!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Duplicate);
         assert!(matches!(b.publish(request("a", 2, Some("other"))), PublishOutcome::Published(_)));

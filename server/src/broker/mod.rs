@@ -6,11 +6,14 @@
 
 mod memory;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 pub use memory::MemoryBroker;
 
-use crate::publication::{Position, PublishRequest};
+use crate::{
+    hub::wants,
+    publication::{Position, Publication, PublishRequest},
+};
 
 /// How much history a broker keeps per site.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +33,42 @@ pub enum PublishOutcome {
     Published(Position),
     /// A repeat of a message seen within the dedupe window; not published again.
     Duplicate,
+}
+
+/// A site's stream as it stands: its epoch, latest offset, and the history still held.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The site's current epoch.
+    pub epoch: Arc<str>,
+    /// Offset of the latest publication (0: none yet).
+    pub top: u64,
+    /// Held publications, oldest first, with consecutive offsets ending at `top`.
+    pub history: Vec<Arc<Publication>>,
+}
+
+impl Snapshot {
+    /// The publications after `offset` in `epoch`, if every one of them is still held; `None`
+    /// if any is missing (trimmed, or another epoch), since a partial replay would hide a gap.
+    pub fn recover(&self, epoch: &str, offset: u64, topics: Option<&[Arc<str>]>) -> Option<Vec<Arc<Publication>>> {
+        if epoch != &*self.epoch || offset > self.top {
+            return None;
+        }
+        if offset == self.top {
+            return Some(Vec::new());
+        }
+        let oldest = self.history.first()?.position.offset;
+        if oldest > offset + 1 {
+            return None;
+        }
+        Some(self.history.iter().filter(|p| p.position.offset > offset && wants(topics, &p.topic)).cloned().collect())
+    }
+
+    /// The latest `n` publications matching `topics`, oldest first.
+    pub fn rewind(&self, n: usize, topics: Option<&[Arc<str>]>) -> Vec<Arc<Publication>> {
+        let mut out: Vec<_> = self.history.iter().rev().filter(|p| wants(topics, &p.topic)).take(n).cloned().collect();
+        out.reverse();
+        out
+    }
 }
 
 /// A publish that could not be carried out; the caller keeps the message (SQS does not delete it,
@@ -54,6 +93,15 @@ impl Broker {
     pub async fn publish(&self, req: PublishRequest) -> Result<PublishOutcome, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.publish(req)),
+        }
+    }
+
+    /// The site's stream as it stands. Call it after subscribing in the hub: a publication
+    /// that lands in between is then both in the snapshot and queued, and the session drops the
+    /// queued copy by its offset, so nothing is missed or doubled.
+    pub async fn snapshot(&self, site: &Arc<str>) -> Result<Snapshot, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.snapshot(site)),
         }
     }
 

@@ -1,26 +1,35 @@
 //! One task per WebSocket connection.
 //!
-//! A session owns its socket and runs a single `select!` over: shutdown, its outbox overflowing,
-//! publications queued by the hub, frames from the client, and the heartbeat tick. Everything a
-//! connection holds is released when the task ends, whatever the reason, by [`Registration`].
+//! A session owns its socket and runs a single `select!` ([`run`]) over: shutdown, its outbox
+//! overflowing, publications queued by the hub, frames from the client, and the heartbeat tick.
+//! What differs between protocols (frame formats, client requests) sits behind [`Protocol`]:
+//! [`legacy`] and [`v2`]. Everything a connection holds is released when the task ends, whatever
+//! the reason, by [`Registration`].
 
 pub mod legacy;
+pub mod v2;
 
 use std::{sync::Arc, time::Duration};
-
-use prometheus_client::metrics::gauge::Gauge;
-use tokio::time::Instant;
 
 use axum::{
     Error as WsError,
     extract::ws::{CloseFrame, Message, Utf8Bytes},
 };
-use datastream_protocol::close::CloseCode;
+use datastream_protocol::{
+    close::CloseCode,
+    error::{ErrorCode, ErrorFrame},
+};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::{
+    sync::mpsc,
+    time::{Instant, MissedTickBehavior, interval_at, sleep_until},
+};
+use tracing::debug;
 
 use crate::{
-    hub::{ConnId, Hub, Outbox, Subscriber},
+    AppState,
+    hub::{ConnId, Hub, Outbox, Subscriber, TopicFilter},
     metrics::Metrics,
     publication::Publication,
 };
@@ -39,12 +48,28 @@ const STRIKE_WINDOW: Duration = Duration::from_secs(60);
 pub trait Socket: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send {}
 impl<T> Socket for T where T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send {}
 
+/// The protocol-specific half of a session.
+pub trait Protocol: Send {
+    /// The frame to send for a queued publication, or `None` to skip it.
+    fn frame(&self, publication: &Publication) -> Option<Utf8Bytes>;
+
+    /// The heartbeat message.
+    fn ping(&self) -> Message;
+
+    /// Handles a client text frame: the frames to send back in order, or the refusal.
+    fn on_text(
+        &mut self,
+        text: &str,
+        reg: &mut Registration,
+        state: &AppState,
+    ) -> impl Future<Output = Result<Vec<Utf8Bytes>, ErrorFrame>> + Send;
+}
+
 /// A connection's sites in the hub; unsubscribes from all of them when dropped, so a session that
 /// ends for any reason leaves the registry at once.
 #[derive(Debug)]
 pub struct Registration {
     hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
     conn: ConnId,
     outbox: Arc<Outbox>,
     sites: Vec<Arc<str>>,
@@ -56,28 +81,21 @@ impl Registration {
     /// Registers a new connection (no sites yet) and returns the receiver of its publications.
     pub fn new(
         hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
         queue_bytes: usize,
         connections: Gauge,
     ) -> (Self, mpsc::UnboundedReceiver<Arc<Publication>>) {
         let (outbox, rx) = Outbox::new(queue_bytes);
         let conn = hub.next_conn_id();
         connections.inc();
-        (Registration { hub, metrics, conn, outbox, sites: Vec::new(), connections }, rx)
+        (Registration { hub, conn, outbox, sites: Vec::new(), connections }, rx)
     }
 
-    /// The connection's outbox.
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
-    /// Subscribes to `site` (no-op if already subscribed).
-    pub fn add(&mut self, site: Arc<str>) {
-        if self.sites.contains(&site) {
-            return;
+    /// Subscribes to `site`, or replaces the topic filter of an existing subscription.
+    pub fn add(&mut self, site: Arc<str>, topics: Option<TopicFilter>) {
+        self.hub.subscribe(&site, self.conn, Subscriber { outbox: self.outbox.clone(), topics });
+        if !self.sites.contains(&site) {
+            self.sites.push(site);
         }
-        self.hub.subscribe(&site, self.conn, Subscriber { outbox: self.outbox.clone() });
-        self.sites.push(site);
     }
 
     /// Unsubscribes from `site`.
@@ -91,11 +109,6 @@ impl Registration {
     /// Sites subscribed to.
     pub fn sites(&self) -> &[Arc<str>] {
         &self.sites
-    }
-
-    /// Metrics handle.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 }
 
@@ -134,8 +147,122 @@ impl Strikes {
     }
 }
 
+/// Why a session ended.
+enum End {
+    /// The client closed, vanished, or the socket failed.
+    Gone,
+    /// The server closes with this code, reason and metrics label.
+    Close(CloseCode, &'static str, &'static str),
+}
+
+/// Runs a session until the client leaves, misbehaves, falls behind, or the server shuts down.
+/// `greeting` is sent first (v2's hello and URL subscriptions).
+pub async fn run<S: Socket, P: Protocol>(
+    mut socket: S,
+    state: Arc<AppState>,
+    mut proto: P,
+    mut reg: Registration,
+    mut rx: mpsc::UnboundedReceiver<Arc<Publication>>,
+    greeting: Vec<Utf8Bytes>,
+) {
+    let metrics = state.metrics.clone();
+    let outbox = reg.outbox.clone();
+    let period = state.config.ping_interval;
+    let mut heartbeat = interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut strikes = Strikes::new();
+    let mut drain_at: Option<Instant> = None;
+
+    let end = if send_all(&mut socket, greeting).await.is_err() {
+        End::Gone
+    } else {
+        loop {
+            tokio::select! {
+                biased;
+                () = state.close_sessions.cancelled(), if drain_at.is_none() => {
+                    // Spread closes over the drain window so clients do not all come back at once.
+                    let window = state.config.drain_window;
+                    drain_at = Some(Instant::now() + window.mul_f64(rand::random::<f64>()));
+                }
+                () = sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
+                    // Let what was already queued reach the client before the close frame.
+                    while let Ok(p) = rx.try_recv() {
+                        if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p)).await.is_err() {
+                            break;
+                        }
+                    }
+                    break End::Close(CloseCode::GoingAway, "server shutting down", "shutdown");
+                }
+                () = outbox.overflowed() => {
+                    break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
+                }
+                Some(p) = rx.recv() => {
+                    if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p)).await.is_err() {
+                        break End::Gone;
+                    }
+                }
+                msg = socket.next() => {
+                    last_heard = Instant::now();
+                    let reply = match msg {
+                        Some(Ok(Message::Text(text))) => proto.on_text(&text, &mut reg, &state).await,
+                        Some(Ok(Message::Binary(_))) => Err(ErrorFrame::new(
+                            ErrorCode::BinaryFrame,
+                            "binary frames are not understood; send JSON text",
+                        )),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Vec::new()),
+                        Some(Err(e)) if is_too_big(&e) => {
+                            break End::Close(CloseCode::MessageTooBig, "frame too large", "frame_too_large");
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
+                    };
+                    let frames = match reply {
+                        Ok(frames) => frames,
+                        Err(refusal) => {
+                            metrics.client_frame_rejected(refusal.code.as_str());
+                            debug!(code = refusal.code.as_str(), message = %refusal.message, "refused client frame");
+                            if strikes.strike() {
+                                break End::Close(CloseCode::BadProtocol, "too many invalid frames", "bad_protocol");
+                            }
+                            vec![refusal.to_json().into()]
+                        }
+                    };
+                    if send_all(&mut socket, frames).await.is_err() {
+                        break End::Gone;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= state.config.client_timeout {
+                        break End::Close(CloseCode::HeartbeatTimeout, "heartbeat timeout", "heartbeat_timeout");
+                    }
+                    if socket.send(proto.ping()).await.is_err() {
+                        break End::Gone;
+                    }
+                }
+            }
+        }
+    };
+    // Leave the hub before the (possibly slow) close handshake.
+    drop(reg);
+    if let End::Close(code, reason, label) = end {
+        metrics.disconnect(label);
+        close(&mut socket, code, reason).await;
+    }
+}
+
+/// Sends `frames` with one flush.
+async fn send_all<S: Socket>(socket: &mut S, frames: Vec<Utf8Bytes>) -> Result<(), WsError> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for frame in frames {
+        socket.feed(Message::Text(frame)).await?;
+    }
+    socket.flush().await
+}
+
 /// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]) with one flush.
-/// `frame` picks the bytes to send for each publication.
+/// `frame` picks the bytes to send for each publication, or skips it.
 async fn write_batch<S: Socket>(
     socket: &mut S,
     first: Arc<Publication>,

@@ -1,0 +1,291 @@
+//! Protocol v2: many sites per connection, stream positions, history recovery, rewind, topic
+//! filters and application-level heartbeats. Spoken by the browser SDK.
+//!
+//! Negotiated with the WebSocket subprotocol [`SUBPROTOCOL`] on the same `/<stage>` endpoint as the
+//! legacy protocol, so one URL serves both and legacy clients (which ask for no subprotocol) are
+//! untouched. Sites may be given in the URL (`?site=mrc&site=saf`) or subscribed later.
+//!
+//! Every frame is a JSON object with a `type`. A server text frame may hold several frames
+//! separated by `\n` (the server packs frames under load); clients split on `\n` before parsing.
+//! See `docs/PROTOCOL.md` for the whole exchange with examples.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::ErrorCode;
+
+/// The WebSocket subprotocol that selects v2.
+pub const SUBPROTOCOL: &str = "datastream.v2";
+
+/// A stream position: `offset` counts a site's publications within `epoch`; a different epoch
+/// means the history before it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// Identifies one unbroken history of a site.
+    pub epoch: String,
+    /// Offset of the last publication seen (0: none yet).
+    pub offset: u64,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Subscribe to a site (or change an existing subscription's options).
+    Subscribe {
+        /// Echoed in the reply, to match replies to requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The site.
+        site: String,
+        /// Only these topics are sent; absent or empty: every topic.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        topics: Vec<String>,
+        /// The last position the client saw; the server replays what followed, if it still
+        /// holds all of it (see [`ServerFrame::Subscribed::recovered`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recover: Option<StreamPosition>,
+        /// Without `recover`: send up to this many of the latest publications first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rewind: Option<u32>,
+    },
+    /// Stop receiving a site.
+    Unsubscribe {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The site.
+        site: String,
+    },
+    /// The answer to a server [`ServerFrame::Ping`].
+    Pong,
+    /// A client-initiated liveness check; the server answers [`ServerFrame::Pong`].
+    Ping,
+}
+
+/// Why a client frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FrameError {
+    /// The error code to report.
+    pub code: ErrorCode,
+    /// What is wrong.
+    pub message: String,
+    /// The request id, if one could be read.
+    pub id: Option<u64>,
+}
+
+impl ClientFrame {
+    /// Decodes one client text frame. Never panics, whatever the input.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        #[derive(Deserialize)]
+        struct Peek<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Option<&'a RawValue>,
+            id: Option<serde_json::Value>,
+        }
+        let peek: Peek<'_> = serde_json::from_str(text).map_err(|e| FrameError {
+            code: ErrorCode::InvalidJson,
+            message: format!("frame is not a JSON object: {e}"),
+            id: None,
+        })?;
+        let id = peek.id.as_ref().and_then(serde_json::Value::as_u64);
+        let kind = peek.kind.and_then(|k| serde_json::from_str::<&str>(k.get()).ok());
+        match kind {
+            Some("subscribe" | "unsubscribe" | "ping" | "pong") => {}
+            Some(other) => {
+                return Err(FrameError {
+                    code: ErrorCode::UnknownType,
+                    message: format!("unknown type {other:?}; expected subscribe, unsubscribe, ping or pong"),
+                    id,
+                });
+            }
+            None => {
+                return Err(FrameError {
+                    code: ErrorCode::UnknownType,
+                    message: "frame has no string \"type\"".into(),
+                    id,
+                });
+            }
+        }
+        serde_json::from_str(text).map_err(|e| FrameError { code: ErrorCode::InvalidFrame, message: e.to_string(), id })
+    }
+}
+
+/// A publication as a v2 client receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PubFrame {
+    /// The site.
+    pub site: String,
+    /// The topic.
+    pub topic: String,
+    /// The site's epoch.
+    pub epoch: String,
+    /// The publication's offset in the site's stream.
+    pub offset: u64,
+    /// The publisher's data, verbatim.
+    pub data: Box<RawValue>,
+}
+
+/// Frames the server sends. Decode with [`ServerFrame::parse`] (serde cannot buffer the raw
+/// `data` of a publication through an internally tagged enum).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame of every connection: the server accepted it. Clients reset their reconnect
+    /// backoff on this frame.
+    Hello {
+        /// Protocol version (2).
+        version: u32,
+        /// How often the server pings, in milliseconds. A client that hears nothing for this long
+        /// plus a grace period should consider the connection dead.
+        ping_interval_ms: u64,
+        /// Most sites one connection may subscribe to.
+        max_subscriptions: u32,
+    },
+    /// A subscription is in place.
+    Subscribed {
+        /// The request's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The site.
+        site: String,
+        /// The site's current epoch.
+        epoch: String,
+        /// The site's latest offset when the subscription took effect (after any replay, the
+        /// client has seen everything up to here that matches its topics).
+        offset: u64,
+        /// With `recover`: true if every missed publication is replayed right after this frame;
+        /// false if the gap could not be filled (history trimmed, or a new epoch) and nothing was
+        /// replayed: the app should refetch current state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// Number of publications (replayed or rewound) sent right after this frame.
+        replayed: u32,
+    },
+    /// A subscription was removed.
+    Unsubscribed {
+        /// The request's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The site.
+        site: String,
+    },
+    /// A publication.
+    Pub(PubFrame),
+    /// Heartbeat; answer with [`ClientFrame::Pong`].
+    Ping,
+    /// The answer to a client [`ClientFrame::Ping`].
+    Pong,
+    /// A refused request or frame.
+    Error {
+        /// The id of the refused request, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    /// Encodes the frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Every field serializes infallibly (strings, numbers, RawValue).
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Decodes one frame.
+    pub fn parse(text: &str) -> Result<ServerFrame, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Peek<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: &'a str,
+        }
+        // The relay always writes `type` first; check that cheaply before a full peek.
+        if text.starts_with(r#"{"type":"pub","#)
+            || serde_json::from_str::<Peek<'_>>(text).is_ok_and(|p| p.kind == "pub")
+        {
+            return serde_json::from_str(text).map(ServerFrame::Pub);
+        }
+        serde_json::from_str(text)
+    }
+
+    /// Splits a server text frame into the frames it packs and decodes each.
+    pub fn parse_packed(text: &str) -> impl Iterator<Item = Result<ServerFrame, serde_json::Error>> + '_ {
+        text.split('\n').filter(|s| !s.trim().is_empty()).map(ServerFrame::parse)
+    }
+}
+
+/// Encodes a publication frame. `data` is copied verbatim.
+pub fn encode_pub(site: &str, topic: &str, epoch: &str, offset: u64, data: &RawValue) -> String {
+    #[derive(Serialize)]
+    struct Pub<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        site: &'a str,
+        topic: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        data: &'a RawValue,
+    }
+    serde_json::to_string(&Pub { kind: "pub", site, topic, epoch, offset, data }).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_with_everything() {
+        let f = ClientFrame::parse(
+            r#"{"type":"subscribe","id":3,"site":"mrc","topics":["sitestatus"],"recover":{"epoch":"e","offset":41}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Subscribe {
+                id: Some(3),
+                site: "mrc".into(),
+                topics: vec!["sitestatus".into()],
+                recover: Some(StreamPosition { epoch: "e".into(), offset: 41 }),
+                rewind: None,
+            }
+        );
+        assert_eq!(ClientFrame::parse(r#"{"type":"pong"}"#).unwrap(), ClientFrame::Pong);
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"unsubscribe","site":"a"}"#).unwrap(),
+            ClientFrame::Unsubscribe { id: None, site: "a".into() }
+        );
+    }
+
+    #[test]
+    fn errors_are_typed_and_keep_the_id() {
+        let e = ClientFrame::parse("nope").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidJson);
+        let e = ClientFrame::parse(r#"{"type":"publish","id":9}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::UnknownType, Some(9)));
+        let e = ClientFrame::parse(r#"{"id":9}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::UnknownType, Some(9)));
+        let e = ClientFrame::parse(r#"{"type":"subscribe","id":4}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::InvalidFrame, Some(4)));
+        assert!(e.message.contains("site"), "{}", e.message);
+        let e = ClientFrame::parse(r#"{"type":"subscribe","site":"a","rewind":-1}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidFrame);
+        let e = ClientFrame::parse(r#"{"type":"subscribe","site":"a","extra":1}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidFrame);
+    }
+
+    #[test]
+    fn pub_frame_round_trips_with_verbatim_data() {
+        let data = RawValue::from_string(r#"{"n":1.50}"#.into()).unwrap();
+        let text = encode_pub("mrc", "t", "ep", 7, &data);
+        assert_eq!(text, r#"{"type":"pub","site":"mrc","topic":"t","epoch":"ep","offset":7,"data":{"n":1.50}}"#);
+        let frames: Vec<_> = ServerFrame::parse_packed(&format!("{text}\n{}", ServerFrame::Ping.to_json()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(matches!(&frames[0], ServerFrame::Pub(p) if p.offset == 7 && p.data.get() == r#"{"n":1.50}"#));
+        assert!(matches!(frames[1], ServerFrame::Ping));
+    }
+}

@@ -1,0 +1,169 @@
+//! A session speaking protocol v2 (`docs/PROTOCOL.md`): many sites per connection, each with an
+//! optional topic filter, stream positions, exact recovery, rewind, and application-level pings
+//! the browser SDK can see.
+
+use std::{collections::HashMap, future::Future, sync::Arc};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use datastream_protocol::{
+    error::{ErrorCode, ErrorFrame},
+    v2::{ClientFrame, ServerFrame, StreamPosition},
+};
+use tracing::warn;
+
+use super::{Protocol, Registration};
+use crate::{AppState, hub::TopicFilter, publication::Publication};
+
+/// What the session knows of one subscription.
+#[derive(Debug)]
+struct SiteState {
+    /// The epoch the client was last told about.
+    epoch: Arc<str>,
+    /// Queued publications of `epoch` below this offset were already sent (in a replay) or
+    /// predate the subscription, and are skipped.
+    next: u64,
+}
+
+/// A v2 connection.
+#[derive(Debug, Default)]
+pub struct V2 {
+    sites: HashMap<Arc<str>, SiteState>,
+}
+
+/// A subscribe request after validation.
+#[derive(Debug)]
+pub struct SubscribeRequest {
+    /// Request id, echoed back.
+    pub id: Option<u64>,
+    /// The site.
+    pub site: Arc<str>,
+    /// Topic filter.
+    pub topics: Option<TopicFilter>,
+    /// Position to recover from.
+    pub recover: Option<StreamPosition>,
+    /// Publications to rewind.
+    pub rewind: u32,
+}
+
+fn refuse(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> ErrorFrame {
+    ErrorFrame { id, code, message: message.into() }
+}
+
+impl V2 {
+    /// Validates a subscribe request's names and limits.
+    pub fn check_subscribe(
+        &self,
+        state: &AppState,
+        id: Option<u64>,
+        site: &str,
+        topics: &[String],
+        recover: Option<StreamPosition>,
+        rewind: Option<u32>,
+    ) -> Result<SubscribeRequest, ErrorFrame> {
+        let names = &state.validator.names;
+        names.check_site(site).map_err(|e| refuse(id, ErrorCode::InvalidSite, e.to_string()))?;
+        for topic in topics {
+            names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
+        }
+        let max = state.config.max_subscriptions as usize;
+        if !self.sites.contains_key(site) && self.sites.len() >= max {
+            return Err(refuse(
+                id,
+                ErrorCode::TooManySubscriptions,
+                format!("at most {max} subscriptions per connection"),
+            ));
+        }
+        let topics = (!topics.is_empty()).then(|| topics.iter().map(|t| Arc::from(t.as_str())).collect());
+        Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0) })
+    }
+
+    /// Subscribes: registers in the hub first, then reads the site's stream, so a publication
+    /// landing in between is neither missed nor sent twice. Returns the ack and any replay.
+    pub async fn subscribe(
+        &mut self,
+        req: SubscribeRequest,
+        reg: &mut Registration,
+        state: &AppState,
+    ) -> Result<Vec<Utf8Bytes>, ErrorFrame> {
+        reg.add(req.site.clone(), req.topics.clone());
+        let snapshot = match state.broker.snapshot(&req.site).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(site = %req.site, error = %e, "subscribe failed");
+                reg.remove(&req.site);
+                self.sites.remove(&req.site);
+                return Err(refuse(req.id, ErrorCode::Unavailable, "history unavailable; retry"));
+            }
+        };
+        let topics = req.topics.as_deref();
+        let (recovered, replay) = match &req.recover {
+            Some(pos) => match snapshot.recover(&pos.epoch, pos.offset, topics) {
+                Some(replay) => (Some(true), replay),
+                None => (Some(false), Vec::new()),
+            },
+            None => (None, snapshot.rewind(req.rewind as usize, topics)),
+        };
+        self.sites.insert(req.site.clone(), SiteState { epoch: snapshot.epoch.clone(), next: snapshot.top + 1 });
+        let ack = ServerFrame::Subscribed {
+            id: req.id,
+            site: req.site.to_string(),
+            epoch: snapshot.epoch.to_string(),
+            offset: snapshot.top,
+            recovered,
+            replayed: u32::try_from(replay.len()).unwrap_or(u32::MAX),
+        };
+        let mut frames = Vec::with_capacity(replay.len() + 1);
+        frames.push(ack.to_json().into());
+        frames.extend(replay.iter().map(|p| p.v2_frame()));
+        Ok(frames)
+    }
+
+    /// The connection's first frame.
+    pub fn hello(state: &AppState) -> Utf8Bytes {
+        ServerFrame::Hello {
+            version: 2,
+            ping_interval_ms: u64::try_from(state.config.ping_interval.as_millis()).unwrap_or(u64::MAX),
+            max_subscriptions: state.config.max_subscriptions,
+        }
+        .to_json()
+        .into()
+    }
+}
+
+impl Protocol for V2 {
+    fn frame(&self, publication: &Publication) -> Option<Utf8Bytes> {
+        let site = self.sites.get(&publication.site)?;
+        if publication.position.epoch == site.epoch && publication.position.offset < site.next {
+            return None;
+        }
+        Some(publication.v2_frame())
+    }
+
+    fn ping(&self) -> Message {
+        Message::Text(Utf8Bytes::from_static(r#"{"type":"ping"}"#))
+    }
+
+    fn on_text(
+        &mut self,
+        text: &str,
+        reg: &mut Registration,
+        state: &AppState,
+    ) -> impl Future<Output = Result<Vec<Utf8Bytes>, ErrorFrame>> + Send {
+        let frame = ClientFrame::parse(text).map_err(|e| ErrorFrame { id: e.id, code: e.code, message: e.message });
+        async move {
+            match frame? {
+                ClientFrame::Subscribe { id, site, topics, recover, rewind } => {
+                    let req = self.check_subscribe(state, id, &site, &topics, recover, rewind)?;
+                    self.subscribe(req, reg, state).await
+                }
+                ClientFrame::Unsubscribe { id, site } => {
+                    reg.remove(&site);
+                    self.sites.remove(site.as_str());
+                    Ok(vec![ServerFrame::Unsubscribed { id, site }.to_json().into()])
+                }
+                ClientFrame::Ping => Ok(vec![Utf8Bytes::from_static(r#"{"type":"pong"}"#)]),
+                ClientFrame::Pong => Ok(Vec::new()),
+            }
+        }
+    }
+}
