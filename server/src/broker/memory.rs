@@ -181,6 +181,25 @@ mod tests {
     }
 
     #[test]
+    fn history_expires_by_age_and_recovery_then_fails() {
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
+        let options =
+            HistoryOptions { size: 100, ttl: Duration::from_millis(30), dedupe_window: Duration::from_secs(60) };
+        let b = MemoryBroker::new(hub, options);
+        b.publish(request("a", 1, None));
+        b.publish(request("a", 2, None));
+        let site: Arc<str> = "a".into();
+        let snap = b.snapshot(&site);
+        assert_eq!(snap.recover(&snap.epoch, 0, None).map(|v| v.len()), Some(2));
+        std::thread::sleep(Duration::from_millis(40));
+        b.sweep();
+        let snap = b.snapshot(&site);
+        assert_eq!((snap.top, snap.history.len()), (2, 0), "offsets survive, history expired");
+        assert!(snap.recover(&snap.epoch, 0, None).is_none(), "a gap that is no longer held is not recovered");
+        assert_eq!(snap.recover(&snap.epoch, 2, None).map(|v| v.len()), Some(0), "up to date is fine");
+    }
+
+    #[test]
     fn history_is_bounded() {
         let (b, _) = broker(3, Duration::from_secs(60));
         for n in 0..10 {
