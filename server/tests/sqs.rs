@@ -225,21 +225,19 @@ async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
 
 #[tokio::test]
 async fn a_bad_setting_stops_the_binary_with_a_message_naming_it() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_datastream"))
-        .env_clear()
-        .env("DATASTREAM_LISTEN", "127.0.0.1:0")
-        .env("DATASTREAM_STAGE", "healthz")
-        .output()
-        .expect("run datastream");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("DATASTREAM_STAGE"), "{stderr}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_datastream"))
-        .env_clear()
-        .env("DATASTREAM_PING_INTERVAL", "soon")
-        .output()
-        .expect("run datastream");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--ping-interval"), "{stderr}");
+    for (var, value, named) in [
+        ("DATASTREAM_STAGE", "healthz", "DATASTREAM_STAGE"),
+        ("DATASTREAM_PING_INTERVAL", "soon", "--ping-interval"),
+        ("DATASTREAM_DRAIN_WINDOW", "20s", "DATASTREAM_DRAIN_WINDOW"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_datastream"))
+            .env_clear()
+            .env("DATASTREAM_LISTEN", "127.0.0.1:0")
+            .env(var, value)
+            .output()
+            .expect("run datastream");
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{var}={value}: {stderr}");
+    }
 }
