@@ -214,7 +214,7 @@ async fn recovery_refuses_a_partial_replay() {
 #[tokio::test]
 async fn rewind_and_filtered_recovery() {
     let s = TestServer::start(&[]).await;
-    let topic = |n: u64| if n % 2 == 0 { "even" } else { "odd" };
+    let topic = |n: u64| if n.is_multiple_of(2) { "even" } else { "odd" };
     publish_n(&s, "mrc", 1..=10, topic).await;
     let mut ws = v2(&s).await;
     let ack = subscribe(&mut ws, json!({"site": "mrc", "topics": ["even"], "rewind": 3})).await;

@@ -124,10 +124,10 @@ async fn poll(poller: usize, client: Client, state: Arc<AppState>, url: String, 
             if stop.is_cancelled() {
                 break;
             }
-            if handle(&state, message).await {
-                if let Some(handle) = message.receipt_handle() {
-                    done.push(handle.to_owned());
-                }
+            if handle(&state, message).await
+                && let Some(handle) = message.receipt_handle()
+            {
+                done.push(handle.to_owned());
             }
         }
         delete(&client, &state, &url, done).await;
