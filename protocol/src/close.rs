@@ -16,6 +16,8 @@ pub enum CloseCode {
     SlowConsumer = 3000,
     /// Nothing was heard from the client within the heartbeat timeout; reconnect.
     HeartbeatTimeout = 3001,
+    /// The connection's token expired; get a fresh token, then reconnect.
+    TokenExpired = 3002,
     /// The client kept sending invalid frames; fix the client before reconnecting.
     BadProtocol = 3500,
     /// The client is not allowed on this server (bad or expired credentials, origin refused).
@@ -50,7 +52,13 @@ mod tests {
 
     #[test]
     fn classes() {
-        for c in [CloseCode::GoingAway, CloseCode::ServerError, CloseCode::SlowConsumer, CloseCode::HeartbeatTimeout] {
+        for c in [
+            CloseCode::GoingAway,
+            CloseCode::ServerError,
+            CloseCode::SlowConsumer,
+            CloseCode::HeartbeatTimeout,
+            CloseCode::TokenExpired,
+        ] {
             assert!(c.reconnect(), "{c:?}");
         }
         for c in [CloseCode::BadProtocol, CloseCode::Forbidden, CloseCode::MessageTooBig] {

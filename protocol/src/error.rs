@@ -30,6 +30,10 @@ pub enum ErrorCode {
     Forbidden,
     /// The server could not carry out the request right now; retry later.
     Unavailable,
+    /// The client sent frames faster than the server accepts.
+    RateLimited,
+    /// A token failed verification.
+    InvalidToken,
 }
 
 impl ErrorCode {
@@ -45,6 +49,8 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidToken => "invalid_token",
         }
     }
 }

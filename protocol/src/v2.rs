@@ -61,6 +61,14 @@ pub enum ClientFrame {
     Pong,
     /// A client-initiated liveness check; the server answers [`ServerFrame::Pong`].
     Ping,
+    /// Replace the connection's token (before it expires) without reconnecting.
+    Refresh {
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The new token.
+        token: String,
+    },
 }
 
 /// Why a client frame could not be decoded.
@@ -92,11 +100,11 @@ impl ClientFrame {
         let id = peek.id.as_ref().and_then(serde_json::Value::as_u64);
         let kind = peek.kind.and_then(|k| serde_json::from_str::<&str>(k.get()).ok());
         match kind {
-            Some("subscribe" | "unsubscribe" | "ping" | "pong") => {}
+            Some("subscribe" | "unsubscribe" | "ping" | "pong" | "refresh") => {}
             Some(other) => {
                 return Err(FrameError {
                     code: ErrorCode::UnknownType,
-                    message: format!("unknown type {other:?}; expected subscribe, unsubscribe, ping or pong"),
+                    message: format!("unknown type {other:?}; expected subscribe, unsubscribe, ping, pong or refresh"),
                     id,
                 });
             }
@@ -173,6 +181,15 @@ pub enum ServerFrame {
     },
     /// A publication.
     Pub(PubFrame),
+    /// A token refresh was accepted.
+    Refreshed {
+        /// The request's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// When the new token expires (seconds since the Unix epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
     /// Heartbeat; answer with [`ClientFrame::Pong`].
     Ping,
     /// The answer to a client [`ClientFrame::Ping`].

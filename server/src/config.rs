@@ -111,6 +111,56 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: u32,
 
+    /// HS256 secret for client tokens (at least 32 bytes). Setting this (or `--jwks`) makes a
+    /// token mandatory for WebSocket clients; unset, clients are anonymous and may read any site.
+    #[arg(long, env = "DATASTREAM_JWT_SECRET", hide_env_values = true, conflicts_with = "jwks")]
+    pub jwt_secret: Option<String>,
+
+    /// RS256/ES256 public keys for client tokens: a JWKS file path or http(s) URL.
+    #[arg(long, env = "DATASTREAM_JWKS")]
+    pub jwks: Option<String>,
+
+    /// How often a JWKS URL is fetched again.
+    #[arg(long, env = "DATASTREAM_JWKS_REFRESH", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: Duration,
+
+    /// Required `aud` claim of client tokens, if set.
+    #[arg(long, env = "DATASTREAM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim of client tokens, if set.
+    #[arg(long, env = "DATASTREAM_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Browser origins allowed to open WebSockets (comma-separated, e.g.
+    /// `https://www.photonranch.org`). Empty: any. Requests without an `Origin` header (non-browser
+    /// clients) are not affected.
+    #[arg(long, env = "DATASTREAM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most open WebSocket connections; further handshakes get 503.
+    #[arg(long, env = "DATASTREAM_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Most open WebSocket connections from one IP address (0: no limit); further handshakes get
+    /// 429. Behind a proxy every client shares the proxy's address: raise it or set 0.
+    #[arg(long, env = "DATASTREAM_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
+    pub max_connections_per_ip: usize,
+
+    /// Time allowed for a client to send its HTTP request headers (including the WebSocket
+    /// handshake) after connecting.
+    #[arg(long, env = "DATASTREAM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Client frames accepted per second per connection (sustained); faster ones are refused
+    /// with `rate_limited`.
+    #[arg(long, env = "DATASTREAM_CLIENT_FRAME_RATE", default_value_t = 20.0)]
+    pub client_frame_rate: f64,
+
+    /// Client frames accepted in a burst above the sustained rate.
+    #[arg(long, env = "DATASTREAM_CLIENT_FRAME_BURST", default_value_t = 60.0)]
+    pub client_frame_burst: f64,
+
     /// Log format.
     #[arg(long, env = "DATASTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -196,6 +246,29 @@ impl Config {
             return Err(bad(
                 "--drain-window (DATASTREAM_DRAIN_WINDOW)",
                 "must be shorter than --shutdown-timeout, or closes would be cut off",
+            ));
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.len() < 32) {
+            return Err(bad("--jwt-secret (DATASTREAM_JWT_SECRET)", "must be at least 32 bytes"));
+        }
+        if self.max_connections == 0 {
+            return Err(bad("--max-connections (DATASTREAM_MAX_CONNECTIONS)", "must be at least 1"));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(bad("--handshake-timeout (DATASTREAM_HANDSHAKE_TIMEOUT)", "must be positive"));
+        }
+        if !(self.client_frame_rate > 0.0 && self.client_frame_rate.is_finite()) {
+            return Err(bad("--client-frame-rate (DATASTREAM_CLIENT_FRAME_RATE)", "must be a positive number"));
+        }
+        if !(self.client_frame_burst >= 1.0 && self.client_frame_burst.is_finite()) {
+            return Err(bad("--client-frame-burst (DATASTREAM_CLIENT_FRAME_BURST)", "must be at least 1"));
+        }
+        if let Some(origin) =
+            self.allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return Err(bad(
+                "--allowed-origins (DATASTREAM_ALLOWED_ORIGINS)",
+                format!("{origin:?} is not an origin like https://www.photonranch.org"),
             ));
         }
         if self.max_subscriptions == 0 {

@@ -1,29 +1,28 @@
 //! The HTTP surface: the WebSocket endpoint at `/<stage>`, `POST /publish`, `/healthz`,
 //! `/readyz` and `/metrics`. Any other path is 404.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Json, Router,
     extract::{
-        DefaultBodyLimit, Query, State,
-        ws::{WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+        ConnectInfo, DefaultBodyLimit, Query, State,
+        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use datastream_protocol::v2;
+use datastream_protocol::{close::CloseCode, v2};
 use serde_json::json;
 use tracing::debug;
 
 use crate::{
-    AppState, ingest,
-    session::{
-        self, Registration,
-        legacy::Legacy,
-        v2::{SubscribeRequest, V2},
-    },
+    AppState,
+    auth::Grant,
+    ingest,
+    limits::IpPermit,
+    session::{self, Registration, legacy::Legacy, v2::V2},
 };
 
 /// Builds the router for `state`.
@@ -44,69 +43,133 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text.into()).into_response()
 }
 
+/// Subprotocol prefix carrying a token: `datastream.token.<jwt>`. Browsers cannot set headers on a
+/// WebSocket, and a token in the URL ends up in access logs and history; a subprotocol entry is
+/// the one header a browser lets a page set.
+const TOKEN_PROTOCOL_PREFIX: &str = "datastream.token.";
+
+/// The offered subprotocols, split on commas.
+fn offered_protocols(upgrade: &WebSocketUpgrade) -> Vec<String> {
+    upgrade
+        .requested_protocols()
+        .filter_map(|p| p.to_str().ok())
+        .flat_map(|p| p.split(','))
+        .map(|p| p.trim().to_owned())
+        .collect()
+}
+
 /// `GET /<stage>`: a WebSocket. With the subprotocol `datastream.v2`, a v2 connection subscribed
 /// to every `site` in the query (none is fine); otherwise a legacy connection subscribed to its one
-/// required `site`.
+/// required `site`. When authentication is on, the token comes from a `datastream.token.<jwt>`
+/// subprotocol entry or a `token` query parameter.
 async fn connect(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let v2 = upgrade.as_ref().is_ok_and(|u| {
-        u.requested_protocols().any(|p| p.to_str().is_ok_and(|p| p.split(',').any(|p| p.trim() == v2::SUBPROTOCOL)))
-    });
+    let refuse = |status: StatusCode, reason: &'static str, text: String| {
+        state.metrics.connection_refused(reason);
+        plain(status, text)
+    };
+    let offered = upgrade.as_ref().map(offered_protocols).unwrap_or_default();
+    let v2 = offered.iter().any(|p| p == v2::SUBPROTOCOL);
     let sites: Vec<&str> = query.iter().filter(|(k, _)| k == "site").map(|(_, v)| v.as_str()).collect();
     if !v2 && sites.first().is_none_or(|s| s.is_empty()) {
-        return plain(StatusCode::BAD_REQUEST, "missing query parameter: site\n");
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", "missing query parameter: site\n".into());
     }
     for site in &sites {
         if let Err(e) = state.validator.names.check_site(site) {
-            return plain(StatusCode::BAD_REQUEST, format!("invalid query parameter site: {e}\n"));
+            return refuse(StatusCode::BAD_REQUEST, "bad_request", format!("invalid query parameter site: {e}\n"));
         }
     }
     if v2 && sites.len() > state.config.max_subscriptions as usize {
-        return plain(StatusCode::BAD_REQUEST, format!("more than {} sites\n", state.config.max_subscriptions));
+        let text = format!("more than {} sites\n", state.config.max_subscriptions);
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", text);
     }
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    if state.is_draining() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && !state.config.allowed_origins.is_empty()
+        && !state.config.allowed_origins.iter().any(|o| o == origin)
+    {
+        return refuse(StatusCode::FORBIDDEN, "origin", format!("origin {origin} is not allowed\n"));
     }
+    if state.is_draining() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", "server shutting down\n".into());
+    }
+    if state.sessions.len() >= state.config.max_connections {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "max_connections", "too many connections\n".into());
+    }
+    let Some(permit) = state.ip_limiter.try_acquire(peer.ip()) else {
+        return refuse(StatusCode::TOO_MANY_REQUESTS, "per_ip", "too many connections from this address\n".into());
+    };
+    let token = offered
+        .iter()
+        .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+        .or_else(|| query.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str()));
+    let grant = state.auth.verify(token).await;
+
     let max_frame = state.config.max_client_frame_bytes;
     let upgrade = upgrade.max_message_size(max_frame).max_frame_size(max_frame);
     let sessions = state.sessions.clone();
     if v2 {
+        // A browser cannot read a refused handshake's status; v2 clients get the reason as a
+        // terminal close code instead.
+        let grant = match grant {
+            Ok(grant) => grant,
+            Err(e) => {
+                state.metrics.connection_refused("auth");
+                return upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |mut socket| async move {
+                    let frame = CloseFrame { code: CloseCode::Forbidden.code(), reason: e.to_string().into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                });
+            }
+        };
         let sites: Vec<Arc<str>> = sites.into_iter().map(Arc::from).collect();
         debug!(?sites, "v2 connection");
         upgrade
             .protocols([v2::SUBPROTOCOL])
-            .on_upgrade(move |socket| sessions.track_future(start_v2(socket, state, sites)))
+            .on_upgrade(move |socket| sessions.track_future(start_v2(socket, state, sites, grant, permit)))
     } else {
+        let grant = match grant {
+            Ok(grant) => grant,
+            Err(e) => return refuse(StatusCode::UNAUTHORIZED, "auth", format!("{e}\n")),
+        };
         // Legacy pages give one site; like the original, only the first counts.
         let site: Arc<str> = sites[0].into();
+        if !grant.allows(&site) {
+            return refuse(StatusCode::FORBIDDEN, "forbidden", format!("not allowed to subscribe to {site}\n"));
+        }
         debug!(%site, "legacy connection");
-        upgrade.on_upgrade(move |socket| sessions.track_future(start_legacy(socket, state, site)))
+        upgrade.on_upgrade(move |socket| sessions.track_future(start_legacy(socket, state, site, grant, permit)))
     }
 }
 
-async fn start_legacy(socket: WebSocket, state: Arc<AppState>, site: Arc<str>) {
+async fn start_legacy(socket: WebSocket, state: Arc<AppState>, site: Arc<str>, grant: Grant, permit: IpPermit) {
     let gauge = state.metrics.connections_legacy.clone();
-    let (mut reg, rx) = Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge);
+    let (mut reg, rx) =
+        Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge, grant, Some(permit));
     reg.add(site, None);
     session::run(socket, state, Legacy, reg, rx, Vec::new()).await;
 }
 
-async fn start_v2(socket: WebSocket, state: Arc<AppState>, sites: Vec<Arc<str>>) {
+async fn start_v2(socket: WebSocket, state: Arc<AppState>, sites: Vec<Arc<str>>, grant: Grant, permit: IpPermit) {
     let gauge = state.metrics.connections_v2.clone();
-    let (mut reg, rx) = Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge);
+    let (mut reg, rx) =
+        Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge, grant, Some(permit));
     let mut proto = V2::default();
     let mut greeting = vec![V2::hello(&state)];
     for site in sites {
-        let req = SubscribeRequest { id: None, site, topics: None, recover: None, rewind: 0 };
-        match proto.subscribe(req, &mut reg, &state).await {
-            Ok(frames) => greeting.extend(frames),
+        let checked = proto.check_subscribe(&state, &reg.grant, None, &site, &[], None, None);
+        match checked {
+            Ok(req) => match proto.subscribe(req, &mut reg, &state).await {
+                Ok(frames) => greeting.extend(frames),
+                Err(refusal) => greeting.push(refusal.to_json().into()),
+            },
             Err(refusal) => greeting.push(refusal.to_json().into()),
         }
     }

@@ -9,18 +9,26 @@
 //! - [`session`]: one task per WebSocket connection.
 //! - [`ingest`]: where messages come from: SQS pollers and the HTTP publish endpoint.
 //! - [`http`]: the router: WebSocket upgrade, publish, health, readiness and metrics.
+//! - [`auth`]: optional JWT verification of clients, and what a token grants.
+//! - [`limits`]: per-address connection limits and per-connection frame rates.
+//! - [`serve`]: the HTTP accept loop (header deadline, TCP_NODELAY, graceful stop).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`cli`]: the binary's tools: `publish`, `tail`, `healthcheck`.
 //! - [`server`]: binding, running and the ordered graceful shutdown.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod publication;
+pub mod serve;
 pub mod server;
 pub mod session;
 
@@ -34,7 +42,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use config::Config;
 pub use server::Server;
 
-use crate::{broker::Broker, hub::Hub, metrics::Metrics, publication::Validator};
+use crate::{auth::Auth, broker::Broker, hub::Hub, limits::IpLimiter, metrics::Metrics, publication::Validator};
 
 /// State shared by every request handler and session.
 #[derive(Debug)]
@@ -57,6 +65,10 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Upstream health, for `/readyz`.
     pub readiness: Readiness,
+    /// Client token verification.
+    pub auth: Auth,
+    /// Open connections per address.
+    pub ip_limiter: Arc<IpLimiter>,
 }
 
 impl AppState {

@@ -1,16 +1,40 @@
-//! The `datastream` binary: parse configuration, set up logging, run the relay until SIGTERM or
-//! SIGINT.
+//! The `datastream` binary: the relay (`serve`, the default) and its tools (`publish`, `tail`,
+//! `healthcheck`).
 
-use clap::Parser;
-use datastream::{Config, Server, config::LogFormat};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use datastream::{
+    Config, Server,
+    cli::{self, ToolError},
+    config::LogFormat,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Real-time relay for Photon Ranch: SQS and HTTP publish in, WebSocket subscribers out.
+///
+/// Without a subcommand, serves (same as `datastream serve`). Exit codes of the tools: 0 success,
+/// 1 refused by the relay, 2 bad arguments, 3 relay or queue unreachable.
 #[derive(Debug, Parser)]
-#[command(name = "datastream", version, about, long_about = None)]
+#[command(name = "datastream", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     #[command(flatten)]
     config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Serve(Box<Config>),
+    /// Publish one message through the relay's HTTP API or SQS.
+    Publish(cli::publish::PublishArgs),
+    /// Follow sites and print publications as JSON lines, recovering across reconnects.
+    Tail(cli::tail::TailArgs),
+    /// Exit 0 if the relay on this host answers /healthz (for container HEALTHCHECKs).
+    Healthcheck(cli::healthcheck::HealthcheckArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -45,10 +69,36 @@ async fn shutdown_signal() {
     }
 }
 
+async fn serve(config: Config) -> ExitCode {
+    init_tracing(config.log_format);
+    let result = async { Server::bind(config).await?.run(shutdown_signal()).await }.await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("datastream: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tool_exit(result: Result<(), ToolError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("datastream: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.config.log_format);
-    let server = Server::bind(cli.config).await?;
-    server.run(shutdown_signal()).await
+    match cli.command {
+        None => serve(cli.config).await,
+        Some(Command::Serve(config)) => serve(*config).await,
+        Some(Command::Publish(args)) => tool_exit(cli::publish::run(args).await.map(|answer| println!("{answer}"))),
+        Some(Command::Tail(args)) => tool_exit(cli::tail::run(args).await),
+        Some(Command::Healthcheck(args)) => tool_exit(cli::healthcheck::run(args).await),
+    }
 }

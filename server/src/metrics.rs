@@ -80,6 +80,7 @@ pub struct Metrics {
     dropped: Family<ReasonLabel, Counter>,
     disconnects: Family<ReasonLabel, Counter>,
     client_frames_rejected: Family<ReasonLabel, Counter>,
+    connections_refused: Family<ReasonLabel, Counter>,
     sqs_errors: Family<OpLabel, Counter>,
     /// Seconds from a publication's acceptance until it sat in every local subscriber's queue.
     pub fanout_seconds: Histogram,
@@ -125,6 +126,12 @@ impl Metrics {
         registry.register("disconnects", "Connections closed by the server, by reason", disconnects.clone());
         let client_frames_rejected = Family::<ReasonLabel, Counter>::default();
         registry.register("client_frames_rejected", "Client frames refused, by reason", client_frames_rejected.clone());
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "WebSocket handshakes refused, by reason",
+            connections_refused.clone(),
+        );
         let sqs_errors = Family::<OpLabel, Counter>::default();
         registry.register("sqs_errors", "Failed SQS calls, by operation", sqs_errors.clone());
         let fanout_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
@@ -153,6 +160,7 @@ impl Metrics {
             dropped,
             disconnects,
             client_frames_rejected,
+            connections_refused,
             sqs_errors,
             fanout_seconds,
             delivery_seconds,
@@ -182,6 +190,11 @@ impl Metrics {
     /// Counts a refused client frame.
     pub fn client_frame_rejected(&self, reason: &'static str) {
         self.client_frames_rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a refused WebSocket handshake.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts a failed SQS call.

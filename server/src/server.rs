@@ -21,12 +21,15 @@ use tracing::{info, warn};
 
 use crate::{
     AppState, Config, Readiness,
+    auth::Auth,
     broker::{Broker, HistoryOptions, MemoryBroker},
     http,
     hub::Hub,
     ingest,
+    limits::IpLimiter,
     metrics::Metrics,
     publication::Validator,
+    serve::serve,
 };
 
 /// How often the broker expires history and dedupe keys.
@@ -51,6 +54,8 @@ impl Server {
         let options =
             HistoryOptions { size: config.history_size, ttl: config.history_ttl, dedupe_window: config.dedupe_window };
         let broker = Broker::Memory(MemoryBroker::new(hub.clone(), options));
+        let auth = Auth::from_config(&config).await?;
+        let ip_limiter = IpLimiter::new(config.max_connections_per_ip);
         let state = AppState {
             validator: Validator { names: config.name_rules(), max_message_bytes: config.max_message_bytes },
             readiness: Readiness { sqs_enabled: config.sqs_queue.is_some(), sqs_ok: AtomicBool::new(false) },
@@ -61,6 +66,8 @@ impl Server {
             close_sessions: CancellationToken::new(),
             sessions: TaskTracker::new(),
             draining: AtomicBool::new(false),
+            auth,
+            ip_limiter,
         };
         Ok(Server { listener, state: Arc::new(state) })
     }
@@ -100,17 +107,36 @@ impl Server {
             })
         };
 
+        let jwks_refresher = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let period = state.config.jwks_refresh;
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                loop {
+                    tick.tick().await;
+                    state.auth.refresh().await;
+                }
+            })
+        };
+
         let stop_http = CancellationToken::new();
-        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(stop_http.clone().cancelled_owned());
-        let mut http_task = tokio::spawn(async move { serve.await });
+        let router = http::router(state.clone());
+        let mut http_task = tokio::spawn(serve(
+            listener,
+            router,
+            state.config.handshake_timeout,
+            stop_http.clone(),
+            state.config.shutdown_timeout,
+        ));
         info!(%addr, stage = %state.config.stage, sqs = state.config.sqs_queue.is_some(), "listening");
 
         tokio::select! {
             () = shutdown => {}
             res = &mut http_task => {
                 sweeper.abort();
-                return res.context("HTTP server task")?.context("HTTP server failed");
+                jwks_refresher.abort();
+                res.context("HTTP server task")?;
+                anyhow::bail!("HTTP server stopped unexpectedly");
             }
         }
 
@@ -131,8 +157,9 @@ impl Server {
 
         stop_http.cancel();
         sweeper.abort();
+        jwks_refresher.abort();
         match tokio::time::timeout_at(deadline, &mut http_task).await {
-            Ok(res) => res.context("HTTP server task")?.context("HTTP server failed")?,
+            Ok(res) => res.context("HTTP server task")?,
             Err(_) => {
                 warn!("HTTP connections still open at the deadline; dropping them");
                 http_task.abort();

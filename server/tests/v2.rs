@@ -14,7 +14,10 @@ use std::{
 
 use axum::extract::ws::Message as AxMessage;
 use common::*;
-use datastream::session::{self, Registration, v2::V2};
+use datastream::{
+    auth::Grant,
+    session::{self, Registration, v2::V2},
+};
 use futures_util::{Sink, Stream};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -379,7 +382,8 @@ async fn channel_session() -> (
     let (to_server, from_client) = mpsc::unbounded_channel();
     let (to_client, from_server) = mpsc::unbounded_channel();
     let socket = ChanSocket { from_client, to_client };
-    let (reg, rx) = Registration::new(state.hub.clone(), 1 << 20, state.metrics.connections_v2.clone());
+    let (reg, rx) =
+        Registration::new(state.hub.clone(), 1 << 20, state.metrics.connections_v2.clone(), Grant::anonymous(), None);
     let hello = V2::hello(&state);
     let task = tokio::spawn(session::run(socket, state, V2::default(), reg, rx, vec![hello]));
     (from_server, task, to_server)

@@ -37,6 +37,9 @@ impl Protocol for Legacy {
     ) -> impl Future<Output = Result<Vec<Utf8Bytes>, ErrorFrame>> + Send {
         let result = match LegacyClientFrame::parse(text) {
             Ok(LegacyClientFrame::UpdateSubscriberSite { site }) => match state.validator.names.check_site(&site) {
+                Ok(()) if !reg.grant.allows(&site) => {
+                    Err(ErrorFrame::new(ErrorCode::Forbidden, format!("not allowed to subscribe to {site:?}")))
+                }
                 Ok(()) => {
                     let site: Arc<str> = site.into();
                     if reg.sites().first() != Some(&site) {

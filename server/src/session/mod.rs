@@ -9,7 +9,10 @@
 pub mod legacy;
 pub mod v2;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     Error as WsError,
@@ -29,7 +32,9 @@ use tracing::debug;
 
 use crate::{
     AppState,
+    auth::Grant,
     hub::{ConnId, Hub, Outbox, Subscriber, TopicFilter},
+    limits::{FrameRate, IpPermit},
     metrics::Metrics,
     publication::Publication,
 };
@@ -75,6 +80,10 @@ pub struct Registration {
     sites: Vec<Arc<str>>,
     /// The open-connections gauge for this connection's protocol; decremented on drop.
     connections: Gauge,
+    /// What the connection's token (or anonymity) allows.
+    pub grant: Grant,
+    /// The connection's place in its address's count, released with the registration.
+    _permit: Option<IpPermit>,
 }
 
 impl Registration {
@@ -83,11 +92,13 @@ impl Registration {
         hub: Arc<Hub>,
         queue_bytes: usize,
         connections: Gauge,
+        grant: Grant,
+        permit: Option<IpPermit>,
     ) -> (Self, mpsc::UnboundedReceiver<Arc<Publication>>) {
         let (outbox, rx) = Outbox::new(queue_bytes);
         let conn = hub.next_conn_id();
         connections.inc();
-        (Registration { hub, conn, outbox, sites: Vec::new(), connections }, rx)
+        (Registration { hub, conn, outbox, sites: Vec::new(), connections, grant, _permit: permit }, rx)
     }
 
     /// Subscribes to `site`, or replaces the topic filter of an existing subscription.
@@ -173,13 +184,18 @@ pub async fn run<S: Socket, P: Protocol>(
     let mut last_heard = Instant::now();
     let mut strikes = Strikes::new();
     let mut drain_at: Option<Instant> = None;
+    let mut rate = FrameRate::new(state.config.client_frame_rate, state.config.client_frame_burst);
 
     let end = if send_all(&mut socket, greeting).await.is_err() {
         End::Gone
     } else {
         loop {
+            let expires = reg.grant.expires.map(deadline);
             tokio::select! {
                 biased;
+                () = sleep_until(expires.unwrap_or_else(Instant::now)), if expires.is_some() => {
+                    break End::Close(CloseCode::TokenExpired, "token expired", "token_expired");
+                }
                 () = state.close_sessions.cancelled(), if drain_at.is_none() => {
                     // Spread closes over the drain window so clients do not all come back at once.
                     let window = state.config.drain_window;
@@ -205,6 +221,10 @@ pub async fn run<S: Socket, P: Protocol>(
                 msg = socket.next() => {
                     last_heard = Instant::now();
                     let reply = match msg {
+                        Some(Ok(Message::Text(_))) if !rate.allow() => Err(ErrorFrame::new(
+                            ErrorCode::RateLimited,
+                            "too many frames; slow down",
+                        )),
                         Some(Ok(Message::Text(text))) => proto.on_text(&text, &mut reg, &state).await,
                         Some(Ok(Message::Binary(_))) => Err(ErrorFrame::new(
                             ErrorCode::BinaryFrame,
@@ -248,6 +268,11 @@ pub async fn run<S: Socket, P: Protocol>(
         metrics.disconnect(label);
         close(&mut socket, code, reason).await;
     }
+}
+
+/// The instant a wall-clock expiry falls at (now, if it has passed).
+fn deadline(at: SystemTime) -> Instant {
+    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
 }
 
 /// Sends `frames` with one flush.

@@ -2,7 +2,7 @@
 //! optional topic filter, stream positions, exact recovery, rewind, and application-level pings
 //! the browser SDK can see.
 
-use std::{collections::HashMap, future::Future, sync::Arc};
+use std::{collections::HashMap, future::Future, sync::Arc, time::UNIX_EPOCH};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use datastream_protocol::{
@@ -12,7 +12,7 @@ use datastream_protocol::{
 use tracing::warn;
 
 use super::{Protocol, Registration};
-use crate::{AppState, hub::TopicFilter, publication::Publication};
+use crate::{AppState, auth::Grant, hub::TopicFilter, publication::Publication};
 
 /// What the session knows of one subscription.
 #[derive(Debug)]
@@ -51,9 +51,11 @@ fn refuse(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Error
 
 impl V2 {
     /// Validates a subscribe request's names and limits.
+    #[allow(clippy::too_many_arguments)]
     pub fn check_subscribe(
         &self,
         state: &AppState,
+        grant: &Grant,
         id: Option<u64>,
         site: &str,
         topics: &[String],
@@ -64,6 +66,9 @@ impl V2 {
         names.check_site(site).map_err(|e| refuse(id, ErrorCode::InvalidSite, e.to_string()))?;
         for topic in topics {
             names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
+        }
+        if !grant.allows(site) {
+            return Err(refuse(id, ErrorCode::Forbidden, format!("not allowed to subscribe to {site:?}")));
         }
         let max = state.config.max_subscriptions as usize;
         if !self.sites.contains_key(site) && self.sites.len() >= max {
@@ -118,6 +123,32 @@ impl V2 {
         Ok(frames)
     }
 
+    /// Replaces the connection's grant with the one `token` carries. Subscriptions the new
+    /// token no longer allows are removed, each with a `forbidden` error.
+    async fn refresh(
+        &mut self,
+        id: Option<u64>,
+        token: &str,
+        reg: &mut Registration,
+        state: &AppState,
+    ) -> Result<Vec<Utf8Bytes>, ErrorFrame> {
+        let grant =
+            state.auth.verify(Some(token)).await.map_err(|e| refuse(id, ErrorCode::InvalidToken, e.to_string()))?;
+        let mut frames = Vec::new();
+        let lost: Vec<_> = reg.sites().iter().filter(|s| !grant.allows(s)).cloned().collect();
+        for site in lost {
+            reg.remove(&site);
+            self.sites.remove(&site);
+            frames.push(
+                refuse(None, ErrorCode::Forbidden, format!("no longer allowed to read {site:?}")).to_json().into(),
+            );
+        }
+        let expires_at = grant.expires.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        reg.grant = grant;
+        frames.insert(0, ServerFrame::Refreshed { id, expires_at }.to_json().into());
+        Ok(frames)
+    }
+
     /// The connection's first frame.
     pub fn hello(state: &AppState) -> Utf8Bytes {
         ServerFrame::Hello {
@@ -153,7 +184,7 @@ impl Protocol for V2 {
         async move {
             match frame? {
                 ClientFrame::Subscribe { id, site, topics, recover, rewind } => {
-                    let req = self.check_subscribe(state, id, &site, &topics, recover, rewind)?;
+                    let req = self.check_subscribe(state, &reg.grant, id, &site, &topics, recover, rewind)?;
                     self.subscribe(req, reg, state).await
                 }
                 ClientFrame::Unsubscribe { id, site } => {
@@ -161,6 +192,7 @@ impl Protocol for V2 {
                     self.sites.remove(site.as_str());
                     Ok(vec![ServerFrame::Unsubscribed { id, site }.to_json().into()])
                 }
+                ClientFrame::Refresh { id, token } => self.refresh(id, &token, reg, state).await,
                 ClientFrame::Ping => Ok(vec![Utf8Bytes::from_static(r#"{"type":"pong"}"#)]),
                 ClientFrame::Pong => Ok(Vec::new()),
             }

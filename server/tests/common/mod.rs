@@ -217,3 +217,45 @@ pub async fn get_text(url: &str) -> (u16, String) {
     let status = resp.status().as_u16();
     (status, resp.text().await.expect("body"))
 }
+
+/// A loopback TCP proxy whose connections can all be cut at once, to lose a client's connection
+/// without restarting the relay.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let list = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                list.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        CutProxy { addr, conns, accept }
+    }
+
+    /// Drops every proxied connection (both sides see the TCP connection end).
+    pub fn cut(&self) {
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

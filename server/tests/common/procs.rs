@@ -52,7 +52,7 @@ impl Drop for Proc {
 
 /// Where the test tools live: `$DATASTREAM_TEST_VENV/bin` if set (the test script sets it),
 /// else the `PATH`.
-fn tool(name: &str) -> PathBuf {
+pub fn tool(name: &str) -> PathBuf {
     if let Some(venv) = std::env::var_os("DATASTREAM_TEST_VENV") {
         let p = PathBuf::from(venv).join("bin").join(name);
         if p.exists() {

@@ -1,0 +1,122 @@
+//! Connection and frame limits that protect the relay from one client, or one address, taking
+//! more than its share.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::time::Instant;
+
+/// Counts open connections per IP address.
+#[derive(Debug)]
+pub struct IpLimiter {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection's place in its address's count; released on drop.
+#[derive(Debug)]
+pub struct IpPermit {
+    limiter: Arc<IpLimiter>,
+    ip: IpAddr,
+}
+
+impl IpLimiter {
+    /// A limiter allowing `max` connections per address (0: unlimited).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(IpLimiter { max, open: Mutex::default() })
+    }
+
+    /// Takes a place for `ip`, or `None` if the address is at its limit.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_default();
+        if self.max != 0 && *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpPermit { limiter: self.clone(), ip })
+    }
+
+    /// Open connections from `ip`.
+    pub fn count(&self, ip: IpAddr) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut open = self.limiter.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A token bucket limiting how fast one connection may send frames.
+#[derive(Debug)]
+pub struct FrameRate {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl FrameRate {
+    /// `rate` frames per second sustained, `burst` at once.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        FrameRate { rate, burst, tokens: burst, last: Instant::now() }
+    }
+
+    /// Takes one frame's token; false if the connection is over its rate.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ip_permits_are_counted_and_released() {
+        let limiter = IpLimiter::new(2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let a = limiter.try_acquire(ip).unwrap();
+        let _b = limiter.try_acquire(ip).unwrap();
+        assert!(limiter.try_acquire(ip).is_none());
+        assert!(limiter.try_acquire(other).is_some(), "other addresses are unaffected");
+        drop(a);
+        assert_eq!(limiter.count(ip), 1);
+        assert!(limiter.try_acquire(ip).is_some());
+        let unlimited = IpLimiter::new(0);
+        let permits: Vec<_> = (0..1000).map(|_| unlimited.try_acquire(ip).unwrap()).collect();
+        assert_eq!(unlimited.count(ip), permits.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frame_rate_allows_a_burst_then_the_sustained_rate() {
+        let mut rate = FrameRate::new(10.0, 5.0);
+        assert_eq!((0..20).filter(|_| rate.allow()).count(), 5, "the burst");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert_eq!((0..20).filter(|_| rate.allow()).count(), 5, "refilled up to the burst, not beyond");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(rate.allow());
+        assert!(!rate.allow());
+    }
+}
