@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs, skipping what is already there:
-#   - Debian packages (apt-get), when missing;
+# Installs everything the relay's test suite needs, skipping what is already there:
+#   - Debian packages: redis-server, podman + runc (container test), musl-tools (static build);
+#   - the Rust target x86_64-unknown-linux-musl and cargo-deny;
 #   - a Python venv with moto[server] (a local SQS server) and boto3.
 # Safe to run again; a warm run takes seconds.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -21,6 +22,18 @@ need_apt() {
   fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}"
 }
+
+need_apt redis-server podman runc musl-tools ca-certificates
+
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  step "rustup target add x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl
+fi
+
+if ! command -v cargo-deny >/dev/null; then
+  step "cargo install cargo-deny (a few minutes, once)"
+  cargo install cargo-deny --locked
+fi
 
 # Python venv with moto (SQS) and boto3 (the original README's publisher).
 if ! "$DATASTREAM_TEST_VENV/bin/python3" -c 'import moto, boto3, flask_cors' 2>/dev/null; then

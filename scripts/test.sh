@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: installs test dependencies (idempotent), then runs formatting and lint
-# checks and every test. Services (moto_server, …) are started and stopped by the tests themselves.
+# The whole test suite: installs every test dependency (idempotent; a warm run skips all of it),
+# then runs formatting, lint and dependency checks, the Rust tests, the container test, the
+# browser SDK's tests (native, headless Chrome and Firefox, npm package), the end-to-end tests of
+# the demo in headless Chromium, and a smoke run of the benchmark. Services (moto_server,
+# redis-server, relay nodes, browsers, the container) are started and stopped by the tests.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
 bash scripts/setup-test-deps.sh
+bash scripts/setup-client-deps.sh
+source scripts/client-env.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -12,5 +17,17 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo deny (licenses, bans, sources)"
+cargo deny --locked check bans licenses sources
+
 step "cargo test"
 cargo test --workspace --locked
+
+step "container image"
+bash tests/container/test.sh
+
+step "browser SDK"
+bash scripts/test-client.sh
+
+step "end-to-end: the demo in headless Chromium"
+bash tests/e2e/run.sh

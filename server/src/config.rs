@@ -39,6 +39,15 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_SQS_QUEUE")]
     pub sqs_queue: Option<String>,
 
+    /// Redis URL (`redis://host:6379/0`) shared by every relay node: positions, history, dedupe and
+    /// fan-out across nodes. Unset: the in-memory broker (one node).
+    #[arg(long, env = "DATASTREAM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    #[arg(long, env = "DATASTREAM_REDIS_PREFIX", default_value = "datastream")]
+    pub redis_prefix: String,
+
     /// Concurrent SQS long-poll loops.
     #[arg(long, env = "DATASTREAM_SQS_POLLERS", default_value_t = 2)]
     pub sqs_pollers: usize,
@@ -161,6 +170,14 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_CLIENT_FRAME_BURST", default_value_t = 60.0)]
     pub client_frame_burst: f64,
 
+    /// Directory of static files served at `/` (the demo dashboard). Unset: none.
+    #[arg(long, env = "DATASTREAM_STATIC_DIR")]
+    pub static_dir: Option<std::path::PathBuf>,
+
+    /// Publish plausible demo streams for a few sites (mrc, mrc2, saf, sro, tst).
+    #[arg(long, env = "DATASTREAM_DEMO", default_value_t = false)]
+    pub demo: bool,
+
     /// Log format.
     #[arg(long, env = "DATASTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -269,6 +286,14 @@ impl Config {
             return Err(bad(
                 "--allowed-origins (DATASTREAM_ALLOWED_ORIGINS)",
                 format!("{origin:?} is not an origin like https://www.photonranch.org"),
+            ));
+        }
+        if let Some(dir) = &self.static_dir
+            && !dir.join("index.html").is_file()
+        {
+            return Err(bad(
+                "--static-dir (DATASTREAM_STATIC_DIR)",
+                format!("{} has no index.html (build the demo first: scripts/run.sh does)", dir.display()),
             ));
         }
         if self.max_subscriptions == 0 {

@@ -1,5 +1,6 @@
 //! The HTTP surface: the WebSocket endpoint at `/<stage>`, `POST /publish`, `/healthz`,
-//! `/readyz` and `/metrics`. Any other path is 404.
+//! `/readyz` and `/metrics`; with `DATASTREAM_STATIC_DIR`, static files (the demo dashboard) at
+//! every other path, else 404.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -15,11 +16,13 @@ use axum::{
 };
 use datastream_protocol::{close::CloseCode, v2};
 use serde_json::json;
+use tower_http::services::ServeDir;
 use tracing::debug;
 
 use crate::{
     AppState,
     auth::Grant,
+    broker::Broker,
     ingest,
     limits::IpPermit,
     session::{self, Registration, legacy::Legacy, v2::V2},
@@ -29,14 +32,18 @@ use crate::{
 pub fn router(state: Arc<AppState>) -> Router {
     let stage_path = format!("/{}", state.config.stage);
     let body_limit = state.config.max_publish_body_bytes;
-    Router::new()
+    let static_dir = state.config.static_dir.clone();
+    let router = Router::new()
         .route(&stage_path, get(connect))
         .route("/publish", post(ingest::http::publish).layer(DefaultBodyLimit::max(body_limit)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(state)
+        .route("/metrics", get(metrics));
+    let router = match static_dir {
+        Some(dir) => router.fallback_service(ServeDir::new(dir)),
+        None => router.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }),
+    };
+    router.with_state(state)
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -47,6 +54,9 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Response {
 /// WebSocket, and a token in the URL ends up in access logs and history; a subprotocol entry is
 /// the one header a browser lets a page set.
 const TOKEN_PROTOCOL_PREFIX: &str = "datastream.token.";
+
+/// Initial read buffer of each WebSocket.
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// The offered subprotocols, split on commas.
 fn offered_protocols(upgrade: &WebSocketUpgrade) -> Vec<String> {
@@ -114,7 +124,9 @@ async fn connect(
     let grant = state.auth.verify(token).await;
 
     let max_frame = state.config.max_client_frame_bytes;
-    let upgrade = upgrade.max_message_size(max_frame).max_frame_size(max_frame);
+    // Clients send little (a few small control frames): a small read buffer keeps idle
+    // connections cheap; a large frame is simply read in several pieces.
+    let upgrade = upgrade.max_message_size(max_frame).max_frame_size(max_frame).read_buffer_size(READ_BUFFER_BYTES);
     let sessions = state.sessions.clone();
     if v2 {
         // A browser cannot read a refused handshake's status; v2 clients get the reason as a
@@ -144,6 +156,10 @@ async fn connect(
         if !grant.allows(&site) {
             return refuse(StatusCode::FORBIDDEN, "forbidden", format!("not allowed to subscribe to {site}\n"));
         }
+        // Listen before answering, so a client that publishes right after connecting is heard.
+        if let Err(e) = state.broker.watch(&site).await {
+            tracing::warn!(%site, error = %e, "cannot watch site");
+        }
         debug!(%site, "legacy connection");
         upgrade.on_upgrade(move |socket| sessions.track_future(start_legacy(socket, state, site, grant, permit)))
     }
@@ -153,7 +169,11 @@ async fn start_legacy(socket: WebSocket, state: Arc<AppState>, site: Arc<str>, g
     let gauge = state.metrics.connections_legacy.clone();
     let (mut reg, rx) =
         Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge, grant, Some(permit));
-    reg.add(site, None);
+    reg.add(site.clone(), None);
+    if let Err(e) = state.broker.watch(&site).await {
+        // Subscribed locally; publications flow once the broker is back (the reader resubscribes).
+        tracing::warn!(%site, error = %e, "cannot watch site");
+    }
     session::run(socket, state, Legacy, reg, rx, Vec::new()).await;
 }
 
@@ -180,7 +200,8 @@ async fn start_v2(socket: WebSocket, state: Arc<AppState>, sites: Vec<Arc<str>>,
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let draining = state.is_draining();
     let sqs = state.readiness.sqs();
-    let ready = sqs && !draining;
+    let broker = state.broker.healthy();
+    let ready = sqs && broker && !draining;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let sqs_state = if !state.readiness.sqs_enabled {
         "disabled"
@@ -189,7 +210,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         "unreachable"
     };
-    (status, Json(json!({ "ready": ready, "draining": draining, "sqs": sqs_state }))).into_response()
+    let broker_state = match (&state.broker, broker) {
+        (Broker::Memory(_), _) => "memory",
+        (Broker::Redis(_), true) => "ok",
+        (Broker::Redis(_), false) => "unreachable",
+    };
+    (status, Json(json!({ "ready": ready, "draining": draining, "sqs": sqs_state, "broker": broker_state })))
+        .into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -13,6 +13,7 @@
 //! - [`limits`]: per-address connection limits and per-connection frame rates.
 //! - [`serve`]: the HTTP accept loop (header deadline, TCP_NODELAY, graceful stop).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`demo`]: the demo publisher (plausible live streams for a few sites).
 //! - [`cli`]: the binary's tools: `publish`, `tail`, `healthcheck`.
 //! - [`server`]: binding, running and the ordered graceful shutdown.
 
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod ingest;

@@ -82,6 +82,7 @@ pub struct Metrics {
     client_frames_rejected: Family<ReasonLabel, Counter>,
     connections_refused: Family<ReasonLabel, Counter>,
     sqs_errors: Family<OpLabel, Counter>,
+    redis_errors: Family<OpLabel, Counter>,
     /// Seconds from a publication's acceptance until it sat in every local subscriber's queue.
     pub fanout_seconds: Histogram,
     /// Seconds from a publication's acceptance until a session wrote it to its socket.
@@ -134,6 +135,8 @@ impl Metrics {
         );
         let sqs_errors = Family::<OpLabel, Counter>::default();
         registry.register("sqs_errors", "Failed SQS calls, by operation", sqs_errors.clone());
+        let redis_errors = Family::<OpLabel, Counter>::default();
+        registry.register("redis_errors", "Failed Redis calls, by operation", redis_errors.clone());
         let fanout_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
         registry.register(
             "fanout_seconds",
@@ -162,6 +165,7 @@ impl Metrics {
             client_frames_rejected,
             connections_refused,
             sqs_errors,
+            redis_errors,
             fanout_seconds,
             delivery_seconds,
         }
@@ -200,6 +204,11 @@ impl Metrics {
     /// Counts a failed SQS call.
     pub fn sqs_error(&self, op: &'static str) {
         self.sqs_errors.get_or_create(&OpLabel { op }).inc();
+    }
+
+    /// Counts a failed Redis call.
+    pub fn redis_error(&self, op: &'static str) {
+        self.redis_errors.get_or_create(&OpLabel { op }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

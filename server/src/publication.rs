@@ -204,6 +204,19 @@ impl Publication {
         }
     }
 
+    /// Rebuilds a publication from its parts (as received from another node).
+    pub fn from_parts(site: Arc<str>, topic: Arc<str>, data: Box<RawValue>, position: Position) -> Self {
+        Publication {
+            site,
+            topic,
+            position,
+            published_at: Instant::now(),
+            data,
+            legacy_frame: OnceLock::new(),
+            v2_frame: OnceLock::new(),
+        }
+    }
+
     /// The legacy frame.
     pub fn legacy_frame(&self) -> Utf8Bytes {
         self.legacy_frame.get_or_init(|| legacy::encode_publication(&self.site, &self.topic, &self.data).into()).clone()

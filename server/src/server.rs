@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::{
     AppState, Config, Readiness,
     auth::Auth,
-    broker::{Broker, HistoryOptions, MemoryBroker},
+    broker::{Broker, HistoryOptions, MemoryBroker, RedisBroker},
     http,
     hub::Hub,
     ingest,
@@ -32,8 +32,8 @@ use crate::{
     serve::serve,
 };
 
-/// How often the broker expires history and dedupe keys.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the broker does its upkeep (expiry; for Redis, idle channels and a health check).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A relay bound to its address, ready to run.
 #[derive(Debug)]
@@ -53,7 +53,14 @@ impl Server {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let options =
             HistoryOptions { size: config.history_size, ttl: config.history_ttl, dedupe_window: config.dedupe_window };
-        let broker = Broker::Memory(MemoryBroker::new(hub.clone(), options));
+        let broker = match &config.redis_url {
+            Some(url) => Broker::Redis(
+                RedisBroker::connect(url, &config.redis_prefix, hub.clone(), metrics.clone(), options)
+                    .await
+                    .context("DATASTREAM_REDIS_URL")?,
+            ),
+            None => Broker::Memory(MemoryBroker::new(hub.clone(), options)),
+        };
         let auth = Auth::from_config(&config).await?;
         let ip_limiter = IpLimiter::new(config.max_connections_per_ip);
         let state = AppState {
@@ -94,6 +101,10 @@ impl Server {
             let client = ingest::sqs::client().await;
             ingest.spawn(ingest::sqs::run(client, state.clone(), queue, stop_ingest.clone()));
         }
+
+        if state.config.demo {
+            ingest.spawn(crate::demo::run(state.clone(), stop_ingest.clone()));
+        }
         ingest.close();
 
         let sweeper = {
@@ -102,7 +113,7 @@ impl Server {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
                 loop {
                     tick.tick().await;
-                    state.broker.sweep();
+                    state.broker.sweep().await;
                 }
             })
         };
@@ -118,6 +129,11 @@ impl Server {
                 }
             })
         };
+
+        let stop_reader = CancellationToken::new();
+        if let Broker::Redis(redis) = &state.broker {
+            tokio::spawn(redis.clone().run_reader(stop_reader.clone()));
+        }
 
         let stop_http = CancellationToken::new();
         let router = http::router(state.clone());
@@ -156,6 +172,7 @@ impl Server {
         }
 
         stop_http.cancel();
+        stop_reader.cancel();
         sweeper.abort();
         jwks_refresher.abort();
         match tokio::time::timeout_at(deadline, &mut http_task).await {

@@ -2,13 +2,16 @@
 //! and hand publications to the local [`Hub`](crate::hub::Hub) in position order.
 //!
 //! [`Broker`] is the one type the rest of the relay talks to; each backend sits beside it
-//! (`memory` today). Every backend passes the same conformance tests.
+//! (`memory`, the single-node default, and `redis`, for several nodes). Every backend passes the
+//! same conformance tests (`server/tests/broker_conformance.rs`).
 
 mod memory;
+mod redis;
 
 use std::{sync::Arc, time::Duration};
 
 pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
 
 use crate::{
     hub::wants,
@@ -85,6 +88,8 @@ pub enum BrokerError {
 pub enum Broker {
     /// Single-node, in-process.
     Memory(MemoryBroker),
+    /// Shared by every node through Redis.
+    Redis(Arc<RedisBroker>),
 }
 
 impl Broker {
@@ -93,6 +98,7 @@ impl Broker {
     pub async fn publish(&self, req: PublishRequest) -> Result<PublishOutcome, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.publish(req)),
+            Broker::Redis(b) => b.publish(req).await,
         }
     }
 
@@ -102,13 +108,36 @@ impl Broker {
     pub async fn snapshot(&self, site: &Arc<str>) -> Result<Snapshot, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.snapshot(site)),
+            Broker::Redis(b) => b.snapshot(site).await,
         }
     }
 
-    /// Periodic upkeep: expire history and dedupe keys.
-    pub fn sweep(&self) {
+    /// Makes sure this node receives `site`'s publications; call after subscribing in the hub.
+    /// Returns once they flow.
+    pub async fn watch(&self, site: &Arc<str>) -> Result<(), BrokerError> {
+        match self {
+            Broker::Memory(_) => Ok(()),
+            Broker::Redis(b) => b.watch(site).await,
+        }
+    }
+
+    /// Periodic upkeep: expire history and dedupe keys (memory); stop listening to sites without
+    /// local subscribers and check the connection (Redis).
+    pub async fn sweep(&self) {
         match self {
             Broker::Memory(b) => b.sweep(),
+            Broker::Redis(b) => {
+                b.unwatch_idle().await;
+                b.ping().await;
+            }
+        }
+    }
+
+    /// Whether the broker's backend is reachable.
+    pub fn healthy(&self) -> bool {
+        match self {
+            Broker::Memory(_) => true,
+            Broker::Redis(b) => b.healthy(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 use clap::Args;
 use datastream_protocol::{
     backoff::Backoff,
-    close::should_reconnect,
+    close::{CloseCode, should_reconnect},
     v2::{ClientFrame, SUBPROTOCOL, ServerFrame, StreamPosition},
 };
 use futures_util::{SinkExt, StreamExt};
@@ -30,9 +30,10 @@ const GRACE: Duration = Duration::from_secs(10);
 /// Arguments of `datastream tail`.
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// The relay's WebSocket URL, e.g. `ws://127.0.0.1:8080/dev`.
-    #[arg(long, env = "DATASTREAM_WS_URL", default_value = "ws://127.0.0.1:8080/dev")]
-    pub url: String,
+    /// The relay's WebSocket URL, e.g. `ws://127.0.0.1:8080/dev`. Repeat for several nodes:
+    /// after a lost connection the next one is tried.
+    #[arg(long, env = "DATASTREAM_WS_URL", default_value = "ws://127.0.0.1:8080/dev", value_delimiter = ',')]
+    pub url: Vec<String>,
 
     /// Site to follow (repeat for several).
     #[arg(long, required = true)]
@@ -69,11 +70,13 @@ struct Follow {
     /// Last position printed (or skipped past) per site.
     positions: HashMap<String, StreamPosition>,
     printed: u64,
+    /// Index (modulo the count) of the URL to use next.
+    next_url: usize,
 }
 
 /// Runs until `--count` publications were printed, a terminal close, or Ctrl-C.
 pub async fn run(args: TailArgs) -> Result<(), ToolError> {
-    let mut follow = Follow { args, positions: HashMap::new(), printed: 0 };
+    let mut follow = Follow { args, positions: HashMap::new(), printed: 0, next_url: 0 };
     let mut attempt = 0;
     loop {
         let outcome = tokio::select! {
@@ -97,17 +100,19 @@ pub async fn run(args: TailArgs) -> Result<(), ToolError> {
 
 impl Follow {
     async fn connection(&mut self, attempt: &mut u32) -> Result<Outcome, ToolError> {
-        let mut req =
-            self.args.url.as_str().into_client_request().map_err(|e| ToolError::Usage(format!("--url: {e}")))?;
+        let url = self.args.url[self.next_url % self.args.url.len().max(1)].clone();
+        let mut req = url.as_str().into_client_request().map_err(|e| ToolError::Usage(format!("--url: {e}")))?;
         let mut protocols = SUBPROTOCOL.to_owned();
         if let Some(token) = &self.args.token {
             protocols.push_str(&format!(", datastream.token.{token}"));
         }
         let header = HeaderValue::from_str(&protocols).map_err(|e| ToolError::Usage(format!("--token: {e}")))?;
         req.headers_mut().insert("sec-websocket-protocol", header);
+        // Until this connection proves healthy, a retry moves on to the next URL.
+        self.next_url += 1;
         let mut ws = match connect_async(req).await {
             Ok((ws, _)) => ws,
-            Err(e) => return Ok(Outcome::Retry(e.to_string())),
+            Err(e) => return Ok(Outcome::Retry(format!("{url}: {e}"))),
         };
         let mut silence = Duration::from_secs(35);
         let mut id = 0;
@@ -138,6 +143,10 @@ impl Follow {
                 Message::Text(t) => t,
                 Message::Close(Some(frame)) => {
                     let code = u16::from(frame.code);
+                    if code == CloseCode::GoingAway.code() {
+                        // This node is draining: prefer another.
+                        self.next_url += 1;
+                    }
                     if should_reconnect(code) {
                         return Ok(Outcome::Retry(format!("closed {code}: {}", frame.reason)));
                     }
@@ -150,6 +159,7 @@ impl Follow {
                 match ServerFrame::parse(line) {
                     Ok(ServerFrame::Hello { ping_interval_ms, .. }) => {
                         *attempt = 0;
+                        self.next_url -= 1;
                         silence = Duration::from_millis(ping_interval_ms) + GRACE;
                     }
                     Ok(ServerFrame::Subscribed { site, epoch, offset, recovered, replayed, .. }) => {

@@ -35,27 +35,32 @@ impl Protocol for Legacy {
         reg: &mut Registration,
         state: &AppState,
     ) -> impl Future<Output = Result<Vec<Utf8Bytes>, ErrorFrame>> + Send {
-        let result = match LegacyClientFrame::parse(text) {
-            Ok(LegacyClientFrame::UpdateSubscriberSite { site }) => match state.validator.names.check_site(&site) {
-                Ok(()) if !reg.grant.allows(&site) => {
-                    Err(ErrorFrame::new(ErrorCode::Forbidden, format!("not allowed to subscribe to {site:?}")))
-                }
-                Ok(()) => {
-                    let site: Arc<str> = site.into();
-                    if reg.sites().first() != Some(&site) {
-                        let old: Vec<_> = reg.sites().to_vec();
-                        reg.add(site, None);
-                        for s in old {
-                            reg.remove(&s);
-                        }
+        let parsed = LegacyClientFrame::parse(text);
+        async move {
+            match parsed {
+                Ok(LegacyClientFrame::UpdateSubscriberSite { site }) => match state.validator.names.check_site(&site) {
+                    Ok(()) if !reg.grant.allows(&site) => {
+                        Err(ErrorFrame::new(ErrorCode::Forbidden, format!("not allowed to subscribe to {site:?}")))
                     }
-                    Ok(Vec::new())
-                }
-                Err(e) => Err(ErrorFrame::new(ErrorCode::InvalidSite, e.to_string())),
-            },
-            Err(e) => Err(refusal(&e)),
-        };
-        std::future::ready(result)
+                    Ok(()) => {
+                        let site: Arc<str> = site.into();
+                        if reg.sites().first() != Some(&site) {
+                            let old: Vec<_> = reg.sites().to_vec();
+                            reg.add(site.clone(), None);
+                            for s in old {
+                                reg.remove(&s);
+                            }
+                            if let Err(e) = state.broker.watch(&site).await {
+                                tracing::warn!(%site, error = %e, "cannot watch site");
+                            }
+                        }
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err(ErrorFrame::new(ErrorCode::InvalidSite, e.to_string())),
+                },
+                Err(e) => Err(refusal(&e)),
+            }
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub fn config(args: &[&str]) -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
+    /// One HTTP client per server, so publishes reuse a kept-alive connection.
+    http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -50,7 +52,7 @@ impl TestServer {
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        TestServer { addr, state, stop: Some(stop), task: Some(task) }
+        TestServer { addr, state, http: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -68,7 +70,7 @@ impl TestServer {
 
     /// Publishes `body` (a JSON value) through `POST /publish`; returns status and JSON body.
     pub async fn publish(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        publish_raw(&self.url("/publish"), body.to_string(), None).await
+        send_publish(&self.http, &self.url("/publish"), body.to_string(), None).await
     }
 
     /// Begins shutdown and waits for `run` to return.
@@ -102,7 +104,15 @@ pub async fn connect(url: &str) -> Ws {
 }
 
 pub async fn publish_raw(url: &str, body: String, token: Option<&str>) -> (u16, serde_json::Value) {
-    let client = reqwest::Client::new();
+    send_publish(&reqwest::Client::new(), url, body, token).await
+}
+
+async fn send_publish(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut req = client.post(url).header("content-type", "application/json").body(body);
     if let Some(token) = token {
         req = req.bearer_auth(token);

@@ -183,3 +183,56 @@ impl Relay {
             .any(|v| v["message"] == message && field.is_none_or(|(k, val)| v[k].as_str() == Some(val)))
     }
 }
+
+/// A running `redis-server` on loopback, without persistence.
+pub struct RedisServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts on a free port.
+    pub fn start() -> RedisServer {
+        for _ in 0..3 {
+            if let Some(server) = Self::start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start; install test dependencies with scripts/test.sh");
+    }
+
+    /// Starts on `port` (e.g. again after a restart); `None` if it did not come up.
+    pub fn start_on(port: u16) -> Option<RedisServer> {
+        let child = Command::new(tool("redis-server"))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install test dependencies with scripts/test.sh")
+            });
+        let mut proc = Proc { child, name: "redis-server" };
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if port_open(port) {
+                return Some(RedisServer { proc, port });
+            }
+            if let Ok(Some(_)) = proc.child.try_wait() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(mut self) -> u16 {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        self.port
+    }
+}

@@ -1,0 +1,227 @@
+//! The registry of the app's callbacks: publication listeners (by topic, optionally by site) and
+//! event hooks (state, errors, failed recoveries, readiness).
+//!
+//! Generic over the callback type so the logic is tested natively with plain values; in the
+//! browser a callback is a `js_sys::Function`. The registry also derives the topic filter sent to
+//! the server: a site's publications on topics nobody listens to are not transferred at all.
+
+/// Handle returned when a callback is registered; removes it again.
+pub type ListenerId = u32;
+
+/// The topic a listener wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicSelector {
+    /// `*`: every topic.
+    Any,
+    /// One topic.
+    Named(String),
+}
+
+impl TopicSelector {
+    /// `*` means every topic; anything else is a topic name.
+    pub fn parse(topic: &str) -> TopicSelector {
+        if topic == "*" { TopicSelector::Any } else { TopicSelector::Named(topic.to_owned()) }
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicSelector::Any => true,
+            TopicSelector::Named(t) => t == topic,
+        }
+    }
+}
+
+/// Which topics of a site the listeners need, i.e. the filter to subscribe with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicFilter {
+    /// Every topic (some listener uses `*`, or there is no listener yet).
+    All,
+    /// Only these, sorted.
+    Only(Vec<String>),
+}
+
+impl TopicFilter {
+    /// The `topics` field of a subscribe frame: empty means every topic.
+    pub fn into_topics(self) -> Vec<String> {
+        match self {
+            TopicFilter::All => Vec::new(),
+            TopicFilter::Only(t) => t,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Listener<F> {
+    id: ListenerId,
+    topic: TopicSelector,
+    /// `None`: every site.
+    site: Option<String>,
+    callback: F,
+}
+
+/// The kinds of client events an app can listen to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    /// The connection state changed.
+    State,
+    /// Something went wrong that the app should know about (a callback threw, the server refused
+    /// a request, a frame could not be read).
+    Error,
+    /// A site's missed publications could not be recovered; the app should refetch its state.
+    RecoveryFailed,
+    /// The client is connected and every subscription is confirmed.
+    Ready,
+}
+
+/// Every callback the app registered.
+#[derive(Debug, Clone)]
+pub struct Callbacks<F> {
+    listeners: Vec<Listener<F>>,
+    hooks: Vec<(ListenerId, HookKind, F)>,
+    next_id: ListenerId,
+}
+
+impl<F> Default for Callbacks<F> {
+    fn default() -> Self {
+        Callbacks { listeners: Vec::new(), hooks: Vec::new(), next_id: 1 }
+    }
+}
+
+impl<F: Clone + PartialEq> Callbacks<F> {
+    fn next_id(&mut self) -> ListenerId {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Adds a publication listener for `topic` (`*`: every topic) on `site` (`None`: every site).
+    pub fn add(&mut self, topic: TopicSelector, site: Option<String>, callback: F) -> ListenerId {
+        let id = self.next_id();
+        self.listeners.push(Listener { id, topic, site, callback });
+        id
+    }
+
+    /// Adds an event hook.
+    pub fn add_hook(&mut self, kind: HookKind, callback: F) -> ListenerId {
+        let id = self.next_id();
+        self.hooks.push((id, kind, callback));
+        id
+    }
+
+    /// Removes the listener or hook `id`; false if there was none.
+    pub fn remove(&mut self, id: ListenerId) -> bool {
+        let before = self.listeners.len() + self.hooks.len();
+        self.listeners.retain(|l| l.id != id);
+        self.hooks.retain(|h| h.0 != id);
+        before != self.listeners.len() + self.hooks.len()
+    }
+
+    /// Removes every listener of `callback` registered for exactly `topic`, whatever its site;
+    /// returns how many.
+    pub fn remove_callback(&mut self, topic: &TopicSelector, callback: &F) -> usize {
+        let before = self.listeners.len();
+        self.listeners.retain(|l| !(&l.topic == topic && &l.callback == callback));
+        before - self.listeners.len()
+    }
+
+    /// The callbacks for a publication, in registration order.
+    pub fn matching(&self, site: &str, topic: &str) -> Vec<F> {
+        self.listeners
+            .iter()
+            .filter(|l| l.topic.matches(topic) && l.site.as_deref().is_none_or(|s| s == site))
+            .map(|l| l.callback.clone())
+            .collect()
+    }
+
+    /// The hooks of one kind, in registration order.
+    pub fn hooks(&self, kind: HookKind) -> Vec<F> {
+        self.hooks.iter().filter(|h| h.1 == kind).map(|h| h.2.clone()).collect()
+    }
+
+    /// The topics `site`'s listeners need. Until a listener concerns the site, every topic is
+    /// wanted, so a listener added later has nothing to wait for beyond a filter change.
+    pub fn filter_for(&self, site: &str) -> TopicFilter {
+        let mut topics: Vec<String> = Vec::new();
+        let mut relevant = false;
+        for l in self.listeners.iter().filter(|l| l.site.as_deref().is_none_or(|s| s == site)) {
+            relevant = true;
+            match &l.topic {
+                TopicSelector::Any => return TopicFilter::All,
+                TopicSelector::Named(t) => {
+                    // Kept sorted and unique by insertion: no sort routine in the bundle.
+                    if let Err(i) = topics.binary_search(t) {
+                        topics.insert(i, t.clone());
+                    }
+                }
+            }
+        }
+        if !relevant {
+            return TopicFilter::All;
+        }
+        TopicFilter::Only(topics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(t: &str) -> TopicSelector {
+        TopicSelector::Named(t.into())
+    }
+
+    #[test]
+    fn matching_by_topic_wildcard_and_site() {
+        let mut c = Callbacks::default();
+        c.add(named("weather"), None, 'w');
+        c.add(TopicSelector::Any, None, '*');
+        c.add(named("sitestatus"), Some("mrc".into()), 'm');
+        assert_eq!(c.matching("mrc", "weather"), vec!['w', '*']);
+        assert_eq!(c.matching("saf", "sitestatus"), vec!['*']);
+        assert_eq!(c.matching("mrc", "sitestatus"), vec!['*', 'm']);
+    }
+
+    #[test]
+    fn removal_by_id_and_by_callback() {
+        let mut c = Callbacks::default();
+        let a = c.add(named("weather"), None, 'a');
+        c.add(named("weather"), Some("mrc".into()), 'b');
+        c.add(named("weather"), Some("saf".into()), 'b');
+        c.add(named("jobs"), None, 'b');
+        assert!(c.remove(a));
+        assert!(!c.remove(a), "already gone");
+        assert_eq!(c.remove_callback(&named("weather"), &'b'), 2, "every site's registration of that topic");
+        assert_eq!(c.matching("mrc", "weather"), Vec::<char>::new());
+        assert_eq!(c.matching("mrc", "jobs"), vec!['b']);
+    }
+
+    #[test]
+    fn hooks_are_kept_apart_from_listeners() {
+        let mut c = Callbacks::default();
+        let s = c.add_hook(HookKind::State, 's');
+        c.add_hook(HookKind::Error, 'e');
+        c.add(TopicSelector::Any, None, 'l');
+        assert_eq!(c.hooks(HookKind::State), vec!['s']);
+        assert_eq!(c.hooks(HookKind::RecoveryFailed), Vec::<char>::new());
+        assert!(c.remove(s));
+        assert_eq!(c.hooks(HookKind::State), Vec::<char>::new());
+        assert_eq!(c.matching("x", "y"), vec!['l']);
+    }
+
+    #[test]
+    fn topic_filter_follows_the_listeners() {
+        let mut c = Callbacks::default();
+        assert_eq!(c.filter_for("mrc"), TopicFilter::All, "no listener yet");
+        c.add(named("weather"), None, 1);
+        c.add(named("sitestatus"), Some("mrc".into()), 2);
+        c.add(named("weather"), Some("mrc".into()), 3);
+        assert_eq!(c.filter_for("mrc"), TopicFilter::Only(vec!["sitestatus".into(), "weather".into()]));
+        assert_eq!(c.filter_for("saf"), TopicFilter::Only(vec!["weather".into()]));
+        let star = c.add(TopicSelector::Any, Some("saf".into()), 4);
+        assert_eq!(c.filter_for("saf"), TopicFilter::All);
+        assert_eq!(c.filter_for("mrc").into_topics(), vec!["sitestatus".to_owned(), "weather".into()]);
+        c.remove(star);
+        assert_eq!(c.filter_for("saf").into_topics(), vec!["weather".to_owned()]);
+        assert!(TopicFilter::All.into_topics().is_empty());
+    }
+}

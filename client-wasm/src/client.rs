@@ -1,0 +1,665 @@
+//! The client's logic, free of I/O: events go in (the app's calls, socket events, timers, the
+//! browser's `online` and visibility events), [`Action`]s come out (open, send, close, arm a
+//! timer, call these callbacks). The browser layer (`web`) only carries actions out, which keeps
+//! every decision here, where native tests drive it step by step with a fake clock.
+//!
+//! `F` is a callback (a JavaScript function in the browser), `D` a publication's data.
+
+use datastream_protocol::close::should_reconnect;
+use datastream_protocol::v2::{ClientFrame, SUBPROTOCOL};
+
+use crate::callbacks::{Callbacks, HookKind, ListenerId, TopicSelector};
+use crate::config::{Config, ConfigError, Protocol, duration_ms};
+use crate::inbound::{Inbound, Publication};
+use crate::link::{Link, LinkId, Phase, TimerKind};
+use crate::state::State;
+use crate::subscriptions::{RecoveryFailure, Subscriptions};
+use crate::wire::{encode, encode_legacy_update};
+
+/// Something for the browser layer to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action<F, D> {
+    /// Open a new socket for `link` (closing any it had).
+    Open {
+        /// The link.
+        link: LinkId,
+        /// Where to.
+        url: String,
+        /// The WebSocket subprotocol to ask for.
+        subprotocol: Option<&'static str>,
+    },
+    /// Send a text frame on `link`'s socket.
+    Send {
+        /// The link.
+        link: LinkId,
+        /// The frame.
+        text: String,
+    },
+    /// Close `link`'s socket, if it has one, and forget it.
+    Close {
+        /// The link.
+        link: LinkId,
+        /// The close code sent (1000: nothing is wrong on the client's side).
+        code: u16,
+        /// The close reason sent.
+        reason: &'static str,
+    },
+    /// Arm (or re-arm) a timer; when it fires, call [`Client::timer`].
+    SetTimer {
+        /// The link.
+        link: LinkId,
+        /// Which timer.
+        kind: TimerKind,
+        /// Delay in milliseconds.
+        ms: u32,
+    },
+    /// Cancel a timer.
+    ClearTimer {
+        /// The link.
+        link: LinkId,
+        /// Which timer.
+        kind: TimerKind,
+    },
+    /// Hand a publication to these callbacks, in order; report any that throws with
+    /// [`Client::callback_failed`].
+    Deliver {
+        /// The callbacks.
+        callbacks: Vec<F>,
+        /// The publication.
+        publication: Publication<D>,
+    },
+    /// Tell these hooks about an event.
+    Notify {
+        /// The hooks.
+        callbacks: Vec<F>,
+        /// The event.
+        event: Event<D>,
+    },
+}
+
+/// An event for the app's hooks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<D> {
+    /// The connection state changed.
+    State(State),
+    /// Something the app should know went wrong.
+    Error(ClientError<D>),
+    /// A site's gap could not be recovered: refetch its state.
+    RecoveryFailed(RecoveryFailure),
+    /// Connected, and every subscription confirmed.
+    Ready,
+}
+
+/// What the error hooks are told.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError<D> {
+    /// A publication callback threw; the others still ran.
+    #[error("a callback for topic {topic} of site {site} threw")]
+    Callback {
+        /// The publication's site.
+        site: String,
+        /// The publication's topic.
+        topic: String,
+        /// What it threw.
+        error: D,
+    },
+    /// An event hook (state, ready, recovery) threw.
+    #[error("an event listener threw")]
+    Hook {
+        /// What it threw.
+        error: D,
+    },
+    /// The server refused a request.
+    #[error("the server refused a request ({code}): {message}")]
+    Server {
+        /// The error code, e.g. `too_many_subscriptions`.
+        code: String,
+        /// The server's explanation.
+        message: String,
+        /// The site of the refused subscribe, when it was one.
+        site: Option<String>,
+    },
+    /// A frame from the server could not be read.
+    #[error("unreadable frame from the server: {0}")]
+    Frame(String),
+}
+
+impl<D> ClientError<D> {
+    /// The same text as `Display`, built without the formatting machinery (see
+    /// [`ConfigError::message`]).
+    pub fn message(&self) -> String {
+        let mut m = String::new();
+        match self {
+            ClientError::Callback { site, topic, .. } => {
+                m.push_str("a callback for topic ");
+                m.push_str(topic);
+                m.push_str(" of site ");
+                m.push_str(site);
+                m.push_str(" threw");
+            }
+            ClientError::Hook { .. } => m.push_str("an event listener threw"),
+            ClientError::Server { code, message, .. } => {
+                m.push_str("the server refused a request (");
+                m.push_str(code);
+                m.push_str("): ");
+                m.push_str(message);
+            }
+            ClientError::Frame(why) => {
+                m.push_str("unreadable frame from the server: ");
+                m.push_str(why);
+            }
+        }
+        m
+    }
+}
+
+/// The client: configuration, callbacks, subscriptions and links.
+pub struct Client<F, D> {
+    config: Config,
+    callbacks: Callbacks<F>,
+    /// v2: the wanted sites. Legacy: unused (each link names its site).
+    subs: Subscriptions,
+    links: Vec<Link>,
+    next_link: LinkId,
+    /// Set once the client is finished; nothing reconnects after.
+    closed: Option<State>,
+    /// The state last reported to the app.
+    reported: State,
+    /// Whether `Ready` was reported for the current connection.
+    ready_reported: bool,
+    /// A uniform random number in [0, 1), for the backoff jitter.
+    random: Box<dyn FnMut() -> f64>,
+    out: Vec<Action<F, D>>,
+}
+
+impl<F, D> std::fmt::Debug for Client<F, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("state", &self.reported).field("links", &self.links.len()).finish()
+    }
+}
+
+impl<F: Clone + PartialEq, D> Client<F, D> {
+    /// A client for `config`, not yet connected; call [`Client::start`].
+    pub fn new(config: Config, random: Box<dyn FnMut() -> f64>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Client {
+            config,
+            callbacks: Callbacks::default(),
+            subs: Subscriptions::default(),
+            links: Vec::new(),
+            next_link: 1,
+            closed: None,
+            reported: State::Connecting,
+            ready_reported: false,
+            random,
+            out: Vec::new(),
+        })
+    }
+
+    /// The actions decided since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action<F, D>> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.reported
+    }
+
+    /// Whether the client is connected and every subscription is confirmed.
+    pub fn is_ready(&self) -> bool {
+        self.closed.is_none()
+            && self.links.iter().filter(|l| !l.spare).all(Link::is_live)
+            && (self.config.protocol == Protocol::Legacy || (!self.links.is_empty() && self.subs.settled()))
+    }
+
+    /// Whether the client is finished.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// Opens the first connection(s) and subscribes the configured sites.
+    pub fn start(&mut self, now: f64) {
+        let sites = std::mem::take(&mut self.config.sites);
+        match self.config.protocol {
+            Protocol::V2 => {
+                for site in &sites {
+                    self.subs.add(site, None);
+                }
+                let id = self.new_link(None);
+                self.open(id, now);
+            }
+            Protocol::Legacy => {
+                for site in sites {
+                    let id = self.new_link(Some(site));
+                    self.open(id, now);
+                }
+            }
+        }
+        self.report_state();
+        self.report_ready();
+    }
+
+    // ----- the app's calls -----
+
+    /// Registers a publication listener for `topic` (`*`: every topic), on `site` only if given.
+    pub fn on(&mut self, topic: &str, site: Option<&str>, callback: F) -> Result<ListenerId, ConfigError> {
+        let selector = TopicSelector::parse(topic);
+        if selector != TopicSelector::Any {
+            self.config.check_topic(topic)?;
+        }
+        if let Some(site) = site {
+            self.config.check_site(site)?;
+        }
+        let id = self.callbacks.add(selector, site.map(str::to_owned), callback);
+        self.sync_subscriptions();
+        Ok(id)
+    }
+
+    /// Registers an event hook.
+    pub fn hook(&mut self, kind: HookKind, callback: F) -> ListenerId {
+        self.callbacks.add_hook(kind, callback)
+    }
+
+    /// Removes a listener or hook by id.
+    pub fn off_id(&mut self, id: ListenerId) {
+        if self.callbacks.remove(id) {
+            self.sync_subscriptions();
+        }
+    }
+
+    /// Removes every registration of `callback` for `topic`.
+    pub fn off(&mut self, topic: &str, callback: &F) {
+        if self.callbacks.remove_callback(&TopicSelector::parse(topic), callback) > 0 {
+            self.sync_subscriptions();
+        }
+    }
+
+    /// Subscribes to `site`; with `rewind`, first replays up to that many of its latest
+    /// publications (v2 only; the legacy protocol keeps no history).
+    pub fn subscribe(&mut self, site: &str, rewind: Option<u32>, now: f64) -> Result<(), ConfigError> {
+        self.config.check_site(site)?;
+        if self.closed.is_some() {
+            return Ok(());
+        }
+        match self.config.protocol {
+            Protocol::V2 => {
+                if self.subs.add(site, rewind) {
+                    self.sync_subscriptions();
+                }
+            }
+            Protocol::Legacy => self.legacy_subscribe(site, now),
+        }
+        self.report_state();
+        self.report_ready();
+        Ok(())
+    }
+
+    /// Unsubscribes from `site`.
+    pub fn unsubscribe(&mut self, site: &str) {
+        if self.closed.is_some() {
+            return;
+        }
+        match self.config.protocol {
+            Protocol::V2 => {
+                if self.subs.remove(site)
+                    && let Some(link) = self.links.first().filter(|l| l.is_live())
+                {
+                    let frame = ClientFrame::Unsubscribe { id: None, site: site.to_owned() };
+                    self.out.push(Action::Send { link: link.id, text: encode(&frame) });
+                }
+            }
+            Protocol::Legacy => {
+                if let Some(link) = self.links.iter_mut().find(|l| !l.spare && l.site.as_deref() == Some(site)) {
+                    link.spare = true;
+                    self.out.push(Action::SetTimer { link: link.id, kind: TimerKind::Release, ms: 0 });
+                }
+            }
+        }
+        self.report_state();
+        self.report_ready();
+    }
+
+    /// Closes every socket for good.
+    pub fn close(&mut self) {
+        self.shut_down(1000, "closed by the client".to_owned());
+    }
+
+    // ----- what the browser reports -----
+
+    /// `link`'s socket opened.
+    pub fn opened(&mut self, link: LinkId, now: f64) {
+        let protocol = self.config.protocol;
+        let Some(l) = self.link_mut(link) else { return };
+        let Phase::Opening { since } = l.phase else { return };
+        l.last_heard = now;
+        match protocol {
+            // The server's hello, not the socket, says the connection is accepted.
+            Protocol::V2 => l.phase = Phase::Handshake { since },
+            Protocol::Legacy => {
+                l.phase = Phase::Live;
+                l.failures = 0;
+                l.state = State::Connected;
+                let update = (l.opened_site != l.site).then(|| l.site.clone()).flatten();
+                l.opened_site.clone_from(&l.site);
+                self.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
+                if let Some(site) = update {
+                    self.out.push(Action::Send { link, text: encode_legacy_update(&site) });
+                }
+                self.report_state();
+                self.report_ready();
+            }
+        }
+    }
+
+    /// A frame arrived on `link`.
+    pub fn received(&mut self, link: LinkId, frame: Inbound<D>, now: f64) {
+        let grace = self.grace_ms();
+        let Some(l) = self.link_mut(link) else { return };
+        l.last_heard = now;
+        l.probe_sent = None;
+        match frame {
+            Inbound::Hello { ping_interval_ms } => {
+                if !matches!(l.phase, Phase::Handshake { .. }) {
+                    return;
+                }
+                l.phase = Phase::Live;
+                l.failures = 0;
+                l.state = State::Connected;
+                // Clamp so a bogus interval cannot make the timer fire constantly or never.
+                l.silence_limit = ping_interval_ms.clamp(1000, 3_600_000) as f64 + grace;
+                let ms = ms_u32(l.silence_limit);
+                self.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms });
+                self.sync_subscriptions();
+                self.report_state();
+            }
+            Inbound::Subscribed { id, site, epoch, offset, recovered, replayed } => {
+                if let Some(failure) = self.subs.confirmed(id, &site, &epoch, offset, recovered, replayed) {
+                    self.notify(HookKind::RecoveryFailed, Event::RecoveryFailed(failure));
+                }
+            }
+            Inbound::Pub(p) => self.publication(link, p),
+            Inbound::Ping => self.out.push(Action::Send { link, text: encode(&ClientFrame::Pong) }),
+            Inbound::Pong | Inbound::Unsubscribed | Inbound::Other => {}
+            Inbound::Error { id, code, message } => {
+                let site = id.and_then(|id| self.subs.refused(id)).map(str::to_owned);
+                self.notify(HookKind::Error, Event::Error(ClientError::Server { code, message, site }));
+            }
+        }
+        self.report_ready();
+    }
+
+    /// A frame on `link` could not be decoded.
+    pub fn undecodable(&mut self, link: LinkId, message: String, now: f64) {
+        if let Some(l) = self.link_mut(link) {
+            l.last_heard = now;
+            self.notify(HookKind::Error, Event::Error(ClientError::Frame(message)));
+        }
+    }
+
+    /// `link`'s socket closed (or failed to open) with `code`.
+    pub fn socket_closed(&mut self, link: LinkId, code: u16, reason: String, now: f64) {
+        if self.link_mut(link).is_none() {
+            return;
+        }
+        if should_reconnect(code) {
+            self.lose(link, "connection lost", false, now);
+        } else {
+            let reason = if reason.is_empty() { "closed by the server".to_owned() } else { reason };
+            self.shut_down(code, reason);
+        }
+    }
+
+    /// A timer set by [`Action::SetTimer`] fired.
+    pub fn timer(&mut self, link: LinkId, kind: TimerKind, now: f64) {
+        let grace = self.grace_ms();
+        let connect_timeout = duration_ms(self.config.connect_timeout) as f64;
+        let Some(l) = self.link_mut(link) else { return };
+        match (kind, l.phase) {
+            (TimerKind::Reconnect, Phase::Waiting) => self.open(link, now),
+            (TimerKind::Heartbeat, Phase::Opening { since } | Phase::Handshake { since }) => {
+                if now - since >= connect_timeout {
+                    self.lose(link, "connect timeout", false, now);
+                } else {
+                    let ms = ms_u32(connect_timeout - (now - since));
+                    self.out.push(Action::SetTimer { link, kind, ms });
+                }
+            }
+            (TimerKind::Heartbeat, Phase::Live) => match l.liveness(now, grace) {
+                Err(why) => self.lose(link, why, false, now),
+                Ok(next) => self.out.push(Action::SetTimer { link, kind, ms: ms_u32(next) }),
+            },
+            (TimerKind::Release, _) if l.spare => {
+                self.out.push(Action::Close { link, code: 1000, reason: "site unsubscribed" });
+                self.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
+                self.out.push(Action::ClearTimer { link, kind: TimerKind::Reconnect });
+                self.links.retain(|l| l.id != link);
+                self.report_state();
+                self.report_ready();
+            }
+            _ => {}
+        }
+    }
+
+    /// The browser is back online: retry now rather than after the backoff delay, and make sure
+    /// an open connection still works (the network may have changed under it).
+    pub fn online(&mut self, now: f64) {
+        self.wake(now, false);
+    }
+
+    /// The page became visible: timers in a hidden tab are throttled and a sleeping machine's
+    /// sockets die silently, so reconnect now if the connection is stale or waiting.
+    pub fn visible(&mut self, now: f64) {
+        self.wake(now, true);
+    }
+
+    /// A publication callback threw `error`.
+    pub fn callback_failed(&mut self, site: String, topic: String, error: D) {
+        self.notify(HookKind::Error, Event::Error(ClientError::Callback { site, topic, error }));
+    }
+
+    /// An event hook threw `error`. Errors of error hooks are not reported again (it would loop).
+    pub fn hook_failed(&mut self, kind: HookKind, error: D) -> Option<D> {
+        if kind == HookKind::Error {
+            return Some(error);
+        }
+        self.notify(HookKind::Error, Event::Error(ClientError::Hook { error }));
+        None
+    }
+
+    // ----- internals -----
+
+    fn grace_ms(&self) -> f64 {
+        duration_ms(self.config.heartbeat_grace) as f64
+    }
+
+    fn link_mut(&mut self, id: LinkId) -> Option<&mut Link> {
+        self.links.iter_mut().find(|l| l.id == id)
+    }
+
+    fn new_link(&mut self, site: Option<String>) -> LinkId {
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.push(Link::new(id, site));
+        id
+    }
+
+    fn open(&mut self, link: LinkId, now: f64) {
+        let connect_timeout = ms_u32(duration_ms(self.config.connect_timeout) as f64);
+        let Some(l) = self.links.iter_mut().find(|l| l.id == link) else { return };
+        l.phase = Phase::Opening { since: now };
+        l.probe_sent = None;
+        l.opened_site.clone_from(&l.site);
+        let (url, subprotocol) = match self.config.protocol {
+            Protocol::V2 => (self.config.socket_url(None), Some(SUBPROTOCOL)),
+            Protocol::Legacy => (self.config.socket_url(l.site.as_deref()), None),
+        };
+        self.out.push(Action::Open { link, url, subprotocol });
+        self.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms: connect_timeout });
+    }
+
+    /// `link` is no more: forget its socket and schedule the next attempt (now, with `at_once`).
+    fn lose(&mut self, link: LinkId, why: &'static str, at_once: bool, now: f64) {
+        let unit = (self.random)();
+        let backoff = self.config.backoff;
+        let Some(l) = self.links.iter_mut().find(|l| l.id == link) else { return };
+        l.failures = l.failures.saturating_add(1);
+        let delay_ms = if at_once { 0 } else { ms_u32(duration_ms(backoff.delay(l.failures - 1, unit)) as f64) };
+        l.state = State::Reconnecting { attempt: l.failures, delay_ms };
+        l.phase = Phase::Waiting;
+        self.out.push(Action::Close { link, code: 1000, reason: why });
+        self.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
+        if self.config.protocol == Protocol::V2 {
+            self.subs.disconnected();
+        }
+        self.ready_reported = false;
+        self.report_state();
+        if at_once {
+            self.out.push(Action::ClearTimer { link, kind: TimerKind::Reconnect });
+            self.open(link, now);
+        } else {
+            self.out.push(Action::SetTimer { link, kind: TimerKind::Reconnect, ms: delay_ms });
+        }
+    }
+
+    fn wake(&mut self, now: f64, from_hidden: bool) {
+        let grace = self.grace_ms();
+        // Legacy has no client ping; the browser's own close detection has to do there.
+        let can_probe = self.config.protocol == Protocol::V2;
+        let ids: Vec<LinkId> = self.links.iter().map(|l| l.id).collect();
+        for id in ids {
+            let Some(l) = self.link_mut(id) else { continue };
+            match l.phase {
+                Phase::Waiting => {
+                    self.out.push(Action::ClearTimer { link: id, kind: TimerKind::Reconnect });
+                    self.open(id, now);
+                }
+                Phase::Live if l.is_stale(now) => self.lose(id, "stale after sleep", true, now),
+                // A network change can leave a socket open but dead; a ping tells within the
+                // grace period. A tab coming back before its connection went stale needs none.
+                Phase::Live if can_probe && !from_hidden && l.probe_sent.is_none() => {
+                    l.probe_sent = Some(now);
+                    self.out.push(Action::Send { link: id, text: encode(&ClientFrame::Ping) });
+                    self.out.push(Action::SetTimer { link: id, kind: TimerKind::Heartbeat, ms: ms_u32(grace) });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn publication(&mut self, link: LinkId, p: Publication<D>) {
+        let wanted = match self.config.protocol {
+            Protocol::V2 => match &p.position {
+                Some((epoch, offset)) => self.subs.accept(&p.site, epoch, *offset),
+                None => self.subs.contains(&p.site),
+            },
+            // A socket moved to another site may still deliver a few of the old site's frames.
+            Protocol::Legacy => {
+                self.links.iter().any(|l| l.id == link && !l.spare && l.site.as_deref() == Some(p.site.as_str()))
+            }
+        };
+        if !wanted {
+            return;
+        }
+        let callbacks = self.callbacks.matching(&p.site, &p.topic);
+        if !callbacks.is_empty() {
+            self.out.push(Action::Deliver { callbacks, publication: p });
+        }
+    }
+
+    /// Brings the server's subscriptions in line with the wanted sites and the listeners' topics.
+    fn sync_subscriptions(&mut self) {
+        if self.config.protocol != Protocol::V2 {
+            return;
+        }
+        let Some(link) = self.links.first().filter(|l| l.is_live()).map(|l| l.id) else { return };
+        let sites: Vec<String> = self.subs.sites().map(str::to_owned).collect();
+        for site in sites {
+            let topics = self.callbacks.filter_for(&site).into_topics();
+            if self.subs.needs_subscribe(&site, &topics)
+                && let Some(frame) = self.subs.subscribe_frame(&site, topics)
+            {
+                self.out.push(Action::Send { link, text: encode(&frame) });
+            }
+        }
+    }
+
+    fn legacy_subscribe(&mut self, site: &str, now: f64) {
+        if self.links.iter().any(|l| !l.spare && l.site.as_deref() == Some(site)) {
+            return;
+        }
+        // Reuse a socket just released by an unsubscribe: the original service's way to switch
+        // sites, `updatesubscribersite`, without a new handshake.
+        if let Some(l) = self.links.iter_mut().find(|l| l.spare) {
+            l.spare = false;
+            l.site = Some(site.to_owned());
+            let link = l.id;
+            self.out.push(Action::ClearTimer { link, kind: TimerKind::Release });
+            if l.is_live() {
+                l.opened_site = Some(site.to_owned());
+                self.out.push(Action::Send { link, text: encode_legacy_update(site) });
+            }
+            return;
+        }
+        let id = self.new_link(Some(site.to_owned()));
+        self.open(id, now);
+    }
+
+    fn shut_down(&mut self, code: u16, reason: String) {
+        if self.closed.is_some() {
+            return;
+        }
+        for l in std::mem::take(&mut self.links) {
+            self.out.push(Action::Close { link: l.id, code: 1000, reason: "client closed" });
+            for kind in [TimerKind::Reconnect, TimerKind::Heartbeat, TimerKind::Release] {
+                self.out.push(Action::ClearTimer { link: l.id, kind });
+            }
+        }
+        self.closed = Some(State::Closed { code, reason });
+        self.report_state();
+    }
+
+    fn notify(&mut self, kind: HookKind, event: Event<D>) {
+        let callbacks = self.callbacks.hooks(kind);
+        if !callbacks.is_empty() {
+            self.out.push(Action::Notify { callbacks, event });
+        }
+    }
+
+    fn report_state(&mut self) {
+        let now = match &self.closed {
+            Some(closed) => closed.clone(),
+            None => State::combine(self.links.iter().filter(|l| !l.spare).map(|l| &l.state)),
+        };
+        if now != self.reported {
+            self.reported = now.clone();
+            self.notify(HookKind::State, Event::State(now));
+        }
+    }
+
+    fn report_ready(&mut self) {
+        let ready = self.is_ready();
+        if ready && !self.ready_reported {
+            self.notify(HookKind::Ready, Event::Ready);
+        }
+        self.ready_reported = ready;
+    }
+}
+
+/// Longest timer delay browsers honour (2^31 - 1 ms); a longer one fires at once.
+const MAX_TIMER_MS: u32 = i32::MAX as u32;
+
+/// A delay in whole milliseconds for a timer, rounded up so a deadline is never checked early.
+fn ms_u32(ms: f64) -> u32 {
+    if ms.is_nan() || ms <= 0.0 {
+        0
+    } else if ms >= f64::from(MAX_TIMER_MS) {
+        MAX_TIMER_MS
+    } else {
+        ms.ceil() as u32
+    }
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -1,0 +1,486 @@
+//! Scenario tests of the client's logic: each drives [`Client`] with the frames the relay would
+//! send (encoded by the protocol crate) and a fake clock, and checks the actions it decides.
+
+use std::time::Duration;
+
+use datastream_protocol::v2::{ServerFrame, encode_pub};
+use serde_json::value::RawValue;
+
+use super::*;
+
+type C = Client<&'static str, String>;
+type A = Action<&'static str, String>;
+
+const URL: &str = "ws://127.0.0.1:9/dev";
+
+fn config(sites: &[&str]) -> Config {
+    let mut c = Config::new(URL);
+    c.sites = sites.iter().map(|s| s.to_string()).collect();
+    c
+}
+
+/// A started client whose jitter draws are always 0.5.
+fn started(config: Config) -> (C, Vec<A>) {
+    let mut c = C::new(config, Box::new(|| 0.5)).unwrap();
+    c.hook(HookKind::State, "state");
+    c.hook(HookKind::Error, "error");
+    c.hook(HookKind::RecoveryFailed, "recovery");
+    c.hook(HookKind::Ready, "ready");
+    c.start(0.0);
+    let a = c.take_actions();
+    (c, a)
+}
+
+fn frame(c: &mut C, text: &str, now: f64) -> Vec<A> {
+    for f in ServerFrame::parse_packed(text) {
+        c.received(1, Inbound::from_server_frame(f.unwrap()), now);
+    }
+    c.take_actions()
+}
+
+fn hello(c: &mut C, now: f64) -> Vec<A> {
+    c.opened(1, now);
+    frame(c, r#"{"type":"hello","version":2,"ping_interval_ms":25000,"max_subscriptions":100}"#, now)
+}
+
+fn publ(site: &str, topic: &str, epoch: &str, offset: u64) -> String {
+    let data = RawValue::from_string(format!(r#"{{"n":{offset}}}"#)).unwrap();
+    encode_pub(site, topic, epoch, offset, &data)
+}
+
+fn subscribed(site: &str, id: u64, epoch: &str, offset: u64, recovered: Option<bool>, replayed: u32) -> String {
+    ServerFrame::Subscribed { id: Some(id), site: site.into(), epoch: epoch.into(), offset, recovered, replayed }
+        .to_json()
+}
+
+fn sends(actions: &[A]) -> Vec<serde_json::Value> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { text, .. } => Some(serde_json::from_str(text).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn states(actions: &[A]) -> Vec<State> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notify { event: Event::State(s), .. } => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Offsets delivered, with the callbacks each went to.
+fn delivered(actions: &[A]) -> Vec<(String, u64, Vec<&'static str>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { callbacks, publication } => {
+                Some((publication.site.clone(), publication.position.as_ref().map_or(0, |p| p.1), callbacks.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_event(actions: &[A], want: &Event<String>) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Notify { event, .. } if event == want))
+}
+
+fn reconnect_timer(actions: &[A]) -> Option<u32> {
+    actions.iter().find_map(|a| match a {
+        Action::SetTimer { kind: TimerKind::Reconnect, ms, .. } => Some(*ms),
+        _ => None,
+    })
+}
+
+#[test]
+fn connects_subscribes_with_the_listeners_topics_and_dispatches() {
+    let (mut c, a) = started(config(&["mrc", "mrc2"]));
+    assert_eq!(
+        a[0],
+        Action::Open { link: 1, url: URL.into(), subprotocol: Some("datastream.v2") },
+        "one socket, sites in subscribe frames"
+    );
+    assert!(a.contains(&Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 10_000 }), "connect timeout");
+    c.on("weather", None, "w").unwrap();
+    c.on("sitestatus", Some("mrc"), "s").unwrap();
+    assert!(c.take_actions().is_empty(), "nothing is sent before the server's hello");
+    c.opened(1, 5.0);
+    assert_eq!(c.state(), &State::Connecting, "an open socket is not yet an accepted connection");
+    let a = hello(&mut c, 10.0);
+    assert_eq!(states(&a), vec![State::Connected]);
+    assert!(a.contains(&Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 35_000 }));
+    assert_eq!(
+        sends(&a),
+        vec![
+            serde_json::json!({"type":"subscribe","id":1,"site":"mrc","topics":["sitestatus","weather"]}),
+            serde_json::json!({"type":"subscribe","id":2,"site":"mrc2","topics":["weather"]}),
+        ]
+    );
+    assert!(!c.is_ready());
+    let a = frame(&mut c, &subscribed("mrc", 1, "e", 4, None, 0), 11.0);
+    assert!(!has_event(&a, &Event::Ready), "mrc2 not confirmed yet");
+    let a = frame(
+        &mut c,
+        &format!("{}\n{}", subscribed("mrc2", 2, "e2", 0, None, 0), publ("mrc", "weather", "e", 5)),
+        12.0,
+    );
+    assert!(has_event(&a, &Event::Ready));
+    assert!(c.is_ready());
+    assert_eq!(delivered(&a), vec![("mrc".into(), 5, vec!["w"])]);
+    let a = frame(&mut c, &publ("mrc", "sitestatus", "e", 6), 13.0);
+    assert_eq!(delivered(&a), vec![("mrc".into(), 6, vec!["s"])]);
+    let a = frame(&mut c, &publ("mrc2", "sitestatus", "e2", 1), 13.0);
+    assert!(delivered(&a).is_empty(), "the site filter keeps mrc's listener off mrc2");
+    let a = frame(&mut c, r#"{"type":"ping"}"#, 14.0);
+    assert_eq!(sends(&a), vec![serde_json::json!({"type":"pong"})]);
+}
+
+#[test]
+fn backoff_grows_with_each_failure_and_resets_only_on_hello() {
+    let (mut c, _) = started(config(&[]));
+    let b = Config::new(URL).backoff;
+    let expect = |n: u32| ms_u32(duration_ms(b.delay(n, 0.5)) as f64);
+    let mut now = 0.0;
+    for attempt in 1..=4u32 {
+        // Fails before any hello: the socket even opens, but that is not a confirmation.
+        c.opened(1, now);
+        c.socket_closed(1, 1006, String::new(), now);
+        let a = c.take_actions();
+        assert_eq!(states(&a), vec![State::Reconnecting { attempt, delay_ms: expect(attempt - 1) }]);
+        assert_eq!(reconnect_timer(&a), Some(expect(attempt - 1)));
+        assert!(matches!(a[0], Action::Close { link: 1, .. }), "the dead socket is dropped first");
+        now += f64::from(expect(attempt - 1));
+        c.timer(1, TimerKind::Reconnect, now);
+        assert!(matches!(c.take_actions()[0], Action::Open { .. }));
+        assert_eq!(c.state(), &State::Reconnecting { attempt, delay_ms: expect(attempt - 1) });
+    }
+    assert_eq!(expect(3), 2500, "0.5 s + half of a 4 s spread");
+    let a = hello(&mut c, now);
+    assert_eq!(states(&a), vec![State::Connected]);
+    c.socket_closed(1, 1001, "server shutting down".into(), now);
+    let a = c.take_actions();
+    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: expect(0) }]);
+}
+
+#[test]
+fn terminal_close_codes_stop_retrying_and_say_why() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 0.0);
+    c.socket_closed(1, 3500, "too many invalid frames".into(), 1.0);
+    let a = c.take_actions();
+    assert_eq!(states(&a), vec![State::Closed { code: 3500, reason: "too many invalid frames".into() }]);
+    assert_eq!(reconnect_timer(&a), None);
+    assert!(c.is_closed());
+    c.timer(1, TimerKind::Reconnect, 5000.0);
+    c.online(5000.0);
+    c.subscribe("saf", None, 5000.0).unwrap();
+    assert!(c.take_actions().is_empty(), "a closed client stays closed");
+
+    let (mut c, _) = started(config(&[]));
+    c.socket_closed(1, 4501, String::new(), 1.0);
+    assert_eq!(c.state(), &State::Closed { code: 4501, reason: "closed by the server".into() });
+}
+
+#[test]
+fn heartbeat_silence_and_connect_timeout_reconnect() {
+    let (mut c, _) = started(config(&[]));
+    // Never opens: the connect timeout ends the attempt.
+    c.timer(1, TimerKind::Heartbeat, 10_000.0);
+    assert_eq!(c.state().name(), "reconnecting");
+    c.timer(1, TimerKind::Reconnect, 11_000.0);
+    c.take_actions();
+    hello(&mut c, 11_500.0);
+    frame(&mut c, r#"{"type":"ping"}"#, 36_000.0);
+    // The timer armed at hello fires: the ping moved the deadline, so it is re-armed.
+    c.timer(1, TimerKind::Heartbeat, 46_500.0);
+    let a = c.take_actions();
+    assert_eq!(a, vec![Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 24_500 }]);
+    c.timer(1, TimerKind::Heartbeat, 71_000.0);
+    let a = c.take_actions();
+    assert_eq!(a[0], Action::Close { link: 1, code: 1000, reason: "heartbeat timeout" });
+    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: 750 }]);
+}
+
+#[test]
+fn resubscribes_with_positions_and_delivers_each_publication_once() {
+    let (mut c, _) = started(config(&["mrc"]));
+    c.on("*", None, "all").unwrap();
+    hello(&mut c, 0.0);
+    frame(&mut c, &subscribed("mrc", 1, "e", 10, None, 0), 1.0);
+    let a = frame(&mut c, &format!("{}\n{}", publ("mrc", "x", "e", 11), publ("mrc", "x", "e", 12)), 2.0);
+    assert_eq!(delivered(&a).len(), 2);
+    c.socket_closed(1, 1006, String::new(), 3.0);
+    c.timer(1, TimerKind::Reconnect, 1000.0);
+    c.take_actions();
+    let a = hello(&mut c, 1001.0);
+    assert_eq!(
+        sends(&a),
+        vec![serde_json::json!({"type":"subscribe","id":2,"site":"mrc","recover":{"epoch":"e","offset":12}})]
+    );
+    // The replay overlaps what was delivered (the relay's snapshot raced a live publication).
+    let text =
+        [subscribed("mrc", 2, "e", 15, Some(true), 4), publ("mrc", "x", "e", 12), publ("mrc", "x", "e", 13)].join("\n");
+    let a = frame(&mut c, &text, 1002.0);
+    let text =
+        [publ("mrc", "x", "e", 14), publ("mrc", "x", "e", 15), publ("mrc", "x", "e", 15), publ("mrc", "x", "e", 16)]
+            .join("\n");
+    let b = frame(&mut c, &text, 1003.0);
+    let offsets: Vec<u64> = delivered(&a).iter().chain(delivered(&b).iter()).map(|d| d.1).collect();
+    assert_eq!(offsets, vec![13, 14, 15, 16]);
+    assert!(!has_event(&a, &Event::RecoveryFailed(RecoveryFailure { site: "mrc".into(), reason: "epoch_changed" })));
+
+    // The relay restarts: a new epoch, recovery impossible, the app is told.
+    c.socket_closed(1, 1001, String::new(), 2000.0);
+    c.timer(1, TimerKind::Reconnect, 3000.0);
+    c.take_actions();
+    let a = hello(&mut c, 3001.0);
+    assert_eq!(sends(&a)[0]["recover"], serde_json::json!({"epoch":"e","offset":16}));
+    let a = frame(
+        &mut c,
+        &format!("{}\n{}", subscribed("mrc", 3, "f", 0, Some(false), 0), publ("mrc", "x", "f", 1)),
+        3002.0,
+    );
+    assert!(has_event(&a, &Event::RecoveryFailed(RecoveryFailure { site: "mrc".into(), reason: "epoch_changed" })));
+    assert_eq!(delivered(&a), vec![("mrc".into(), 1, vec!["all"])], "the new epoch's publications flow");
+}
+
+#[test]
+fn topic_filter_follows_listeners_while_connected() {
+    let (mut c, _) = started(config(&["mrc"]));
+    let w = c.on("weather", None, "w").unwrap();
+    hello(&mut c, 0.0);
+    frame(&mut c, &subscribed("mrc", 1, "e", 0, None, 0), 0.0);
+    let star = c.on("*", Some("mrc"), "star").unwrap();
+    // Resubscribing from the position: the relay fills anything queued under the old filter.
+    assert_eq!(
+        sends(&c.take_actions())[0],
+        serde_json::json!({"type":"subscribe","id":2,"site":"mrc","recover":{"epoch":"e","offset":0}})
+    );
+    c.on("jobs", None, "j").unwrap();
+    assert!(c.take_actions().is_empty(), "already receiving every topic");
+    c.off_id(star);
+    assert_eq!(sends(&c.take_actions())[0]["topics"], serde_json::json!(["jobs", "weather"]));
+    c.off("jobs", &"j");
+    assert_eq!(sends(&c.take_actions())[0]["topics"], serde_json::json!(["weather"]));
+    c.off_id(w);
+    let a = c.take_actions();
+    assert_eq!(sends(&a)[0].get("topics"), None, "no listener: every topic");
+    assert!(c.on("bad topic", None, "x").is_err());
+    assert!(c.on("ok", Some("bad/site"), "x").is_err());
+}
+
+#[test]
+fn subscribe_rewind_and_unsubscribe() {
+    let (mut c, _) = started(config(&[]));
+    c.on("*", None, "all").unwrap();
+    c.subscribe("saf", Some(20), 0.0).unwrap();
+    assert!(c.take_actions().is_empty(), "sent once connected");
+    assert!(!c.is_ready());
+    let a = hello(&mut c, 0.0);
+    assert_eq!(sends(&a), vec![serde_json::json!({"type":"subscribe","id":1,"site":"saf","rewind":20})]);
+    let text =
+        [subscribed("saf", 1, "e", 30, None, 2), publ("saf", "t", "e", 29), publ("saf", "t", "e", 30)].join("\n");
+    assert_eq!(delivered(&frame(&mut c, &text, 1.0)).len(), 2);
+    c.unsubscribe("saf");
+    assert_eq!(sends(&c.take_actions()), vec![serde_json::json!({"type":"unsubscribe","site":"saf"})]);
+    assert!(delivered(&frame(&mut c, &publ("saf", "t", "e", 31), 2.0)).is_empty(), "in flight: dropped");
+    assert!(c.subscribe("no such/site", None, 3.0).is_err());
+}
+
+#[test]
+fn refused_subscribe_is_reported_and_does_not_block_ready() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 0.0);
+    let err = ServerFrame::Error {
+        id: Some(1),
+        code: datastream_protocol::error::ErrorCode::TooManySubscriptions,
+        message: "at most 100".into(),
+    };
+    let a = frame(&mut c, &err.to_json(), 1.0);
+    assert!(has_event(
+        &a,
+        &Event::Error(ClientError::Server {
+            code: "too_many_subscriptions".into(),
+            message: "at most 100".into(),
+            site: Some("mrc".into())
+        })
+    ));
+    assert!(has_event(&a, &Event::Ready));
+}
+
+#[test]
+fn online_retries_at_once_and_probes_a_live_connection() {
+    let (mut c, _) = started(config(&[]));
+    c.socket_closed(1, 1006, String::new(), 0.0);
+    c.take_actions();
+    c.online(10.0);
+    let a = c.take_actions();
+    assert_eq!(a[0], Action::ClearTimer { link: 1, kind: TimerKind::Reconnect });
+    assert!(matches!(a[1], Action::Open { .. }), "no waiting for the backoff delay");
+    c.online(11.0);
+    assert!(!c.take_actions().iter().any(|a| matches!(a, Action::Open { .. })), "already opening");
+    hello(&mut c, 20.0);
+    c.online(30.0);
+    let a = c.take_actions();
+    assert_eq!(sends(&a), vec![serde_json::json!({"type":"ping"})]);
+    assert!(a.contains(&Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 10_000 }));
+    c.timer(1, TimerKind::Heartbeat, 10_030.0);
+    assert_eq!(c.take_actions()[0], Action::Close { link: 1, code: 1000, reason: "no answer to ping" });
+    // Answered in time: nothing happens.
+    c.timer(1, TimerKind::Reconnect, 20_000.0);
+    hello(&mut c, 20_001.0);
+    c.online(20_002.0);
+    frame(&mut c, r#"{"type":"pong"}"#, 20_010.0);
+    c.take_actions();
+    c.timer(1, TimerKind::Heartbeat, 30_002.0);
+    assert!(matches!(c.take_actions()[..], [Action::SetTimer { kind: TimerKind::Heartbeat, .. }]));
+}
+
+#[test]
+fn a_visible_tab_reconnects_at_once_when_stale() {
+    let (mut c, _) = started(config(&[]));
+    hello(&mut c, 0.0);
+    c.visible(1000.0);
+    assert!(c.take_actions().is_empty(), "fresh: nothing to do");
+    // The tab slept; the heartbeat timer has not fired yet.
+    c.visible(600_000.0);
+    let a = c.take_actions();
+    assert_eq!(a[0], Action::Close { link: 1, code: 1000, reason: "stale after sleep" });
+    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: 0 }]);
+    assert!(a.iter().any(|a| matches!(a, Action::Open { .. })));
+}
+
+#[test]
+fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
+    let mut cfg = config(&["mrc", "mrc2"]);
+    cfg.protocol = Protocol::Legacy;
+    let (mut c, a) = started(cfg);
+    let opens: Vec<&str> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Open { url, subprotocol: None, .. } => Some(url.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opens, vec!["ws://127.0.0.1:9/dev?site=mrc", "ws://127.0.0.1:9/dev?site=mrc2"]);
+    c.on("weather", None, "w").unwrap();
+    assert!(c.take_actions().is_empty(), "legacy has no server-side filter");
+    c.opened(1, 1.0);
+    assert_eq!(c.state(), &State::Connecting);
+    c.opened(2, 1.0);
+    let a = c.take_actions();
+    assert_eq!(states(&a), vec![State::Connected]);
+    assert!(has_event(&a, &Event::Ready));
+    let bare = |site: &str| {
+        Inbound::Pub(Publication { site: site.into(), topic: "weather".into(), position: None, data: "{}".to_string() })
+    };
+    c.received(2, bare("mrc2"), 2.0);
+    assert_eq!(delivered(&c.take_actions()), vec![("mrc2".into(), 0, vec!["w"])]);
+
+    // Switch mrc → saf: the released socket is reused with updatesubscribersite.
+    c.unsubscribe("mrc");
+    c.subscribe("saf", None, 3.0).unwrap();
+    let a = c.take_actions();
+    assert!(!a.iter().any(|a| matches!(a, Action::Open { .. })));
+    assert_eq!(sends(&a), vec![serde_json::json!({"action":"updatesubscribersite","site":"saf"})]);
+    c.received(1, bare("mrc"), 4.0);
+    assert!(delivered(&c.take_actions()).is_empty(), "a late frame of the old site");
+    c.received(1, bare("saf"), 4.0);
+    assert_eq!(delivered(&c.take_actions()).len(), 1);
+    c.timer(1, TimerKind::Release, 4.0);
+    assert!(!c.take_actions().iter().any(|a| matches!(a, Action::Close { .. })), "reused: kept");
+
+    // A reconnect uses the current site, not the one the socket was first opened with.
+    c.socket_closed(1, 1006, String::new(), 5.0);
+    c.timer(1, TimerKind::Reconnect, 1000.0);
+    let a = c.take_actions();
+    assert!(a.contains(&Action::Open { link: 1, url: "ws://127.0.0.1:9/dev?site=saf".into(), subprotocol: None }));
+
+    // Unsubscribed and not reused: released.
+    c.unsubscribe("mrc2");
+    c.timer(2, TimerKind::Release, 6.0);
+    assert!(c.take_actions().contains(&Action::Close { link: 2, code: 1000, reason: "site unsubscribed" }));
+}
+
+#[test]
+fn legacy_site_switch_while_opening_is_sent_once_open() {
+    let mut cfg = config(&["mrc"]);
+    cfg.protocol = Protocol::Legacy;
+    let (mut c, _) = started(cfg);
+    c.unsubscribe("mrc");
+    c.subscribe("saf", None, 0.0).unwrap();
+    c.take_actions();
+    c.opened(1, 1.0);
+    assert_eq!(sends(&c.take_actions()), vec![serde_json::json!({"action":"updatesubscribersite","site":"saf"})]);
+}
+
+#[test]
+fn callback_failures_are_reported_to_error_hooks_only() {
+    let (mut c, _) = started(config(&[]));
+    c.callback_failed("mrc".into(), "weather".into(), "boom".into());
+    let a = c.take_actions();
+    assert_eq!(
+        a,
+        vec![Action::Notify {
+            callbacks: vec!["error"],
+            event: Event::Error(ClientError::Callback {
+                site: "mrc".into(),
+                topic: "weather".into(),
+                error: "boom".into()
+            })
+        }]
+    );
+    assert_eq!(c.hook_failed(HookKind::Error, "again".into()), Some("again".into()), "not looped back");
+    assert_eq!(c.hook_failed(HookKind::State, "s".into()), None);
+    assert_eq!(c.take_actions().len(), 1);
+}
+
+#[test]
+fn close_stops_everything() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 0.0);
+    c.close();
+    let a = c.take_actions();
+    assert_eq!(states(&a), vec![State::Closed { code: 1000, reason: "closed by the client".into() }]);
+    assert!(a.contains(&Action::Close { link: 1, code: 1000, reason: "client closed" }));
+    assert!(a.contains(&Action::ClearTimer { link: 1, kind: TimerKind::Heartbeat }));
+    c.close();
+    c.socket_closed(1, 1006, String::new(), 1.0);
+    frame(&mut c, &publ("mrc", "t", "e", 1), 1.0);
+    assert!(c.take_actions().is_empty());
+    assert!(!c.is_ready());
+}
+
+#[test]
+fn custom_backoff_is_used() {
+    let mut cfg = config(&[]);
+    cfg.backoff.min = Duration::from_millis(10);
+    cfg.backoff.max = Duration::from_millis(40);
+    let (mut c, _) = started(cfg);
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        c.socket_closed(1, 1006, String::new(), 0.0);
+        delays.push(reconnect_timer(&c.take_actions()).unwrap());
+        c.timer(1, TimerKind::Reconnect, 0.0);
+        c.take_actions();
+    }
+    assert_eq!(delays, vec![15, 20, 25, 25, 25]);
+}
+
+#[test]
+fn error_messages_are_the_display_text() {
+    let errors: [ClientError<String>; 4] = [
+        ClientError::Callback { site: "mrc".into(), topic: "weather".into(), error: "e".into() },
+        ClientError::Hook { error: "e".into() },
+        ClientError::Server { code: "invalid_site".into(), message: "bad".into(), site: None },
+        ClientError::Frame("not JSON".into()),
+    ];
+    for e in errors {
+        assert_eq!(e.message(), e.to_string());
+    }
+}

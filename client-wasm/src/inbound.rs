@@ -1,0 +1,120 @@
+//! What the client receives, decoded: the server frames of [`datastream_protocol::v2`] and the
+//! legacy publication frame, with the publisher's `data` kept in whatever form the caller uses.
+//!
+//! In the browser `data` is the JavaScript value `JSON.parse` produced for the whole frame, handed
+//! to callbacks as is (parsing the frames with serde_json there would parse every payload twice
+//! and add the deserializer to the bundle). Natively, [`Inbound::from_server_frame`] turns the
+//! protocol crate's own [`ServerFrame`] into this form, which is how the tests drive the client
+//! with exactly what the relay encodes.
+
+use datastream_protocol::v2::ServerFrame;
+
+/// One frame from the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound<D> {
+    /// v2: the connection is accepted.
+    Hello {
+        /// The server's ping interval.
+        ping_interval_ms: u64,
+    },
+    /// v2: a subscription is in place.
+    Subscribed {
+        /// The request's id.
+        id: Option<u64>,
+        /// The site.
+        site: String,
+        /// The site's epoch.
+        epoch: String,
+        /// The site's latest offset when the subscription took effect.
+        offset: u64,
+        /// With `recover`: whether the gap was filled.
+        recovered: Option<bool>,
+        /// Publications replayed right after this frame.
+        replayed: u32,
+    },
+    /// v2: a subscription was removed.
+    Unsubscribed,
+    /// A publication. Legacy frames have no position.
+    Pub(Publication<D>),
+    /// v2 heartbeat; answer with pong.
+    Ping,
+    /// v2: the answer to a client ping.
+    Pong,
+    /// A frame this client does not act on (a newer server's addition); still a sign of life.
+    Other,
+    /// A refused request or frame.
+    Error {
+        /// The refused request's id.
+        id: Option<u64>,
+        /// The machine-readable code (`invalid_site`, …).
+        code: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// A publication and where it sits in its site's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication<D> {
+    /// The site.
+    pub site: String,
+    /// The topic.
+    pub topic: String,
+    /// `(epoch, offset)`; `None` in the legacy protocol.
+    pub position: Option<(String, u64)>,
+    /// The publisher's data.
+    pub data: D,
+}
+
+impl Inbound<String> {
+    /// The protocol crate's frame, with `data` as its JSON text.
+    pub fn from_server_frame(frame: ServerFrame) -> Self {
+        match frame {
+            ServerFrame::Hello { ping_interval_ms, .. } => Inbound::Hello { ping_interval_ms },
+            ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed } => {
+                Inbound::Subscribed { id, site, epoch, offset, recovered, replayed }
+            }
+            ServerFrame::Unsubscribed { .. } => Inbound::Unsubscribed,
+            ServerFrame::Pub(p) => Inbound::Pub(Publication {
+                site: p.site,
+                topic: p.topic,
+                position: Some((p.epoch, p.offset)),
+                data: p.data.get().to_owned(),
+            }),
+            ServerFrame::Ping => Inbound::Ping,
+            ServerFrame::Pong => Inbound::Pong,
+            ServerFrame::Error { id, code, message } => Inbound::Error { id, code: code.as_str().to_owned(), message },
+            _ => Inbound::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datastream_protocol::error::ErrorCode;
+    use datastream_protocol::v2::{ServerFrame, encode_pub};
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    #[test]
+    fn converts_what_the_relay_encodes() {
+        let data = RawValue::from_string(r#"{"t":1.50}"#.into()).unwrap();
+        let text = encode_pub("mrc", "weather", "ep", 4, &data);
+        let frame = ServerFrame::parse(&text).unwrap();
+        assert_eq!(
+            Inbound::from_server_frame(frame),
+            Inbound::Pub(Publication {
+                site: "mrc".into(),
+                topic: "weather".into(),
+                position: Some(("ep".into(), 4)),
+                data: r#"{"t":1.50}"#.into(),
+            })
+        );
+        let e = ServerFrame::Error { id: Some(2), code: ErrorCode::InvalidSite, message: "m".into() };
+        assert_eq!(
+            Inbound::from_server_frame(e),
+            Inbound::Error { id: Some(2), code: "invalid_site".into(), message: "m".into() }
+        );
+    }
+}

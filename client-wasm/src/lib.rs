@@ -1,0 +1,48 @@
+//! The datastream browser SDK: one WebSocket for every site of the Photon Ranch app, reconnecting
+//! with backoff, recovering what it missed, and dispatching publications to callbacks by topic.
+//!
+//! Compiled to WebAssembly and published on npm as `@photonranch/datastream`, whose README
+//! documents the JavaScript API.
+//!
+//! # Layout
+//! Logic, free of I/O and tested natively (`cargo test -p datastream-client`):
+//! - [`config`]: options, defaults, validation.
+//! - [`state`]: the connection state the app sees.
+//! - [`link`]: one socket's life (phase, failures, liveness).
+//! - [`callbacks`]: the app's listeners and event hooks; the topic filter they imply.
+//! - [`subscriptions`]: the wanted sites and their subscribe frames, kept across reconnects.
+//! - [`stream`]: per-site positions and deduplication by offset.
+//! - [`inbound`]: decoded server frames.
+//! - [`wire`]: client frames encoded as JSON text.
+//! - [`client`]: the state machine tying these together: events in, actions out.
+//!
+//! In the browser only (`wasm32`), the `web` module carries the actions out: the socket, timers,
+//! the `online` and visibility listeners, frame decoding, and the JavaScript-facing class.
+//!
+//! Reconnect delays come from [`datastream_protocol::backoff::Backoff`], shared with the relay.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod callbacks;
+pub mod client;
+pub mod config;
+pub mod inbound;
+pub mod link;
+pub mod state;
+pub mod stream;
+pub mod subscriptions;
+pub mod wire;
+
+#[cfg(target_arch = "wasm32")]
+mod web;
+
+#[cfg(target_arch = "wasm32")]
+pub use web::DatastreamCore;
+
+/// A first-fit allocator with coalescing, a few hundred bytes of code instead of dlmalloc's
+/// several KB: the client allocates little (names, frames to send), and payloads stay in
+/// JavaScript.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: lol_alloc::LockedAllocator<lol_alloc::FreeListAllocator> =
+    lol_alloc::LockedAllocator::new(lol_alloc::FreeListAllocator::new());

@@ -1,0 +1,305 @@
+//! The sites the app wants (protocol v2), what the server has confirmed for each, and the subscribe
+//! frames that bring the server in line — after every reconnect, with each site's last position
+//! so the gap is replayed.
+//!
+//! The app's wishes live here, not in the connection, which is why they survive reconnects.
+
+use datastream_protocol::v2::{ClientFrame, StreamPosition};
+
+use crate::stream::Stream;
+
+/// One wanted site.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Subscription {
+    /// A rewind the app asked for and the server has not yet confirmed.
+    rewind: Option<u32>,
+    /// Position and deduplication state; `None` until the first `subscribed`.
+    stream: Option<Stream>,
+    /// The topic filter the server applies on this connection; `None` when the server holds no
+    /// subscription (not yet sent, or the connection was lost).
+    sent_topics: Option<Vec<String>>,
+    /// Id of the latest subscribe not yet answered.
+    pending: Option<u64>,
+    /// The position sent with the latest subscribe's `recover`, to tell why a recovery failed.
+    recover_sent: Option<StreamPosition>,
+}
+
+/// Why a site's missed publications could not be replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryFailure {
+    /// The site; the app should refetch its current state.
+    pub site: String,
+    /// `"epoch_changed"` (the server's history restarted, e.g. the relay restarted) or
+    /// `"history_trimmed"` (the gap is older than the history the server keeps).
+    pub reason: &'static str,
+}
+
+/// Every site the app wants, sorted by name (a handful: a sorted `Vec` is smaller in the
+/// WebAssembly bundle than a map, and as fast).
+#[derive(Debug, Clone, Default)]
+pub struct Subscriptions {
+    sites: Vec<(String, Subscription)>,
+    next_id: u64,
+}
+
+impl Subscriptions {
+    fn get(&self, site: &str) -> Option<&Subscription> {
+        let i = self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)).ok()?;
+        Some(&self.sites[i].1)
+    }
+
+    fn get_mut(&mut self, site: &str) -> Option<&mut Subscription> {
+        let i = self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)).ok()?;
+        Some(&mut self.sites[i].1)
+    }
+
+    /// Wants `site`; with `rewind`, asks for up to that many of its latest publications first.
+    /// Returns whether a subscribe must be sent (a new site, or a new rewind).
+    pub fn add(&mut self, site: &str, rewind: Option<u32>) -> bool {
+        match self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)) {
+            Ok(i) => {
+                let sub = &mut self.sites[i].1;
+                if rewind.is_some() {
+                    sub.rewind = rewind;
+                    sub.sent_topics = None;
+                }
+                rewind.is_some()
+            }
+            Err(i) => {
+                self.sites.insert(i, (site.to_owned(), Subscription { rewind, ..Subscription::default() }));
+                true
+            }
+        }
+    }
+
+    /// Stops wanting `site`; returns whether it was wanted.
+    pub fn remove(&mut self, site: &str) -> bool {
+        match self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)) {
+            Ok(i) => {
+                self.sites.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `site` is wanted.
+    pub fn contains(&self, site: &str) -> bool {
+        self.get(site).is_some()
+    }
+
+    /// The wanted sites, sorted.
+    pub fn sites(&self) -> impl Iterator<Item = &str> {
+        self.sites.iter().map(|(s, _)| s.as_str())
+    }
+
+    /// Whether the server's subscription for `site` differs from `topics` (or is missing).
+    pub fn needs_subscribe(&self, site: &str, topics: &[String]) -> bool {
+        self.get(site).is_some_and(|s| s.sent_topics.as_deref() != Some(topics))
+    }
+
+    /// The subscribe frame for `site` with filter `topics`, recovering from the last position
+    /// when there is one (a rewind the app asked for wins: it is a deliberate replay);
+    /// records it as sent.
+    pub fn subscribe_frame(&mut self, site: &str, topics: Vec<String>) -> Option<ClientFrame> {
+        let i = self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)).ok()?;
+        self.next_id += 1;
+        let id = self.next_id;
+        let sub = &mut self.sites[i].1;
+        let recover = match (sub.rewind, &sub.stream) {
+            (None, Some(stream)) => Some(stream.position()),
+            _ => None,
+        };
+        sub.sent_topics = Some(topics.clone());
+        sub.pending = Some(id);
+        sub.recover_sent.clone_from(&recover);
+        Some(ClientFrame::Subscribe {
+            id: Some(id),
+            site: site.to_owned(),
+            topics,
+            rewind: if recover.is_none() { sub.rewind } else { None },
+            recover,
+        })
+    }
+
+    /// Records a `subscribed` frame. Returns the failure to report when the server could not
+    /// recover the gap.
+    pub fn confirmed(
+        &mut self,
+        id: Option<u64>,
+        site: &str,
+        epoch: &str,
+        offset: u64,
+        recovered: Option<bool>,
+        replayed: u32,
+    ) -> Option<RecoveryFailure> {
+        // A site unsubscribed meanwhile: its publications are dropped anyway.
+        let sub = self.get_mut(site)?;
+        sub.stream = Some(Stream::confirmed(sub.stream.take(), epoch, offset, replayed));
+        if id.is_some() && sub.pending == id {
+            sub.pending = None;
+            sub.rewind = None;
+        }
+        if recovered == Some(false) {
+            let reason = match &sub.recover_sent {
+                Some(p) if p.epoch != epoch => "epoch_changed",
+                _ => "history_trimmed",
+            };
+            return Some(RecoveryFailure { site: site.to_owned(), reason });
+        }
+        None
+    }
+
+    /// The server refused request `id`; if it was a pending subscribe, the site it was for (its
+    /// subscription is not in place and no longer awaited).
+    pub fn refused(&mut self, id: u64) -> Option<&str> {
+        let (site, sub) = self.sites.iter_mut().find(|(_, s)| s.pending == Some(id))?;
+        sub.pending = None;
+        sub.sent_topics = None;
+        Some(site.as_str())
+    }
+
+    /// Whether the publication at (`epoch`, `offset`) on `site` is new and wanted; records it.
+    pub fn accept(&mut self, site: &str, epoch: &str, offset: u64) -> bool {
+        let Some(sub) = self.get_mut(site) else { return false };
+        match &mut sub.stream {
+            Some(stream) => stream.accept(epoch, offset),
+            None => {
+                // The server confirms before publishing, so this is only defensive: start
+                // counting here rather than drop the site.
+                sub.stream = Some(Stream::confirmed(None, epoch, offset, 0));
+                true
+            }
+        }
+    }
+
+    /// The connection was lost: the server holds nothing any more; positions are kept.
+    pub fn disconnected(&mut self) {
+        for (_, sub) in &mut self.sites {
+            sub.sent_topics = None;
+            sub.pending = None;
+        }
+    }
+
+    /// Whether every wanted site has been answered.
+    pub fn settled(&self) -> bool {
+        self.sites.iter().all(|(_, s)| s.pending.is_none())
+    }
+
+    /// The position of `site`'s stream, if known.
+    pub fn position(&self, site: &str) -> Option<StreamPosition> {
+        self.get(site)?.stream.as_ref().map(Stream::position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(subs: &mut Subscriptions, site: &str, topics: &[&str]) -> ClientFrame {
+        subs.subscribe_frame(site, topics.iter().map(|t| t.to_string()).collect()).unwrap()
+    }
+
+    #[test]
+    fn first_subscribe_rewinds_then_recovers_after_reconnect() {
+        let mut subs = Subscriptions::default();
+        assert!(subs.add("mrc", Some(20)));
+        assert!(!subs.add("mrc", None), "already wanted");
+        let f = frame(&mut subs, "mrc", &["weather"]);
+        assert_eq!(
+            f,
+            ClientFrame::Subscribe {
+                id: Some(1),
+                site: "mrc".into(),
+                topics: vec!["weather".into()],
+                recover: None,
+                rewind: Some(20)
+            }
+        );
+        assert!(!subs.settled());
+        assert_eq!(subs.confirmed(Some(1), "mrc", "e", 7, None, 0), None);
+        assert!(subs.settled());
+        assert!(subs.accept("mrc", "e", 8));
+        subs.disconnected();
+        assert!(subs.needs_subscribe("mrc", &["weather".into()]));
+        let f = frame(&mut subs, "mrc", &["weather"]);
+        assert_eq!(
+            f,
+            ClientFrame::Subscribe {
+                id: Some(2),
+                site: "mrc".into(),
+                topics: vec!["weather".into()],
+                recover: Some(StreamPosition { epoch: "e".into(), offset: 8 }),
+                rewind: None
+            },
+            "the rewind was done once; now the position is what matters"
+        );
+    }
+
+    #[test]
+    fn failed_recovery_is_reported_with_its_cause() {
+        let mut subs = Subscriptions::default();
+        subs.add("mrc", None);
+        frame(&mut subs, "mrc", &[]);
+        subs.confirmed(Some(1), "mrc", "e1", 3, None, 0);
+        subs.disconnected();
+        frame(&mut subs, "mrc", &[]);
+        assert_eq!(
+            subs.confirmed(Some(2), "mrc", "e2", 0, Some(false), 0),
+            Some(RecoveryFailure { site: "mrc".into(), reason: "epoch_changed" })
+        );
+        assert_eq!(subs.position("mrc"), Some(StreamPosition { epoch: "e2".into(), offset: 0 }));
+        assert!(subs.accept("mrc", "e2", 1), "the new epoch's first publication");
+        subs.disconnected();
+        frame(&mut subs, "mrc", &[]);
+        assert_eq!(
+            subs.confirmed(Some(3), "mrc", "e2", 900, Some(false), 0),
+            Some(RecoveryFailure { site: "mrc".into(), reason: "history_trimmed" })
+        );
+        assert!(!subs.accept("mrc", "e2", 900) && subs.accept("mrc", "e2", 901));
+    }
+
+    #[test]
+    fn filter_changes_and_refusals() {
+        let mut subs = Subscriptions::default();
+        subs.add("mrc", None);
+        let topics = vec!["a".to_string()];
+        assert!(subs.needs_subscribe("mrc", &topics));
+        subs.subscribe_frame("mrc", topics.clone());
+        assert!(!subs.needs_subscribe("mrc", &topics));
+        assert!(subs.needs_subscribe("mrc", &["a".into(), "b".into()]));
+        assert!(!subs.needs_subscribe("saf", &topics), "not wanted: nothing to send");
+        assert_eq!(subs.refused(1), Some("mrc"));
+        assert!(subs.settled(), "a refused subscribe is not awaited");
+        assert!(subs.needs_subscribe("mrc", &topics));
+        assert_eq!(subs.refused(1), None);
+    }
+
+    #[test]
+    fn unwanted_sites_are_dropped() {
+        let mut subs = Subscriptions::default();
+        subs.add("mrc", None);
+        frame(&mut subs, "mrc", &[]);
+        assert!(subs.remove("mrc"));
+        assert!(!subs.remove("mrc"));
+        assert_eq!(subs.confirmed(Some(1), "mrc", "e", 1, None, 0), None);
+        assert!(!subs.accept("mrc", "e", 2));
+        assert_eq!(subs.sites().count(), 0);
+        assert!(subs.settled());
+    }
+
+    #[test]
+    fn a_new_rewind_on_a_known_site_is_sent_as_rewind() {
+        let mut subs = Subscriptions::default();
+        subs.add("saf", None);
+        frame(&mut subs, "saf", &[]);
+        subs.confirmed(Some(1), "saf", "e", 10, None, 0);
+        assert!(subs.add("saf", Some(5)));
+        let ClientFrame::Subscribe { rewind, recover, .. } = frame(&mut subs, "saf", &[]) else { unreachable!() };
+        assert_eq!((rewind, recover), (Some(5), None));
+        // The rewind replays 6..=10, all already delivered.
+        subs.confirmed(Some(2), "saf", "e", 10, None, 5);
+        assert!((6..=10).all(|o| !subs.accept("saf", "e", o)));
+        assert!(subs.accept("saf", "e", 11));
+    }
+}

@@ -1,0 +1,94 @@
+//! The class JavaScript sees, `DatastreamCore`. The npm package wraps it in the friendlier
+//! `Datastream` (which loads the WebAssembly module first, and turns listener ids into
+//! unsubscribe functions); this layer only converts arguments and forwards to the driver.
+
+use std::rc::Rc;
+
+use js_sys::Function;
+use wasm_bindgen::prelude::*;
+
+use super::convert;
+use super::driver::{Driver, JsClient};
+use crate::callbacks::HookKind;
+
+/// A datastream client in the browser.
+#[wasm_bindgen]
+pub struct DatastreamCore {
+    driver: Rc<Driver>,
+}
+
+impl std::fmt::Debug for DatastreamCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatastreamCore").finish_non_exhaustive()
+    }
+}
+
+#[wasm_bindgen]
+impl DatastreamCore {
+    /// Validates `options` (throws a `TypeError` or `Error` naming the bad one) and connects.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: JsValue) -> Result<DatastreamCore, JsValue> {
+        let config = convert::config(&options)?;
+        let protocol = config.protocol;
+        let client =
+            JsClient::new(config, Box::new(js_sys::Math::random)).map_err(|e| js_sys::Error::new(&e.message()))?;
+        Ok(DatastreamCore { driver: Driver::start(client, protocol) })
+    }
+
+    /// Calls `callback(data, meta)` for each publication on `topic` (`*`: every topic), of `site`
+    /// only when given. Returns an id for `offId`.
+    pub fn on(&self, topic: &str, callback: Function, site: Option<String>) -> Result<u32, JsValue> {
+        self.driver
+            .run(|c, _| c.on(topic, site.as_deref(), callback))
+            .map_err(|e| js_sys::Error::new(&e.message()).into())
+    }
+
+    /// Removes every registration of `callback` for `topic`.
+    pub fn off(&self, topic: &str, callback: &Function) {
+        self.driver.run(|c, _| c.off(topic, callback));
+    }
+
+    /// Removes a listener or hook by the id `on` or `hook` returned.
+    #[wasm_bindgen(js_name = offId)]
+    pub fn off_id(&self, id: u32) {
+        self.driver.run(|c, _| c.off_id(id));
+    }
+
+    /// Registers an event hook: `kind` is `state`, `error`, `recoveryfailed` or `ready`.
+    pub fn hook(&self, kind: &str, callback: Function) -> Result<u32, JsValue> {
+        let kind = match kind {
+            "state" => HookKind::State,
+            "error" => HookKind::Error,
+            "recoveryfailed" => HookKind::RecoveryFailed,
+            "ready" => HookKind::Ready,
+            _ => return Err(convert::type_error("unknown event kind")),
+        };
+        Ok(self.driver.run(|c, _| c.hook(kind, callback)))
+    }
+
+    /// Subscribes to `site`, first replaying up to `rewind` of its latest publications.
+    pub fn subscribe(&self, site: &str, rewind: Option<u32>) -> Result<(), JsValue> {
+        self.driver.run(|c, now| c.subscribe(site, rewind, now)).map_err(|e| js_sys::Error::new(&e.message()).into())
+    }
+
+    /// Unsubscribes from `site`.
+    pub fn unsubscribe(&self, site: &str) {
+        self.driver.run(|c, _| c.unsubscribe(site));
+    }
+
+    /// The current state, e.g. `{type: 'reconnecting', attempt: 2, delay: 1400}`.
+    pub fn state(&self) -> JsValue {
+        convert::state(self.driver.client.borrow().state())
+    }
+
+    /// Whether the client is connected with every subscription confirmed.
+    #[wasm_bindgen(js_name = isReady)]
+    pub fn is_ready(&self) -> bool {
+        self.driver.client.borrow().is_ready()
+    }
+
+    /// Closes the client for good: sockets closed, timers cancelled, listeners removed.
+    pub fn close(&self) {
+        self.driver.shut_down();
+    }
+}

@@ -1,0 +1,415 @@
+//! The SDK in a real browser against the real relay, run by `scripts/test-client.sh` with
+//! `wasm-pack test --headless --chrome` and `--firefox`.
+//!
+//! The script starts `tests/client/harness.mjs` first: the relay (1 s heartbeat), a TCP proxy in
+//! front of it that tests can cut, refuse or freeze, and a control endpoint to publish and to
+//! restart the relay. Their ports arrive at compile time in `DS_TEST_RELAY_PORT`,
+//! `DS_TEST_PROXY_PORT` and `DS_TEST_CONTROL_PORT`. Each test uses its own sites.
+
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used, missing_debug_implementations, unreachable_pub)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use datastream_client::DatastreamCore;
+use js_sys::{Function, JSON, Promise, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn port(value: Option<&'static str>, name: &str) -> u16 {
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} not set: run scripts/test-client.sh"))
+}
+
+fn relay_url() -> String {
+    format!("ws://127.0.0.1:{}/dev", port(option_env!("DS_TEST_RELAY_PORT"), "DS_TEST_RELAY_PORT"))
+}
+
+fn proxy_url() -> String {
+    format!("ws://127.0.0.1:{}/dev", port(option_env!("DS_TEST_PROXY_PORT"), "DS_TEST_PROXY_PORT"))
+}
+
+async fn control(path: &str, body: &str) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}{path}", port(option_env!("DS_TEST_CONTROL_PORT"), "DS_TEST_CONTROL_PORT"));
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_body(&JsValue::from_str(body));
+    let window = web_sys::window().unwrap();
+    let res: web_sys::Response = JsFuture::from(window.fetch_with_str_and_init(&url, &init)).await.unwrap().into();
+    let text = JsFuture::from(res.text().unwrap()).await.unwrap().as_string().unwrap();
+    assert!(res.ok(), "{path}: {} {text}", res.status());
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn publish(site: &str, topic: &str, data: serde_json::Value) {
+    publish_raw(site, topic, &data.to_string()).await;
+}
+
+/// Publishes `data` as this JSON text, byte for byte.
+async fn publish_raw(site: &str, topic: &str, data: &str) {
+    control("/publish", &format!(r#"{{"site":"{site}","topic":"{topic}","data":{data}}}"#)).await;
+}
+
+async fn sleep(ms: i32) {
+    let p = Promise::new(&mut |resolve, _| {
+        web_sys::window().unwrap().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms).unwrap();
+    });
+    JsFuture::from(p).await.unwrap();
+}
+
+/// Polls `cond` every 20 ms; fails the test with `what` after `ms`.
+async fn wait_until(what: &str, ms: i32, cond: impl Fn() -> bool) {
+    let mut waited = 0;
+    while !cond() {
+        assert!(waited < ms, "timed out after {ms} ms waiting for {what}");
+        sleep(20).await;
+        waited += 20;
+    }
+}
+
+thread_local! {
+    static BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs tests one at a time: the runner interleaves async tests, and some cut, freeze or
+/// restart what every other test's connection goes through.
+struct Serial;
+
+impl Serial {
+    async fn acquire() -> Serial {
+        while BUSY.with(|b| b.replace(true)) {
+            sleep(50).await;
+        }
+        Serial
+    }
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(false));
+    }
+}
+
+thread_local! {
+    static RUN: String = format!("{:06}", (js_sys::Math::random() * 1e6) as u32);
+}
+
+/// A site name unique to this run, so history left by an earlier run against the same relay
+/// cannot shift offsets.
+fn site(name: &str) -> String {
+    RUN.with(|run| format!("{name}-{run}"))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Got {
+    site: String,
+    topic: String,
+    epoch: Option<String>,
+    offset: Option<u64>,
+    data: String,
+}
+
+type Log = Rc<RefCell<Vec<JsValue>>>;
+
+/// A client and everything it reported.
+struct Probe {
+    core: DatastreamCore,
+    states: Log,
+    errors: Log,
+    recoveries: Log,
+    closures: Vec<Closure<dyn FnMut(JsValue, JsValue)>>,
+}
+
+fn get_str(v: &JsValue, key: &str) -> Option<String> {
+    Reflect::get(v, &key.into()).ok()?.as_string()
+}
+
+impl Probe {
+    fn new(options: serde_json::Value) -> Probe {
+        let options = JSON::parse(&options.to_string()).unwrap();
+        let mut p = Probe {
+            core: DatastreamCore::new(options).unwrap(),
+            states: Log::default(),
+            errors: Log::default(),
+            recoveries: Log::default(),
+            closures: Vec::new(),
+        };
+        for (kind, log) in
+            [("state", p.states.clone()), ("error", p.errors.clone()), ("recoveryfailed", p.recoveries.clone())]
+        {
+            let f = p.keep(move |event, _| log.borrow_mut().push(event));
+            p.core.hook(kind, f).unwrap();
+        }
+        p
+    }
+
+    fn keep(&mut self, f: impl FnMut(JsValue, JsValue) + 'static) -> Function {
+        let closure = Closure::<dyn FnMut(JsValue, JsValue)>::new(f);
+        let function = closure.as_ref().unchecked_ref::<Function>().clone();
+        self.closures.push(closure);
+        function
+    }
+
+    /// Records every publication `topic` (on `site` only if given) delivers.
+    fn listen(&mut self, topic: &str, site: Option<&str>) -> Rc<RefCell<Vec<Got>>> {
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let log = got.clone();
+        let f = self.keep(move |data, meta| {
+            log.borrow_mut().push(Got {
+                site: get_str(&meta, "site").unwrap(),
+                topic: get_str(&meta, "topic").unwrap(),
+                epoch: get_str(&meta, "epoch"),
+                offset: Reflect::get(&meta, &"offset".into()).unwrap().as_f64().map(|n| n as u64),
+                data: JSON::stringify(&data).unwrap().into(),
+            })
+        });
+        self.core.on(topic, f, site.map(str::to_owned)).unwrap();
+        got
+    }
+
+    fn state(&self) -> String {
+        get_str(&self.core.state(), "type").unwrap()
+    }
+
+    async fn ready(&self) {
+        wait_until("ready", 10_000, || self.core.is_ready()).await;
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.core.close();
+    }
+}
+
+fn offsets(got: &Rc<RefCell<Vec<Got>>>) -> Vec<u64> {
+    got.borrow().iter().map(|g| g.offset.unwrap_or(0)).collect()
+}
+
+#[wasm_bindgen_test]
+async fn connects_and_receives() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({"url": relay_url(), "sites": [site("b-recv")]}));
+    let got = p.listen("weather", None);
+    assert_eq!(p.state(), "connecting");
+    p.ready().await;
+    assert_eq!(p.state(), "connected");
+    publish_raw(&site("b-recv"), "weather", r#"{"t":1.50,"s":"x"}"#).await;
+    wait_until("one publication", 5_000, || got.borrow().len() == 1).await;
+    let g = got.borrow()[0].clone();
+    assert_eq!((g.site.as_str(), g.topic.as_str(), g.offset), (site("b-recv").as_str(), "weather", Some(1)));
+    assert!(g.epoch.is_some_and(|e| !e.is_empty()));
+    assert_eq!(g.data, r#"{"t":1.5,"s":"x"}"#, "the publisher's object, key order kept");
+    let states: Vec<String> = p.states.borrow().iter().map(|s| get_str(s, "type").unwrap()).collect();
+    assert_eq!(states, vec!["connected"]);
+}
+
+#[wasm_bindgen_test]
+async fn topic_filter_is_applied_by_the_server() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({"url": proxy_url(), "sites": [site("b-filter")]}));
+    let got = p.listen("weather", None);
+    p.ready().await;
+    control("/reset", "").await;
+    let big = "x".repeat(50_000);
+    publish(&site("b-filter"), "imagedata", serde_json::json!({ "blob": big })).await;
+    publish(&site("b-filter"), "weather", serde_json::json!({"t": 2})).await;
+    wait_until("the weather publication", 5_000, || got.borrow().len() == 1).await;
+    assert_eq!(offsets(&got), vec![2], "offset 1 was filtered out on the server");
+    let stats = control("/stats", "").await;
+    let bytes = stats["bytes_to_client"].as_u64().unwrap();
+    assert!(bytes < 5_000, "the filtered 50 KB publication reached the browser: {bytes} bytes");
+}
+
+#[wasm_bindgen_test]
+async fn many_sites_over_one_socket_with_a_site_filter() {
+    let _serial = Serial::acquire().await;
+    control("/reset", "").await;
+    let mut p = Probe::new(serde_json::json!({"url": proxy_url(), "sites": [site("b-m1"), site("b-m2")]}));
+    let all = p.listen("*", None);
+    let m2 = p.listen("status", Some(site("b-m2").as_str()));
+    p.ready().await;
+    publish(&site("b-m1"), "status", serde_json::json!(1)).await;
+    publish(&site("b-m2"), "status", serde_json::json!(2)).await;
+    publish(&site("b-m2"), "jobs", serde_json::json!(3)).await;
+    wait_until("three publications", 5_000, || all.borrow().len() == 3).await;
+    let sites: Vec<String> = all.borrow().iter().map(|g| g.site.clone()).collect();
+    assert_eq!(sites, vec![site("b-m1"), site("b-m2"), site("b-m2")]);
+    assert_eq!(m2.borrow().len(), 1);
+    assert_eq!(m2.borrow()[0].data, "2");
+    assert_eq!(control("/stats", "").await["connections"], 1, "one socket for both sites");
+}
+
+#[wasm_bindgen_test]
+async fn subscribe_with_rewind_and_unsubscribe() {
+    let _serial = Serial::acquire().await;
+    for n in 1..=3 {
+        publish(&site("b-rw"), "t", serde_json::json!(n)).await;
+    }
+    let mut p = Probe::new(serde_json::json!({"url": relay_url()}));
+    let got = p.listen("*", None);
+    p.ready().await;
+    p.core.subscribe(&site("b-rw"), Some(2)).unwrap();
+    wait_until("the rewound publications", 5_000, || got.borrow().len() == 2).await;
+    assert_eq!(offsets(&got), vec![2, 3]);
+    publish(&site("b-rw"), "t", serde_json::json!(4)).await;
+    wait_until("a live publication", 5_000, || got.borrow().len() == 3).await;
+    p.core.unsubscribe(&site("b-rw"));
+    sleep(100).await;
+    publish(&site("b-rw"), "t", serde_json::json!(5)).await;
+    sleep(500).await;
+    assert_eq!(offsets(&got), vec![2, 3, 4], "nothing after unsubscribe");
+    assert!(p.core.subscribe("bad site", None).is_err(), "names are checked");
+}
+
+#[wasm_bindgen_test]
+async fn recovers_exactly_what_was_missed_while_cut_off() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({
+        "url": proxy_url(), "sites": [site("b-rec")], "minReconnectDelay": 100, "maxReconnectDelay": 200
+    }));
+    let got = p.listen("*", None);
+    p.ready().await;
+    for n in 1..=3 {
+        publish(&site("b-rec"), "t", serde_json::json!(n)).await;
+    }
+    wait_until("the first three", 5_000, || got.borrow().len() == 3).await;
+    control("/refuse", "").await;
+    control("/cut", "").await;
+    wait_until("reconnecting", 5_000, || p.state() == "reconnecting").await;
+    for n in 4..=8 {
+        publish(&site("b-rec"), "t", serde_json::json!(n)).await;
+    }
+    sleep(400).await;
+    assert_eq!(p.state(), "reconnecting", "refused attempts keep it reconnecting");
+    control("/accept", "").await;
+    p.ready().await;
+    publish(&site("b-rec"), "t", serde_json::json!(9)).await;
+    wait_until("all nine", 5_000, || got.borrow().len() >= 9).await;
+    sleep(200).await;
+    assert_eq!(offsets(&got), (1..=9).collect::<Vec<u64>>(), "each once, in order, none missing");
+    let data: Vec<String> = got.borrow().iter().map(|g| g.data.clone()).collect();
+    assert_eq!(data, (1..=9).map(|n| n.to_string()).collect::<Vec<_>>());
+    assert!(p.recoveries.borrow().is_empty(), "recovery succeeded");
+    assert!(p.errors.borrow().is_empty());
+    let reconnecting = p.states.borrow().iter().filter(|s| get_str(s, "type").unwrap() == "reconnecting").count();
+    assert!(reconnecting >= 1);
+}
+
+#[wasm_bindgen_test]
+async fn a_relay_restart_reports_that_recovery_failed() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({
+        "url": proxy_url(), "sites": [site("b-restart")], "minReconnectDelay": 100, "maxReconnectDelay": 300
+    }));
+    let got = p.listen("*", None);
+    p.ready().await;
+    publish(&site("b-restart"), "t", serde_json::json!(1)).await;
+    wait_until("the first publication", 5_000, || got.borrow().len() == 1).await;
+    let first_epoch = got.borrow()[0].epoch.clone();
+    control("/restart", "").await;
+    wait_until("the failed-recovery event", 15_000, || !p.recoveries.borrow().is_empty()).await;
+    let failure = p.recoveries.borrow()[0].clone();
+    assert_eq!(get_str(&failure, "site").as_deref(), Some(site("b-restart").as_str()));
+    assert_eq!(get_str(&failure, "reason").as_deref(), Some("epoch_changed"));
+    p.ready().await;
+    publish(&site("b-restart"), "t", serde_json::json!(2)).await;
+    wait_until("a publication of the new epoch", 5_000, || got.borrow().len() == 2).await;
+    let g = got.borrow()[1].clone();
+    assert_eq!(g.offset, Some(1));
+    assert_ne!(g.epoch, first_epoch);
+}
+
+#[wasm_bindgen_test]
+async fn a_silent_connection_is_detected_by_the_heartbeat() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({
+        "url": proxy_url(), "sites": [site("b-silent")], "heartbeatGrace": 500, "minReconnectDelay": 50, "maxReconnectDelay": 100
+    }));
+    let got = p.listen("*", None);
+    p.ready().await;
+    control("/freeze", "").await;
+    // The relay pings every second: silence past 1 s + 0.5 s grace means dead.
+    wait_until("reconnecting", 4_000, || p.state() == "reconnecting").await;
+    p.ready().await;
+    publish(&site("b-silent"), "t", serde_json::json!(1)).await;
+    wait_until("a publication on the new connection", 5_000, || got.borrow().len() == 1).await;
+}
+
+#[wasm_bindgen_test]
+async fn a_terminal_close_stops_retrying() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({"url": relay_url(), "sites": [site("b-term")]}));
+    // Listeners naming many long topics make the first subscribe frame larger than the relay's
+    // 1024-byte client frame limit: it closes with 3502, a terminal code.
+    for i in 0..20 {
+        p.listen(&format!("{i:02}-{}", "t".repeat(58)), None);
+    }
+    wait_until("closed", 5_000, || p.state() == "closed").await;
+    let state = p.core.state();
+    assert_eq!(Reflect::get(&state, &"code".into()).unwrap().as_f64(), Some(3502.0));
+    assert_eq!(get_str(&state, "reason").as_deref(), Some("frame too large"));
+    sleep(1_500).await;
+    assert_eq!(p.state(), "closed", "no reconnect after a terminal code");
+    let kinds: Vec<String> = p.states.borrow().iter().map(|s| get_str(s, "type").unwrap()).collect();
+    assert_eq!(kinds, vec!["connected", "closed"]);
+}
+
+#[wasm_bindgen_test]
+async fn a_throwing_callback_is_isolated_and_reported() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({"url": relay_url(), "sites": [site("b-throw")]}));
+    let thrower = Function::new_with_args("data, meta", "throw new Error('boom ' + data)");
+    p.core.on("t", thrower, None).unwrap();
+    let got = p.listen("t", None);
+    p.ready().await;
+    publish(&site("b-throw"), "t", serde_json::json!(1)).await;
+    publish(&site("b-throw"), "t", serde_json::json!(2)).await;
+    wait_until("both publications", 5_000, || got.borrow().len() == 2).await;
+    wait_until("two error events", 5_000, || p.errors.borrow().len() == 2).await;
+    let e = p.errors.borrow()[1].clone();
+    assert_eq!(get_str(&e, "kind").as_deref(), Some("callback"));
+    assert_eq!(get_str(&e, "site").as_deref(), Some(site("b-throw").as_str()));
+    let thrown = Reflect::get(&e, &"error".into()).unwrap();
+    assert_eq!(get_str(&thrown, "message").as_deref(), Some("boom 2"));
+    assert_eq!(p.state(), "connected");
+}
+
+#[wasm_bindgen_test]
+async fn legacy_protocol_one_socket_per_site_and_site_switch() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({"url": relay_url(), "protocol": "legacy", "sites": [site("b-leg")]}));
+    let got = p.listen("weather", None);
+    p.ready().await;
+    publish(&site("b-leg"), "weather", serde_json::json!("{\"text\": \"hello\"}")).await;
+    wait_until("a legacy publication", 5_000, || got.borrow().len() == 1).await;
+    let g = got.borrow()[0].clone();
+    assert_eq!((g.site.as_str(), g.epoch, g.offset), (site("b-leg").as_str(), None, None));
+    assert_eq!(g.data, r#""{\"text\": \"hello\"}""#, "string data stays a string");
+    // Switch sites the legacy way: the socket is moved with updatesubscribersite.
+    p.core.unsubscribe(&site("b-leg"));
+    p.core.subscribe(&site("b-leg2"), None).unwrap();
+    sleep(300).await;
+    publish(&site("b-leg"), "weather", serde_json::json!(1)).await;
+    publish(&site("b-leg2"), "weather", serde_json::json!(2)).await;
+    wait_until("the new site's publication", 5_000, || got.borrow().len() == 2).await;
+    sleep(200).await;
+    assert_eq!(got.borrow().len(), 2);
+    assert_eq!(got.borrow()[1].site, site("b-leg2"));
+}
+
+#[wasm_bindgen_test]
+async fn close_is_final() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({"url": relay_url(), "sites": [site("b-close")]}));
+    let got = p.listen("*", None);
+    p.ready().await;
+    p.core.close();
+    assert_eq!(p.state(), "closed");
+    publish(&site("b-close"), "t", serde_json::json!(1)).await;
+    sleep(300).await;
+    assert!(got.borrow().is_empty());
+}

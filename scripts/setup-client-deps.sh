@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs what the browser SDK's build and tests need, skipping what is already there:
+#   - the rustup target wasm32-unknown-unknown;
+#   - wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock (the crate pins it with
+#     "=", so the CLI and the library always match and wasm-pack downloads nothing);
+#   - wasm-pack and geckodriver (cargo install);
+#   - Debian's chromium, chromium-driver and firefox-esr for the headless browser tests;
+#   - wasm-opt from the npm package `binaryen` into $DATASTREAM_TOOLS/node/bin (Debian's binaryen
+#     is too old for current wasm-bindgen output), plus the npm tools the package tests use.
+# Safe to run again; a warm run takes seconds. Put the tools on PATH with scripts/client-env.sh.
+# With --build-only, installs just what building the package needs (no browsers, drivers or test
+# tools): scripts/run.sh uses that.
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+source "$ROOT/scripts/client-env.sh"
+
+APT_UPDATED=0
+need_apt() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  step "apt-get install ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    APT_UPDATED=1
+  fi
+  local log="$DATASTREAM_TOOLS/apt-client.log"
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    return 1
+  fi
+}
+
+timed() {
+  local start=$SECONDS
+  "$@"
+  printf '    (%ss)\n' "$((SECONDS - start))"
+}
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  step "rustup target add wasm32-unknown-unknown"
+  timed rustup target add wasm32-unknown-unknown
+fi
+
+# The version cargo resolved for the client crate; the CLI must be exactly this one.
+BINDGEN_VERSION="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock")"
+if [ -z "$BINDGEN_VERSION" ]; then
+  echo "wasm-bindgen not found in Cargo.lock" >&2
+  exit 1
+fi
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$BINDGEN_VERSION" ]; then
+  step "cargo install wasm-bindgen-cli $BINDGEN_VERSION"
+  # Not --locked: the CLI's own lock file names a dependency version the registry no longer has.
+  timed env -u CARGO_TARGET_DIR cargo install -q wasm-bindgen-cli --version "$BINDGEN_VERSION" --force
+fi
+
+if ! command -v wasm-pack >/dev/null; then
+  step "cargo install wasm-pack"
+  timed env -u CARGO_TARGET_DIR cargo install -q wasm-pack --locked
+fi
+
+BUILD_ONLY=0
+[ "${1:-}" = "--build-only" ] && BUILD_ONLY=1
+
+if [ "$BUILD_ONLY" -eq 0 ] && ! command -v geckodriver >/dev/null; then
+  step "cargo install geckodriver"
+  timed env -u CARGO_TARGET_DIR cargo install -q geckodriver --locked
+fi
+
+if [ "$BUILD_ONLY" -eq 0 ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v firefox-esr >/dev/null; }; then
+  timed need_apt chromium chromium-driver firefox-esr
+fi
+
+# npm tools: wasm-opt (binaryen), and what the package tests use (a headless-browser driver
+# that talks to the system chromium, and the two bundlers the package must work with).
+NODE_TOOLS="$DATASTREAM_TOOLS/node"
+mkdir -p "$NODE_TOOLS"
+want_npm=(binaryen@132)
+[ "$BUILD_ONLY" -eq 1 ] || want_npm+=(playwright-core@1 vite@8 webpack@5 webpack-cli@6)
+have_all=1
+for spec in "${want_npm[@]}"; do
+  [ -e "$NODE_TOOLS/node_modules/${spec%@*}/package.json" ] || have_all=0
+done
+if [ "$have_all" -eq 0 ]; then
+  step "npm install ${want_npm[*]} into $NODE_TOOLS"
+  [ -e "$NODE_TOOLS/package.json" ] || echo '{"private": true}' >"$NODE_TOOLS/package.json"
+  timed npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --loglevel=error "${want_npm[@]}"
+fi
+
+step "client test dependencies ready: $(wasm-bindgen --version), $(wasm-pack --version), $(wasm-opt --version | head -1)"

@@ -1,0 +1,197 @@
+//! Demo publisher: plausible live streams for a few sites, so a fresh relay shows moving data at
+//! once (`DATASTREAM_DEMO=true`). Shapes follow the real Photon Ranch messages: `sitestatus`
+//! weather and enclosure status with `{val, timestamp}` leaves, `phase_status`, `userstatus` (with a
+//! string timestamp) and `jobs`. Publications go through the broker like any other.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{AppState, auth::now_unix};
+
+/// Sites the demo publishes for.
+pub const SITES: &[&str] = &["mrc", "mrc2", "saf", "sro", "tst"];
+
+/// How often each kind of message is published per site.
+const WEATHER_EVERY: Duration = Duration::from_secs(2);
+
+/// A slowly wandering value, so charts look like weather rather than noise.
+#[derive(Debug, Clone)]
+struct Walk {
+    value: f64,
+    min: f64,
+    max: f64,
+    step: f64,
+}
+
+impl Walk {
+    fn next(&mut self) -> f64 {
+        let delta = (rand::random::<f64>() - 0.5) * 2.0 * self.step;
+        self.value = (self.value + delta).clamp(self.min, self.max);
+        (self.value * 100.0).round() / 100.0
+    }
+}
+
+#[derive(Debug)]
+struct SiteState {
+    site: &'static str,
+    temperature: Walk,
+    humidity: Walk,
+    wind: Walk,
+    sky: Walk,
+    azimuth: Walk,
+    exposure: u32,
+}
+
+fn leaf(val: impl Into<Value>, ms: u64) -> Value {
+    json!({ "val": val.into(), "timestamp": ms })
+}
+
+impl SiteState {
+    fn new(site: &'static str, seed: f64) -> Self {
+        SiteState {
+            site,
+            temperature: Walk { value: 8.0 + seed * 6.0, min: -10.0, max: 35.0, step: 0.15 },
+            humidity: Walk { value: 40.0 + seed * 20.0, min: 5.0, max: 100.0, step: 0.8 },
+            wind: Walk { value: 3.0 + seed * 3.0, min: 0.0, max: 25.0, step: 0.6 },
+            sky: Walk { value: -20.0 - seed * 5.0, min: -40.0, max: 0.0, step: 0.3 },
+            azimuth: Walk { value: 180.0, min: 0.0, max: 359.9, step: 4.0 },
+            exposure: 0,
+        }
+    }
+
+    fn weather(&mut self, ms: u64) -> Value {
+        let humidity = self.humidity.next();
+        let wind = self.wind.next();
+        let ok = if humidity < 85.0 && wind < 15.0 { "Yes" } else { "No" };
+        json!({
+            "site": self.site,
+            "statusType": "weather",
+            "status": { "observing_conditions": { "observing_conditions1": {
+                "wx_ok": leaf(ok, ms),
+                "temperature_C": leaf(self.temperature.next(), ms),
+                "humidity_%": leaf(humidity, ms),
+                "wind_m_s": leaf(wind, ms),
+                "sky_temp_C": leaf(self.sky.next(), ms),
+                "open_ok": leaf(ok, ms),
+            }}},
+            "server_timestamp_ms": ms,
+        })
+    }
+
+    fn enclosure(&mut self, ms: u64) -> Value {
+        let open = self.humidity.value < 85.0 && self.wind.value < 15.0;
+        json!({
+            "site": self.site,
+            "statusType": "enclosure",
+            "status": { "enclosure": { "enclosure1": {
+                "shutter_status": leaf(if open { "Open" } else { "Closed" }, ms),
+                "enclosure_mode": leaf("Automatic", ms),
+                "dome_azimuth": leaf(self.azimuth.next(), ms),
+            }}},
+            "server_timestamp_ms": ms,
+        })
+    }
+
+    fn phase(&self, ms: u64) -> Value {
+        let phases = ["Waiting for sunset", "Taking sky flats", "Observing", "Focusing", "Parked for the day"];
+        let phase = phases[(ms / 30_000) as usize % phases.len()];
+        json!({ "site": self.site, "timestamp": ms as f64 / 1000.0, "message": phase })
+    }
+
+    fn user(&mut self, ms: u64) -> Value {
+        self.exposure = self.exposure % 10 + 1;
+        json!({
+            "site": self.site,
+            "message": format!("Exposure {} of 10 complete", self.exposure),
+            "log_level": "info",
+            "timestamp": (ms / 1000).to_string(),
+        })
+    }
+
+    fn job(&self, ms: u64) -> Value {
+        let ulid = format!("01DEMO{:020}", ms);
+        json!({
+            "site": self.site,
+            "ulid": ulid,
+            "statusId": format!("RECEIVED#{ulid}"),
+            "user_name": "Demo Observer",
+            "timestamp_ms": ms,
+            "deviceType": "camera",
+            "deviceInstance": "camera1",
+            "action": "expose",
+            "optional_params": { "filter": "Rp", "count": 10 },
+            "required_params": { "time": 30, "image_type": "light" },
+        })
+    }
+}
+
+async fn publish(state: &AppState, site: &str, topic: &str, data: Value) {
+    let text = json!({ "site": site, "topic": topic, "data": data }).to_string();
+    match state.validator.parse(&text) {
+        Ok(req) => {
+            if let Err(e) = state.broker.publish(req).await {
+                warn!(error = %e, "demo publish failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "demo message invalid"),
+    }
+}
+
+/// Publishes demo streams until `stop`.
+pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
+    info!(sites = ?SITES, "demo publisher on");
+    let mut sites: Vec<SiteState> =
+        SITES.iter().enumerate().map(|(i, s)| SiteState::new(s, i as f64 / SITES.len() as f64)).collect();
+    let mut tick = tokio::time::interval(WEATHER_EVERY);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ms = now_unix() * 1000 + u64::from(rand::random::<u16>() % 1000);
+        for s in &mut sites {
+            let weather = s.weather(ms);
+            publish(&state, s.site, "sitestatus", weather).await;
+            if n.is_multiple_of(5) {
+                let enclosure = s.enclosure(ms);
+                publish(&state, s.site, "sitestatus", enclosure).await;
+            }
+            if n % 3 == 1 {
+                let user = s.user(ms);
+                publish(&state, s.site, "userstatus", user).await;
+            }
+            if n % 8 == 2 {
+                publish(&state, s.site, "phase_status", s.phase(ms)).await;
+            }
+            if n % 10 == 4 {
+                publish(&state, s.site, "jobs", s.job(ms)).await;
+            }
+        }
+        n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_messages_have_the_real_shapes() {
+        let mut s = SiteState::new("mrc", 0.5);
+        let w = s.weather(1_764_288_000_123);
+        let leaf = &w["status"]["observing_conditions"]["observing_conditions1"]["temperature_C"];
+        assert!(leaf["val"].is_f64() && leaf["timestamp"] == 1_764_288_000_123u64, "{w}");
+        assert_eq!(w["statusType"], "weather");
+        assert_eq!(s.enclosure(1)["statusType"], "enclosure");
+        assert!(s.user(1_764_288_003_000)["timestamp"].is_string(), "userstatus timestamps are strings");
+        assert!(s.phase(1_764_288_002_125)["timestamp"].is_f64(), "phase_status timestamps are float seconds");
+        for _ in 0..10_000 {
+            let t = s.temperature.next();
+            assert!((-10.0..=35.0).contains(&t));
+        }
+    }
+}

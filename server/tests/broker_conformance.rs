@@ -1,0 +1,202 @@
+//! One suite, run against every broker: positions, ordered delivery, bounded history, exact
+//! recovery, rewind, dedupe, expiry. The Redis runs use a real `redis-server`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::procs::RedisServer;
+use datastream::{
+    broker::{Broker, HistoryOptions, MemoryBroker, PublishOutcome, RedisBroker},
+    hub::{Hub, Outbox, Subscriber},
+    metrics::Metrics,
+    publication::{Position, PublishRequest, Validator},
+};
+use datastream_protocol::NameRules;
+use tokio_util::sync::CancellationToken;
+
+struct Backend {
+    broker: Broker,
+    hub: Arc<Hub>,
+    _redis: Option<RedisServer>,
+    stop: CancellationToken,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn options(size: usize, ttl: Duration) -> HistoryOptions {
+    HistoryOptions { size, ttl, dedupe_window: Duration::from_secs(60) }
+}
+
+async fn memory(options: HistoryOptions) -> Backend {
+    let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
+    let broker = Broker::Memory(MemoryBroker::new(hub.clone(), options));
+    Backend { broker, hub, _redis: None, stop: CancellationToken::new() }
+}
+
+async fn redis(options: HistoryOptions) -> Backend {
+    let server = RedisServer::start();
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let redis = RedisBroker::connect(&server.url(), "test", hub.clone(), metrics, options).await.unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(redis.clone().run_reader(stop.clone()));
+    // The reader has connected once `watch` can subscribe.
+    let probe: Arc<str> = "probe".into();
+    for _ in 0..200 {
+        if redis.watch(&probe).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Backend { broker: Broker::Redis(redis), hub, _redis: Some(server), stop }
+}
+
+fn request(site: &str, topic: &str, n: u64, key: Option<&str>) -> PublishRequest {
+    let v = Validator { names: NameRules::default(), max_message_bytes: 1 << 20 };
+    let mut req = v.parse(&format!(r#"{{"site":"{site}","topic":"{topic}","data":{{"n":{n}}}}}"#)).unwrap();
+    req.idempotency_key = key.map(str::to_owned);
+    req
+}
+
+async fn publish(b: &Backend, site: &str, topic: &str, n: u64) -> Position {
+    match b.broker.publish(request(site, topic, n, None)).await.unwrap() {
+        PublishOutcome::Published(p) => p,
+        PublishOutcome::Duplicate => panic!("unexpected duplicate"),
+    }
+}
+
+async fn positions_count_per_site(b: Backend) {
+    let a: Vec<u64> = [publish(&b, "a", "t", 1).await, publish(&b, "a", "t", 2).await, publish(&b, "a", "t", 3).await]
+        .iter()
+        .map(|p| p.offset)
+        .collect();
+    assert_eq!(a, vec![1, 2, 3]);
+    let b1 = publish(&b, "b", "t", 1).await;
+    assert_eq!(b1.offset, 1);
+    assert!(!b1.epoch.is_empty());
+    let snap = b.broker.snapshot(&"a".into()).await.unwrap();
+    assert_eq!(snap.top, 3);
+    // A site never published to has a position too, and its first publication keeps that epoch.
+    let fresh = b.broker.snapshot(&"fresh".into()).await.unwrap();
+    assert_eq!((fresh.top, fresh.history.len()), (0, 0));
+    assert_eq!(publish(&b, "fresh", "t", 1).await.epoch, fresh.epoch);
+}
+
+async fn delivers_in_order_to_watchers(b: Backend) {
+    let (outbox, mut rx) = Outbox::new(1 << 20);
+    let site: Arc<str> = "mrc".into();
+    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+    b.broker.watch(&site).await.unwrap();
+    for n in 1..=50 {
+        publish(&b, "mrc", "t", n).await;
+    }
+    publish(&b, "other", "t", 0).await;
+    for n in 1..=50 {
+        let p = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!((p.position.offset, p.data.get().to_owned()), (n, format!(r#"{{"n":{n}}}"#)));
+        assert_eq!(&*p.site, "mrc");
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err(), "nothing else");
+}
+
+async fn history_is_bounded_and_recovery_is_exact_or_refused(b: Backend) {
+    for n in 1..=8 {
+        publish(&b, "mrc", "t", n).await;
+    }
+    let snap = b.broker.snapshot(&"mrc".into()).await.unwrap();
+    assert_eq!(snap.top, 8);
+    let held: Vec<u64> = snap.history.iter().map(|p| p.position.offset).collect();
+    assert_eq!(held, vec![4, 5, 6, 7, 8]);
+    let replay: Vec<u64> = snap.recover(&snap.epoch, 5, None).unwrap().iter().map(|p| p.position.offset).collect();
+    assert_eq!(replay, vec![6, 7, 8]);
+    assert!(snap.recover(&snap.epoch, 3, None).is_some(), "4.. is held");
+    assert!(snap.recover(&snap.epoch, 2, None).is_none(), "3 is gone: no partial replay");
+    assert!(snap.recover("another-epoch", 7, None).is_none());
+    assert_eq!(snap.recover(&snap.epoch, 8, None).map(|v| v.len()), Some(0));
+    assert_eq!(snap.history[4].data.get(), r#"{"n":8}"#, "data kept verbatim");
+}
+
+async fn rewind_and_recovery_respect_topic_filters(b: Backend) {
+    for n in 1..=5 {
+        publish(&b, "mrc", if n % 2 == 0 { "even" } else { "odd" }, n).await;
+    }
+    let snap = b.broker.snapshot(&"mrc".into()).await.unwrap();
+    let even: Vec<Arc<str>> = vec!["even".into()];
+    let rewound: Vec<u64> = snap.rewind(10, Some(&even)).iter().map(|p| p.position.offset).collect();
+    assert_eq!(rewound, vec![2, 4]);
+    let recovered: Vec<u64> =
+        snap.recover(&snap.epoch, 2, Some(&even)).unwrap().iter().map(|p| p.position.offset).collect();
+    assert_eq!(recovered, vec![4]);
+}
+
+async fn repeated_keys_publish_once(b: Backend) {
+    let first = b.broker.publish(request("mrc", "t", 1, Some("k1"))).await.unwrap();
+    assert!(matches!(first, PublishOutcome::Published(_)));
+    assert_eq!(b.broker.publish(request("mrc", "t", 1, Some("k1"))).await.unwrap(), PublishOutcome::Duplicate);
+    assert!(matches!(
+        b.broker.publish(request("mrc", "t", 1, Some("k2"))).await.unwrap(),
+        PublishOutcome::Published(_)
+    ));
+    assert_eq!(b.broker.snapshot(&"mrc".into()).await.unwrap().top, 2);
+}
+
+async fn history_expires_by_age(b: Backend) {
+    publish(&b, "mrc", "t", 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    publish(&b, "mrc", "t", 2).await;
+    b.broker.sweep().await;
+    let snap = b.broker.snapshot(&"mrc".into()).await.unwrap();
+    let held: Vec<u64> = snap.history.iter().map(|p| p.position.offset).collect();
+    assert_eq!(held, vec![2]);
+    assert!(snap.recover(&snap.epoch, 0, None).is_none());
+}
+
+macro_rules! conformance {
+    ($backend:ident) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn positions_count_per_site() {
+                super::positions_count_per_site(super::$backend(options(100, Duration::from_secs(600))).await).await;
+            }
+            #[tokio::test]
+            async fn delivers_in_order_to_watchers() {
+                super::delivers_in_order_to_watchers(super::$backend(options(100, Duration::from_secs(600))).await)
+                    .await;
+            }
+            #[tokio::test]
+            async fn history_is_bounded_and_recovery_is_exact_or_refused() {
+                super::history_is_bounded_and_recovery_is_exact_or_refused(
+                    super::$backend(options(5, Duration::from_secs(600))).await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn rewind_and_recovery_respect_topic_filters() {
+                super::rewind_and_recovery_respect_topic_filters(
+                    super::$backend(options(100, Duration::from_secs(600))).await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn repeated_keys_publish_once() {
+                super::repeated_keys_publish_once(super::$backend(options(100, Duration::from_secs(600))).await).await;
+            }
+            #[tokio::test]
+            async fn history_expires_by_age() {
+                super::history_expires_by_age(super::$backend(options(100, Duration::from_millis(300))).await).await;
+            }
+        }
+    };
+}
+
+conformance!(memory);
+conformance!(redis);

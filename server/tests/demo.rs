@@ -1,0 +1,53 @@
+//! The demo publisher and the static file service that carries the demo dashboard.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn static_files_are_served_at_the_root_when_configured() {
+    let dir = std::env::temp_dir().join(format!("datastream-static-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(dir.join("index.html"), "<!doctype html><title>dashboard</title>").unwrap();
+    std::fs::write(dir.join("assets/app.js"), "console.log(1)").unwrap();
+    let s = TestServer::start(&["--static-dir", dir.to_str().unwrap()]).await;
+    let (status, body) = get_text(&s.url("/")).await;
+    assert_eq!((status, body.contains("dashboard")), (200, true));
+    assert_eq!(get_text(&s.url("/assets/app.js")).await.0, 200);
+    assert_eq!(get_text(&s.url("/nope.js")).await.0, 404);
+    // The relay's own endpoints are unaffected.
+    assert_eq!(get_text(&s.url("/healthz")).await.0, 200);
+    let mut ws = s.legacy("mrc").await;
+    s.publish(&serde_json::json!({"site": "mrc", "topic": "t", "data": 1})).await;
+    assert_eq!(next_json(&mut ws).await["data"], 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Without the setting there is nothing at /.
+    let plain = TestServer::start(&[]).await;
+    assert_eq!(get_text(&plain.url("/")).await.0, 404);
+    // A directory without index.html is a configuration error naming the setting.
+    let err = datastream::Server::bind(config(&["--static-dir", "/nonexistent"])).await.unwrap_err();
+    assert!(err.to_string().contains("DATASTREAM_STATIC_DIR"), "{err}");
+}
+
+#[tokio::test]
+async fn demo_mode_publishes_live_streams_in_the_real_shapes() {
+    let s = TestServer::start(&["--demo"]).await;
+    let mut ws = s.legacy("mrc").await;
+    let mut topics = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while topics.len() < 2 && tokio::time::Instant::now() < deadline {
+        let frame = next_json(&mut ws).await;
+        assert_eq!(frame["site"], "mrc");
+        if frame["topic"] == "sitestatus" && frame["data"]["statusType"] == "weather" {
+            let leaf = &frame["data"]["status"]["observing_conditions"]["observing_conditions1"]["temperature_C"];
+            assert!(leaf["val"].is_number() && leaf["timestamp"].is_u64(), "{frame}");
+        }
+        topics.insert(frame["topic"].as_str().unwrap().to_owned());
+    }
+    assert!(topics.contains("sitestatus") && topics.len() >= 2, "{topics:?}");
+}
