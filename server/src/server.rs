@@ -32,6 +32,9 @@ use crate::{
     serve::serve,
 };
 
+/// How long to wait at start for the Redis pub/sub connection before serving.
+const REDIS_START_WAIT: Duration = Duration::from_secs(5);
+
 /// How often the broker does its upkeep (expiry; for Redis, idle channels and a health check).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -133,6 +136,10 @@ impl Server {
         let stop_reader = CancellationToken::new();
         if let Broker::Redis(redis) = &state.broker {
             tokio::spawn(redis.clone().run_reader(stop_reader.clone()));
+            // Serve once publications can flow, so the first subscribers miss nothing.
+            if !redis.wait_connected(REDIS_START_WAIT).await {
+                warn!("Redis pub/sub not connected yet; serving anyway, subscriptions catch up when it is");
+            }
         }
 
         let stop_http = CancellationToken::new();

@@ -200,3 +200,28 @@ macro_rules! conformance {
 
 conformance!(memory);
 conformance!(redis);
+
+/// A site watched while the pub/sub connection is not (yet) up is subscribed once it is.
+#[tokio::test]
+async fn redis_a_site_watched_before_pubsub_connects_is_subscribed_when_it_does() {
+    let server = RedisServer::start();
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let redis =
+        RedisBroker::connect(&server.url(), "test", hub.clone(), metrics, options(100, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    let (outbox, mut rx) = Outbox::new(1 << 20);
+    let site: Arc<str> = "early".into();
+    hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+    assert!(redis.watch(&site).await.is_err(), "no pub/sub connection yet");
+    let stop = CancellationToken::new();
+    tokio::spawn(redis.clone().run_reader(stop.clone()));
+    assert!(redis.wait_connected(Duration::from_secs(5)).await);
+    let broker = Broker::Redis(redis);
+    let published = broker.publish(request("early", "t", 7, None)).await.unwrap();
+    assert!(matches!(published, PublishOutcome::Published(_)));
+    let p = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("delivered").unwrap();
+    assert_eq!(p.data.get(), r#"{"n":7}"#);
+    stop.cancel();
+}

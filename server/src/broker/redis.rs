@@ -183,20 +183,34 @@ impl RedisBroker {
     }
 
     /// Starts listening to `site`'s channel if this node does not yet; returns once Redis has
-    /// confirmed the subscription, so nothing published after it is missed.
+    /// confirmed the subscription, so nothing published after it is missed. If the pub/sub
+    /// connection is down, the site is still remembered (and an error returned): the reader
+    /// subscribes to every remembered site as soon as it is connected again.
     pub async fn watch(&self, site: &Arc<str>) -> Result<(), BrokerError> {
         let mut watch = self.watch.lock().await;
-        if watch.sites.contains(site) {
+        if watch.sink.is_some() && watch.sites.contains(site) {
             return Ok(());
         }
+        watch.sites.insert(site.clone());
         let channel = self.channel(site);
         let sink = watch.sink.as_mut().ok_or_else(|| self.failed("subscribe", &"pub/sub connection down"))?;
         tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&channel))
             .await
             .map_err(|_| self.failed("subscribe", &"timed out"))?
             .map_err(|e| self.failed("subscribe", &e))?;
-        watch.sites.insert(site.clone());
         Ok(())
+    }
+
+    /// Waits (at most `limit`) until the pub/sub connection is up; false if it is not.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self.watch.lock().await.sink.is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     }
 
     /// Stops listening to sites that no longer have local subscribers.
