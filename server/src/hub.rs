@@ -10,12 +10,11 @@ use std::{
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::{metrics::Metrics, publication::Publication};
 
@@ -26,7 +25,8 @@ const SHARDS: usize = 32;
 
 /// A connection's send queue: unbounded in count but capped in bytes.
 ///
-/// Passing the cap trips [`Outbox::overflowed`] and drops everything after it; the session then
+/// Passing the cap sets [`Outbox::is_overflowed`] and drops everything after it; the session,
+/// which always has queued work at that point and so checks the flag on its next turn, then
 /// closes the connection with the "slow consumer" code so the client reconnects and recovers
 /// from history instead of holding memory on the server.
 #[derive(Debug)]
@@ -34,27 +34,28 @@ pub struct Outbox {
     tx: mpsc::UnboundedSender<Arc<Publication>>,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
-    overflow: CancellationToken,
+    /// A plain flag: checked once per delivery, it must cost no more than an atomic load.
+    overflowed: AtomicBool,
 }
 
 impl Outbox {
     /// Creates an outbox capped at `max_bytes` and the receiver its session reads.
     pub fn new(max_bytes: usize) -> (Arc<Outbox>, mpsc::UnboundedReceiver<Arc<Publication>>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let outbox = Outbox { tx, queued_bytes: AtomicUsize::new(0), max_bytes, overflow: CancellationToken::new() };
+        let outbox = Outbox { tx, queued_bytes: AtomicUsize::new(0), max_bytes, overflowed: AtomicBool::new(false) };
         (Arc::new(outbox), rx)
     }
 
     /// Queues `publication`; false if it was dropped (cap passed, or the session is gone).
     pub fn push(&self, publication: &Arc<Publication>) -> bool {
-        if self.overflow.is_cancelled() {
+        if self.overflowed.load(Ordering::Relaxed) {
             return false;
         }
         let len = publication.queued_len();
         let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if before + len > self.max_bytes {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.overflow.cancel();
+            self.overflowed.store(true, Ordering::Relaxed);
             return false;
         }
         self.tx.send(publication.clone()).is_ok()
@@ -65,9 +66,9 @@ impl Outbox {
         self.queued_bytes.fetch_sub(publication.queued_len(), Ordering::Relaxed);
     }
 
-    /// Completes once the byte cap has been passed.
-    pub fn overflowed(&self) -> WaitForCancellationFuture<'_> {
-        self.overflow.cancelled()
+    /// Whether the byte cap has been passed.
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
     }
 
     /// Bytes queued and not yet written.
@@ -235,21 +236,12 @@ mod tests {
             assert!(outbox.push(&p));
         }
         assert!(!outbox.push(&p), "over the cap is refused");
-        assert!(outbox.overflowed().now_or_never_ready());
+        assert!(outbox.is_overflowed());
         // Once tripped, nothing more is queued even after the session drained.
         while let Ok(p) = rx.try_recv() {
             outbox.taken(&p);
         }
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(!outbox.push(&p));
-    }
-
-    trait NowOrNever {
-        fn now_or_never_ready(self) -> bool;
-    }
-    impl<F: std::future::Future> NowOrNever for F {
-        fn now_or_never_ready(self) -> bool {
-            futures_util::FutureExt::now_or_never(self).is_some()
-        }
     }
 }

@@ -233,3 +233,29 @@ async fn shutdown_delivers_what_was_queued_then_closes_with_1001() {
     within(done).await.unwrap().expect("clean shutdown");
     assert!(state.is_draining());
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_within_the_client_timeout() {
+    // The queue cap is larger than what is published, so only the blocked write can end this.
+    let s = TestServer::start(&[
+        "--ping-interval",
+        "200ms",
+        "--client-timeout",
+        "800ms",
+        "--client-queue-bytes",
+        "67108864",
+        "--max-message-bytes",
+        "65536",
+    ])
+    .await;
+    let _stalled = s.legacy("mrc").await; // never read again
+    eventually("registered", || s.state.hub.subscriber_count("mrc") == 1).await;
+    let blob = "x".repeat(60_000);
+    // 18 MB: more than loopback's socket buffers hold, so the session's write blocks.
+    for n in 0..300 {
+        s.publish(&json!({"site": "mrc", "topic": "t", "data": {"n": n, "blob": blob}})).await;
+    }
+    eventually("the stalled session ended", || s.state.hub.subscriber_count("mrc") == 0).await;
+    let (_, metrics) = get_text(&s.url("/metrics")).await;
+    assert_eq!(metric(&metrics, r#"datastream_disconnects_total{reason="write_timeout"}"#), 1.0, "{metrics}");
+}

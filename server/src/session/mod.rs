@@ -190,6 +190,9 @@ pub async fn run<S: Socket, P: Protocol>(
         End::Gone
     } else {
         loop {
+            if outbox.is_overflowed() {
+                break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
+            }
             let expires = reg.grant.expires.map(deadline);
             tokio::select! {
                 biased;
@@ -210,12 +213,14 @@ pub async fn run<S: Socket, P: Protocol>(
                     }
                     break End::Close(CloseCode::GoingAway, "server shutting down", "shutdown");
                 }
-                () = outbox.overflowed() => {
-                    break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
-                }
                 Some(p) = rx.recv() => {
-                    if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p)).await.is_err() {
-                        break End::Gone;
+                    // A client that stops reading fills its TCP window and blocks the write; it
+                    // gets as long as a silent client would before it is cut off.
+                    let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p));
+                    match tokio::time::timeout(state.config.client_timeout, write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break End::Gone,
+                        Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
                     }
                 }
                 msg = socket.next() => {
@@ -323,13 +328,14 @@ fn is_too_big(err: &WsError) -> bool {
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
-/// Sends a close frame and waits briefly for the client's reply, so the close is clean.
+/// Sends a close frame and waits briefly for the client's reply, so the close is clean. The whole
+/// exchange is bounded: a client that reads nothing cannot hold the session.
 async fn close<S: Socket>(socket: &mut S, code: CloseCode, reason: &'static str) {
     let frame = CloseFrame { code: code.code(), reason: Utf8Bytes::from_static(reason) };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
         while let Some(Ok(msg)) = socket.next().await {
             if matches!(msg, Message::Close(_)) {
                 break;
