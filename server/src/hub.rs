@@ -6,15 +6,15 @@
 //! others. Sites are spread over shards so publishes to different sites do not contend.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     hash::{BuildHasher, RandomState},
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::{metrics::Metrics, publication::Publication};
 
@@ -31,7 +31,11 @@ const SHARDS: usize = 32;
 /// from history instead of holding memory on the server.
 #[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Arc<Publication>>,
+    /// Allocates nothing until the first publication: most connections are idle most of the
+    /// time, and per-connection memory is what limits a node.
+    queue: Mutex<VecDeque<Arc<Publication>>>,
+    /// Wakes the session when the queue gains an item.
+    ready: Notify,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     /// A plain flag: checked once per delivery, it must cost no more than an atomic load.
@@ -39,11 +43,16 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Creates an outbox capped at `max_bytes` and the receiver its session reads.
-    pub fn new(max_bytes: usize) -> (Arc<Outbox>, mpsc::UnboundedReceiver<Arc<Publication>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let outbox = Outbox { tx, queued_bytes: AtomicUsize::new(0), max_bytes, overflowed: AtomicBool::new(false) };
-        (Arc::new(outbox), rx)
+    /// Creates an outbox capped at `max_bytes` and the receiving end its session reads.
+    pub fn new(max_bytes: usize) -> (Arc<Outbox>, Inbox) {
+        let outbox = Arc::new(Outbox {
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            overflowed: AtomicBool::new(false),
+        });
+        (outbox.clone(), Inbox { outbox })
     }
 
     /// Queues `publication`; false if it was dropped (cap passed, or the session is gone).
@@ -58,7 +67,9 @@ impl Outbox {
             self.overflowed.store(true, Ordering::Relaxed);
             return false;
         }
-        self.tx.send(publication.clone()).is_ok()
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(publication.clone());
+        self.ready.notify_one();
+        true
     }
 
     /// Records that the session wrote (or discarded) `publication`, freeing its share of the cap.
@@ -79,6 +90,34 @@ impl Outbox {
 
 /// The topics a subscription wants; evaluated here so unwanted publications are never queued.
 pub type TopicFilter = Arc<[Arc<str>]>;
+
+/// The session's end of an [`Outbox`].
+#[derive(Debug)]
+pub struct Inbox {
+    outbox: Arc<Outbox>,
+}
+
+/// [`Inbox::try_recv`] found nothing queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Empty;
+
+impl Inbox {
+    /// The oldest queued publication, if any.
+    pub fn try_recv(&mut self) -> Result<Arc<Publication>, Empty> {
+        self.outbox.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front().ok_or(Empty)
+    }
+
+    /// Waits for the next publication. Cancel-safe: an item is only taken in the poll that
+    /// returns it. (Always `Some`; an `Option` so it reads like a channel in `select!`.)
+    pub async fn recv(&mut self) -> Option<Arc<Publication>> {
+        loop {
+            if let Ok(p) = self.try_recv() {
+                return Some(p);
+            }
+            self.outbox.ready.notified().await;
+        }
+    }
+}
 
 /// One connection's subscription to one site.
 #[derive(Debug, Clone)]

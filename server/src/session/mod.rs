@@ -24,16 +24,13 @@ use datastream_protocol::{
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::{
-    sync::mpsc,
-    time::{Instant, MissedTickBehavior, interval_at, sleep_until},
-};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tracing::debug;
 
 use crate::{
     AppState,
     auth::Grant,
-    hub::{ConnId, Hub, Outbox, Subscriber, TopicFilter},
+    hub::{ConnId, Hub, Inbox, Outbox, Subscriber, TopicFilter},
     limits::{FrameRate, IpPermit},
     metrics::Metrics,
     publication::Publication,
@@ -94,7 +91,7 @@ impl Registration {
         connections: Gauge,
         grant: Grant,
         permit: Option<IpPermit>,
-    ) -> (Self, mpsc::UnboundedReceiver<Arc<Publication>>) {
+    ) -> (Self, Inbox) {
         let (outbox, rx) = Outbox::new(queue_bytes);
         let conn = hub.next_conn_id();
         connections.inc();
@@ -173,7 +170,7 @@ pub async fn run<S: Socket, P: Protocol>(
     state: Arc<AppState>,
     mut proto: P,
     mut reg: Registration,
-    mut rx: mpsc::UnboundedReceiver<Arc<Publication>>,
+    mut rx: Inbox,
     greeting: Vec<Utf8Bytes>,
 ) {
     let metrics = state.metrics.clone();
@@ -296,7 +293,7 @@ async fn send_all<S: Socket>(socket: &mut S, frames: Vec<Utf8Bytes>) -> Result<(
 async fn write_batch<S: Socket>(
     socket: &mut S,
     first: Arc<Publication>,
-    rx: &mut mpsc::UnboundedReceiver<Arc<Publication>>,
+    rx: &mut Inbox,
     outbox: &Outbox,
     metrics: &Metrics,
     frame: impl Fn(&Publication) -> Option<Utf8Bytes>,
