@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Where the relay's CPU goes under one workload: a flat perf profile (user and kernel symbols) and
+# the syscalls it makes, sampled while the load tool publishes.
+#
+#   bench/profile.sh [SUBS] [PHASE] [relay|relay-v2]     # default: 1000 steady:100:1:8 relay
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+cd "$ROOT"
+SUBS=${1:-1000}
+PHASE=${2:-steady:100:1:8}
+TARGET=${3:-relay}
+SECS=${PHASE##*:}
+cargo build --quiet --release -p datastream
+cargo build --quiet --release -p datastream-bench
+RELAY="$CARGO_TARGET_DIR/release/datastream"
+LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+DATASTREAM_LISTEN="127.0.0.1:$PORT" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
+    nice -n -10 taskset -c 0 "$RELAY" serve >"$WORK/relay.log" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+
+nice -n -10 taskset -c 1 "$LOADGEN" run --target "$TARGET" --ws "127.0.0.1:$PORT" --server-pid "$SPID" \
+    --subs "$SUBS" --settle 1 --phase "$PHASE" --label profile >"$WORK/load.json" 2>"$WORK/load.err" &
+LPID=$!
+PIDS+=("$LPID")
+# Wait until the subscribers are connected (the load tool says so), then sample the phase.
+for _ in $(seq 1 600); do grep -q connected "$WORK/load.err" 2>/dev/null && break; sleep 0.1; done
+sleep 1.2
+SAMPLE=$(python3 -c "print(max(1.0, $SECS - 1))")
+perf stat -x, -e 'syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches' \
+    -p "$SPID" -o "$WORK/stat.csv" -- sleep "$SAMPLE" &
+STATPID=$!
+perf record -q -e cpu-clock -F 1999 -p "$SPID" -o "$WORK/perf.data" -- sleep "$SAMPLE" 2>/dev/null
+wait "$STATPID" || true
+wait "$LPID" || true
+python3 - "$WORK/load.json" "$SAMPLE" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+p = r["phases"][0]
+print(f"workload: {r['subs']} {r['target']} subscribers, phase {p['phase']} {p['ticks_per_s']}/s x {p['per_tick']}, "
+      f"{p['delivered_per_s']:.0f} deliveries/s, {p['server_cpu_s_per_m']} CPU-s per million, p99 {p['p99_ms']} ms")
+PY
+echo
+echo "syscalls during ${SAMPLE}s (divide by deliveries/s x ${SAMPLE} for per-delivery):"
+grep -v '^#' "$WORK/stat.csv" | awk -F, 'NF > 2 && $1 != "" { printf "  %-40s %s\n", $3, $1 }'
+echo
+echo "top symbols (self time):"
+perf report -i "$WORK/perf.data" --stdio --no-children --sort sym 2>/dev/null | grep -E '^ +[0-9]' | head -40

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# A few seconds of the benchmark with tiny N, so the load tool cannot rot: runs it against the
+# relay (legacy and v2 subscribers) and fails unless every message arrived, kernel timestamps
+# were used, and the figures are sane. BENCH_PROFILE=release uses release builds.
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+cd "$ROOT"
+
+PROFILE=${BENCH_PROFILE:-debug}
+if [ "$PROFILE" = release ]; then
+    cargo build --quiet --release -p datastream && cargo build --quiet --release -p datastream-bench
+else
+    cargo build --quiet -p datastream && cargo build --quiet -p datastream-bench
+fi
+BIN="$CARGO_TARGET_DIR/$PROFILE"
+WORK="$(mktemp -d)"
+PID=""
+cleanup() {
+    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+DATASTREAM_LISTEN="127.0.0.1:$PORT" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
+    "$BIN/datastream" serve >"$WORK/relay.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.05
+done
+
+for target in relay relay-v2; do
+    timeout 30 "$BIN/loadgen" run --target "$target" --ws "127.0.0.1:$PORT" --server-pid "$PID" \
+        --subs 40 --sites 2 --settle 0.3 --drain 5 --label smoke \
+        --phase steady:20:1:1 --phase burst:2:10:1 >"$WORK/$target.json"
+done
+
+python3 - "$WORK"/relay.json "$WORK"/relay-v2.json <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    name = r["target"]
+    assert r["connected"] == r["subs"] == 40, f"{name}: connected {r['connected']} of {r['subs']}"
+    assert r["kernel_timestamped_frames"] > 0, f"{name}: no kernel receive timestamps"
+    assert r["kb_per_conn"] is not None and r["kb_per_conn"] > 0, f"{name}: no RSS figure"
+    for p in r["phases"]:
+        where = f"{name}/{p['phase']}"
+        assert p["expected"] > 0 and p["received"] == p["expected"], f"{where}: {p['received']} of {p['expected']}"
+        assert p["lost"] == 0 and p["disconnected"] == 0, f"{where}: loss"
+        assert 0 < p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] < 2000, f"{where}: latency {p}"
+        assert p["server_cpu_s"] >= 0 and p["tool_cpu_s"] >= 0, f"{where}: CPU"
+    print(f"bench smoke {name}: ok ({sum(p['received'] for p in r['phases'])} deliveries, "
+          f"p99 {max(p['p99_ms'] for p in r['phases'])} ms)")
+PY
