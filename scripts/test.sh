@@ -31,3 +31,6 @@ bash scripts/test-client.sh
 
 step "end-to-end: the demo in headless Chromium"
 bash tests/e2e/run.sh
+
+step "benchmark smoke run (seconds, tiny N)"
+bash bench/smoke.sh
