@@ -13,26 +13,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 source "$ROOT/scripts/client-env.sh"
 
-APT_UPDATED=0
-need_apt() {
-  local missing=()
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  step "apt-get install ${missing[*]}"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  if [ "$APT_UPDATED" -eq 0 ]; then
-    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
-    APT_UPDATED=1
-  fi
-  local log="$DATASTREAM_TOOLS/apt-client.log"
-  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >"$log" 2>&1; then
-    tail -n 40 "$log" >&2
-    return 1
-  fi
-}
 
 timed() {
   local start=$SECONDS

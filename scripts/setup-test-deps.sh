@@ -6,22 +6,6 @@
 # Safe to run again; a warm run takes seconds.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-APT_UPDATED=0
-need_apt() {
-  local missing=()
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  step "apt-get install ${missing[*]}"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  if [ "$APT_UPDATED" -eq 0 ]; then
-    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}"
-}
 
 need_apt redis-server podman runc musl-tools ca-certificates
 

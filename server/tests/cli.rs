@@ -5,11 +5,7 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::{procs::*, *};
 use serde_json::{Value, json};
@@ -83,14 +79,14 @@ async fn publish_through_sqs() {
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", "test"),
     ]);
+    let publish = |data: &str| {
+        datastream(&["publish", "--sqs-queue", "tools-queue", "--site", "mrc", "--topic", "t", "--data", data])
+            .envs(moto_env(&moto.endpoint))
+            .output()
+            .unwrap()
+    };
     // The queue does not exist yet: the relay keeps retrying GetQueueUrl until it does.
-    let out = datastream(&["publish", "--sqs-queue", "tools-queue", "--site", "mrc", "--topic", "t", "--data", "1"])
-        .env("AWS_ENDPOINT_URL_SQS", &moto.endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
+    let out = publish("1");
     assert_eq!(out.status.code(), Some(3), "no such queue yet: {}", String::from_utf8_lossy(&out.stderr));
     let create = Command::new(tool("python3"))
         .args([
@@ -104,14 +100,7 @@ async fn publish_through_sqs() {
         .unwrap();
     assert!(create.success());
     let mut ws = connect(&relay.ws_url("/dev?site=mrc")).await;
-    let out =
-        datastream(&["publish", "--sqs-queue", "tools-queue", "--site", "mrc", "--topic", "t", "--data", "\"hi\""])
-            .env("AWS_ENDPOINT_URL_SQS", &moto.endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .output()
-            .unwrap();
+    let out = publish("\"hi\"");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("message_id"));
     let got = tokio::time::timeout(Duration::from_secs(30), next_json(&mut ws)).await.expect("delivered via SQS");
@@ -122,20 +111,8 @@ async fn publish_through_sqs() {
 async fn tail_prints_every_publication_once_across_a_lost_connection() {
     let s = TestServer::start(&[]).await;
     let proxy = CutProxy::start(s.addr).await;
-    let mut child =
-        datastream(&["tail", "--url", &format!("ws://{}/dev", proxy.addr), "--site", "mrc", "--count", "10"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let proc = Proc { child, name: "datastream tail" };
+    let (proc, mut lines) =
+        spawn_tail(&["--url", &format!("ws://{}/dev", proxy.addr), "--site", "mrc", "--count", "10"]);
     eventually("tail subscribed", || s.state.hub.subscriber_count("mrc") == 1).await;
     for n in 1..=5 {
         s.publish(&json!({"site": "mrc", "topic": "t", "data": n})).await;

@@ -6,12 +6,7 @@
 
 mod common;
 
-use std::{
-    collections::HashSet,
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::HashSet, process::Command, time::Duration};
 
 use common::{procs::*, *};
 use serde_json::{Value, json};
@@ -118,20 +113,7 @@ async fn after_sigkill_a_client_fails_over_and_recovers_exactly() {
     let mut a = node(&redis.url(), &[]);
     let b = node(&redis.url(), &[]);
     let urls = format!("{},{}", a.ws_url("/dev"), b.ws_url("/dev"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_datastream"))
-        .args(["tail", "--url", &urls, "--site", "mrc", "--count", "10", "--rewind", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut tail = Proc { child, name: "datastream tail" };
+    let (mut tail, mut lines) = spawn_tail(&["--url", &urls, "--site", "mrc", "--count", "10", "--rewind", "10"]);
     // Whenever the tail subscribes (on node A, its first URL), --rewind replays what it missed.
     let mut got = Vec::new();
     for n in 1..=5 {

@@ -236,3 +236,32 @@ impl RedisServer {
         self.port
     }
 }
+
+/// Starts `datastream tail ARGS`; returns the process and its stdout lines as they come.
+pub fn spawn_tail(args: &[&str]) -> (Proc, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_datastream"))
+        .arg("tail")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn datastream tail");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Proc { child, name: "datastream tail" }, lines)
+}
+
+/// The AWS settings that point a process at `moto_server`.
+pub fn moto_env(endpoint: &str) -> [(&'static str, String); 4] {
+    [
+        ("AWS_ENDPOINT_URL_SQS", endpoint.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+    ]
+}
