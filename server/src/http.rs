@@ -128,7 +128,9 @@ async fn connect(
     // Clients send little (a few small control frames): a small read buffer keeps idle
     // connections cheap; a large frame is simply read in several pieces.
     let upgrade = upgrade.max_message_size(max_frame).max_frame_size(max_frame).read_buffer_size(READ_BUFFER_BYTES);
-    let sessions = state.sessions.clone();
+    // Counted as a session from here, not from when the upgrade completes: a shutdown that begins
+    // in between still waits for this connection and closes it properly.
+    let session = state.sessions.token();
     if v2 {
         // A browser cannot read a refused handshake's status; v2 clients get the reason as a
         // terminal close code instead.
@@ -144,9 +146,10 @@ async fn connect(
         };
         let sites: Vec<Arc<str>> = sites.into_iter().map(Arc::from).collect();
         debug!(?sites, "v2 connection");
-        upgrade
-            .protocols([v2::SUBPROTOCOL])
-            .on_upgrade(move |socket| sessions.track_future(start_v2(socket, state, sites, grant, permit)))
+        upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |socket| async move {
+            start_v2(socket, state, sites, grant, permit).await;
+            drop(session);
+        })
     } else {
         let grant = match grant {
             Ok(grant) => grant,
@@ -162,7 +165,10 @@ async fn connect(
             tracing::warn!(%site, error = %e, "cannot watch site");
         }
         debug!(%site, "legacy connection");
-        upgrade.on_upgrade(move |socket| sessions.track_future(start_legacy(socket, state, site, grant, permit)))
+        upgrade.on_upgrade(move |socket| async move {
+            start_legacy(socket, state, site, grant, permit).await;
+            drop(session);
+        })
     }
 }
 
