@@ -428,3 +428,27 @@ async fn a_client_answering_pings_stays_connected() {
     drop(to_server);
     task.await.unwrap();
 }
+
+/// Every connection holds one session task: its size is most of a connection's memory, so it is
+/// pinned here (rarely used paths are boxed to keep it small).
+#[tokio::test]
+async fn the_session_task_stays_small() {
+    let server = datastream::Server::bind(config(&[])).await.unwrap();
+    let state = server.state().clone();
+    let sizes: Vec<usize> = (0..2)
+        .map(|protocol| {
+            let (_to_server, from_client) = mpsc::unbounded_channel();
+            let (to_client, _from_server) = mpsc::unbounded_channel();
+            let socket = ChanSocket { from_client, to_client };
+            let gauge = state.metrics.connections_v2.clone();
+            let (reg, rx) = Registration::new(state.hub.clone(), 1 << 20, gauge, Grant::anonymous(), None);
+            if protocol == 0 {
+                std::mem::size_of_val(&session::run(socket, state.clone(), V2::default(), reg, rx, vec![]))
+            } else {
+                let legacy = datastream::session::legacy::Legacy;
+                std::mem::size_of_val(&session::run(socket, state.clone(), legacy, reg, rx, vec![]))
+            }
+        })
+        .collect();
+    assert!(sizes.iter().all(|&s| s <= 1536), "session futures (v2, legacy): {sizes:?} bytes");
+}

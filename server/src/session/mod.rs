@@ -227,7 +227,11 @@ pub async fn run<S: Socket, P: Protocol>(
                             ErrorCode::RateLimited,
                             "too many frames; slow down",
                         )),
-                        Some(Ok(Message::Text(text))) => proto.on_text(&text, &mut reg, &state).await,
+                        Some(Ok(Message::Text(text))) => {
+                            // Boxed: client requests are rare, and their futures (a subscribe reads
+                            // history) would otherwise enlarge every idle connection's task.
+                            Box::pin(proto.on_text(&text, &mut reg, &state)).await
+                        }
                         Some(Ok(Message::Binary(_))) => Err(ErrorFrame::new(
                             ErrorCode::BinaryFrame,
                             "binary frames are not understood; send JSON text",
@@ -268,7 +272,7 @@ pub async fn run<S: Socket, P: Protocol>(
     drop(reg);
     if let End::Close(code, reason, label) = end {
         metrics.disconnect(label);
-        close(&mut socket, code, reason).await;
+        Box::pin(close(&mut socket, code, reason)).await;
     }
 }
 
