@@ -88,17 +88,7 @@ async fn publish_through_sqs() {
     // The queue does not exist yet: the relay keeps retrying GetQueueUrl until it does.
     let out = publish("1");
     assert_eq!(out.status.code(), Some(3), "no such queue yet: {}", String::from_utf8_lossy(&out.stderr));
-    let create = Command::new(tool("python3"))
-        .args([
-            "-c",
-            "import boto3,sys; boto3.client('sqs', region_name='us-east-1').create_queue(QueueName='tools-queue')",
-        ])
-        .env("AWS_ENDPOINT_URL_SQS", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .status()
-        .unwrap();
-    assert!(create.success());
+    create_queue(&moto.endpoint, "tools-queue");
     let mut ws = connect(&relay.ws_url("/dev?site=mrc")).await;
     let out = publish("\"hi\"");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

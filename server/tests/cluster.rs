@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{collections::HashSet, process::Command, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use common::{procs::*, *};
 use serde_json::{Value, json};
@@ -64,14 +64,7 @@ async fn a_subscriber_on_one_node_gets_what_is_published_on_another() {
 async fn both_nodes_consume_sqs_and_each_message_is_delivered_once() {
     let redis = RedisServer::start();
     let moto = Moto::start();
-    let create = Command::new(tool("python3"))
-        .args(["-c", "import boto3; boto3.client('sqs', region_name='us-east-1').create_queue(QueueName='datastreamIncomingQueue-dev')"])
-        .env("AWS_ENDPOINT_URL_SQS", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .status()
-        .unwrap();
-    assert!(create.success());
+    create_queue(&moto.endpoint, "datastreamIncomingQueue-dev");
     let sqs = [
         ("DATASTREAM_SQS_QUEUE", "datastreamIncomingQueue-dev"),
         ("AWS_ENDPOINT_URL_SQS", moto.endpoint.as_str()),

@@ -265,3 +265,11 @@ pub fn moto_env(endpoint: &str) -> [(&'static str, String); 4] {
         ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
     ]
 }
+
+/// Creates an SQS queue on `moto_server` with boto3.
+pub fn create_queue(endpoint: &str, name: &str) {
+    let script = format!("import boto3; boto3.client('sqs', region_name='us-east-1').create_queue(QueueName='{name}')");
+    let status =
+        Command::new(tool("python3")).args(["-c", &script]).envs(moto_env(endpoint)).status().expect("run python3");
+    assert!(status.success(), "create queue {name}");
+}
