@@ -102,11 +102,6 @@ impl Auth {
         Ok(Auth { keys, audience: config.jwt_audience.clone(), issuer: config.jwt_issuer.clone() })
     }
 
-    /// Whether clients must present a token.
-    pub fn required(&self) -> bool {
-        self.keys.is_some()
-    }
-
     /// Verifies `token` (or admits anonymously when authentication is off).
     pub async fn verify(&self, token: Option<&str>) -> Result<Grant, AuthError> {
         let Some(keys) = &self.keys else { return Ok(Grant::anonymous()) };

@@ -10,6 +10,9 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 use datastream_protocol::NameRules;
 
+/// Default largest message: SQS's own limit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
+
 /// Paths the relay serves itself; the stage may not take one of these names.
 const RESERVED_PATHS: &[&str] = &["healthz", "readyz", "metrics", "publish"];
 
@@ -67,7 +70,7 @@ pub struct Config {
 
     /// Largest accepted message (the JSON text of one `{site, topic, data}` object), in bytes.
     /// The default is SQS's own limit.
-    #[arg(long, env = "DATASTREAM_MAX_MESSAGE_BYTES", default_value_t = 262_144)]
+    #[arg(long, env = "DATASTREAM_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Largest accepted `POST /publish` body, in bytes.

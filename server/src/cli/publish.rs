@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, value::RawValue};
 
 use super::ToolError;
-use crate::publication::Validator;
+use crate::{config::DEFAULT_MAX_MESSAGE_BYTES, publication::Validator};
 
 /// Arguments of `datastream publish`.
 #[derive(Debug, Args)]
@@ -54,7 +54,9 @@ fn body(args: &PublishArgs) -> Result<String, ToolError> {
         .map_err(|e| ToolError::Usage(format!("--data is not valid JSON: {e}")))?;
     let body = Body { site: &args.site, topic: &args.topic, data, idempotency_key: args.idempotency_key.as_deref() };
     let text = serde_json::to_string(&body).map_err(|e| ToolError::Usage(e.to_string()))?;
-    let validator = Validator { names: datastream_protocol::NameRules::default(), max_message_bytes: 262_144 };
+    // The relay's default limits: a message it would refuse is refused here, before sending.
+    let validator =
+        Validator { names: datastream_protocol::NameRules::default(), max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES };
     validator.parse(&text).map_err(|e| ToolError::Usage(e.to_string()))?;
     Ok(text)
 }
