@@ -1,10 +1,16 @@
 //! The HTTP accept loop. Like `axum::serve`, but with what a public server needs that it lacks: a
 //! deadline for the request headers (so a client that connects and says nothing cannot hold a
 //! socket: `DATASTREAM_HANDSHAKE_TIMEOUT`), `TCP_NODELAY` on every connection (frames leave at
-//! once rather than waiting on Nagle), and a graceful stop for plain HTTP connections. Upgraded
-//! WebSockets are tracked by the sessions themselves.
+//! once rather than waiting on Nagle), a graceful stop for plain HTTP connections, and a lingering
+//! close ([`Lingering`]). Upgraded WebSockets are tracked by the sessions themselves.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::{Request, body::Incoming};
@@ -12,13 +18,22 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpListener, TcpStream},
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::warn;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long a closed connection keeps reading (and discarding) what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Most bytes a closed connection reads and discards before it gives up lingering.
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// Serves `router` on `listener` until `stop` is cancelled; then waits up to `grace` for open
 /// HTTP requests to finish.
@@ -59,7 +74,7 @@ pub async fn serve(
             if !matches!(tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
                 return;
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Lingering(Some(stream))), service);
             // Errors here are one client's (reset, bad request, header timeout): nothing to do.
             let _ = watcher.watch(conn.into_owned()).await;
         });
@@ -67,5 +82,80 @@ pub async fn serve(
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!("HTTP connections still open after the grace period; dropping them");
+    }
+}
+
+/// A connection that closes gracefully: when dropped, it sends FIN and keeps reading (and
+/// discarding) what the client still sends for up to [`LINGER`] / [`LINGER_BYTES`], off the
+/// caller's task.
+///
+/// Closing a socket that has unread data makes the kernel answer with a reset, and a reset can
+/// overtake the last frames sent: a browser whose oversized frame was refused, or which was still
+/// sending when the relay closed it, would see 1006 instead of the close frame before it (the
+/// same reason HTTP servers linger on close).
+struct Lingering(Option<TcpStream>);
+
+impl Lingering {
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match self.0.as_mut() {
+            Some(stream) => Ok(Pin::new(stream)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let (Some(mut stream), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, async {
+                if stream.shutdown().await.is_err() {
+                    return;
+                }
+                let mut sink = [0u8; 2048];
+                let mut read = 0;
+                while read < LINGER_BYTES {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.stream()?.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.stream()?.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream()?.poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream()?.poll_shutdown(cx)
     }
 }

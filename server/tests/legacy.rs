@@ -259,3 +259,38 @@ async fn a_client_that_stops_reading_is_cut_off_within_the_client_timeout() {
     let (_, metrics) = get_text(&s.url("/metrics")).await;
     assert_eq!(metric(&metrics, r#"datastream_disconnects_total{reason="write_timeout"}"#), 1.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn an_oversized_frame_still_in_flight_gets_a_clean_close_not_a_reset() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Error;
+    let s = TestServer::start(&["--max-client-frame-bytes", "1024"]).await;
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    let (mut ws, _) = within(tokio_tungstenite::client_async(s.ws_url("/dev?site=mrc"), tcp)).await.unwrap();
+    // One masked text frame announcing 64 KiB, written whole: the relay refuses it after reading
+    // the header, with most of the payload still unread in its socket. Closing a socket with
+    // unread data makes the kernel send a reset, which browsers report as 1006 instead of the
+    // close frame that came before it.
+    let len = 64 * 1024u64;
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.resize(frame.len() + len as usize, b'x');
+    within(ws.get_mut().write_all(&frame)).await.unwrap();
+    let (code, reason, _) = expect_close(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (3502, "frame too large"));
+    // Then the connection ends in an orderly way.
+    let end = within(async {
+        loop {
+            match ws.next().await {
+                Some(Ok(_)) => continue,
+                None | Some(Err(Error::ConnectionClosed)) => return Ok(()),
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "connection reset instead of closed: {end:?}");
+}
