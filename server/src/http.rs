@@ -8,7 +8,7 @@ use axum::{
     Json, Router,
     extract::{
         ConnectInfo, DefaultBodyLimit, Query, State,
-        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -16,6 +16,7 @@ use axum::{
 };
 use datastream_protocol::{close::CloseCode, v2};
 use serde_json::json;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower_http::services::ServeDir;
 use tracing::debug;
 
@@ -23,6 +24,7 @@ use crate::{
     AppState,
     auth::Grant,
     broker::Broker,
+    hub::Inbox,
     ingest,
     limits::IpPermit,
     session::{self, Registration, legacy::Legacy, v2::V2},
@@ -147,8 +149,8 @@ async fn connect(
         let sites: Vec<Arc<str>> = sites.into_iter().map(Arc::from).collect();
         debug!(?sites, "v2 connection");
         upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |socket| async move {
-            start_v2(socket, state, sites, grant, permit).await;
-            drop(session);
+            let (proto, reg, rx, greeting) = setup_v2(&state, sites, grant, permit).await;
+            spawn_session(session, session::run(socket, state, proto, reg, rx, greeting));
         })
     } else {
         let grant = match grant {
@@ -166,13 +168,24 @@ async fn connect(
         }
         debug!(%site, "legacy connection");
         upgrade.on_upgrade(move |socket| async move {
-            start_legacy(socket, state, site, grant, permit).await;
-            drop(session);
+            let (reg, rx) = setup_legacy(&state, site, grant, permit).await;
+            spawn_session(session, session::run(socket, state, Legacy, reg, rx, Vec::new()));
         })
     }
 }
 
-async fn start_legacy(socket: WebSocket, state: Arc<AppState>, site: Arc<str>, grant: Grant, permit: IpPermit) {
+/// Runs a session in a task of its own, counted by the session tracker until it ends.
+///
+/// The upgrade task axum spawns holds the handshake's state (hyper's upgrade, the request's
+/// captures) next to whatever it awaits; the session lives for hours, so it gets a task holding
+/// nothing but its own future (awaiting it from an `async` block would store it twice), and the
+/// upgrade task ends here. `token` counted the connection until now.
+fn spawn_session(token: TaskTrackerToken, session: impl Future<Output = ()> + Send + 'static) {
+    token.task_tracker().spawn(session);
+    drop(token);
+}
+
+async fn setup_legacy(state: &AppState, site: Arc<str>, grant: Grant, permit: IpPermit) -> (Registration, Inbox) {
     let gauge = state.metrics.connections_legacy.clone();
     let (mut reg, rx) =
         Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge, grant, Some(permit));
@@ -181,26 +194,31 @@ async fn start_legacy(socket: WebSocket, state: Arc<AppState>, site: Arc<str>, g
         // Subscribed locally; publications flow once the broker is back (the reader resubscribes).
         tracing::warn!(%site, error = %e, "cannot watch site");
     }
-    session::run(socket, state, Legacy, reg, rx, Vec::new()).await;
+    (reg, rx)
 }
 
-async fn start_v2(socket: WebSocket, state: Arc<AppState>, sites: Vec<Arc<str>>, grant: Grant, permit: IpPermit) {
+async fn setup_v2(
+    state: &AppState,
+    sites: Vec<Arc<str>>,
+    grant: Grant,
+    permit: IpPermit,
+) -> (V2, Registration, Inbox, Vec<Utf8Bytes>) {
     let gauge = state.metrics.connections_v2.clone();
     let (mut reg, rx) =
         Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge, grant, Some(permit));
     let mut proto = V2::default();
-    let mut greeting = vec![V2::hello(&state)];
+    let mut greeting = vec![V2::hello(state)];
     for site in sites {
-        let checked = proto.check_subscribe(&state, &reg.grant, None, &site, &[], None, None);
+        let checked = proto.check_subscribe(state, &reg.grant, None, &site, &[], None, None);
         match checked {
-            Ok(req) => match proto.subscribe(req, &mut reg, &state).await {
+            Ok(req) => match proto.subscribe(req, &mut reg, state).await {
                 Ok(frames) => greeting.extend(frames),
                 Err(refusal) => greeting.push(refusal.to_json().into()),
             },
             Err(refusal) => greeting.push(refusal.to_json().into()),
         }
     }
-    session::run(socket, state, proto, reg, rx, greeting).await;
+    (proto, reg, rx, greeting)
 }
 
 /// `GET /readyz`: 200 when every configured upstream is healthy and the server is not draining.

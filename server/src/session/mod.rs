@@ -165,114 +165,120 @@ enum End {
 
 /// Runs a session until the client leaves, misbehaves, falls behind, or the server shuts down.
 /// `greeting` is sent first (v2's hello and URL subscriptions).
-pub async fn run<S: Socket, P: Protocol>(
+///
+/// Not an `async fn`: its arguments would be stored twice in the future (once as arguments, once
+/// as the locals they are moved into), and this future is most of an idle connection's memory.
+#[allow(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+pub fn run<S: Socket, P: Protocol>(
     mut socket: S,
     state: Arc<AppState>,
     mut proto: P,
     mut reg: Registration,
     mut rx: Inbox,
     greeting: Vec<Utf8Bytes>,
-) {
-    let metrics = state.metrics.clone();
-    let outbox = reg.outbox.clone();
-    let period = state.config.ping_interval;
-    let mut heartbeat = interval_at(Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let mut strikes = Strikes::new();
-    let mut drain_at: Option<Instant> = None;
-    let mut rate = FrameRate::new(state.config.client_frame_rate, state.config.client_frame_burst);
+) -> impl Future<Output = ()> {
+    async move {
+        let metrics = state.metrics.clone();
+        let outbox = reg.outbox.clone();
+        let period = state.config.ping_interval;
+        let mut heartbeat = interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let mut strikes = Strikes::new();
+        let mut drain_at: Option<Instant> = None;
+        let mut rate = FrameRate::new(state.config.client_frame_rate, state.config.client_frame_burst);
 
-    let end = if send_all(&mut socket, greeting).await.is_err() {
-        End::Gone
-    } else {
-        loop {
-            if outbox.is_overflowed() {
-                break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
-            }
-            let expires = reg.grant.expires.map(deadline);
-            tokio::select! {
-                biased;
-                () = sleep_until(expires.unwrap_or_else(Instant::now)), if expires.is_some() => {
-                    break End::Close(CloseCode::TokenExpired, "token expired", "token_expired");
+        let end = if send_all(&mut socket, greeting).await.is_err() {
+            End::Gone
+        } else {
+            loop {
+                if outbox.is_overflowed() {
+                    break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
                 }
-                () = state.close_sessions.cancelled(), if drain_at.is_none() => {
-                    // Spread closes over the drain window so clients do not all come back at once.
-                    let window = state.config.drain_window;
-                    drain_at = Some(Instant::now() + window.mul_f64(rand::random::<f64>()));
-                }
-                () = sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
-                    // Let what was already queued reach the client before the close frame.
-                    while let Ok(p) = rx.try_recv() {
-                        if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p)).await.is_err() {
-                            break;
-                        }
+                let expires = reg.grant.expires.map(deadline);
+                tokio::select! {
+                    biased;
+                    () = sleep_until(expires.unwrap_or_else(Instant::now)), if expires.is_some() => {
+                        break End::Close(CloseCode::TokenExpired, "token expired", "token_expired");
                     }
-                    break End::Close(CloseCode::GoingAway, "server shutting down", "shutdown");
-                }
-                Some(p) = rx.recv() => {
-                    // A client that stops reading fills its TCP window and blocks the write; it
-                    // gets as long as a silent client would before it is cut off.
-                    let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p));
-                    match tokio::time::timeout(state.config.client_timeout, write).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break End::Gone,
-                        Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
+                    () = state.close_sessions.cancelled(), if drain_at.is_none() => {
+                        // Spread closes over the drain window so clients do not all come back at once.
+                        let window = state.config.drain_window;
+                        drain_at = Some(Instant::now() + window.mul_f64(rand::random::<f64>()));
                     }
-                }
-                msg = socket.next() => {
-                    last_heard = Instant::now();
-                    let reply = match msg {
-                        Some(Ok(Message::Text(_))) if !rate.allow() => Err(ErrorFrame::new(
-                            ErrorCode::RateLimited,
-                            "too many frames; slow down",
-                        )),
-                        Some(Ok(Message::Text(text))) => {
-                            // Boxed: client requests are rare, and their futures (a subscribe reads
-                            // history) would otherwise enlarge every idle connection's task.
-                            Box::pin(proto.on_text(&text, &mut reg, &state)).await
-                        }
-                        Some(Ok(Message::Binary(_))) => Err(ErrorFrame::new(
-                            ErrorCode::BinaryFrame,
-                            "binary frames are not understood; send JSON text",
-                        )),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Vec::new()),
-                        Some(Err(e)) if is_too_big(&e) => {
-                            break End::Close(CloseCode::MessageTooBig, "frame too large", "frame_too_large");
-                        }
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
-                    };
-                    let frames = match reply {
-                        Ok(frames) => frames,
-                        Err(refusal) => {
-                            metrics.client_frame_rejected(refusal.code.as_str());
-                            debug!(code = refusal.code.as_str(), message = %refusal.message, "refused client frame");
-                            if strikes.strike() {
-                                break End::Close(CloseCode::BadProtocol, "too many invalid frames", "bad_protocol");
+                    () = sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
+                        // Let what was already queued reach the client before the close frame.
+                        while let Ok(p) = rx.try_recv() {
+                            if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p)).await.is_err() {
+                                break;
                             }
-                            vec![refusal.to_json().into()]
                         }
-                    };
-                    if send_all(&mut socket, frames).await.is_err() {
-                        break End::Gone;
+                        break End::Close(CloseCode::GoingAway, "server shutting down", "shutdown");
                     }
-                }
-                _ = heartbeat.tick() => {
-                    if last_heard.elapsed() >= state.config.client_timeout {
-                        break End::Close(CloseCode::HeartbeatTimeout, "heartbeat timeout", "heartbeat_timeout");
+                    Some(p) = rx.recv() => {
+                        // A client that stops reading fills its TCP window and blocks the write; it
+                        // gets as long as a silent client would before it is cut off.
+                        let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p));
+                        match tokio::time::timeout(state.config.client_timeout, write).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break End::Gone,
+                            Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
+                        }
                     }
-                    if socket.send(proto.ping()).await.is_err() {
-                        break End::Gone;
+                    msg = socket.next() => {
+                        last_heard = Instant::now();
+                        let reply = match msg {
+                            Some(Ok(Message::Text(_))) if !rate.allow() => Err(ErrorFrame::new(
+                                ErrorCode::RateLimited,
+                                "too many frames; slow down",
+                            )),
+                            Some(Ok(Message::Text(text))) => {
+                                // Boxed: client requests are rare, and their futures (a subscribe reads
+                                // history) would otherwise enlarge every idle connection's task.
+                                Box::pin(proto.on_text(&text, &mut reg, &state)).await
+                            }
+                            Some(Ok(Message::Binary(_))) => Err(ErrorFrame::new(
+                                ErrorCode::BinaryFrame,
+                                "binary frames are not understood; send JSON text",
+                            )),
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Vec::new()),
+                            Some(Err(e)) if is_too_big(&e) => {
+                                break End::Close(CloseCode::MessageTooBig, "frame too large", "frame_too_large");
+                            }
+                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
+                        };
+                        let frames = match reply {
+                            Ok(frames) => frames,
+                            Err(refusal) => {
+                                metrics.client_frame_rejected(refusal.code.as_str());
+                                debug!(code = refusal.code.as_str(), message = %refusal.message, "refused client frame");
+                                if strikes.strike() {
+                                    break End::Close(CloseCode::BadProtocol, "too many invalid frames", "bad_protocol");
+                                }
+                                vec![refusal.to_json().into()]
+                            }
+                        };
+                        if send_all(&mut socket, frames).await.is_err() {
+                            break End::Gone;
+                        }
+                    }
+                    _ = heartbeat.tick() => {
+                        if last_heard.elapsed() >= state.config.client_timeout {
+                            break End::Close(CloseCode::HeartbeatTimeout, "heartbeat timeout", "heartbeat_timeout");
+                        }
+                        if socket.send(proto.ping()).await.is_err() {
+                            break End::Gone;
+                        }
                     }
                 }
             }
+        };
+        // Leave the hub before the (possibly slow) close handshake.
+        drop(reg);
+        if let End::Close(code, reason, label) = end {
+            metrics.disconnect(label);
+            Box::pin(close(&mut socket, code, reason)).await;
         }
-    };
-    // Leave the hub before the (possibly slow) close handshake.
-    drop(reg);
-    if let End::Close(code, reason, label) = end {
-        metrics.disconnect(label);
-        Box::pin(close(&mut socket, code, reason)).await;
     }
 }
 
