@@ -13,21 +13,15 @@ cargo build --quiet --release -p datastream
 cargo build --quiet --release -p datastream-bench
 RELAY="$CARGO_TARGET_DIR/release/datastream"
 LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+source "$ROOT/bench/lib.sh"
+PORT=$(free_port)
 DATASTREAM_LISTEN="127.0.0.1:$PORT" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
-    nice -n -10 taskset -c 0 "$RELAY" serve >"$WORK/relay.log" 2>&1 &
+    "${SERVER_CPU[@]}" "$RELAY" serve >"$WORK/relay.log" 2>&1 &
 SPID=$!
 PIDS+=("$SPID")
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+wait_port "$PORT"
 
-nice -n -10 taskset -c 1 "$LOADGEN" run --target "$TARGET" --ws "127.0.0.1:$PORT" --server-pid "$SPID" \
+"${TOOL_CPU[@]}" "$LOADGEN" run --target "$TARGET" --ws "127.0.0.1:$PORT" --server-pid "$SPID" \
     --subs "$SUBS" --settle 1 --phase "$PHASE" --label profile >"$WORK/load.json" 2>"$WORK/load.err" &
 LPID=$!
 PIDS+=("$LPID")

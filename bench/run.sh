@@ -17,18 +17,11 @@ cd "$ROOT"
 TARGETS=${BENCH_TARGETS:-"relay relay-v2 nats mosquitto node"}
 SCENARIOS=${BENCH_SCENARIOS:-"5k overload sites 10k max ingest client"}
 MAX_SUBS=${BENCH_MAX_SUBS:-19800}
+source "$ROOT/bench/lib.sh"
 OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
-WORK="$(mktemp -d)"
 mkdir -p "$OUT"
 JSONL="$OUT/results.jsonl"
 : > "$JSONL"
-
-NICE=(nice -n "${BENCH_NICE:--10}")
-if [ "$(nproc)" -ge 2 ]; then
-    SERVER_CPU=("${NICE[@]}" taskset -c 0) TOOL_CPU=("${NICE[@]}" taskset -c 1)
-else
-    SERVER_CPU=("${NICE[@]}") TOOL_CPU=("${NICE[@]}")
-fi
 
 step "build (release)"
 cargo build --release -p datastream
@@ -46,19 +39,11 @@ ulimit -n "$(ulimit -Hn)"
 SPID=""
 cleanup() {
     if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then kill "$SPID"; wait "$SPID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
+    bench_cleanup
 }
 trap cleanup EXIT
 
 NEXT_PORT=${BENCH_BASE_PORT:-21000}
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "server did not listen on $1" >&2
-    return 1
-}
 
 # start_server TARGET: starts it on fresh ports; sets SPID, WS (subscriber address) and PUB
 # (publisher address). Fresh ports for every start keep TIME_WAIT sockets of the previous

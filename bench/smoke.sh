@@ -12,22 +12,13 @@ else
     cargo build --quiet -p datastream && cargo build --quiet -p datastream-bench
 fi
 BIN="$CARGO_TARGET_DIR/$PROFILE"
-WORK="$(mktemp -d)"
-PID=""
-cleanup() {
-    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+source "$ROOT/bench/lib.sh"
+PORT=$(free_port)
 DATASTREAM_LISTEN="127.0.0.1:$PORT" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
     "$BIN/datastream" serve >"$WORK/relay.log" 2>&1 &
 PID=$!
-for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.05
-done
+PIDS+=("$PID")
+wait_port "$PORT"
 
 for target in relay relay-v2; do
     timeout 30 "$BIN/loadgen" run --target "$target" --ws "127.0.0.1:$PORT" --server-pid "$PID" \

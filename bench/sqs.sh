@@ -10,28 +10,7 @@ if ! "$PY" -c 'import moto, boto3' 2>/dev/null; then
     python3 -m venv "$DATASTREAM_TEST_VENV" >&2
     "$DATASTREAM_TEST_VENV/bin/pip" install -q 'moto[server]>=5,<6' 'boto3>=1.34' >&2
 fi
-NICE=(nice -n "${BENCH_NICE:--10}")
-if [ "$(nproc)" -ge 2 ]; then
-    SERVER_CPU=("${NICE[@]}" taskset -c 0) TOOL_CPU=("${NICE[@]}" taskset -c 1)
-else
-    SERVER_CPU=("${NICE[@]}") TOOL_CPU=("${NICE[@]}")
-fi
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
-}
+source "$ROOT/bench/lib.sh"
 
 export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench
 MOTO_PORT=$(free_port)

@@ -1,0 +1,38 @@
+# What the bench scripts share; sourced after scripts/env.sh. Sets:
+#   SERVER_CPU / TOOL_CPU  command prefixes: with 2 or more cores the server runs on core 0 and the
+#                          load tool on core 1; both at nice -10 (BENCH_NICE) so that other work
+#                          on the machine disturbs the figures less
+#   WORK                   a scratch directory, removed at exit
+#   PIDS                   processes to stop at exit (append with PIDS+=("$!"))
+# and defines free_port and wait_port PORT.
+
+NICE=(nice -n "${BENCH_NICE:--10}")
+if [ "$(nproc)" -ge 2 ]; then
+    SERVER_CPU=("${NICE[@]}" taskset -c 0) TOOL_CPU=("${NICE[@]}" taskset -c 1)
+else
+    SERVER_CPU=("${NICE[@]}") TOOL_CPU=("${NICE[@]}")
+fi
+
+WORK="$(mktemp -d)"
+PIDS=()
+bench_cleanup() {
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap bench_cleanup EXIT
+
+# A free TCP port on loopback.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Waits (up to 10 s) until something listens on PORT.
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
