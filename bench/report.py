@@ -87,7 +87,9 @@ def main(path):
         for r in ingest:
             print(f"| {r['label']} | {fmt(r['messages'])} | {r['batch']} | {r['conns']} | {fmt(int(r['messages_per_s']))} | {fmt(r['server_cpu_ms_per_1k'], 1)} |")
         for r in sqs:
-            print(f"| {r['label']} | {fmt(r['messages'])} | 10 (SQS batch) | {r['pollers']} pollers | {fmt(int(r['messages_per_s']))} | {fmt(r['server_cpu_ms_per_1k'], 1)} |")
+            net = r.get("net_cpu_ms_per_1k")
+            cost = fmt(r['server_cpu_ms_per_1k'], 1) + (f" ({fmt(net, 1)} net of idle)" if net is not None else "")
+            print(f"| {r['label']} | {fmt(r['messages'])} | 10 (SQS batch) | {r['pollers']} pollers | {fmt(int(r['messages_per_s']))} | {cost} |")
     client_table(client)
 
 
