@@ -46,5 +46,8 @@ echo
 echo "syscalls during ${SAMPLE}s (divide by deliveries/s x ${SAMPLE} for per-delivery):"
 grep -v '^#' "$WORK/stat.csv" | awk -F, 'NF > 2 && $1 != "" { printf "  %-40s %s\n", $3, $1 }'
 echo
+echo "by object (self time; [kernel.kallsyms] is the kernel's share):"
+perf report -i "$WORK/perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -E '^ +[0-9]' | head -6
+echo
 echo "top symbols (self time):"
 perf report -i "$WORK/perf.data" --stdio --no-children --sort sym 2>/dev/null | grep -E '^ +[0-9]' | head -40
