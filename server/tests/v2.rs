@@ -446,3 +446,59 @@ fn the_session_task_stays_small() {
     ];
     assert!(sizes.iter().all(|&s| s <= 1408), "session futures (v2, legacy): {sizes:?} bytes");
 }
+
+/// Publications that are queued together reach a v2 client packed into one text frame (split on
+/// `\n`), in order; a legacy client still gets exactly one publication per frame.
+#[tokio::test]
+async fn queued_publications_are_packed_for_v2_clients_only() {
+    let server = datastream::Server::bind(config(&[])).await.unwrap();
+    let state = server.state().clone();
+    for legacy in [false, true] {
+        let site = if legacy { "packed-legacy" } else { "packed-v2" };
+        let (to_server, from_client) = mpsc::unbounded_channel();
+        let (to_client, mut from_server) = mpsc::unbounded_channel();
+        let socket = ChanSocket { from_client, to_client };
+        let gauge = state.metrics.connections_v2.clone();
+        let (mut reg, rx) = Registration::new(state.hub.clone(), 1 << 20, gauge, Grant::anonymous(), None);
+        let mut proto = V2::default();
+        if legacy {
+            reg.add(site.into(), None);
+        } else {
+            let req = proto.check_subscribe(&state, &reg.grant, None, site, &[], None, None).unwrap();
+            proto.subscribe(req, &mut reg, &state).await.unwrap();
+        }
+        // Queued before the session runs, so its first write finds all five.
+        for n in 0..5 {
+            let text = format!(r#"{{"site":"{site}","topic":"t","data":{n}}}"#);
+            state.broker.publish(state.validator.parse(&text).unwrap()).await.unwrap();
+        }
+        let task = if legacy {
+            tokio::spawn(session::run(socket, state.clone(), datastream::session::legacy::Legacy, reg, rx, vec![]))
+        } else {
+            tokio::spawn(session::run(socket, state.clone(), proto, reg, rx, vec![]))
+        };
+        let mut frames: Vec<String> = Vec::new();
+        while frames.iter().map(|f| f.split('\n').count()).sum::<usize>() < 5 {
+            match within(from_server.recv()).await.unwrap() {
+                AxMessage::Text(t) => frames.push(t.to_string()),
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+        let data: Vec<Value> = frames
+            .iter()
+            .flat_map(|f| f.split('\n'))
+            .map(|line| serde_json::from_str::<Value>(line).unwrap()["data"].clone())
+            .collect();
+        assert_eq!(data, (0..5).map(|n| json!(n)).collect::<Vec<_>>(), "in order: {frames:?}");
+        if legacy {
+            assert_eq!(frames.len(), 5, "one publication per legacy frame: {frames:?}");
+        } else {
+            assert_eq!(frames.len(), 1, "one packed v2 frame: {frames:?}");
+            let offsets: Vec<Value> =
+                frames[0].split('\n').map(|l| serde_json::from_str::<Value>(l).unwrap()["offset"].clone()).collect();
+            assert_eq!(offsets, (1..=5).map(|n| json!(n)).collect::<Vec<_>>());
+        }
+        drop(to_server);
+        within(task).await.unwrap();
+    }
+}

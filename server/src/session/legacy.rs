@@ -21,6 +21,8 @@ use crate::{AppState, publication::Publication};
 pub struct Legacy;
 
 impl Protocol for Legacy {
+    const PACKS: bool = false;
+
     fn frame(&self, publication: &Publication) -> Option<Utf8Bytes> {
         Some(publication.legacy_frame())
     }

@@ -40,6 +40,10 @@ use crate::{
 /// reading of client frames.
 const MAX_BATCH: usize = 64;
 
+/// Largest text frame that packing builds; a publication is never split, so a larger one still
+/// goes out whole in a frame of its own.
+const MAX_PACKED_BYTES: usize = 64 * 1024;
+
 /// How long to wait for the client to answer our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -52,6 +56,10 @@ impl<T> Socket for T where T: Stream<Item = Result<Message, WsError>> + Sink<Mes
 
 /// The protocol-specific half of a session.
 pub trait Protocol: Send {
+    /// Whether several queued publications may share one text frame, separated by `\n` (v2).
+    /// Legacy clients get exactly one publication per frame.
+    const PACKS: bool;
+
     /// The frame to send for a queued publication, or `None` to skip it.
     fn frame(&self, publication: &Publication) -> Option<Utf8Bytes>;
 
@@ -209,7 +217,7 @@ pub fn run<S: Socket, P: Protocol>(
                     () = sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
                         // Let what was already queued reach the client before the close frame.
                         while let Ok(p) = rx.try_recv() {
-                            if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p)).await.is_err() {
+                            if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, P::PACKS, |p| proto.frame(p)).await.is_err() {
                                 break;
                             }
                         }
@@ -218,7 +226,7 @@ pub fn run<S: Socket, P: Protocol>(
                     Some(p) = rx.recv() => {
                         // A client that stops reading fills its TCP window and blocks the write; it
                         // gets as long as a silent client would before it is cut off.
-                        let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, |p| proto.frame(p));
+                        let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, P::PACKS, |p| proto.frame(p));
                         match tokio::time::timeout(state.config.client_timeout, write).await {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => break End::Gone,
@@ -299,33 +307,84 @@ async fn send_all<S: Socket>(socket: &mut S, frames: Vec<Utf8Bytes>) -> Result<(
 }
 
 /// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]) with one flush.
-/// `frame` picks the bytes to send for each publication, or skips it.
+/// `frame` picks the bytes to send for each publication, or skips it. With `pack`, consecutive
+/// frames share one WebSocket text frame, separated by `\n`, up to [`MAX_PACKED_BYTES`]; a lone
+/// frame goes out as the shared, encoded-once bytes.
 async fn write_batch<S: Socket>(
     socket: &mut S,
     first: Arc<Publication>,
     rx: &mut Inbox,
     outbox: &Outbox,
     metrics: &Metrics,
+    pack: bool,
     frame: impl Fn(&Publication) -> Option<Utf8Bytes>,
 ) -> Result<(), WsError> {
     metrics.delivery_seconds.observe(first.published_at.elapsed().as_secs_f64());
     let mut next = Some(first);
     let mut written = 0u64;
     let mut taken = 0;
+    let mut packer = Packer::default();
     while let Some(publication) = next.take() {
         outbox.taken(&publication);
         taken += 1;
         if let Some(bytes) = frame(&publication) {
-            socket.feed(Message::Text(bytes)).await?;
             written += 1;
+            if pack {
+                if let Some(full) = packer.add(bytes) {
+                    socket.feed(Message::Text(full)).await?;
+                }
+            } else {
+                socket.feed(Message::Text(bytes)).await?;
+            }
         }
         if taken < MAX_BATCH {
             next = rx.try_recv().ok();
         }
     }
+    if let Some(rest) = packer.finish() {
+        socket.feed(Message::Text(rest)).await?;
+    }
     socket.flush().await?;
     metrics.messages_out.inc_by(written);
     Ok(())
+}
+
+/// Joins frames with `\n` into text frames of at most [`MAX_PACKED_BYTES`] (a larger frame stays
+/// whole). Copies only once a second frame joins the first.
+#[derive(Default)]
+struct Packer {
+    first: Option<Utf8Bytes>,
+    joined: String,
+}
+
+impl Packer {
+    /// Adds `frame`; returns a finished text frame when `frame` did not fit in the current one.
+    fn add(&mut self, frame: Utf8Bytes) -> Option<Utf8Bytes> {
+        let len = self.first.as_ref().map_or(self.joined.len(), |f| f.len());
+        if len > 0 && len + 1 + frame.len() > MAX_PACKED_BYTES {
+            let done = self.finish();
+            self.first = Some(frame);
+            return done;
+        }
+        if let Some(first) = self.first.take() {
+            self.joined.reserve(first.len() + 1 + frame.len());
+            self.joined.push_str(first.as_str());
+        } else if self.joined.is_empty() {
+            self.first = Some(frame);
+            return None;
+        }
+        self.joined.push('\n');
+        self.joined.push_str(frame.as_str());
+        None
+    }
+
+    /// The text frame being built, if any.
+    fn finish(&mut self) -> Option<Utf8Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        (!self.joined.is_empty()).then(|| std::mem::take(&mut self.joined).into())
+    }
 }
 
 /// Whether a socket read failed because the client's frame was over the size limit.
@@ -350,4 +409,48 @@ async fn close<S: Socket>(socket: &mut S, code: CloseCode, reason: &'static str)
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Utf8Bytes {
+        Utf8Bytes::from(s.to_owned())
+    }
+
+    #[test]
+    fn a_lone_frame_is_sent_as_the_shared_bytes() {
+        let frame = text("{\"a\":1}");
+        let mut packer = Packer::default();
+        assert!(packer.add(frame.clone()).is_none());
+        let out = packer.finish().expect("a frame");
+        assert_eq!(out.as_str().as_ptr(), frame.as_str().as_ptr(), "not copied");
+        assert!(packer.finish().is_none());
+    }
+
+    #[test]
+    fn frames_are_joined_with_newlines_up_to_the_limit() {
+        let mut packer = Packer::default();
+        for s in ["a", "b", "c"] {
+            assert!(packer.add(text(s)).is_none());
+        }
+        assert_eq!(packer.finish().expect("a frame").as_str(), "a\nb\nc");
+        assert!(packer.finish().is_none());
+
+        // Three frames of 30 KiB: two fit in 64 KiB, the third starts the next frame.
+        let big = "x".repeat(30 * 1024);
+        assert!(packer.add(text(&big)).is_none());
+        assert!(packer.add(text(&big)).is_none());
+        let full = packer.add(text(&big)).expect("the first frame is full");
+        assert_eq!(full.len(), 2 * big.len() + 1);
+        assert_eq!(packer.finish().expect("the rest").len(), big.len());
+
+        // A frame over the limit goes out whole, alone.
+        let huge = "y".repeat(MAX_PACKED_BYTES + 1);
+        assert!(packer.add(text("small")).is_none());
+        assert_eq!(packer.add(text(&huge)).expect("flushes the small one").as_str(), "small");
+        assert_eq!(packer.add(text("after")).expect("flushes the huge one").len(), huge.len());
+        assert_eq!(packer.finish().expect("the last").as_str(), "after");
+    }
 }

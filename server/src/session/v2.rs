@@ -162,6 +162,8 @@ impl V2 {
 }
 
 impl Protocol for V2 {
+    const PACKS: bool = true;
+
     fn frame(&self, publication: &Publication) -> Option<Utf8Bytes> {
         let site = self.sites.get(&publication.site)?;
         if publication.position.epoch == site.epoch && publication.position.offset < site.next {
