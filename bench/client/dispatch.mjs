@@ -1,12 +1,22 @@
 // Dispatch throughput of the browser SDK (messages/s reaching `on` callbacks) next to a plain
 // WebSocket + JSON.parse handler on the same v2 stream, in headless Chromium; and the package's
-// bundle size. Prints one JSON line. Each handler gets the same messages (two rounds, the better
-// kept); besides the wall-clock rate, the main thread's script and task time (Chrome's
-// Performance metrics) give the handler's own cost, whatever the relay and network add.
+// bundle size. Prints one JSON line. Each handler gets the same messages (several rounds, each
+// measure's best kept); besides the wall-clock rate, the main thread's script and task time and its CPU
+// time (Chrome's Performance metrics) give the handler's own cost, whatever the relay and network
+// add.
 //
-//   node bench/client/dispatch.mjs --relay-bin <datastream> [--messages 50000]
+//   node bench/client/dispatch.mjs --relay-bin <datastream> [--messages 50000] [--rounds 5] [--profile <prefix>]
+//
+// --rounds: rounds per handler (default 5). The handlers take turns, each round on a fresh page
+// and site, after a pause that lets the previous page's teardown finish: without it, the second
+// of two rounds of the same handler measured up to 30 % slower than the first.
+//
+// --profile <prefix>: also records a CPU profile (Chrome's sampling profiler) of each handler's
+// last round into <prefix>-plain.cpuprofile and <prefix>-sdk.cpuprofile (they open in Chrome
+// DevTools) and prints the heaviest functions by self time. Profiling slows both handlers down:
+// read the ratios of a run without it.
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +29,26 @@ const args = process.argv.slice(2);
 const opt = (n, d) => { const i = args.indexOf(n); return i >= 0 ? args[i + 1] : d; };
 const relayBin = opt('--relay-bin');
 const messages = Number(opt('--messages', '50000'));
+const profilePrefix = opt('--profile');
+const rounds = Number(opt('--rounds', '5'));
 const batch = 500;
+
+/** The functions with the most self time in a CDP profile, per message, on stderr. */
+function printProfile(kind, profile, count) {
+  const dt = new Map(profile.nodes.map((n) => [n.id, 0]));
+  for (let i = 0; i < profile.samples.length; i++) dt.set(profile.samples[i], dt.get(profile.samples[i]) + (profile.timeDeltas[i] ?? 0));
+  const self = new Map();
+  for (const n of profile.nodes) {
+    const { functionName, url, lineNumber } = n.callFrame;
+    const key = `${functionName || '(anonymous)'} ${url ? path.basename(url) : ''}:${lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + dt.get(n.id));
+  }
+  const total = [...self.values()].reduce((a, b) => a + b, 0);
+  process.stderr.write(`profile of ${kind}: ${(total / 1000).toFixed(0)} ms sampled, heaviest by self time (µs per message):\n`);
+  for (const [key, us] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 25)) {
+    process.stderr.write(`  ${(us / count).toFixed(2).padStart(7)}  ${(100 * us / total).toFixed(1).padStart(5)} %  ${key}\n`);
+  }
+}
 
 const freePort = () => new Promise((resolve) => {
   const s = http.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
@@ -64,7 +93,12 @@ try {
     }
   }
   const result = {};
-  for (const [kind, site] of [['plain', 'p1'], ['sdk', 'w1'], ['plain', 'p2'], ['sdk', 'w2']]) {
+  const runs = [];
+  for (let r = 1; r <= rounds; r++) {
+    const pair = [['plain', `p${r}`], ['sdk', `w${r}`]];
+    runs.push(...(r % 2 ? pair : pair.reverse()));
+  }
+  for (const [kind, site] of runs) {
     const page = await browser.newPage();
     page.on('console', (m) => process.stderr.write(`[page] ${m.text()}\n`));
     page.on('pageerror', (e) => process.stderr.write(`[page error] ${e}\n`));
@@ -78,8 +112,16 @@ try {
     const metric = async () => {
       const { metrics } = await cdp.send('Performance.getMetrics');
       const get = (name) => metrics.find((m) => m.name === name)?.value ?? 0;
-      return { script: get('ScriptDuration'), task: get('TaskDuration') };
+      // Script and task durations are wall time spent in them; ThreadTime is the main thread's
+      // CPU time, which other processes taking the core do not inflate.
+      return { script: get('ScriptDuration'), task: get('TaskDuration'), cpu: get('ThreadTime') };
     };
+    const profiling = profilePrefix && site.slice(1) === String(rounds);
+    if (profiling) {
+      await cdp.send('Profiler.enable');
+      await cdp.send('Profiler.setSamplingInterval', { interval: 100 });
+      await cdp.send('Profiler.start');
+    }
     const before = await metric();
     await publish(site, messages);
     process.stderr.write(`published ${messages}\n`);
@@ -89,28 +131,42 @@ try {
     const { count, ms } = await page.evaluate(() => window.bench.wait());
     clearTimeout(timeout);
     const after = await metric();
+    if (profiling) {
+      const { profile } = await cdp.send('Profiler.stop');
+      writeFileSync(`${profilePrefix}-${kind}.cpuprofile`, JSON.stringify(profile));
+      printProfile(kind, profile, count);
+    }
     const rate = Math.round(count / (ms / 1000));
     const script = after.script - before.script;
     const task = after.task - before.task;
-    // Keep the better of two rounds per handler (the first warms the JIT and the wasm).
-    const perScript = Math.round(count / script);
-    if (!result[kind] || perScript > result[kind].messages_per_script_s) {
-      result[kind] = {
-        messages: count, ms: Math.round(ms), messages_per_s: rate,
-        script_s: +script.toFixed(3), task_s: +task.toFixed(3),
-        messages_per_script_s: perScript, messages_per_task_s: Math.round(count / task),
-      };
-    }
+    const cpu = after.cpu - before.cpu;
+    process.stderr.write(`${kind} ${site}: script ${script.toFixed(3)} s, task ${task.toFixed(3)} s, cpu ${cpu.toFixed(3)} s, wall ${Math.round(ms)} ms\n`);
+    // Keep each measure's best round per handler (the first warms the JIT and the wasm).
+    const best = result[kind];
+    const min = (a, b) => (best ? Math.min(a, b) : b);
+    result[kind] = {
+      messages: count, ms: Math.round(min(best?.ms, ms)), messages_per_s: Math.max(best?.messages_per_s ?? 0, rate),
+      script_s: +min(best?.script_s, script).toFixed(3), task_s: +min(best?.task_s, task).toFixed(3),
+      cpu_s: +min(best?.cpu_s, cpu).toFixed(3),
+    };
+    result[kind].messages_per_script_s = Math.round(count / result[kind].script_s);
+    result[kind].messages_per_task_s = Math.round(count / result[kind].task_s);
     await page.evaluate(() => window.bench.close());
     await page.close();
+    await new Promise((r) => setTimeout(r, 2000));
   }
   const size = (f) => { const b = readFileSync(path.join(root, 'npm', f)); return { raw: b.length, gzip: gzipSync(b, { level: 9 }).length }; };
-  const bundle = Object.fromEntries(['wasm/datastream_bg.wasm', 'wasm/datastream.js', 'index.js'].map((f) => [f, size(f)]));
+  const snippetDir = path.join(root, 'npm/wasm/snippets');
+  const snippets = existsSync(snippetDir)
+    ? readdirSync(snippetDir, { recursive: true }).filter((f) => f.endsWith('.js')).map((f) => path.join('wasm/snippets', f))
+    : [];
+  const bundle = Object.fromEntries(['wasm/datastream_bg.wasm', 'wasm/datastream.js', ...snippets, 'index.js'].map((f) => [f, size(f)]));
   console.log(JSON.stringify({
     kind: 'client', messages, plain: result.plain, sdk: result.sdk,
     // How many times more main-thread time the SDK needs per message than the plain handler.
     sdk_vs_plain_task: +(result.sdk.task_s / result.plain.task_s).toFixed(2),
     sdk_vs_plain_script: +(result.sdk.script_s / result.plain.script_s).toFixed(2),
+    sdk_vs_plain_cpu: +(result.sdk.cpu_s / result.plain.cpu_s).toFixed(2),
     sdk_vs_plain_wall: +(result.plain.messages_per_s / result.sdk.messages_per_s).toFixed(2), bundle,
     bundle_gzip_total: Object.values(bundle).reduce((a, b) => a + b.gzip, 0),
   }));
