@@ -79,11 +79,13 @@ pub struct Callbacks<F> {
     listeners: Vec<Listener<F>>,
     hooks: Vec<(ListenerId, HookKind, F)>,
     next_id: ListenerId,
+    /// Changes whenever the listeners do.
+    version: u32,
 }
 
 impl<F> Default for Callbacks<F> {
     fn default() -> Self {
-        Callbacks { listeners: Vec::new(), hooks: Vec::new(), next_id: 1 }
+        Callbacks { listeners: Vec::new(), hooks: Vec::new(), next_id: 1, version: 0 }
     }
 }
 
@@ -98,6 +100,7 @@ impl<F: Clone + PartialEq> Callbacks<F> {
     pub fn add(&mut self, topic: TopicSelector, site: Option<String>, callback: F) -> ListenerId {
         let id = self.next_id();
         self.listeners.push(Listener { id, topic, site, callback });
+        self.changed();
         id
     }
 
@@ -110,10 +113,13 @@ impl<F: Clone + PartialEq> Callbacks<F> {
 
     /// Removes the listener or hook `id`; false if there was none.
     pub fn remove(&mut self, id: ListenerId) -> bool {
-        let before = self.listeners.len() + self.hooks.len();
+        let (listeners, hooks) = (self.listeners.len(), self.hooks.len());
         self.listeners.retain(|l| l.id != id);
         self.hooks.retain(|h| h.0 != id);
-        before != self.listeners.len() + self.hooks.len()
+        if listeners != self.listeners.len() {
+            self.changed();
+        }
+        listeners != self.listeners.len() || hooks != self.hooks.len()
     }
 
     /// Removes every listener of `callback` registered for exactly `topic`, whatever its site;
@@ -121,7 +127,22 @@ impl<F: Clone + PartialEq> Callbacks<F> {
     pub fn remove_callback(&mut self, topic: &TopicSelector, callback: &F) -> usize {
         let before = self.listeners.len();
         self.listeners.retain(|l| !(&l.topic == topic && &l.callback == callback));
-        before - self.listeners.len()
+        let removed = before - self.listeners.len();
+        if removed > 0 {
+            self.changed();
+        }
+        removed
+    }
+
+    /// A number that changes whenever a listener is added or removed: what [`Callbacks::matching`]
+    /// returned stays valid for as long as it does not (31 bits, so it is exact in any number
+    /// type).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn changed(&mut self) {
+        self.version = self.version.wrapping_add(1) & 0x7fff_ffff;
     }
 
     /// The callbacks for a publication, in registration order.
@@ -223,5 +244,38 @@ mod tests {
         c.remove(star);
         assert_eq!(c.filter_for("saf").into_topics(), vec!["weather".to_owned()]);
         assert!(TopicFilter::All.into_topics().is_empty());
+    }
+
+    #[test]
+    fn version_changes_with_every_listener_change_only() {
+        let mut c = Callbacks::default();
+        let mut seen = vec![c.version()];
+        let mut changed = |c: &Callbacks<char>| {
+            let v = c.version();
+            let fresh = !seen.contains(&v);
+            seen.push(v);
+            fresh
+        };
+        let a = c.add(named("weather"), None, 'a');
+        assert!(changed(&c), "added");
+        c.add(named("weather"), None, 'b');
+        assert!(changed(&c), "added");
+        let h = c.add_hook(HookKind::State, 'h');
+        assert!(!changed(&c), "hooks do not concern publications");
+        assert!(c.remove(h));
+        assert!(!changed(&c), "nor does removing one");
+        assert_eq!(c.remove_callback(&named("jobs"), &'a'), 0);
+        assert!(!changed(&c), "nothing removed");
+        assert!(!c.remove(999));
+        assert!(!changed(&c), "nothing removed");
+        c.matching("mrc", "weather");
+        assert!(!changed(&c), "reading changes nothing");
+        assert_eq!(c.remove_callback(&named("weather"), &'b'), 1);
+        assert!(changed(&c), "removed by callback");
+        assert!(c.remove(a));
+        assert!(changed(&c), "removed by id");
+        c.version = 0x7fff_ffff;
+        c.add(TopicSelector::Any, None, 'c');
+        assert_eq!(c.version(), 0, "wraps within 31 bits");
     }
 }

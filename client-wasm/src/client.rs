@@ -1,16 +1,20 @@
 //! The client's logic, free of I/O: events go in (the app's calls, socket events, timers, the
 //! browser's `online` and visibility events), [`Action`]s come out (open, send, close, arm a
-//! timer, call these callbacks). The browser layer (`web`) only carries actions out, which keeps
+//! timer, call these hooks). The browser layer (`web`) only carries actions out, which keeps
 //! every decision here, where native tests drive it step by step with a fake clock.
 //!
-//! `F` is a callback (a JavaScript function in the browser), `D` a publication's data.
+//! Publications are the exception, for speed: the browser reads them itself and asks
+//! [`Client::accept`] whether each is new and wanted, and [`Client::listeners`] whose callbacks
+//! get it; the client keeps the positions and deduplicates as for any other frame.
+//!
+//! `F` is a callback (a JavaScript function in the browser), `D` a value thrown by one.
 
 use datastream_protocol::close::should_reconnect;
 use datastream_protocol::v2::{ClientFrame, SUBPROTOCOL};
 
 use crate::callbacks::{Callbacks, HookKind, ListenerId, TopicSelector};
 use crate::config::{Config, ConfigError, Protocol, duration_ms};
-use crate::inbound::{Inbound, Publication};
+use crate::inbound::Inbound;
 use crate::link::{Link, LinkId, Phase, TimerKind};
 use crate::state::State;
 use crate::subscriptions::{RecoveryFailure, Subscriptions};
@@ -59,14 +63,6 @@ pub enum Action<F, D> {
         link: LinkId,
         /// Which timer.
         kind: TimerKind,
-    },
-    /// Hand a publication to these callbacks, in order; report any that throws with
-    /// [`Client::callback_failed`].
-    Deliver {
-        /// The callbacks.
-        callbacks: Vec<F>,
-        /// The publication.
-        publication: Publication<D>,
     },
     /// Tell these hooks about an event.
     Notify {
@@ -352,8 +348,8 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         }
     }
 
-    /// A frame arrived on `link`.
-    pub fn received(&mut self, link: LinkId, frame: Inbound<D>, now: f64) {
+    /// A frame other than a publication arrived on `link`.
+    pub fn received(&mut self, link: LinkId, frame: Inbound, now: f64) {
         let grace = self.grace_ms();
         let Some(l) = self.link_mut(link) else { return };
         l.last_heard = now;
@@ -378,7 +374,6 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                     self.notify(HookKind::RecoveryFailed, Event::RecoveryFailed(failure));
                 }
             }
-            Inbound::Pub(p) => self.publication(link, p),
             Inbound::Ping => self.out.push(Action::Send { link, text: encode(&ClientFrame::Pong) }),
             Inbound::Pong | Inbound::Unsubscribed | Inbound::Other => {}
             Inbound::Error { id, code, message } => {
@@ -387,6 +382,29 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
             }
         }
         self.report_ready();
+    }
+
+    /// A publication of `site` at `position` (`(epoch, offset)`; `None` in the legacy protocol)
+    /// arrived on `link`: records it and returns whether it is new and wanted, i.e. is to be
+    /// handed to the callbacks of [`Client::listeners`], in order (a callback that throws is
+    /// reported with [`Client::callback_failed`]). Like any frame, it shows the link is alive.
+    /// Decides no action.
+    pub fn accept(&mut self, link: LinkId, site: &str, position: Option<(&str, u64)>, now: f64) -> bool {
+        let Some(l) = self.link_mut(link) else { return false };
+        l.last_heard = now;
+        l.probe_sent = None;
+        self.wanted(link, site, position)
+    }
+
+    /// The callbacks for a publication of `site` on `topic`, in registration order.
+    pub fn listeners(&self, site: &str, topic: &str) -> Vec<F> {
+        self.callbacks.matching(site, topic)
+    }
+
+    /// Changes whenever a listener is added or removed: what [`Client::listeners`] returned stays
+    /// valid for as long as it does not.
+    pub fn listeners_version(&self) -> u32 {
+        self.callbacks.version()
     }
 
     /// A frame on `link` could not be decoded.
@@ -547,23 +565,16 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         }
     }
 
-    fn publication(&mut self, link: LinkId, p: Publication<D>) {
-        let wanted = match self.config.protocol {
-            Protocol::V2 => match &p.position {
-                Some((epoch, offset)) => self.subs.accept(&p.site, epoch, *offset),
-                None => self.subs.contains(&p.site),
+    /// Whether a publication of `site` at `position` that arrived on `link` is new and wanted;
+    /// records it.
+    fn wanted(&mut self, link: LinkId, site: &str, position: Option<(&str, u64)>) -> bool {
+        match self.config.protocol {
+            Protocol::V2 => match position {
+                Some((epoch, offset)) => self.subs.accept(site, epoch, offset),
+                None => self.subs.contains(site),
             },
             // A socket moved to another site may still deliver a few of the old site's frames.
-            Protocol::Legacy => {
-                self.links.iter().any(|l| l.id == link && !l.spare && l.site.as_deref() == Some(p.site.as_str()))
-            }
-        };
-        if !wanted {
-            return;
-        }
-        let callbacks = self.callbacks.matching(&p.site, &p.topic);
-        if !callbacks.is_empty() {
-            self.out.push(Action::Deliver { callbacks, publication: p });
+            Protocol::Legacy => self.links.iter().any(|l| l.id == link && !l.spare && l.site.as_deref() == Some(site)),
         }
     }
 

@@ -31,14 +31,49 @@ fn started(config: Config) -> (C, Vec<A>) {
     (c, a)
 }
 
-fn frame(c: &mut C, text: &str, now: f64) -> Vec<A> {
-    for f in ServerFrame::parse_packed(text) {
-        c.received(1, Inbound::from_server_frame(f.unwrap()), now);
-    }
-    c.take_actions()
+/// A delivery: site, offset, callbacks.
+type Delivery = (String, u64, Vec<&'static str>);
+
+/// What the client decided about some frames: its actions, and the publications it accepted,
+/// with the callbacks to hand each to (what the browser's dispatcher then does).
+#[derive(Debug)]
+struct Out {
+    actions: Vec<A>,
+    delivered: Vec<Delivery>,
 }
 
-fn hello(c: &mut C, now: f64) -> Vec<A> {
+impl std::ops::Deref for Out {
+    type Target = Vec<A>;
+    fn deref(&self) -> &Vec<A> {
+        &self.actions
+    }
+}
+
+/// Hands the frames of `text` to the client as the browser does: publications to
+/// [`Client::accept`] and [`Client::listeners`], everything else to [`Client::received`].
+fn frame(c: &mut C, text: &str, now: f64) -> Out {
+    let (mut actions, mut delivered) = (Vec::new(), Vec::new());
+    for f in ServerFrame::parse_packed(text) {
+        match f.unwrap() {
+            ServerFrame::Pub(p) => {
+                actions.extend(c.take_actions());
+                let accepted = c.accept(1, &p.site, Some((&p.epoch, p.offset)), now);
+                assert!(c.take_actions().is_empty(), "accept decides no action");
+                if accepted {
+                    let callbacks = c.listeners(&p.site, &p.topic);
+                    if !callbacks.is_empty() {
+                        delivered.push((p.site.clone(), p.offset, callbacks));
+                    }
+                }
+            }
+            other => c.received(1, Inbound::from_server_frame(other).unwrap(), now),
+        }
+    }
+    actions.extend(c.take_actions());
+    Out { actions, delivered }
+}
+
+fn hello(c: &mut C, now: f64) -> Out {
     c.opened(1, now);
     frame(c, r#"{"type":"hello","version":2,"ping_interval_ms":25000,"max_subscriptions":100}"#, now)
 }
@@ -74,16 +109,8 @@ fn states(actions: &[A]) -> Vec<State> {
 }
 
 /// Offsets delivered, with the callbacks each went to.
-fn delivered(actions: &[A]) -> Vec<(String, u64, Vec<&'static str>)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Deliver { callbacks, publication } => {
-                Some((publication.site.clone(), publication.position.as_ref().map_or(0, |p| p.1), callbacks.clone()))
-            }
-            _ => None,
-        })
-        .collect()
+fn delivered(out: &Out) -> Vec<Delivery> {
+    out.delivered.clone()
 }
 
 fn has_event(actions: &[A], want: &Event<String>) -> bool {
@@ -376,11 +403,11 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
     let a = c.take_actions();
     assert_eq!(states(&a), vec![State::Connected]);
     assert!(has_event(&a, &Event::Ready));
-    let bare = |site: &str| {
-        Inbound::Pub(Publication { site: site.into(), topic: "weather".into(), position: None, data: "{}".to_string() })
+    // A bare legacy publication on `link`: the callbacks it goes to.
+    let bare = |c: &mut C, link: LinkId, site: &str| {
+        if c.accept(link, site, None, 2.0) { c.listeners(site, "weather") } else { Vec::new() }
     };
-    c.received(2, bare("mrc2"), 2.0);
-    assert_eq!(delivered(&c.take_actions()), vec![("mrc2".into(), 0, vec!["w"])]);
+    assert_eq!(bare(&mut c, 2, "mrc2"), vec!["w"]);
 
     // Switch mrc → saf: the released socket is reused with updatesubscribersite.
     c.unsubscribe("mrc");
@@ -388,10 +415,9 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
     let a = c.take_actions();
     assert!(!a.iter().any(|a| matches!(a, Action::Open { .. })));
     assert_eq!(sends(&a), vec![serde_json::json!({"action":"updatesubscribersite","site":"saf"})]);
-    c.received(1, bare("mrc"), 4.0);
-    assert!(delivered(&c.take_actions()).is_empty(), "a late frame of the old site");
-    c.received(1, bare("saf"), 4.0);
-    assert_eq!(delivered(&c.take_actions()).len(), 1);
+    assert!(bare(&mut c, 1, "mrc").is_empty(), "a late frame of the old site");
+    assert_eq!(bare(&mut c, 1, "saf"), vec!["w"]);
+    assert!(c.take_actions().is_empty());
     c.timer(1, TimerKind::Release, 4.0);
     assert!(!c.take_actions().iter().any(|a| matches!(a, Action::Close { .. })), "reused: kept");
 
@@ -483,4 +509,56 @@ fn error_messages_are_the_display_text() {
     for e in errors {
         assert_eq!(e.message(), e.to_string());
     }
+}
+
+#[test]
+fn accept_is_a_sign_of_life_and_follows_the_legacy_links_site() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 0.0);
+    frame(&mut c, &subscribed("mrc", 1, "e", 0, None, 0), 0.0);
+    c.online(100.0);
+    assert_eq!(sends(&c.take_actions()), vec![serde_json::json!({"type":"ping"})]);
+    assert!(c.accept(1, "mrc", Some(("e", 1)), 200.0));
+    c.timer(1, TimerKind::Heartbeat, 10_100.0);
+    assert!(
+        matches!(c.take_actions()[..], [Action::SetTimer { kind: TimerKind::Heartbeat, .. }]),
+        "a publication answers the probe"
+    );
+    c.timer(1, TimerKind::Heartbeat, 35_199.0);
+    assert!(!c.take_actions().iter().any(|a| matches!(a, Action::Close { .. })), "heard at 200");
+    c.timer(1, TimerKind::Heartbeat, 35_200.0);
+    assert_eq!(c.take_actions()[0], Action::Close { link: 1, code: 1000, reason: "heartbeat timeout" });
+
+    let mut cfg = config(&["mrc"]);
+    cfg.protocol = Protocol::Legacy;
+    let (mut c, _) = started(cfg);
+    c.opened(1, 1.0);
+    assert!(c.accept(1, "mrc", None, 2.0));
+    assert!(c.accept(1, "mrc", None, 2.0), "no offsets in legacy: no deduplication");
+    assert!(!c.accept(1, "saf", None, 2.0), "another site's frame");
+    c.unsubscribe("mrc");
+    assert!(!c.accept(1, "mrc", None, 3.0), "released");
+}
+
+#[test]
+fn listeners_and_their_version() {
+    let (mut c, _) = started(config(&["mrc"]));
+    let v0 = c.listeners_version();
+    let w = c.on("weather", None, "w").unwrap();
+    let v1 = c.listeners_version();
+    assert_ne!(v0, v1);
+    c.on("*", Some("mrc"), "m").unwrap();
+    assert_eq!(c.listeners("mrc", "weather"), vec!["w", "m"]);
+    assert_eq!(c.listeners("saf", "weather"), vec!["w"]);
+    assert_eq!(c.listeners("saf", "jobs"), Vec::<&str>::new());
+    let v2 = c.listeners_version();
+    c.hook(HookKind::State, "s");
+    c.subscribe("saf", None, 0.0).unwrap();
+    assert_eq!(c.listeners_version(), v2, "only listeners count");
+    c.off_id(w);
+    assert_ne!(c.listeners_version(), v2);
+    let v3 = c.listeners_version();
+    c.off("*", &"m");
+    assert_ne!(c.listeners_version(), v3);
+    assert!(c.listeners("mrc", "weather").is_empty());
 }

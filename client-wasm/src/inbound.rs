@@ -1,17 +1,17 @@
-//! What the client receives, decoded: the server frames of [`datastream_protocol::v2`] and the
-//! legacy publication frame, with the publisher's `data` kept in whatever form the caller uses.
+//! What the client receives, decoded: the server frames of [`datastream_protocol::v2`] other than
+//! publications, and the relay's error frame in the legacy protocol.
 //!
-//! In the browser `data` is the JavaScript value `JSON.parse` produced for the whole frame, handed
-//! to callbacks as is (parsing the frames with serde_json there would parse every payload twice
-//! and add the deserializer to the bundle). Natively, [`Inbound::from_server_frame`] turns the
-//! protocol crate's own [`ServerFrame`] into this form, which is how the tests drive the client
-//! with exactly what the relay encodes.
+//! Publications are not decoded into Rust at all: the browser reads them in JavaScript and asks
+//! [`Client::accept`](crate::client::Client::accept) about each (see `web/dispatch.rs`), so their
+//! data never crosses into WebAssembly. Natively, [`Inbound::from_server_frame`] turns the protocol
+//! crate's own [`ServerFrame`] into this form, which is how the tests drive the client with
+//! exactly what the relay encodes.
 
 use datastream_protocol::v2::ServerFrame;
 
-/// One frame from the server.
+/// One frame from the server, other than a publication.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Inbound<D> {
+pub enum Inbound {
     /// v2: the connection is accepted.
     Hello {
         /// The server's ping interval.
@@ -34,8 +34,6 @@ pub enum Inbound<D> {
     },
     /// v2: a subscription was removed.
     Unsubscribed,
-    /// A publication. Legacy frames have no position.
-    Pub(Publication<D>),
     /// v2 heartbeat; answer with pong.
     Ping,
     /// v2: the answer to a client ping.
@@ -53,39 +51,23 @@ pub enum Inbound<D> {
     },
 }
 
-/// A publication and where it sits in its site's stream.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Publication<D> {
-    /// The site.
-    pub site: String,
-    /// The topic.
-    pub topic: String,
-    /// `(epoch, offset)`; `None` in the legacy protocol.
-    pub position: Option<(String, u64)>,
-    /// The publisher's data.
-    pub data: D,
-}
-
-impl Inbound<String> {
-    /// The protocol crate's frame, with `data` as its JSON text.
-    pub fn from_server_frame(frame: ServerFrame) -> Self {
-        match frame {
+impl Inbound {
+    /// The protocol crate's frame; `None` for a publication (for [`Client::accept`]).
+    ///
+    /// [`Client::accept`]: crate::client::Client::accept
+    pub fn from_server_frame(frame: ServerFrame) -> Option<Self> {
+        Some(match frame {
             ServerFrame::Hello { ping_interval_ms, .. } => Inbound::Hello { ping_interval_ms },
             ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed } => {
                 Inbound::Subscribed { id, site, epoch, offset, recovered, replayed }
             }
             ServerFrame::Unsubscribed { .. } => Inbound::Unsubscribed,
-            ServerFrame::Pub(p) => Inbound::Pub(Publication {
-                site: p.site,
-                topic: p.topic,
-                position: Some((p.epoch, p.offset)),
-                data: p.data.get().to_owned(),
-            }),
+            ServerFrame::Pub(_) => return None,
             ServerFrame::Ping => Inbound::Ping,
             ServerFrame::Pong => Inbound::Pong,
             ServerFrame::Error { id, code, message } => Inbound::Error { id, code: code.as_str().to_owned(), message },
             _ => Inbound::Other,
-        }
+        })
     }
 }
 
@@ -102,19 +84,11 @@ mod tests {
         let data = RawValue::from_string(r#"{"t":1.50}"#.into()).unwrap();
         let text = encode_pub("mrc", "weather", "ep", 4, &data);
         let frame = ServerFrame::parse(&text).unwrap();
-        assert_eq!(
-            Inbound::from_server_frame(frame),
-            Inbound::Pub(Publication {
-                site: "mrc".into(),
-                topic: "weather".into(),
-                position: Some(("ep".into(), 4)),
-                data: r#"{"t":1.50}"#.into(),
-            })
-        );
+        assert_eq!(Inbound::from_server_frame(frame), None, "publications go to Client::accept");
         let e = ServerFrame::Error { id: Some(2), code: ErrorCode::InvalidSite, message: "m".into() };
         assert_eq!(
             Inbound::from_server_frame(e),
-            Inbound::Error { id: Some(2), code: "invalid_site".into(), message: "m".into() }
+            Some(Inbound::Error { id: Some(2), code: "invalid_site".into(), message: "m".into() })
         );
     }
 }

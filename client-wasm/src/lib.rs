@@ -12,12 +12,15 @@
 //! - [`callbacks`]: the app's listeners and event hooks; the topic filter they imply.
 //! - [`subscriptions`]: the wanted sites and their subscribe frames, kept across reconnects.
 //! - [`stream`]: per-site positions and deduplication by offset.
-//! - [`inbound`]: decoded server frames.
+//! - [`inbound`]: decoded server frames, other than publications.
 //! - [`wire`]: client frames encoded as JSON text.
-//! - [`client`]: the state machine tying these together: events in, actions out.
+//! - [`client`]: the state machine tying these together: events in, actions out; and, for
+//!   publications, whether each is new and wanted and whose callbacks get it.
 //!
 //! In the browser only (`wasm32`), the `web` module carries the actions out: the socket, timers,
-//! the `online` and visibility listeners, frame decoding, and the JavaScript-facing class.
+//! the `online` and visibility listeners, frame decoding, and the JavaScript-facing class. Its
+//! dispatcher, in JavaScript, reads the frames and calls the publication callbacks, asking the
+//! client about each publication with numbers only: the hot path stays out of WebAssembly memory.
 //!
 //! Reconnect delays come from [`datastream_protocol::backoff::Backoff`], shared with the relay.
 

@@ -155,6 +155,11 @@ impl Probe {
 
     /// Records every publication `topic` (on `site` only if given) delivers.
     fn listen(&mut self, topic: &str, site: Option<&str>) -> Rc<RefCell<Vec<Got>>> {
+        self.listen_id(topic, site).0
+    }
+
+    /// [`Probe::listen`], with the listener's id.
+    fn listen_id(&mut self, topic: &str, site: Option<&str>) -> (Rc<RefCell<Vec<Got>>>, u32) {
         let got = Rc::new(RefCell::new(Vec::new()));
         let log = got.clone();
         let f = self.keep(move |data, meta| {
@@ -166,8 +171,8 @@ impl Probe {
                 data: JSON::stringify(&data).unwrap().into(),
             })
         });
-        self.core.on(topic, f, site.map(str::to_owned)).unwrap();
-        got
+        let id = self.core.on(topic, f, site.map(str::to_owned)).unwrap();
+        (got, id)
     }
 
     fn state(&self) -> String {
@@ -376,6 +381,55 @@ async fn a_throwing_callback_is_isolated_and_reported() {
     let thrown = Reflect::get(&e, &"error".into()).unwrap();
     assert_eq!(get_str(&thrown, "message").as_deref(), Some("boom 2"));
     assert_eq!(p.state(), "connected");
+}
+
+#[wasm_bindgen_test]
+async fn listeners_added_and_removed_while_publications_flow() {
+    let _serial = Serial::acquire().await;
+    let mut p = Probe::new(serde_json::json!({"url": relay_url(), "sites": [site("b-flow")]}));
+    let (first, first_id) = p.listen_id("t", None);
+    p.ready().await;
+    publish(&site("b-flow"), "t", serde_json::json!(1)).await;
+    wait_until("the first publication", 5_000, || first.borrow().len() == 1).await;
+    // Added once publications flow: it gets the next ones.
+    let second = p.listen("t", None);
+    publish(&site("b-flow"), "t", serde_json::json!(2)).await;
+    wait_until("both listeners", 5_000, || first.borrow().len() == 2 && second.borrow().len() == 1).await;
+    // Removed: no longer called; the other still is.
+    p.core.off_id(first_id);
+    publish(&site("b-flow"), "t", serde_json::json!(3)).await;
+    wait_until("the third publication", 5_000, || second.borrow().len() == 2).await;
+    sleep(100).await;
+    assert_eq!(offsets(&first), vec![1, 2]);
+    assert_eq!(offsets(&second), vec![2, 3]);
+}
+
+#[wasm_bindgen_test]
+async fn a_callback_that_closes_the_client_ends_the_dispatch() {
+    let _serial = Serial::acquire().await;
+    let options =
+        JSON::parse(&serde_json::json!({"url": relay_url(), "sites": [site("b-cbclose")]}).to_string()).unwrap();
+    let core = Rc::new(DatastreamCore::new(options).unwrap());
+    let calls = Rc::new(RefCell::new(Vec::<&str>::new()));
+    let (c1, c2, closing) = (calls.clone(), calls.clone(), core.clone());
+    let closer = Closure::<dyn FnMut(JsValue, JsValue)>::new(move |_, _| {
+        c1.borrow_mut().push("closer");
+        closing.close();
+    });
+    let after = Closure::<dyn FnMut(JsValue, JsValue)>::new(move |_, _| c2.borrow_mut().push("after"));
+    core.on("t", closer.as_ref().unchecked_ref::<Function>().clone(), None).unwrap();
+    core.on("t", after.as_ref().unchecked_ref::<Function>().clone(), None).unwrap();
+    wait_until("ready", 10_000, || core.is_ready()).await;
+    publish(&site("b-cbclose"), "t", serde_json::json!(1)).await;
+    wait_until("the closing callback", 5_000, || !calls.borrow().is_empty()).await;
+    publish(&site("b-cbclose"), "t", serde_json::json!(2)).await;
+    sleep(300).await;
+    assert_eq!(
+        *calls.borrow(),
+        vec!["closer"],
+        "nothing after the close, not even the same publication's next callback"
+    );
+    assert_eq!(get_str(&core.state(), "type").as_deref(), Some("closed"));
 }
 
 #[wasm_bindgen_test]

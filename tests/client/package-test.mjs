@@ -48,6 +48,12 @@ check(
   ['index.d.ts', 'index.js', 'package.json', 'wasm/datastream.js', 'wasm/datastream_bg.wasm'].every((f) => packedFiles.includes(f)),
   'the tarball holds the wrapper, its types, the glue and the wasm',
 );
+// The glue imports the crate's own JavaScript (the dispatcher) from wasm/snippets/.
+const glueImports = [...readFileSync(path.join(root, 'npm/wasm/datastream.js'), 'utf8').matchAll(/from '\.\/(snippets\/[^']+)'/g)].map((m) => `wasm/${m[1]}`);
+check(
+  glueImports.length > 0 && glueImports.every((f) => packedFiles.includes(f)),
+  `the tarball holds the modules the glue imports (${glueImports.join(', ')})`,
+);
 
 const app = path.join(out, 'app');
 mkdirSync(path.join(app, 'src'), { recursive: true });

@@ -1,15 +1,13 @@
-//! Values crossing the JavaScript boundary: the options object in; states, events and publication
-//! metadata out, as plain objects shaped like the TypeScript types the package ships.
+//! Values crossing the JavaScript boundary: the options object in; states and events out, as plain
+//! objects shaped like the TypeScript types the package ships.
 
 use std::time::Duration;
 
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
-use super::keys::Keys;
 use crate::client::{ClientError, Event};
 use crate::config::{Config, Protocol};
-use crate::inbound::Publication;
 use crate::state::State;
 
 /// Reads the options object: `{ url, sites?, protocol?, minReconnectDelay?, maxReconnectDelay?,
@@ -73,19 +71,6 @@ pub(crate) fn state(state: &State) -> JsValue {
             set(&o, "reason", &reason.as_str().into());
         }
         State::Connecting | State::Connected => {}
-    }
-    o.into()
-}
-
-/// The second argument of a publication callback: `{site, topic, epoch, offset}` (no epoch and
-/// offset in legacy mode).
-pub(crate) fn meta(p: &Publication<JsValue>, keys: &Keys) -> JsValue {
-    let o = Object::new();
-    let _ = Reflect::set(&o, &keys.site, &p.site.as_str().into());
-    let _ = Reflect::set(&o, &keys.topic, &p.topic.as_str().into());
-    if let Some((epoch, offset)) = &p.position {
-        let _ = Reflect::set(&o, &keys.epoch, &epoch.as_str().into());
-        let _ = Reflect::set(&o, &keys.offset, &(*offset as f64).into());
     }
     o.into()
 }

@@ -6,19 +6,20 @@
 //!
 //! Re-entrancy: app callbacks may call back into the client (subscribe from a listener, close from
 //! a state hook). No `RefCell` borrow is ever held while JavaScript runs: actions are taken out of
-//! the client first, then carried out one by one.
+//! the client first, then carried out one by one; publications are dispatched in JavaScript
+//! ([`super::dispatch`]), which asks the client between callbacks, never during one.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use gloo_events::EventListener;
 use gloo_timers::callback::Timeout;
-use js_sys::Function;
+use js_sys::{Array, Function};
 use wasm_bindgen::prelude::*;
 
 use super::convert;
 use super::decode::decode;
-use super::keys::Keys;
+use super::dispatch::{ClientSide, Dispatch};
 use super::socket::{Handlers, Socket};
 use crate::callbacks::HookKind;
 use crate::client::{Action, Client, Event};
@@ -31,8 +32,11 @@ pub(crate) type JsClient = Client<Function, JsValue>;
 pub(crate) struct Driver {
     pub(crate) client: RefCell<JsClient>,
     io: RefCell<Io>,
-    pub(crate) keys: Keys,
     legacy: bool,
+    /// Reads every socket's frames and calls the publication callbacks.
+    dispatch: Dispatch,
+    /// The site and epoch names the dispatcher refers to by index.
+    names: RefCell<Vec<String>>,
 }
 
 /// What the driver holds on the browser's side. Dropping it closes the sockets, cancels the
@@ -52,11 +56,13 @@ fn now() -> f64 {
 impl Driver {
     /// Starts `client`: opens its sockets and listens to the browser's connectivity events.
     pub(crate) fn start(client: JsClient, protocol: Protocol) -> Rc<Driver> {
-        let driver = Rc::new(Driver {
+        let legacy = protocol == Protocol::Legacy;
+        let driver = Rc::new_cyclic(|weak: &Weak<Driver>| Driver {
             client: RefCell::new(client),
             io: RefCell::new(Io::default()),
-            keys: Keys::new(),
-            legacy: protocol == Protocol::Legacy,
+            legacy,
+            dispatch: Dispatch::new(legacy, weak.clone()),
+            names: RefCell::new(Vec::new()),
         });
         driver.listen_to_browser();
         driver.run(|c, now| c.start(now));
@@ -114,19 +120,6 @@ impl Driver {
                 let old = take_timer(&mut self.io.borrow_mut(), link, kind);
                 drop(old);
             }
-            Action::Deliver { callbacks, publication } => {
-                let meta = convert::meta(&publication, &self.keys);
-                for callback in callbacks {
-                    // A listener may have closed the client; stop at once.
-                    if self.client.borrow().is_closed() {
-                        return;
-                    }
-                    if let Err(error) = callback.call2(&JsValue::NULL, &publication.data, &meta) {
-                        let (site, topic) = (publication.site.clone(), publication.topic.clone());
-                        self.run(|c, _| c.callback_failed(site, topic, error));
-                    }
-                }
-            }
             Action::Notify { callbacks, event } => {
                 let kind = match &event {
                     Event::State(_) => HookKind::State,
@@ -152,28 +145,14 @@ impl Driver {
             io.sockets.iter().position(|(id, _)| *id == link).map(|i| io.sockets.swap_remove(i).1)
         };
         drop(old);
-        let (w_open, w_message, w_close) = (Rc::downgrade(self), Rc::downgrade(self), Rc::downgrade(self));
-        let legacy = self.legacy;
+        let (w_open, w_close) = (Rc::downgrade(self), Rc::downgrade(self));
         let handlers = Handlers {
             on_open: Box::new(move || with(&w_open, |d| d.run(|c, now| c.opened(link, now)))),
-            on_message: Box::new(move |text| {
-                with(&w_message, |d| {
-                    let frames = decode(&text, legacy, &d.keys);
-                    d.run(|c, now| {
-                        for frame in frames {
-                            match frame {
-                                Ok(f) => c.received(link, f, now),
-                                Err(e) => c.undecodable(link, e, now),
-                            }
-                        }
-                    });
-                });
-            }),
             on_close: Box::new(move |code, reason| {
                 with(&w_close, |d| d.run(|c, now| c.socket_closed(link, code, reason, now)))
             }),
         };
-        match Socket::open(url, subprotocol, handlers) {
+        match Socket::open(url, subprotocol, handlers, &self.dispatch, link) {
             Ok(socket) => self.io.borrow_mut().sockets.push((link, socket)),
             // The URL was validated, so this is rare (e.g. a port the browser blocks): treat it
             // as a failed attempt and let the backoff run.
@@ -204,6 +183,53 @@ impl Driver {
         self.run(|c, _| c.close());
         let io = std::mem::take(&mut *self.io.borrow_mut());
         drop(io);
+    }
+}
+
+/// The dispatcher's questions, answered by the client (held weakly: the dispatcher belongs to
+/// the driver).
+impl ClientSide for Weak<Driver> {
+    fn intern(&self, name: String, first: bool) -> u32 {
+        let Some(d) = self.upgrade() else { return 0 };
+        let mut names = d.names.borrow_mut();
+        if first {
+            names.clear();
+        }
+        names.push(name);
+        (names.len() - 1) as u32
+    }
+
+    fn accept(&self, link: LinkId, site: u32, epoch: u32, offset: f64, now: f64) -> f64 {
+        let Some(d) = self.upgrade() else { return -1.0 };
+        let names = d.names.borrow();
+        let Some(site) = names.get(site as usize) else { return -1.0 };
+        let position = if offset < 0.0 {
+            None
+        } else {
+            let Some(epoch) = names.get(epoch as usize) else { return -1.0 };
+            Some((epoch.as_str(), offset as u64))
+        };
+        let mut client = d.client.borrow_mut();
+        if client.accept(link, site, position, now) { f64::from(client.listeners_version()) } else { -1.0 }
+    }
+
+    fn route(&self, site: &str, topic: &str) -> Array {
+        let callbacks = self.upgrade().map(|d| d.client.borrow().listeners(site, topic)).unwrap_or_default();
+        callbacks.iter().collect()
+    }
+
+    fn other(&self, link: LinkId, frame: JsValue) {
+        with(self, |d| {
+            let frame = decode(&frame, d.legacy);
+            d.run(|c, now| match frame {
+                Ok(f) => c.received(link, f, now),
+                Err(e) => c.undecodable(link, e, now),
+            });
+        });
+    }
+
+    fn failed(&self, site: String, topic: String, error: JsValue) {
+        with(self, |d| d.run(|c, _| c.callback_failed(site, topic, error)));
     }
 }
 

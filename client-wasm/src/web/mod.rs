@@ -3,15 +3,16 @@
 //! - [`api`]: the `DatastreamCore` class exported to JavaScript.
 //! - [`driver`]: carries out the client's actions; owns sockets, timers and window listeners.
 //! - [`socket`]: one browser WebSocket and its handlers, closed and detached on drop.
-//! - [`decode`]: server frames read with `JSON.parse`.
-//! - [`convert`]: options in; states, events and metadata out.
-//! - [`keys`]: property names made once.
+//! - [`dispatch`]: frames parsed and publications handed to callbacks in JavaScript, asking the
+//!   client which are new and wanted.
+//! - [`decode`]: the other server frames, read from what `JSON.parse` gave.
+//! - [`convert`]: options in; states and events out.
 
 mod api;
 mod convert;
 mod decode;
+mod dispatch;
 mod driver;
-mod keys;
 mod socket;
 
 pub use api::DatastreamCore;

@@ -1,19 +1,21 @@
 //! A thin owner of one browser `WebSocket` and its event handlers.
 //!
-//! The handlers' closures belong to the [`Socket`] and die with it (as in gloo-net): dropping a
-//! socket detaches every handler and closes the connection, so a replaced or abandoned socket can
-//! neither call back into the client nor keep its closures alive. Nothing is ever `forget()`-ed,
-//! which is what keeps thousands of reconnects from leaking.
+//! The handlers belong to the [`Socket`] and die with it (as in gloo-net): dropping a socket
+//! detaches every handler and closes the connection, so a replaced or abandoned socket can neither
+//! call back into the client nor keep its closures alive. Nothing is ever `forget()`-ed, which is
+//! what keeps thousands of reconnects from leaking.
 
+use js_sys::Function;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use web_sys::{CloseEvent, WebSocket};
 
-/// What a socket reports, to closures chosen by the caller.
+use super::dispatch::Dispatch;
+use crate::link::LinkId;
+
+/// What a socket reports, to closures chosen by the caller. Its frames go to the dispatcher.
 pub(crate) struct Handlers {
     pub(crate) on_open: Box<dyn FnMut()>,
-    /// A text frame's data (a JavaScript string).
-    pub(crate) on_message: Box<dyn FnMut(JsValue)>,
     /// The close code and reason (1006 and an empty reason when the connection failed).
     pub(crate) on_close: Box<dyn FnMut(u16, String)>,
 }
@@ -22,32 +24,32 @@ pub(crate) struct Handlers {
 pub(crate) struct Socket {
     ws: WebSocket,
     _on_open: Closure<dyn FnMut()>,
-    _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
+    /// Stops the dispatch of its frames.
+    detach_frames: Function,
 }
 
 impl Socket {
-    /// Opens a socket to `url`, asking for `subprotocol` if given. Fails when the browser refuses
-    /// the URL outright.
-    pub(crate) fn open(url: &str, subprotocol: Option<&str>, handlers: Handlers) -> Result<Socket, JsValue> {
+    /// Opens a socket to `url`, asking for `subprotocol` if given, its frames dispatched by
+    /// `dispatch` as `link`'s. Fails when the browser refuses the URL outright.
+    pub(crate) fn open(
+        url: &str,
+        subprotocol: Option<&str>,
+        handlers: Handlers,
+        dispatch: &Dispatch,
+        link: LinkId,
+    ) -> Result<Socket, JsValue> {
         let ws = match subprotocol {
             Some(p) => WebSocket::new_with_str(url, p)?,
             None => WebSocket::new(url)?,
         };
-        let Handlers { on_open, mut on_message, mut on_close } = handlers;
+        let Handlers { on_open, mut on_close } = handlers;
         let on_open = Closure::<dyn FnMut()>::wrap(on_open);
-        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-            let data = e.data();
-            // Binary frames are not part of the protocol; the relay never sends them.
-            if data.is_string() {
-                on_message(data);
-            }
-        });
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| on_close(e.code(), e.reason()));
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        Ok(Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close })
+        let detach_frames = dispatch.attach(&ws, link);
+        Ok(Socket { ws, _on_open: on_open, _on_close: on_close, detach_frames })
     }
 
     /// Sends a text frame. A socket that is not open drops it: the client only sends on an
@@ -72,7 +74,7 @@ impl Socket {
 
     fn detach(&self) {
         self.ws.set_onopen(None);
-        self.ws.set_onmessage(None);
+        let _ = self.detach_frames.call0(&JsValue::NULL);
         self.ws.set_onclose(None);
     }
 }

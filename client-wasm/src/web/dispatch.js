@@ -1,0 +1,122 @@
+// The client's hot path: every socket's frames are read here and publications handed to their
+// callbacks, asking the client (WebAssembly) about each with numbers only. The contract is
+// documented in dispatch.rs. npm/build.sh leaves these comments out of the package.
+
+/** Names, and cached routes, kept before starting over. */
+const LIMIT = 1000;
+
+/**
+ * `accept(link, site, epoch, offset, now)` → the listeners' version, or -1 to drop the
+ * publication; `ask(what, a, b, c)` for the rest, `what` as numbered in dispatch.rs.
+ */
+export function dispatcher(legacy, accept, ask) {
+  const intern = (name, first) => ask(0, name, first);
+  const route = (site, topic) => ask(1, site, topic);
+  const other = (link, frame) => ask(2, link, frame);
+  const failed = (site, topic, error) => ask(3, site, topic, error);
+
+  // Site and epoch names → their index in the client's table.
+  const ids = new Map();
+  // Site index → topic → callbacks, as `route` gave them for listeners version `version`.
+  let routes, routed, version;
+  // The last names and route looked up: a stream mostly repeats them.
+  let lastSite, lastSiteId, lastEpoch, lastEpochId, routeSite, routeTopic, routeFns;
+
+  const forgetRoutes = () => {
+    routes = new Map();
+    routed = 0;
+    routeSite = undefined;
+  };
+  forgetRoutes();
+
+  const id = (name) => {
+    let i = ids.get(name);
+    // The first name after a start over tells the client to empty its table.
+    if (i === undefined) ids.set(name, (i = intern(name, !ids.size)));
+    return i;
+  };
+
+  const callbacksFor = (v, site, f) => {
+    if (v !== version || routed >= LIMIT) {
+      version = v;
+      forgetRoutes();
+    }
+    let topics = routes.get(site);
+    if (!topics) routes.set(site, (topics = new Map()));
+    let fns = topics.get(f.topic);
+    if (!fns) {
+      topics.set(f.topic, (fns = route(f.site, f.topic)));
+      routed++;
+    }
+    routeSite = site;
+    routeTopic = f.topic;
+    return (routeFns = fns);
+  };
+
+  return {
+    /** Dispatches `ws`'s frames as `link`'s; returns the function that stops it. */
+    attach(ws, link) {
+      const socket = { live: true };
+      // One function for the whole frame, every line handled inline: the hot loop.
+      ws.onmessage = ({ data }) => {
+        // Binary frames are not part of the protocol; the relay never sends them.
+        if (!socket.live || typeof data !== 'string') return;
+        const now = Date.now();
+        // v2 frames may pack several, one per line. A legacy frame is one publication, whose
+        // pretty-printed data may contain newlines.
+        const lines = legacy ? [data] : data.split('\n');
+        for (let i = 0; i < lines.length; i++) {
+          // A callback or a listener may have closed the client: stop at once.
+          if (!socket.live) return;
+          const text = lines[i];
+          let f;
+          try {
+            f = JSON.parse(text);
+          } catch {
+            // Blank lines around packed frames are not frames.
+            if (legacy || text.trim()) other(link);
+            continue;
+          }
+          // Anything but a well-formed publication goes to the client, which reads it or says
+          // what is wrong with it.
+          if (
+            typeof f?.site !== 'string' ||
+            typeof f.topic !== 'string' ||
+            (legacy
+              ? f.type === 'error'
+              : f.type !== 'pub' || typeof f.epoch !== 'string' || !(Number.isSafeInteger(f.offset) && f.offset >= 0))
+          ) {
+            other(link, f);
+            continue;
+          }
+          if (ids.size >= LIMIT) {
+            ids.clear();
+            lastSite = lastEpoch = undefined;
+            forgetRoutes();
+          }
+          const site = f.site === lastSite ? lastSiteId : (lastSiteId = id((lastSite = f.site)));
+          const epoch = legacy ? 0 : f.epoch === lastEpoch ? lastEpochId : (lastEpochId = id((lastEpoch = f.epoch)));
+          const v = accept(link, site, epoch, legacy ? -1 : f.offset, now);
+          if (v < 0) continue;
+          const fns = v === version && site === routeSite && f.topic === routeTopic ? routeFns : callbacksFor(v, site, f);
+          if (!fns.length) continue;
+          const meta = legacy
+            ? { site: f.site, topic: f.topic }
+            : { site: f.site, topic: f.topic, epoch: f.epoch, offset: f.offset };
+          for (let j = 0; j < fns.length; j++) {
+            if (!socket.live) return;
+            try {
+              fns[j].call(null, f.data, meta);
+            } catch (error) {
+              failed(f.site, f.topic, error);
+            }
+          }
+        }
+      };
+      return () => {
+        socket.live = false;
+        ws.onmessage = null;
+      };
+    },
+  };
+}

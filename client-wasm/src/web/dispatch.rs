@@ -1,0 +1,414 @@
+//! Frames to callbacks, on the JavaScript side (`dispatch.js`).
+//!
+//! A publication's way to its callbacks is the client's hot path. Done from WebAssembly it costs
+//! a dozen boundary crossings per publication (the event's data, `JSON.parse`, a property read
+//! per field, copies of the site, topic and epoch into Rust strings, a metadata object built
+//! property by property, the call). Here the frames are read and the callbacks called in
+//! JavaScript, and the client keeps every decision and all protocol state:
+//!
+//! - Each socket's `onmessage` splits a v2 frame into its lines (a legacy frame is one
+//!   publication, and may contain newlines), skips blank lines, and `JSON.parse`s each.
+//! - A well-formed publication (v2: `type` `pub`, string `site`, `topic` and `epoch`, a
+//!   non-negative integer `offset`; legacy: string `site` and `topic`, `type` not `error`) costs
+//!   one call into the client, with numbers only: [`Client::accept`](crate::client::Client::accept)
+//!   says whether it is new and wanted (deduplication by offset, the legacy socket's site).
+//!   Site and epoch names cross as indices in a table of names the client keeps: each distinct
+//!   name is copied into it once.
+//! - The callbacks for a site and topic are asked for once and cached until the listeners
+//!   change (the client answers `accept` with its listeners' version). Each callback gets
+//!   `(data, meta)` with `this` null; `meta` is `{site, topic, epoch, offset}` (legacy:
+//!   `{site, topic}`). One that throws is reported and the others still run; once the socket is
+//!   detached (the client closed, maybe by a callback), nothing more is dispatched.
+//! - Every other frame, malformed ones included, goes to the client whole (`undefined` when the
+//!   text was not JSON), in order with the publications.
+//!
+//! The name table and the cached callbacks start over past 1,000 entries, so names that never
+//! repeat cannot grow them without bound.
+
+use js_sys::{Array, Function};
+use wasm_bindgen::prelude::*;
+
+use crate::link::LinkId;
+
+#[wasm_bindgen(module = "/src/web/dispatch.js")]
+extern "C" {
+    type Dispatcher;
+
+    /// `accept(link, site, epoch, offset, now)`; `ask(what, a, b, c)`: see [`Dispatch::new`].
+    fn dispatcher(legacy: bool, accept: &Function, ask: &Function) -> Dispatcher;
+
+    #[wasm_bindgen(method)]
+    fn attach(this: &Dispatcher, ws: &JsValue, link: LinkId) -> Function;
+}
+
+/// What the dispatcher asks the client.
+pub(crate) trait ClientSide: Clone + 'static {
+    /// Copies a site or epoch name into the table (emptied first when `first`); returns its
+    /// index there.
+    fn intern(&self, name: String, first: bool) -> u32;
+    /// Whether a publication of `site` at (`epoch`, `offset`) that arrived on `link` at `now` is
+    /// new and wanted: the listeners' version (≥ 0) if so, else -1. Names are indices in the
+    /// table; `offset` is -1 in the legacy protocol (no position).
+    fn accept(&self, link: LinkId, site: u32, epoch: u32, offset: f64, now: f64) -> f64;
+    /// The callbacks for a publication of `site` on `topic`, in order.
+    fn route(&self, site: &str, topic: &str) -> Array;
+    /// Any other frame arrived on `link`, parsed (`undefined`: not JSON).
+    fn other(&self, link: LinkId, frame: JsValue);
+    /// A callback for a publication of `site` on `topic` threw `error`.
+    fn failed(&self, site: String, topic: String, error: JsValue);
+}
+
+/// The dispatcher's requests other than `accept`, by number (`ask(what, a, b, c)` in JavaScript).
+const INTERN: u32 = 0;
+const ROUTE: u32 = 1;
+const OTHER: u32 = 2;
+const FAILED: u32 = 3;
+
+/// One client's dispatcher and the closures it calls, which live as long as it does.
+pub(crate) struct Dispatch {
+    js: Dispatcher,
+    _accept: Closure<dyn FnMut(LinkId, u32, u32, f64, f64) -> f64>,
+    _ask: Closure<dyn FnMut(u32, JsValue, JsValue, JsValue) -> JsValue>,
+}
+
+impl Dispatch {
+    /// A dispatcher for the legacy protocol's frames (one publication each, no position) or v2's.
+    ///
+    /// `accept` is called for every publication, with numbers only. The rarer requests share one
+    /// function, `ask(what, a, b, c)` (one closure instead of four in the bundle, values passed
+    /// as they are): [`INTERN`] `(name, first)`, [`ROUTE`] `(site, topic)`, [`OTHER`]
+    /// `(link, frame)`, [`FAILED`] `(site, topic, error)`.
+    pub(crate) fn new(legacy: bool, client: impl ClientSide) -> Dispatch {
+        let asked = client.clone();
+        let accept =
+            Closure::<dyn FnMut(LinkId, u32, u32, f64, f64) -> f64>::new(move |link, site, epoch, offset, now| {
+                client.accept(link, site, epoch, offset, now)
+            });
+        let ask = Closure::<dyn FnMut(u32, JsValue, JsValue, JsValue) -> JsValue>::new(
+            move |what, a: JsValue, b: JsValue, c| match what {
+                INTERN => asked.intern(text(&a), b.is_truthy()).into(),
+                ROUTE => asked.route(&text(&a), &text(&b)).into(),
+                OTHER => {
+                    asked.other(a.as_f64().unwrap_or_default() as LinkId, b);
+                    JsValue::UNDEFINED
+                }
+                FAILED => {
+                    asked.failed(text(&a), text(&b), c);
+                    JsValue::UNDEFINED
+                }
+                _ => JsValue::UNDEFINED,
+            },
+        );
+        let js = dispatcher(legacy, accept.as_ref().unchecked_ref(), ask.as_ref().unchecked_ref());
+        Dispatch { js, _accept: accept, _ask: ask }
+    }
+
+    /// Takes over `ws`'s `onmessage`, dispatching its frames as `link`'s. Returns the function
+    /// that stops it (and clears `onmessage`); call it before the closures are dropped.
+    pub(crate) fn attach(&self, ws: &JsValue, link: LinkId) -> Function {
+        self.js.attach(ws, link)
+    }
+}
+
+fn text(v: &JsValue) -> String {
+    v.as_string().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use js_sys::{JSON, Object, Reflect};
+    use wasm_bindgen_test::*;
+
+    use super::*;
+
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    /// A client that is a script: it records what it is asked, accepts while `wanted`, answers
+    /// with `version`, and routes to `callbacks`.
+    #[derive(Clone, Default)]
+    struct Script {
+        log: Rc<RefCell<Vec<String>>>,
+        names: Rc<RefCell<Vec<String>>>,
+        wanted: Rc<Cell<bool>>,
+        version: Rc<Cell<f64>>,
+        callbacks: Rc<RefCell<Vec<Function>>>,
+    }
+
+    impl ClientSide for Script {
+        fn intern(&self, name: String, first: bool) -> u32 {
+            let mut names = self.names.borrow_mut();
+            if first {
+                names.clear();
+            }
+            self.log.borrow_mut().push(format!("intern {name}{}", if first { " first" } else { "" }));
+            names.push(name);
+            (names.len() - 1) as u32
+        }
+
+        fn accept(&self, link: LinkId, site: u32, epoch: u32, offset: f64, now: f64) -> f64 {
+            assert!(now > 1e12, "Date.now(): {now}");
+            let names = self.names.borrow();
+            let epoch = if offset < 0.0 { "-".to_owned() } else { names[epoch as usize].clone() };
+            self.log.borrow_mut().push(format!("accept {link} {} {epoch} {offset}", names[site as usize]));
+            if self.wanted.get() { self.version.get() } else { -1.0 }
+        }
+
+        fn route(&self, site: &str, topic: &str) -> Array {
+            self.log.borrow_mut().push(format!("route {site} {topic}"));
+            self.callbacks.borrow().iter().collect()
+        }
+
+        fn other(&self, link: LinkId, frame: JsValue) {
+            let text = if frame.is_undefined() { "undefined".to_owned() } else { json(&frame) };
+            self.log.borrow_mut().push(format!("other {link} {text}"));
+        }
+
+        fn failed(&self, site: String, topic: String, error: JsValue) {
+            let message = Reflect::get(&error, &"message".into()).unwrap().as_string().unwrap();
+            self.log.borrow_mut().push(format!("failed {site} {topic} {message}"));
+        }
+    }
+
+    /// A dispatcher asking a [`Script`].
+    struct Fake {
+        dispatch: Dispatch,
+        script: Script,
+    }
+
+    impl std::ops::Deref for Fake {
+        type Target = Script;
+        fn deref(&self) -> &Script {
+            &self.script
+        }
+    }
+
+    impl Fake {
+        fn new(legacy: bool) -> Fake {
+            let script = Script::default();
+            script.wanted.set(true);
+            Fake { dispatch: Dispatch::new(legacy, script.clone()), script }
+        }
+
+        /// A callback that records `[this, data, meta]` in `globalThis.dispatched`, then runs
+        /// `then` (with `data` and `meta` in scope).
+        fn listen(&self, then: &str) {
+            let body = format!("'use strict'; globalThis.dispatched.push([this, data, meta]); {then}");
+            self.callbacks.borrow_mut().push(Function::new_with_args("data, meta", &body));
+        }
+
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.log.borrow_mut())
+        }
+    }
+
+    fn json(v: &JsValue) -> String {
+        JSON::stringify(v).unwrap().into()
+    }
+
+    /// What the callbacks recorded since the last call, as JSON.
+    fn dispatched() -> String {
+        let global = js_sys::global();
+        let got = Reflect::get(&global, &"dispatched".into()).unwrap();
+        Reflect::set(&global, &"dispatched".into(), &Array::new()).unwrap();
+        if got.is_undefined() { "[]".to_owned() } else { json(&got) }
+    }
+
+    /// A stand-in for a WebSocket: the dispatcher only sets its `onmessage`.
+    fn socket(fake: &Fake, link: LinkId) -> (Object, Function) {
+        let ws = Object::new();
+        let detach = fake.dispatch.attach(&ws, link);
+        (ws, detach)
+    }
+
+    fn message(ws: &Object, data: &JsValue) {
+        let handler = Reflect::get(ws, &"onmessage".into()).unwrap();
+        assert!(handler.is_function(), "onmessage is set");
+        let event = Object::new();
+        Reflect::set(&event, &"data".into(), data).unwrap();
+        handler.unchecked_ref::<Function>().call1(ws, &event).unwrap();
+    }
+
+    fn pub_frame(site: &str, topic: &str, epoch: &str, offset: u32, data: &str) -> String {
+        format!(
+            r#"{{"type":"pub","site":"{site}","topic":"{topic}","epoch":"{epoch}","offset":{offset},"data":{data}}}"#
+        )
+    }
+
+    #[wasm_bindgen_test]
+    fn packed_frames_are_taken_in_order_and_publications_dispatched() {
+        dispatched();
+        let fake = Fake::new(false);
+        fake.listen("");
+        let (ws, _detach) = socket(&fake, 7);
+        let text = [
+            r#"{"type":"hello","version":2,"ping_interval_ms":25000}"#,
+            "",
+            "  ",
+            &pub_frame("mrc", "t", "e", 1, r#"{"n":1}"#),
+            "not json",
+            r#"{"type":"pub","site":"mrc","topic":"t","epoch":"e","offset":1.5,"data":1}"#,
+            r#"{"type":"pub","site":"mrc","topic":"t","epoch":"e","offset":-1,"data":1}"#,
+            r#"{"type":"pub","site":"mrc","topic":"t","offset":3,"data":1}"#,
+            r#"{"type":"pub","site":5,"topic":"t","epoch":"e","offset":3,"data":1}"#,
+            "42",
+            "null",
+            &pub_frame("mrc", "t", "e", 2, r#""s""#),
+            "",
+        ]
+        .join("\n");
+        message(&ws, &text.as_str().into());
+        assert_eq!(
+            fake.take(),
+            vec![
+                r#"other 7 {"type":"hello","version":2,"ping_interval_ms":25000}"#.to_owned(),
+                "intern mrc first".into(),
+                "intern e".into(),
+                "accept 7 mrc e 1".into(),
+                "route mrc t".into(),
+                "other 7 undefined".into(),
+                r#"other 7 {"type":"pub","site":"mrc","topic":"t","epoch":"e","offset":1.5,"data":1}"#.into(),
+                r#"other 7 {"type":"pub","site":"mrc","topic":"t","epoch":"e","offset":-1,"data":1}"#.into(),
+                r#"other 7 {"type":"pub","site":"mrc","topic":"t","offset":3,"data":1}"#.into(),
+                r#"other 7 {"type":"pub","site":5,"topic":"t","epoch":"e","offset":3,"data":1}"#.into(),
+                "other 7 42".into(),
+                "other 7 null".into(),
+                "accept 7 mrc e 2".into(),
+            ],
+            "names and routes are asked for once"
+        );
+        assert_eq!(
+            dispatched(),
+            r#"[[null,{"n":1},{"site":"mrc","topic":"t","epoch":"e","offset":1}],[null,"s",{"site":"mrc","topic":"t","epoch":"e","offset":2}]]"#,
+            "this is null, the data as parsed, meta {{site, topic, epoch, offset}}"
+        );
+        // Binary frames are ignored.
+        message(&ws, &js_sys::ArrayBuffer::new(4).into());
+        assert!(fake.take().is_empty());
+    }
+
+    #[wasm_bindgen_test]
+    fn routes_are_cached_per_listeners_version_and_unwanted_publications_dropped() {
+        dispatched();
+        let fake = Fake::new(false);
+        fake.listen("");
+        let (ws, _detach) = socket(&fake, 1);
+        message(&ws, &pub_frame("mrc", "a", "e", 1, "1").into());
+        message(&ws, &pub_frame("mrc", "b", "e", 2, "2").into());
+        message(&ws, &pub_frame("mrc", "a", "e", 3, "3").into());
+        fake.wanted.set(false);
+        message(&ws, &pub_frame("mrc", "c", "e", 3, "4").into());
+        fake.wanted.set(true);
+        fake.version.set(1.0);
+        fake.listen("");
+        message(&ws, &pub_frame("mrc", "a", "e", 4, "5").into());
+        let routes: Vec<String> = fake.take().into_iter().filter(|l| l.starts_with("route")).collect();
+        assert_eq!(routes, vec!["route mrc a", "route mrc b", "route mrc a"], "asked again after the change only");
+        let data: Vec<serde_json::Value> = serde_json::from_str::<Vec<Vec<serde_json::Value>>>(&dispatched())
+            .unwrap()
+            .into_iter()
+            .map(|d| d[1].clone())
+            .collect();
+        assert_eq!(data, vec![1, 2, 3, 5, 5], "the dropped one reached nobody; the new listener got the last");
+
+        // No callback at all: nothing to call, but the route is still cached.
+        let fake = Fake::new(false);
+        let (ws, _detach) = socket(&fake, 1);
+        message(&ws, &pub_frame("mrc", "a", "e", 1, "1").into());
+        message(&ws, &pub_frame("mrc", "a", "e", 2, "1").into());
+        assert_eq!(fake.take().iter().filter(|l| l.starts_with("route")).count(), 1);
+        assert_eq!(dispatched(), "[]");
+    }
+
+    #[wasm_bindgen_test]
+    fn a_throwing_callback_is_reported_and_the_others_still_run() {
+        dispatched();
+        let fake = Fake::new(false);
+        fake.listen("throw new Error('boom ' + data)");
+        fake.listen("");
+        let (ws, _detach) = socket(&fake, 1);
+        let text = [pub_frame("mrc", "t", "e", 1, "1"), pub_frame("mrc", "t", "e", 2, "2")].join("\n");
+        message(&ws, &text.into());
+        let failures: Vec<String> = fake.take().into_iter().filter(|l| l.starts_with("failed")).collect();
+        assert_eq!(failures, vec!["failed mrc t boom 1", "failed mrc t boom 2"]);
+        assert_eq!(dispatched().matches("\"site\"").count(), 4, "both callbacks, both publications");
+    }
+
+    #[wasm_bindgen_test]
+    fn detaching_stops_at_once_even_from_a_callback() {
+        dispatched();
+        let fake = Fake::new(false);
+        fake.listen("globalThis.detach()");
+        fake.listen("");
+        let (ws, detach) = socket(&fake, 1);
+        Reflect::set(&js_sys::global(), &"detach".into(), &detach).unwrap();
+        let handler = Reflect::get(&ws, &"onmessage".into()).unwrap();
+        let text = [pub_frame("mrc", "t", "e", 1, "1"), pub_frame("mrc", "t", "e", 2, "2")].join("\n");
+        message(&ws, &text.into());
+        assert_eq!(dispatched().matches("\"site\"").count(), 1, "neither the second callback nor the next line");
+        assert!(Reflect::get(&ws, &"onmessage".into()).unwrap().is_null(), "onmessage cleared");
+        // A handler kept from before does nothing either.
+        let event = Object::new();
+        Reflect::set(&event, &"data".into(), &pub_frame("mrc", "t", "e", 3, "3").into()).unwrap();
+        handler.unchecked_ref::<Function>().call1(&ws, &event).unwrap();
+        assert_eq!(fake.take().iter().filter(|l| l.starts_with("accept")).count(), 1);
+        assert_eq!(dispatched(), "[]");
+    }
+
+    #[wasm_bindgen_test]
+    fn legacy_frames_are_whole_publications_without_position() {
+        dispatched();
+        let fake = Fake::new(true);
+        fake.listen("");
+        let (ws, _detach) = socket(&fake, 3);
+        // A publisher's pretty-printed data: one frame, newlines and all.
+        message(&ws, &"{\"site\":\"mrc\",\"topic\":\"w\",\n\"data\":{\n\"t\": 1}}".into());
+        message(&ws, &r#"{"type":"error","site":"mrc","topic":"w","code":"x","message":"m"}"#.into());
+        message(&ws, &"".into());
+        message(&ws, &r#"{"site":"mrc","data":1}"#.into());
+        assert_eq!(
+            fake.take(),
+            vec![
+                "intern mrc first".to_owned(),
+                "accept 3 mrc - -1".into(),
+                "route mrc w".into(),
+                r#"other 3 {"type":"error","site":"mrc","topic":"w","code":"x","message":"m"}"#.into(),
+                "other 3 undefined".into(),
+                r#"other 3 {"site":"mrc","data":1}"#.into(),
+            ]
+        );
+        assert_eq!(dispatched(), r#"[[null,{"t":1},{"site":"mrc","topic":"w"}]]"#, "meta {{site, topic}}");
+    }
+
+    #[wasm_bindgen_test]
+    fn name_and_route_caches_are_bounded() {
+        dispatched();
+        let fake = Fake::new(false);
+        let (ws, _detach) = socket(&fake, 1);
+        // 1000 names (999 sites and the epoch), then the table starts over.
+        for i in 0..1000 {
+            message(&ws, &pub_frame(&format!("s{i}"), "t", "e", 1, "1").into());
+        }
+        let interns: Vec<String> = fake.take().into_iter().filter(|l| l.starts_with("intern")).collect();
+        assert_eq!(interns.len(), 1002, "999 sites and the epoch, then both again");
+        assert_eq!(interns[0], "intern s0 first");
+        assert_eq!(interns[1000], "intern s999 first");
+        assert_eq!(interns[1001], "intern e");
+        message(&ws, &pub_frame("s999", "t", "e", 2, "1").into());
+        assert_eq!(fake.take(), vec!["accept 1 s999 e 2"], "known again after the start over");
+
+        // 1000 routes, then the routes start over.
+        let fake = Fake::new(false);
+        let (ws, _detach) = socket(&fake, 1);
+        for i in 0..1001 {
+            message(&ws, &pub_frame("mrc", &format!("t{i}"), "e", 1, "1").into());
+        }
+        message(&ws, &pub_frame("mrc", "t0", "e", 1, "1").into());
+        message(&ws, &pub_frame("mrc", "t1000", "e", 1, "1").into());
+        let routes = fake.take().into_iter().filter(|l| l.starts_with("route")).collect::<Vec<_>>();
+        assert_eq!(routes.len(), 1002);
+        assert_eq!(routes[1001], "route mrc t0", "t0 was forgotten, t1000 kept");
+    }
+}
