@@ -5,11 +5,15 @@
 // time (Chrome's Performance metrics) give the handler's own cost, whatever the relay and network
 // add.
 //
-//   node bench/client/dispatch.mjs --relay-bin <datastream> [--messages 50000] [--rounds 5] [--profile <prefix>]
+//   node bench/client/dispatch.mjs --relay-bin <datastream> [--messages 50000] [--rounds 5] [--warmup 0] [--profile <prefix>]
 //
 // --rounds: rounds per handler (default 5). The handlers take turns, each round on a fresh page
 // and site, after a pause that lets the previous page's teardown finish: without it, the second
 // of two rounds of the same handler measured up to 30 % slower than the first.
+//
+// --warmup N: before each measured round, the page's handler first gets N unmeasured publications,
+// so the engine has optimised its code: the steady state of a long-lived page rather than a fresh
+// one.
 //
 // --profile <prefix>: also records a CPU profile (Chrome's sampling profiler) of each handler's
 // last round into <prefix>-plain.cpuprofile and <prefix>-sdk.cpuprofile (they open in Chrome
@@ -31,6 +35,7 @@ const relayBin = opt('--relay-bin');
 const messages = Number(opt('--messages', '50000'));
 const profilePrefix = opt('--profile');
 const rounds = Number(opt('--rounds', '5'));
+const warmup = Number(opt('--warmup', '0'));
 const batch = 500;
 
 /** The functions with the most self time in a CDP profile, per message, on stderr. */
@@ -106,6 +111,12 @@ try {
     await page.goto(`http://127.0.0.1:${webPort}/?relay=ws://127.0.0.1:${relayPort}/dev`);
     await page.waitForFunction(() => window.benchReady === true);
     await page.evaluate(([k, s]) => window.bench[k](s), [kind, site]);
+    if (warmup > 0) {
+      // Unmeasured: the JavaScript engine optimises each handler's code first.
+      await page.evaluate((n) => window.bench.expect(n), warmup);
+      await publish(site, warmup);
+      await page.evaluate(() => window.bench.wait());
+    }
     await page.evaluate((n) => window.bench.expect(n), messages);
     const cdp = await page.context().newCDPSession(page);
     await cdp.send('Performance.enable');
