@@ -3,18 +3,22 @@
 //! The hub maps each site to the connections on this node subscribed to it. Delivering a
 //! publication walks that site's subscribers under a read lock and pushes one shared reference into
 //! each connection's [`Outbox`]; no socket I/O happens here, so a slow client never delays the
-//! others. Sites are spread over shards so publishes to different sites do not contend.
+//! others. Sites are spread over shards so publishes to different sites do not contend. The hub
+//! also knows every open connection, subscribed or not, so that shutdown can tell each one to
+//! close ([`Hub::close_all`]) without every session polling a shared signal on each wake.
 
 use std::{
     collections::{HashMap, VecDeque},
+    future::poll_fn,
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    task::Poll,
 };
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::{metrics::Metrics, publication::Publication};
 
@@ -34,12 +38,15 @@ pub struct Outbox {
     /// Allocates nothing until the first publication: most connections are idle most of the
     /// time, and per-connection memory is what limits a node.
     queue: Mutex<VecDeque<Arc<Publication>>>,
-    /// Wakes the session when the queue gains an item.
-    ready: Notify,
+    /// Wakes the session when the queue gains an item or the server asks it to close. One
+    /// consumer, so a lock-free waker slot rather than a waiter list behind a mutex.
+    waker: AtomicWaker,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     /// A plain flag: checked once per delivery, it must cost no more than an atomic load.
     overflowed: AtomicBool,
+    /// Set by [`Hub::close_all`]: the server is shutting down and the session should close.
+    closing: AtomicBool,
 }
 
 impl Outbox {
@@ -47,12 +54,13 @@ impl Outbox {
     pub fn new(max_bytes: usize) -> (Arc<Outbox>, Inbox) {
         let outbox = Arc::new(Outbox {
             queue: Mutex::default(),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             overflowed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         });
-        (outbox.clone(), Inbox { outbox })
+        (outbox.clone(), Inbox { outbox, closing_seen: false })
     }
 
     /// Queues `publication`; false if it was dropped (cap passed, or the session is gone).
@@ -68,8 +76,14 @@ impl Outbox {
             return false;
         }
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(publication.clone());
-        self.ready.notify_one();
+        self.waker.wake();
         true
+    }
+
+    /// Asks the session to close (shutdown); it sees [`Event::Closing`] once.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Records that the session wrote (or discarded) `publication`, freeing its share of the cap.
@@ -95,11 +109,22 @@ pub type TopicFilter = Arc<[Arc<str>]>;
 #[derive(Debug)]
 pub struct Inbox {
     outbox: Arc<Outbox>,
+    /// [`Event::Closing`] was returned already.
+    closing_seen: bool,
 }
 
 /// [`Inbox::try_recv`] found nothing queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Empty;
+
+/// What wakes a session from its [`Inbox`].
+#[derive(Debug)]
+pub enum Event {
+    /// The next queued publication.
+    Publication(Arc<Publication>),
+    /// The server asked the connection to close ([`Outbox::close`]); returned once.
+    Closing,
+}
 
 impl Inbox {
     /// The oldest queued publication, if any.
@@ -107,15 +132,27 @@ impl Inbox {
         self.outbox.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front().ok_or(Empty)
     }
 
-    /// Waits for the next publication. Cancel-safe: an item is only taken in the poll that
-    /// returns it. (Always `Some`; an `Option` so it reads like a channel in `select!`.)
-    pub async fn recv(&mut self) -> Option<Arc<Publication>> {
-        loop {
-            if let Ok(p) = self.try_recv() {
-                return Some(p);
+    /// Waits for the next publication or the request to close, whichever comes first. Cancel-safe:
+    /// an item is only taken in the poll that returns it.
+    pub async fn recv(&mut self) -> Event {
+        poll_fn(|cx| {
+            if let Some(event) = self.ready() {
+                return Poll::Ready(event);
             }
-            self.outbox.ready.notified().await;
+            // Register, then look again: a push between the first look and the registration
+            // would otherwise go unnoticed.
+            self.outbox.waker.register(cx.waker());
+            self.ready().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+
+    fn ready(&mut self) -> Option<Event> {
+        if !self.closing_seen && self.outbox.closing.load(Ordering::Acquire) {
+            self.closing_seen = true;
+            return Some(Event::Closing);
         }
+        self.try_recv().ok().map(Event::Publication)
     }
 }
 
@@ -141,13 +178,19 @@ pub fn wants(topics: Option<&[Arc<str>]>, topic: &str) -> bool {
 }
 
 type Shard = RwLock<HashMap<Arc<str>, HashMap<ConnId, Subscriber>>>;
+type ConnectionShard = Mutex<HashMap<ConnId, Arc<Outbox>>>;
 
 /// The registry of local subscribers, by site.
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Shard]>,
+    /// Every open connection's outbox, subscribed or not, sharded by id: what
+    /// [`Hub::close_all`] reaches.
+    connections: Box<[ConnectionShard]>,
     hasher: RandomState,
     next_conn: AtomicU64,
+    /// Set by [`Hub::close_all`]: connections registered afterwards are asked to close at once.
+    closing: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -156,15 +199,47 @@ impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            connections: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             next_conn: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
             metrics,
         }
     }
 
-    /// A fresh connection id.
-    pub fn next_conn_id(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    /// Registers a new connection's outbox; returns its id. Undo with [`Hub::disconnect`].
+    pub fn connect(&self, outbox: Arc<Outbox>) -> ConnId {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.connection_shard(conn).insert(conn, outbox.clone());
+        // Checked after the insert, under whose lock `close_all` may have passed already.
+        if self.closing.load(Ordering::Acquire) {
+            outbox.close();
+        }
+        conn
+    }
+
+    /// Forgets a connection registered with [`Hub::connect`].
+    pub fn disconnect(&self, conn: ConnId) {
+        self.connection_shard(conn).remove(&conn);
+    }
+
+    /// Asks every open connection to close ([`Outbox::close`]); returns how many were asked.
+    pub fn close_all(&self) -> usize {
+        self.closing.store(true, Ordering::Release);
+        let mut asked = 0;
+        for shard in &self.connections {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for outbox in shard.values() {
+                outbox.close();
+            }
+            asked += shard.len();
+        }
+        asked
+    }
+
+    fn connection_shard(&self, conn: ConnId) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<Outbox>>> {
+        let i = conn as usize % self.connections.len();
+        self.connections[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn shard(&self, site: &str) -> &Shard {
@@ -282,5 +357,41 @@ mod tests {
         }
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(!outbox.push(&p));
+    }
+
+    #[tokio::test]
+    async fn close_all_reaches_every_connection_once_including_later_ones() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (subscribed, mut rx_subscribed) = Outbox::new(1 << 20);
+        let (idle, mut rx_idle) = Outbox::new(1 << 20);
+        let a = hub.connect(subscribed.clone());
+        let b = hub.connect(idle);
+        hub.subscribe(&Arc::from("mrc"), a, Subscriber { outbox: subscribed, topics: None });
+        assert_eq!(hub.close_all(), 2);
+        assert!(matches!(rx_subscribed.recv().await, Event::Closing));
+        assert!(matches!(rx_idle.recv().await, Event::Closing));
+        // Asked once: what follows is publications, not the request again.
+        hub.deliver(&publication("mrc", "1"));
+        assert!(matches!(rx_subscribed.recv().await, Event::Publication(_)));
+        let again = tokio::time::timeout(std::time::Duration::from_millis(50), rx_idle.recv()).await;
+        assert!(again.is_err(), "closing is reported once");
+
+        // A connection that registers while the server is closing is asked at once.
+        let (late, mut rx_late) = Outbox::new(1 << 20);
+        let c = hub.connect(late);
+        assert!(matches!(rx_late.recv().await, Event::Closing));
+        for conn in [a, b, c] {
+            hub.disconnect(conn);
+        }
+        assert_eq!(hub.close_all(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_session_is_woken_by_a_push() {
+        let (outbox, mut rx) = Outbox::new(1 << 20);
+        let waiter = tokio::spawn(async move { matches!(rx.recv().await, Event::Publication(_)) });
+        tokio::task::yield_now().await;
+        assert!(outbox.push(&publication("mrc", "1")));
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap());
     }
 }

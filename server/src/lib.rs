@@ -39,7 +39,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 pub use server::Server;
@@ -59,8 +59,6 @@ pub struct AppState {
     pub broker: Broker,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    /// Cancelled when the sessions must close (shutdown).
-    pub close_sessions: CancellationToken,
     /// Tracks every WebSocket session, which axum does not do once a connection is upgraded.
     pub sessions: TaskTracker,
     /// Set once shutdown began: new connections and publishes are refused with 503.

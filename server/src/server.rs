@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context;
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     AppState, Config, Readiness,
@@ -73,7 +73,6 @@ impl Server {
             hub,
             broker,
             metrics,
-            close_sessions: CancellationToken::new(),
             sessions: TaskTracker::new(),
             draining: AtomicBool::new(false),
             auth,
@@ -172,7 +171,8 @@ impl Server {
             warn!("ingest did not stop before the deadline");
         }
 
-        state.close_sessions.cancel();
+        let asked = state.hub.close_all();
+        debug!(sessions = asked, "asked every session to close");
         state.sessions.close();
         if tokio::time::timeout_at(deadline, state.sessions.wait()).await.is_err() {
             warn!(open = state.sessions.len(), "sessions still open at the deadline; dropping them");

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use common::procs::RedisServer;
 use datastream::{
     broker::{Broker, HistoryOptions, MemoryBroker, PublishOutcome, RedisBroker},
-    hub::{Hub, Outbox, Subscriber},
+    hub::{Event, Hub, Outbox, Subscriber},
     metrics::Metrics,
     publication::{Position, PublishRequest, Validator},
 };
@@ -99,7 +99,9 @@ async fn delivers_in_order_to_watchers(b: Backend) {
     }
     publish(&b, "other", "t", 0).await;
     for n in 1..=50 {
-        let p = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        let Event::Publication(p) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() else {
+            panic!("a publication, not a request to close")
+        };
         assert_eq!((p.position.offset, p.data.get().to_owned()), (n, format!(r#"{{"n":{n}}}"#)));
         assert_eq!(&*p.site, "mrc");
     }
@@ -221,7 +223,10 @@ async fn redis_a_site_watched_before_pubsub_connects_is_subscribed_when_it_does(
     let broker = Broker::Redis(redis);
     let published = broker.publish(request("early", "t", 7, None)).await.unwrap();
     assert!(matches!(published, PublishOutcome::Published(_)));
-    let p = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("delivered").unwrap();
+    let Event::Publication(p) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("delivered")
+    else {
+        panic!("a publication, not a request to close")
+    };
     assert_eq!(p.data.get(), r#"{"n":7}"#);
     stop.cancel();
 }

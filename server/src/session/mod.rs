@@ -10,7 +10,10 @@ pub mod legacy;
 pub mod v2;
 
 use std::{
+    future::poll_fn,
+    pin::Pin,
     sync::Arc,
+    task::Poll,
     time::{Duration, SystemTime},
 };
 
@@ -24,13 +27,13 @@ use datastream_protocol::{
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep_until};
 use tracing::debug;
 
 use crate::{
     AppState,
     auth::Grant,
-    hub::{ConnId, Hub, Inbox, Outbox, Subscriber, TopicFilter},
+    hub::{ConnId, Event, Hub, Inbox, Outbox, Subscriber, TopicFilter},
     limits::{FrameRate, IpPermit},
     metrics::Metrics,
     publication::Publication,
@@ -101,7 +104,7 @@ impl Registration {
         permit: Option<IpPermit>,
     ) -> (Self, Inbox) {
         let (outbox, rx) = Outbox::new(queue_bytes);
-        let conn = hub.next_conn_id();
+        let conn = hub.connect(outbox.clone());
         connections.inc();
         (Registration { hub, conn, outbox, sites: Vec::new(), connections, grant, _permit: permit }, rx)
     }
@@ -133,6 +136,7 @@ impl Drop for Registration {
         for site in self.sites.drain(..) {
             self.hub.unsubscribe(&site, self.conn);
         }
+        self.hub.disconnect(self.conn);
         self.connections.dec();
     }
 }
@@ -194,6 +198,7 @@ pub fn run<S: Socket, P: Protocol>(
         let mut last_heard = Instant::now();
         let mut strikes = Strikes::new();
         let mut drain_at: Option<Instant> = None;
+        let mut expiry: Option<(SystemTime, Pin<Box<Sleep>>)> = None;
         let mut rate = FrameRate::new(state.config.client_frame_rate, state.config.client_frame_burst);
 
         let end = if send_all(&mut socket, greeting).await.is_err() {
@@ -203,16 +208,15 @@ pub fn run<S: Socket, P: Protocol>(
                 if outbox.is_overflowed() {
                     break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
                 }
-                let expires = reg.grant.expires.map(deadline);
+                // One timer for the token's lifetime, replaced only when a refresh changes it: a
+                // timer made afresh on every turn would be registered and removed per publication.
+                if reg.grant.expires != expiry.as_ref().map(|(at, _)| *at) {
+                    expiry = reg.grant.expires.map(|at| (at, Box::pin(sleep_until(deadline(at)))));
+                }
                 tokio::select! {
                     biased;
-                    () = sleep_until(expires.unwrap_or_else(Instant::now)), if expires.is_some() => {
+                    () = poll_fn(|cx| expiry.as_mut().map_or(Poll::Pending, |(_, timer)| timer.as_mut().poll(cx))) => {
                         break End::Close(CloseCode::TokenExpired, "token expired", "token_expired");
-                    }
-                    () = state.close_sessions.cancelled(), if drain_at.is_none() => {
-                        // Spread closes over the drain window so clients do not all come back at once.
-                        let window = state.config.drain_window;
-                        drain_at = Some(Instant::now() + window.mul_f64(rand::random::<f64>()));
                     }
                     () = sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
                         // Let what was already queued reach the client before the close frame.
@@ -223,16 +227,23 @@ pub fn run<S: Socket, P: Protocol>(
                         }
                         break End::Close(CloseCode::GoingAway, "server shutting down", "shutdown");
                     }
-                    Some(p) = rx.recv() => {
-                        // A client that stops reading fills its TCP window and blocks the write; it
-                        // gets as long as a silent client would before it is cut off.
-                        let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, P::PACKS, |p| proto.frame(p));
-                        match tokio::time::timeout(state.config.client_timeout, write).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break End::Gone,
-                            Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
+                    event = rx.recv() => match event {
+                        Event::Publication(p) => {
+                            // A client that stops reading fills its TCP window and blocks the write;
+                            // it gets as long as a silent client would before it is cut off.
+                            let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, P::PACKS, |p| proto.frame(p));
+                            match tokio::time::timeout(state.config.client_timeout, write).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(_)) => break End::Gone,
+                                Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
+                            }
                         }
-                    }
+                        Event::Closing => {
+                            // Spread closes over the drain window so clients do not all come back at once.
+                            let window = state.config.drain_window;
+                            drain_at = Some(Instant::now() + window.mul_f64(rand::random::<f64>()));
+                        }
+                    },
                     msg = socket.next() => {
                         last_heard = Instant::now();
                         let reply = match msg {
