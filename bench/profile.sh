@@ -2,12 +2,13 @@
 # Where the relay's CPU goes under one workload: a flat perf profile (user and kernel symbols) and
 # the syscalls it makes, sampled while the load tool publishes.
 #
-#   bench/profile.sh [SUBS] [PHASE] [relay|relay-v2]     # default: 1000 steady:100:1:8 relay
+#   bench/profile.sh [SUBS] [PHASE] [relay|relay-v2|floor] [SITES]   # default: 1000 steady:100:1:8 relay 1
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 cd "$ROOT"
 SUBS=${1:-1000}
 PHASE=${2:-steady:100:1:8}
 TARGET=${3:-relay}
+SITES=${4:-1}
 SECS=${PHASE##*:}
 cargo build --quiet --release -p datastream
 cargo build --quiet --release -p datastream-bench
@@ -15,14 +16,18 @@ RELAY="$CARGO_TARGET_DIR/release/datastream"
 LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
 source "$ROOT/bench/lib.sh"
 PORT=$(free_port)
-DATASTREAM_LISTEN="127.0.0.1:$PORT" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
-    "${SERVER_CPU[@]}" "$RELAY" serve >"$WORK/relay.log" 2>&1 &
+if [ "$TARGET" = floor ]; then
+    "${SERVER_CPU[@]}" "$LOADGEN" floor --listen "127.0.0.1:$PORT" >"$WORK/relay.log" 2>&1 &
+else
+    DATASTREAM_LISTEN="127.0.0.1:$PORT" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
+        "${SERVER_CPU[@]}" "$RELAY" serve >"$WORK/relay.log" 2>&1 &
+fi
 SPID=$!
 PIDS+=("$SPID")
 wait_port "$PORT"
 
 "${TOOL_CPU[@]}" "$LOADGEN" run --target "$TARGET" --ws "127.0.0.1:$PORT" --server-pid "$SPID" \
-    --subs "$SUBS" --settle 1 --phase "$PHASE" --label profile >"$WORK/load.json" 2>"$WORK/load.err" &
+    --subs "$SUBS" --sites "$SITES" --settle 1 --phase "$PHASE" --label profile >"$WORK/load.json" 2>"$WORK/load.err" &
 LPID=$!
 PIDS+=("$LPID")
 # Wait until the subscribers are connected (the load tool says so), then sample the phase.

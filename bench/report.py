@@ -3,7 +3,7 @@
 import json
 import sys
 
-TARGETS = ["relay", "relay-v2", "nats", "mosquitto", "node"]
+TARGETS = ["relay", "relay-v2", "nats", "mosquitto", "node", "floor"]
 PEERS = ["nats", "mosquitto", "node"]
 
 
@@ -64,8 +64,11 @@ def main(path):
                   f"{fmt(p['p50_ms'], 2)} | {fmt(p['p90_ms'], 2)} | {fmt(p['p99_ms'], 2)} | {fmt(p['p999_ms'], 2)} | {fmt(p['max_ms'], 1)} |")
 
     print("\n### Relay CPU per million deliveries against the best peer (target: ratio ≤ 0.5)\n")
-    print("| scenario | phase | relay | relay-v2 | best peer | ratio relay | ratio v2 |")
-    print("|---|---|---:|---:|---|---:|---:|")
+    print("floor: `loadgen floor`, which does nothing but write what it has read to each subscriber, one blocking "
+          "write per subscriber per batch; its ratio is the lowest a server that does not hold messages back "
+          "can reach here.\n")
+    print("| scenario | phase | relay | relay-v2 | best peer | ratio relay | ratio v2 | floor | ratio floor |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|")
     seen = []
     for (label, phase, _t) in cells:
         if (label, phase) not in seen:
@@ -77,8 +80,10 @@ def main(path):
         best, who = min(peers)
         rel = cells.get((label, phase, "relay"), {}).get("server_cpu_s_per_m")
         v2 = cells.get((label, phase, "relay-v2"), {}).get("server_cpu_s_per_m")
+        floor = cells.get((label, phase, "floor"), {}).get("server_cpu_s_per_m")
         ratio = lambda v: fmt(v / best, 2) if v is not None and best > 0 else "–"
-        print(f"| {label} | {phase} | {fmt(rel, 1)} | {fmt(v2, 1)} | {who} {fmt(best, 1)} | {ratio(rel)} | {ratio(v2)} |")
+        print(f"| {label} | {phase} | {fmt(rel, 1)} | {fmt(v2, 1)} | {who} {fmt(best, 1)} | {ratio(rel)} | {ratio(v2)} | "
+              f"{fmt(floor, 1)} | {ratio(floor)} |")
 
     if ingest or sqs:
         print("\n### Ingest\n")

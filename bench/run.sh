@@ -4,8 +4,9 @@
 # and prints the markdown tables.
 #
 #   bench/run.sh                       # everything (about 12 minutes on 2 cores)
-#   BENCH_TARGETS="relay nats" bench/run.sh
+#   BENCH_TARGETS="relay nats" bench/run.sh   # of: relay relay-v2 nats mosquitto node floor
 #   BENCH_SCENARIOS="5k max" bench/run.sh    # of: 5k overload sites 10k max ingest client
+#   BENCH_RELAY=path/to/datastream bench/run.sh   # another build of the relay (before/after)
 #
 # Pinning: with 2 or more cores, each server runs on core 0 (`taskset -c 0`, so the relay's tokio
 # runtime and Go's GOMAXPROCS see one core) and the load tool on core 1 (a single-threaded
@@ -14,7 +15,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 cd "$ROOT"
 
-TARGETS=${BENCH_TARGETS:-"relay relay-v2 nats mosquitto node"}
+TARGETS=${BENCH_TARGETS:-"relay relay-v2 nats mosquitto node floor"}
 SCENARIOS=${BENCH_SCENARIOS:-"5k overload sites 10k max ingest client"}
 MAX_SUBS=${BENCH_MAX_SUBS:-19800}
 source "$ROOT/bench/lib.sh"
@@ -26,7 +27,7 @@ JSONL="$OUT/results.jsonl"
 step "build (release)"
 cargo build --release -p datastream
 cargo build --release -p datastream-bench
-RELAY="$CARGO_TARGET_DIR/release/datastream"
+RELAY="${BENCH_RELAY:-$CARGO_TARGET_DIR/release/datastream}"
 LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
 
 step "peers"
@@ -89,6 +90,13 @@ CONF
         ;;
     node)
         PORT=$p "${SERVER_CPU[@]}" node bench/node-relay/relay.js >"$WORK/server.log" 2>&1 &
+        SPID=$!
+        WS="127.0.0.1:$p" PUB="127.0.0.1:$p"
+        wait_port "$p"
+        ;;
+    floor)
+        # Not a server one could deploy: the least work any server can do here (bench/src/floor.rs).
+        "${SERVER_CPU[@]}" "$LOADGEN" floor --listen "127.0.0.1:$p" >"$WORK/server.log" 2>&1 &
         SPID=$!
         WS="127.0.0.1:$p" PUB="127.0.0.1:$p"
         wait_port "$p"

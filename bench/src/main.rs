@@ -9,10 +9,13 @@
 //! - [`payload`]: the messages (sequence number and send time inside `data`).
 //! - [`mqtt`]: the few MQTT packets needed.
 //! - [`procstat`]: CPU and RSS of a process from `/proc`.
+//! - [`floor`]: `loadgen floor`, the least work any server can do for these workloads (a
+//!   reference, run like a server under test).
 //!
 //! Everything runs on one thread (a current-thread runtime), so `taskset` can give the load tool
 //! one core and the server the other.
 
+mod floor;
 mod mqtt;
 mod payload;
 mod procstat;
@@ -49,6 +52,13 @@ enum Cmd {
     Run(RunArgs),
     /// HTTP publish throughput with no subscribers (the relay and the Node relay).
     IngestHttp(IngestArgs),
+    /// The floor server: the legacy protocol's fan-out with nothing but one blocking write per
+    /// subscriber per batch (the lower bound of any server's CPU and latency here).
+    Floor {
+        /// Address to listen on (subscribers and the publisher).
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -150,12 +160,16 @@ fn main() -> anyhow::Result<()> {
     // Every subscriber is a file descriptor: use all the hard limit allows.
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    if let Cmd::Floor { listen } = cli.cmd {
+        return floor::serve(listen);
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     let report = local.block_on(&rt, async {
         match cli.cmd {
             Cmd::Run(args) => run(args).await,
             Cmd::IngestHttp(args) => ingest_http(args).await,
+            Cmd::Floor { .. } => unreachable!("served above, without a runtime"),
         }
     })?;
     println!("{report}");

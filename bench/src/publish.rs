@@ -74,7 +74,7 @@ impl Publisher {
         let mut stream = TcpStream::connect(addr).await.with_context(|| format!("publisher connect {addr}"))?;
         stream.set_nodelay(true)?;
         match target {
-            Target::Relay | Target::RelayV2 | Target::Node => {
+            Target::Relay | Target::RelayV2 | Target::Node | Target::Floor => {
                 let (mut read, write) = stream.into_split();
                 let answers = Rc::new(Answers::default());
                 let seen = answers.clone();

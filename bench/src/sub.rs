@@ -28,6 +28,8 @@ pub(crate) enum Target {
     Mosquitto,
     /// The Node.js `ws` relay in `bench/node-relay` (`/dev?site=X`).
     Node,
+    /// `loadgen floor`, the reference that does nothing but write (`/dev?site=X`).
+    Floor,
 }
 
 /// What every subscriber reports to.
@@ -169,7 +171,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 async fn connect(ep: &Endpoint, site: &str, id: usize) -> anyhow::Result<Ws> {
     match ep.target {
-        Target::Relay | Target::Node => handshake(ep, &format!("/dev?site={site}"), None).await,
+        Target::Relay | Target::Node | Target::Floor => handshake(ep, &format!("/dev?site={site}"), None).await,
         Target::RelayV2 => {
             let mut ws = handshake(ep, &format!("/dev?site={site}"), Some("datastream.v2")).await?;
             await_frame(&mut ws, |f| contains(f, br#""type":"subscribed""#)).await?;
@@ -215,7 +217,7 @@ async fn read_loop(target: Target, mut ws: Ws, shared: &RefCell<Shared>) -> anyh
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         match target {
-            Target::Relay | Target::Node => shared.borrow_mut().record(&data, recv_ns),
+            Target::Relay | Target::Node | Target::Floor => shared.borrow_mut().record(&data, recv_ns),
             Target::RelayV2 => {
                 let pong = {
                     let mut s = shared.borrow_mut();
