@@ -5,7 +5,10 @@
 // time (Chrome's Performance metrics) give the handler's own cost, whatever the relay and network
 // add.
 //
-//   node bench/client/dispatch.mjs --relay-bin <datastream> [--messages 50000] [--rounds 5] [--warmup 0] [--profile <prefix>]
+//   node bench/client/dispatch.mjs --relay-bin <datastream> [--messages 50000] [--rounds 5] [--warmup 0] [--profile <prefix>] [--npm <dir>]
+//
+// --npm <dir>: the built package to load and measure (default: npm/), e.g. a copy of an earlier
+// build to compare with.
 //
 // --rounds: rounds per handler (default 5). The handlers take turns, each round on a fresh page
 // and site, after a pause that lets the previous page's teardown finish: without it, the second
@@ -36,6 +39,7 @@ const messages = Number(opt('--messages', '50000'));
 const profilePrefix = opt('--profile');
 const rounds = Number(opt('--rounds', '5'));
 const warmup = Number(opt('--warmup', '0'));
+const npmDir = path.resolve(opt('--npm', path.join(root, 'npm')));
 const batch = 500;
 
 /** The functions with the most self time in a CDP profile, per message, on stderr. */
@@ -74,7 +78,7 @@ try {
   const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm' };
   const files = http.createServer((req, res) => {
     const p = new URL(req.url, 'http://x').pathname;
-    const file = p === '/' ? path.join(here, 'page.html') : p.startsWith('/npm/') ? path.join(root, p) : null;
+    const file = p === '/' ? path.join(here, 'page.html') : p.startsWith('/npm/') ? path.join(npmDir, p.slice('/npm/'.length)) : null;
     try {
       const body = readFileSync(file);
       res.writeHead(200, { 'content-type': types[path.extname(file)] ?? 'application/octet-stream' }).end(body);
@@ -166,8 +170,8 @@ try {
     await page.close();
     await new Promise((r) => setTimeout(r, 2000));
   }
-  const size = (f) => { const b = readFileSync(path.join(root, 'npm', f)); return { raw: b.length, gzip: gzipSync(b, { level: 9 }).length }; };
-  const snippetDir = path.join(root, 'npm/wasm/snippets');
+  const size = (f) => { const b = readFileSync(path.join(npmDir, f)); return { raw: b.length, gzip: gzipSync(b, { level: 9 }).length }; };
+  const snippetDir = path.join(npmDir, 'wasm/snippets');
   const snippets = existsSync(snippetDir)
     ? readdirSync(snippetDir, { recursive: true }).filter((f) => f.endsWith('.js')).map((f) => path.join('wasm/snippets', f))
     : [];
