@@ -36,20 +36,32 @@ export function dispatcher(legacy, accept, ask) {
     return i;
   };
 
-  const callbacksFor = (v, site, f) => {
+  // A publication whose site or epoch is not the last one's: their indices, in `lastSiteId` and
+  // `lastEpochId` (legacy: no epoch).
+  const lookUp = (site, epoch) => {
+    if (ids.size >= LIMIT) {
+      ids.clear();
+      lastSite = lastEpoch = undefined;
+      forgetRoutes();
+    }
+    if (site !== lastSite) lastSiteId = id((lastSite = site));
+    if (epoch !== undefined && epoch !== lastEpoch) lastEpochId = id((lastEpoch = epoch));
+  };
+
+  const callbacksFor = (v, site, name, topic) => {
     if (v !== version || routed >= LIMIT) {
       version = v;
       forgetRoutes();
     }
     let topics = routes.get(site);
     if (!topics) routes.set(site, (topics = new Map()));
-    let fns = topics.get(f.topic);
+    let fns = topics.get(topic);
     if (!fns) {
-      topics.set(f.topic, (fns = route(f.site, f.topic)));
+      topics.set(topic, (fns = route(name, topic)));
       routed++;
     }
     routeSite = site;
-    routeTopic = f.topic;
+    routeTopic = topic;
     return (routeFns = fns);
   };
 
@@ -65,51 +77,54 @@ export function dispatcher(legacy, accept, ask) {
         // v2 frames may pack several, one per line. A legacy frame is one publication, whose
         // pretty-printed data may contain newlines.
         const lines = legacy ? [data] : data.split('\n');
+        // Only the client (given a frame by `other`), the callbacks and the error hooks (called by
+        // `failed`) can close it: `socket.live` is checked after each, to stop at once.
         for (let i = 0; i < lines.length; i++) {
-          // A callback or a listener may have closed the client: stop at once.
-          if (!socket.live) return;
           const text = lines[i];
           let f;
           try {
             f = JSON.parse(text);
           } catch {
             // Blank lines around packed frames are not frames.
-            if (legacy || text.trim()) other(link);
+            if (legacy || text.trim()) {
+              other(link);
+              if (!socket.live) return;
+            }
             continue;
           }
+          const s = f?.site;
+          const topic = f?.topic;
+          const epoch = legacy ? undefined : f?.epoch;
+          const offset = legacy ? -1 : f?.offset;
           // Anything but a well-formed publication goes to the client, which reads it or says
           // what is wrong with it.
           if (
-            typeof f?.site !== 'string' ||
-            typeof f.topic !== 'string' ||
+            typeof s !== 'string' ||
+            typeof topic !== 'string' ||
             (legacy
               ? f.type === 'error'
-              : f.type !== 'pub' || typeof f.epoch !== 'string' || !(Number.isSafeInteger(f.offset) && f.offset >= 0))
+              : f.type !== 'pub' || typeof epoch !== 'string' || !(Number.isSafeInteger(offset) && offset >= 0))
           ) {
             other(link, f);
+            if (!socket.live) return;
             continue;
           }
-          if (ids.size >= LIMIT) {
-            ids.clear();
-            lastSite = lastEpoch = undefined;
-            forgetRoutes();
-          }
-          const site = f.site === lastSite ? lastSiteId : (lastSiteId = id((lastSite = f.site)));
-          const epoch = legacy ? 0 : f.epoch === lastEpoch ? lastEpochId : (lastEpochId = id((lastEpoch = f.epoch)));
-          const v = accept(link, site, epoch, legacy ? -1 : f.offset, now);
+          if (s !== lastSite || epoch !== lastEpoch) lookUp(s, epoch);
+          const site = lastSiteId;
+          const v = accept(link, site, legacy ? 0 : lastEpochId, offset, now);
           if (v < 0) continue;
-          const fns = v === version && site === routeSite && f.topic === routeTopic ? routeFns : callbacksFor(v, site, f);
-          if (!fns.length) continue;
-          const meta = legacy
-            ? { site: f.site, topic: f.topic }
-            : { site: f.site, topic: f.topic, epoch: f.epoch, offset: f.offset };
-          for (let j = 0; j < fns.length; j++) {
-            if (!socket.live) return;
+          const fns = v === version && site === routeSite && topic === routeTopic ? routeFns : callbacksFor(v, site, s, topic);
+          const n = fns.length;
+          if (n === 0) continue;
+          const meta = legacy ? { site: s, topic } : { site: s, topic, epoch, offset };
+          const d = f.data;
+          for (let j = 0; j < n; j++) {
             try {
-              fns[j].call(null, f.data, meta);
+              fns[j].call(null, d, meta);
             } catch (error) {
-              failed(f.site, f.topic, error);
+              failed(s, topic, error);
             }
+            if (!socket.live) return;
           }
         }
       };
