@@ -1,7 +1,10 @@
 //! One task per WebSocket connection.
 //!
-//! A session owns its socket and runs a single `select!` ([`run`]) over: shutdown, its outbox
-//! overflowing, publications queued by the hub, frames from the client, and the heartbeat tick.
+//! A session owns its socket and runs a single `select!` ([`run`]) over: its token's expiry, the
+//! drain deadline once shutdown began, its inbox (publications queued by the hub, and the request
+//! to close at shutdown, which arrives the same way), frames from the client, and the heartbeat
+//! tick; its outbox overflowing is checked on every turn. A wake takes no lock shared with other
+//! sessions and creates no timer.
 //! What differs between protocols (frame formats, client requests) sits behind [`Protocol`]:
 //! [`legacy`] and [`v2`]. Everything a connection holds is released when the task ends, whatever
 //! the reason, by [`Registration`].
