@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError, Protocol, duration_ms};
 use crate::inbound::Inbound;
 use crate::link::{Link, LinkId, Phase, TimerKind};
 use crate::state::State;
+use crate::stream::Undo;
 use crate::subscriptions::{RecoveryFailure, Subscriptions};
 use crate::wire::{encode, encode_legacy_update};
 
@@ -394,6 +395,31 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         l.last_heard = now;
         l.probe_sent = None;
         self.wanted(link, site, position)
+    }
+
+    /// [`Client::accept`] of a v2 publication, with what undoes its record
+    /// ([`Client::undo_accept`]) when it changed one.
+    pub fn accept_undoable(
+        &mut self,
+        link: LinkId,
+        site: &str,
+        epoch: &str,
+        offset: u64,
+        now: f64,
+    ) -> (bool, Option<Option<Undo>>) {
+        if self.config.protocol != Protocol::V2 {
+            return (self.accept(link, site, Some((epoch, offset)), now), None);
+        }
+        let Some(l) = self.link_mut(link) else { return (false, None) };
+        l.last_heard = now;
+        l.probe_sent = None;
+        self.subs.accept_undoable(site, epoch, offset)
+    }
+
+    /// Forgets a publication of `site` recorded by [`Client::accept_undoable`] (the latest first):
+    /// as if it had not arrived yet.
+    pub fn undo_accept(&mut self, site: &str, undo: Option<Undo>) {
+        self.subs.undo(site, undo);
     }
 
     /// The callbacks for a publication of `site` on `topic`, in registration order.

@@ -19,6 +19,14 @@ pub struct Stream {
     replay: Option<Replay>,
 }
 
+/// What one [`Stream::accept`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undo {
+    epoch: Option<String>,
+    delivered: u64,
+    replay: Option<Replay>,
+}
+
 /// The rest of a replay announced by a `subscribed` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Replay {
@@ -70,6 +78,26 @@ impl Stream {
             }
         }
         fresh
+    }
+
+    /// [`Stream::accept`], with what undoes it ([`Stream::undo`]).
+    pub fn accept_undoable(&mut self, epoch: &str, offset: u64) -> (bool, Undo) {
+        let undo = Undo {
+            epoch: (epoch != self.epoch).then(|| self.epoch.clone()),
+            delivered: self.delivered,
+            replay: self.replay,
+        };
+        (self.accept(epoch, offset), undo)
+    }
+
+    /// Puts the stream back as it was before the [`Stream::accept_undoable`] that gave `undo`
+    /// (undone latest first).
+    pub fn undo(&mut self, undo: Undo) {
+        if let Some(epoch) = undo.epoch {
+            self.epoch = epoch;
+        }
+        self.delivered = undo.delivered;
+        self.replay = undo.replay;
     }
 
     /// The position to recover from.
@@ -154,5 +182,30 @@ mod tests {
         assert!(!s.accept("b", 1));
         assert!(s.accept("b", 2));
         assert_eq!(s.position(), StreamPosition { epoch: "b".into(), offset: 2 });
+    }
+
+    #[test]
+    fn accepts_undone_latest_first_leave_the_stream_as_before_them() {
+        // In a replay of 3 up to 9, from 5: 6, a duplicate, 7, then a new epoch.
+        let s0 = Stream::confirmed(Some(Stream::confirmed(None, "e", 5, 0)), "e", 9, 3);
+        let mut s = s0.clone();
+        let mut undos = Vec::new();
+        let mut states = vec![s.clone()];
+        for (epoch, offset, fresh) in [("e", 6, true), ("e", 6, false), ("e", 7, true), ("f", 1, true), ("f", 2, true)]
+        {
+            let (got, undo) = s.accept_undoable(epoch, offset);
+            assert_eq!(got, fresh, "{epoch} {offset}");
+            undos.push(undo);
+            states.push(s.clone());
+        }
+        assert_eq!(s.position(), StreamPosition { epoch: "f".into(), offset: 2 });
+        while let Some(undo) = undos.pop() {
+            s.undo(undo);
+            assert_eq!(&s, &states[undos.len()]);
+        }
+        assert_eq!(s, s0);
+        // Accepted again, the same answers: the replay counts down again, to its end.
+        assert!(s.accept("e", 6) && !s.accept("e", 6) && s.accept("e", 7));
+        assert_eq!(s.position().offset, 9);
     }
 }

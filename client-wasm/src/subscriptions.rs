@@ -6,7 +6,7 @@
 
 use datastream_protocol::v2::{ClientFrame, StreamPosition};
 
-use crate::stream::Stream;
+use crate::stream::{Stream, Undo};
 
 /// One wanted site.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -170,6 +170,29 @@ impl Subscriptions {
                 sub.stream = Some(Stream::confirmed(None, epoch, offset, 0));
                 true
             }
+        }
+    }
+
+    /// [`Subscriptions::accept`], with what undoes it ([`Subscriptions::undo`]): `None` when it
+    /// changed nothing, else the stream's undo (`None` inside: the stream was just started).
+    pub fn accept_undoable(&mut self, site: &str, epoch: &str, offset: u64) -> (bool, Option<Option<Undo>>) {
+        let Some(sub) = self.get_mut(site) else { return (false, None) };
+        match &mut sub.stream {
+            Some(stream) => {
+                let (fresh, undo) = stream.accept_undoable(epoch, offset);
+                (fresh, Some(Some(undo)))
+            }
+            None => (self.accept(site, epoch, offset), Some(None)),
+        }
+    }
+
+    /// Undoes an [`Subscriptions::accept_undoable`] of `site` (the latest first).
+    pub fn undo(&mut self, site: &str, undo: Option<Undo>) {
+        let Some(sub) = self.get_mut(site) else { return };
+        match (undo, &mut sub.stream) {
+            (Some(undo), Some(stream)) => stream.undo(undo),
+            (Some(_), None) => {}
+            (None, stream) => *stream = None,
         }
     }
 
