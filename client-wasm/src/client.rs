@@ -422,6 +422,12 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         self.subs.undo(site, undo);
     }
 
+    /// The position `site`'s stream would be recovered from.
+    #[cfg(all(test, target_arch = "wasm32"))]
+    pub(crate) fn position(&self, site: &str) -> Option<datastream_protocol::v2::StreamPosition> {
+        self.subs.position(site)
+    }
+
     /// The callbacks for a publication of `site` on `topic`, in registration order.
     pub fn listeners(&self, site: &str, topic: &str) -> Vec<F> {
         self.callbacks.matching(site, topic)

@@ -1,15 +1,18 @@
 // The client's hot path: every socket's frames are read here and publications handed to their
-// callbacks, asking the client (WebAssembly) about each with numbers only. The contract is
+// callbacks, asking the client (WebAssembly) about a frame's publications at once, with numbers
+// only. The contract is
 // documented in dispatch.rs. npm/build.sh leaves these comments out of the package.
 
 /** Names, and cached routes, kept before starting over. */
 const LIMIT = 1000;
 
 /**
- * `accept(link, site, epoch, offset, now)` → the listeners' version, or -1 to drop the
- * publication; `ask(what, a, b, c)` for the rest, `what` as numbered in dispatch.rs.
+ * `accept(link, buf, from, to, now)` judges publications `from..to`, four numbers each in `buf`
+ * (site, epoch, offset, then the answer it writes: the listeners' version, or -1 to drop it);
+ * `state`: [the publication being dispatched, whether the client was called since `accept`];
+ * `ask(what, a, b, c)` for the rest, `what` as numbered in dispatch.rs.
  */
-export function dispatcher(legacy, accept, ask) {
+export function dispatcher(legacy, accept, ask, state) {
   const intern = (name, first) => ask(0, name, first);
   const route = (site, topic) => ask(1, site, topic);
   const other = (link, frame) => ask(2, link, frame);
@@ -17,6 +20,8 @@ export function dispatcher(legacy, accept, ask) {
 
   // Site and epoch names → their index in the client's table.
   const ids = new Map();
+  // The publications' numbers for `accept`, grown as needed.
+  let buf = new Float64Array(256);
   // Site index → topic → callbacks, as `route` gave them for listeners version `version`.
   let routes, routed, version;
   // The last names and route looked up: a stream mostly repeats them.
@@ -69,6 +74,55 @@ export function dispatcher(legacy, accept, ask) {
     /** Dispatches `ws`'s frames as `link`'s; returns the function that stops it. */
     attach(ws, link) {
       const socket = { live: true };
+      // Publications of the current frame waiting for `accept`: their lines' JSON values, and
+      // four numbers each in `buf` (site, epoch, offset, then the client's answer).
+      const items = [];
+      // One publication's callbacks; false once the socket is detached.
+      const deliver = (f, v, site) => {
+        const s = f.site;
+        const topic = f.topic;
+        const fns = v === version && site === routeSite && topic === routeTopic ? routeFns : callbacksFor(v, site, s, topic);
+        const n = fns.length;
+        if (n === 0) return true;
+        const meta = legacy ? { site: s, topic } : { site: s, topic, epoch: f.epoch, offset: f.offset };
+        const d = f.data;
+        for (let j = 0; j < n; j++) {
+          try {
+            fns[j].call(null, d, meta);
+          } catch (error) {
+            failed(s, topic, error);
+          }
+          if (!socket.live) return false;
+        }
+        return true;
+      };
+      // The client judges the waiting publications in one call, then they are dispatched in
+      // order. When a callback called the client (`state[1]` set: it may have changed what is
+      // wanted or the listeners, or closed it), the client forgot the publications after the one
+      // dispatched: the rest are asked about again, one at a time (a callback that calls the
+      // client once may do so for every publication).
+      const flush = (m, now) => {
+        let one = false;
+        for (let from = 0; from < m; ) {
+          const to = one ? from + 1 : m;
+          state[1] = 0;
+          accept(link, buf, from, to, now);
+          let i = from;
+          for (from = to; i < to; i++) {
+            const v = buf[4 * i + 3];
+            if (v < 0) continue;
+            state[0] = i;
+            if (!deliver(items[i], v, buf[4 * i])) return false;
+            if (state[1]) {
+              from = i + 1;
+              one = true;
+              break;
+            }
+          }
+        }
+        state[0] = Infinity;
+        return true;
+      };
       // One function for the whole frame, every line handled inline: the hot loop.
       ws.onmessage = ({ data }) => {
         // Binary frames are not part of the protocol; the relay never sends them.
@@ -77,53 +131,57 @@ export function dispatcher(legacy, accept, ask) {
         // v2 frames may pack several, one per line. A legacy frame is one publication, whose
         // pretty-printed data may contain newlines.
         const lines = legacy ? [data] : data.split('\n');
+        const end = lines.length;
+        let m = 0;
         // Only the client (given a frame by `other`), the callbacks and the error hooks (called by
         // `failed`) can close it: `socket.live` is checked after each, to stop at once.
-        for (let i = 0; i < lines.length; i++) {
-          const text = lines[i];
+        for (let i = 0; i <= end; i++) {
           let f;
-          try {
-            f = JSON.parse(text);
-          } catch {
-            // Blank lines around packed frames are not frames.
-            if (legacy || text.trim()) {
-              other(link);
-              if (!socket.live) return;
-            }
-            continue;
-          }
-          const s = f?.site;
-          const topic = f?.topic;
-          const epoch = legacy ? undefined : f?.epoch;
-          const offset = legacy ? -1 : f?.offset;
-          // Anything but a well-formed publication goes to the client, which reads it or says
-          // what is wrong with it.
-          if (
-            typeof s !== 'string' ||
-            typeof topic !== 'string' ||
-            (legacy
-              ? f.type === 'error'
-              : f.type !== 'pub' || typeof epoch !== 'string' || !(Number.isSafeInteger(offset) && offset >= 0))
-          ) {
-            other(link, f);
-            if (!socket.live) return;
-            continue;
-          }
-          if (s !== lastSite || epoch !== lastEpoch) lookUp(s, epoch);
-          const site = lastSiteId;
-          const v = accept(link, site, legacy ? 0 : lastEpochId, offset, now);
-          if (v < 0) continue;
-          const fns = v === version && site === routeSite && topic === routeTopic ? routeFns : callbacksFor(v, site, s, topic);
-          const n = fns.length;
-          if (n === 0) continue;
-          const meta = legacy ? { site: s, topic } : { site: s, topic, epoch, offset };
-          const d = f.data;
-          for (let j = 0; j < n; j++) {
+          if (i < end) {
+            const text = lines[i];
             try {
-              fns[j].call(null, d, meta);
-            } catch (error) {
-              failed(s, topic, error);
+              f = JSON.parse(text);
+            } catch {
+              // Blank lines around packed frames are not frames.
+              if (!legacy && !text.trim()) continue;
             }
+            const s = f?.site;
+            const topic = f?.topic;
+            const epoch = legacy ? undefined : f?.epoch;
+            const offset = legacy ? -1 : f?.offset;
+            // Anything but a well-formed publication goes to the client, which reads it or says
+            // what is wrong with it.
+            if (
+              typeof s === 'string' &&
+              typeof topic === 'string' &&
+              (legacy
+                ? f.type !== 'error'
+                : f.type === 'pub' && typeof epoch === 'string' && Number.isSafeInteger(offset) && offset >= 0)
+            ) {
+              // A name table starting over would change the waiting publications' indices.
+              if (m && ids.size >= LIMIT) {
+                if (!flush(m, now)) return;
+                m = 0;
+              }
+              if (s !== lastSite || epoch !== lastEpoch) lookUp(s, epoch);
+              if (buf.length < 4 * m + 4) {
+                const bigger = new Float64Array(2 * buf.length);
+                bigger.set(buf);
+                buf = bigger;
+              }
+              buf[4 * m] = lastSiteId;
+              buf[4 * m + 1] = legacy ? 0 : lastEpochId;
+              buf[4 * m + 2] = offset;
+              items[m++] = f;
+              continue;
+            }
+          }
+          if (m) {
+            if (!flush(m, now)) return;
+            m = 0;
+          }
+          if (i < end) {
+            other(link, f);
             if (!socket.live) return;
           }
         }

@@ -8,12 +8,23 @@
 //!
 //! - Each socket's `onmessage` splits a v2 frame into its lines (a legacy frame is one
 //!   publication, and may contain newlines), skips blank lines, and `JSON.parse`s each.
-//! - A well-formed publication (v2: `type` `pub`, string `site`, `topic` and `epoch`, a
-//!   non-negative integer `offset`; legacy: string `site` and `topic`, `type` not `error`) costs
-//!   one call into the client, with numbers only: [`Client::accept`](crate::client::Client::accept)
-//!   says whether it is new and wanted (deduplication by offset, the legacy socket's site).
-//!   Site and epoch names cross as indices in a table of names the client keeps: each distinct
-//!   name is copied into it once.
+//! - Well-formed publications (v2: `type` `pub`, string `site`, `topic` and `epoch`, a
+//!   non-negative integer `offset`; legacy: string `site` and `topic`, `type` not `error`) cost
+//!   one call into the client for each run of them in a frame (a packed v2 frame is mostly one
+//!   run), with numbers only in a shared `Float64Array`:
+//!   [`Client::accept`](crate::client::Client::accept) says of each, in order, whether it is new
+//!   and wanted (deduplication by offset, the legacy socket's site). Site and epoch names cross
+//!   as indices in a table of names the client keeps: each distinct name is copied into it once.
+//! - The answers hold as long as the callbacks leave the client alone. Each publication is judged
+//!   as if the ones before it had been dispatched, so a callback that calls the client
+//!   (unsubscribes, adds a listener, closes, or throws, which is reported) may change the
+//!   answers for the rest of the run. The dispatcher tells the client which publication it is
+//!   dispatching (`state[0]`); the client, called back, first forgets what it recorded for the
+//!   ones after it (their offsets, so neither deduplication nor the position a resubscribe
+//!   recovers from counts them) and says so (`state[1]`); the dispatcher then asks about them
+//!   again, one call each for the rest of the frame (a callback that calls the client once
+//!   may do so for each publication). The callbacks see exactly what they would if each
+//!   publication were judged alone.
 //! - The callbacks for a site and topic are asked for once and cached until the listeners
 //!   change (the client answers `accept` with its listeners' version). Each callback gets
 //!   `(data, meta)` with `this` null; `meta` is `{site, topic, epoch, offset}` (legacy:
@@ -25,7 +36,7 @@
 //! The name table and the cached callbacks start over past 1,000 entries, so names that never
 //! repeat cannot grow them without bound.
 
-use js_sys::{Array, Function};
+use js_sys::{Array, Float64Array, Function};
 use wasm_bindgen::prelude::*;
 
 use crate::link::LinkId;
@@ -34,8 +45,8 @@ use crate::link::LinkId;
 extern "C" {
     type Dispatcher;
 
-    /// `accept(link, site, epoch, offset, now)`; `ask(what, a, b, c)`: see [`Dispatch::new`].
-    fn dispatcher(legacy: bool, accept: &Function, ask: &Function) -> Dispatcher;
+    /// `accept(link, buf, from, to, now)`; `ask(what, a, b, c)`; `state`: see [`Dispatch::new`].
+    fn dispatcher(legacy: bool, accept: &Function, ask: &Function, state: &Float64Array) -> Dispatcher;
 
     #[wasm_bindgen(method)]
     fn attach(this: &Dispatcher, ws: &JsValue, link: LinkId) -> Function;
@@ -46,10 +57,13 @@ pub(crate) trait ClientSide: Clone + 'static {
     /// Copies a site or epoch name into the table (emptied first when `first`); returns its
     /// index there.
     fn intern(&self, name: String, first: bool) -> u32;
-    /// Whether a publication of `site` at (`epoch`, `offset`) that arrived on `link` at `now` is
-    /// new and wanted: the listeners' version (≥ 0) if so, else -1. Names are indices in the
-    /// table; `offset` is -1 in the legacy protocol (no position).
-    fn accept(&self, link: LinkId, site: u32, epoch: u32, offset: f64, now: f64) -> f64;
+    /// Whether each of publications `from..to` of a frame that arrived on `link` at `now` is new
+    /// and wanted, judged in order as if each had been dispatched before the next. Each is four
+    /// numbers in `buf`: its site and epoch (indices in the table), its offset (-1 in the legacy
+    /// protocol: no position), then the answer, written there: the listeners' version (≥ 0) if
+    /// so, else -1. Until the client is next called, it can forget the ones after
+    /// `state[0]` (see [`Dispatch::state`]).
+    fn accept(&self, link: LinkId, buf: &Float64Array, from: u32, to: u32, now: f64);
     /// The callbacks for a publication of `site` on `topic`, in order.
     fn route(&self, site: &str, topic: &str) -> Array;
     /// Any other frame arrived on `link`, parsed (`undefined`: not JSON).
@@ -67,23 +81,28 @@ const FAILED: u32 = 3;
 /// One client's dispatcher and the closures it calls, which live as long as it does.
 pub(crate) struct Dispatch {
     js: Dispatcher,
-    _accept: Closure<dyn FnMut(LinkId, u32, u32, f64, f64) -> f64>,
+    /// Shared with the dispatcher: `[i, asked]`, the index of the publication whose callbacks
+    /// run, and whether the client was called since the last `accept`. The client sets `asked`
+    /// when, called back from a callback, it forgets the publications after `i` (what the
+    /// callback did may change their answers): the dispatcher then asks about them again.
+    pub(crate) state: Float64Array,
+    _accept: Closure<dyn FnMut(LinkId, Float64Array, u32, u32, f64)>,
     _ask: Closure<dyn FnMut(u32, JsValue, JsValue, JsValue) -> JsValue>,
 }
 
 impl Dispatch {
     /// A dispatcher for the legacy protocol's frames (one publication each, no position) or v2's.
     ///
-    /// `accept` is called for every publication, with numbers only. The rarer requests share one
+    /// `accept` is called once for each run of publications in a frame, with numbers only. The
+    /// rarer requests share one
     /// function, `ask(what, a, b, c)` (one closure instead of four in the bundle, values passed
     /// as they are): [`INTERN`] `(name, first)`, [`ROUTE`] `(site, topic)`, [`OTHER`]
     /// `(link, frame)`, [`FAILED`] `(site, topic, error)`.
     pub(crate) fn new(legacy: bool, client: impl ClientSide) -> Dispatch {
         let asked = client.clone();
-        let accept =
-            Closure::<dyn FnMut(LinkId, u32, u32, f64, f64) -> f64>::new(move |link, site, epoch, offset, now| {
-                client.accept(link, site, epoch, offset, now)
-            });
+        let accept = Closure::<dyn FnMut(LinkId, Float64Array, u32, u32, f64)>::new(move |link, buf, from, to, now| {
+            client.accept(link, &buf, from, to, now)
+        });
         let ask = Closure::<dyn FnMut(u32, JsValue, JsValue, JsValue) -> JsValue>::new(
             move |what, a: JsValue, b: JsValue, c| match what {
                 INTERN => asked.intern(text(&a), b.is_truthy()).into(),
@@ -99,8 +118,9 @@ impl Dispatch {
                 _ => JsValue::UNDEFINED,
             },
         );
-        let js = dispatcher(legacy, accept.as_ref().unchecked_ref(), ask.as_ref().unchecked_ref());
-        Dispatch { js, _accept: accept, _ask: ask }
+        let state = Float64Array::new_with_length(2);
+        let js = dispatcher(legacy, accept.as_ref().unchecked_ref(), ask.as_ref().unchecked_ref(), &state);
+        Dispatch { js, state, _accept: accept, _ask: ask }
     }
 
     /// Takes over `ws`'s `onmessage`, dispatching its frames as `link`'s. Returns the function
@@ -135,6 +155,8 @@ mod tests {
         wanted: Rc<Cell<bool>>,
         version: Rc<Cell<f64>>,
         callbacks: Rc<RefCell<Vec<Function>>>,
+        /// Each `accept`'s range.
+        batches: Rc<RefCell<Vec<(u32, u32)>>>,
     }
 
     impl ClientSide for Script {
@@ -148,12 +170,13 @@ mod tests {
             (names.len() - 1) as u32
         }
 
-        fn accept(&self, link: LinkId, site: u32, epoch: u32, offset: f64, now: f64) -> f64 {
-            assert!(now > 1e12, "Date.now(): {now}");
-            let names = self.names.borrow();
-            let epoch = if offset < 0.0 { "-".to_owned() } else { names[epoch as usize].clone() };
-            self.log.borrow_mut().push(format!("accept {link} {} {epoch} {offset}", names[site as usize]));
-            if self.wanted.get() { self.version.get() } else { -1.0 }
+        fn accept(&self, link: LinkId, buf: &Float64Array, from: u32, to: u32, now: f64) {
+            self.batches.borrow_mut().push((from, to));
+            for i in from..to {
+                let at = |j: u32| buf.get_index(4 * i + j);
+                let v = self.accept_one(link, at(0) as u32, at(1) as u32, at(2), now);
+                buf.set_index(4 * i + 3, v);
+            }
         }
 
         fn route(&self, site: &str, topic: &str) -> Array {
@@ -169,6 +192,16 @@ mod tests {
         fn failed(&self, site: String, topic: String, error: JsValue) {
             let message = Reflect::get(&error, &"message".into()).unwrap().as_string().unwrap();
             self.log.borrow_mut().push(format!("failed {site} {topic} {message}"));
+        }
+    }
+
+    impl Script {
+        fn accept_one(&self, link: LinkId, site: u32, epoch: u32, offset: f64, now: f64) -> f64 {
+            assert!(now > 1e12, "Date.now(): {now}");
+            let names = self.names.borrow();
+            let epoch = if offset < 0.0 { "-".to_owned() } else { names[epoch as usize].clone() };
+            self.log.borrow_mut().push(format!("accept {link} {} {epoch} {offset}", names[site as usize]));
+            if self.wanted.get() { self.version.get() } else { -1.0 }
         }
     }
 
@@ -337,6 +370,38 @@ mod tests {
     }
 
     #[wasm_bindgen_test]
+    fn a_frame_is_judged_in_one_call_and_the_rest_again_after_the_client_was_asked() {
+        dispatched();
+        let fake = Fake::new(false);
+        // What the client does when a callback calls it: it marks the batch as stale.
+        Reflect::set(&js_sys::global(), &"state".into(), &fake.dispatch.state).unwrap();
+        fake.listen("globalThis.cursors = [...(globalThis.cursors || []), state[0]]; if (data === 2) state[1] = 1");
+        let (ws, _detach) = socket(&fake, 1);
+        let text: Vec<String> = (1..=4).map(|i| pub_frame("mrc", "t", "e", i, &i.to_string())).collect();
+        message(&ws, &text.join("\n").into());
+        assert_eq!(*fake.batches.borrow(), [(0, 4), (2, 3), (3, 4)], "after the second, the rest again, one by one");
+        let cursors = Reflect::get(&js_sys::global(), &"cursors".into()).unwrap();
+        assert_eq!(json(&cursors), "[0,1,2,3]", "the client is told which one is dispatched");
+        assert_eq!(dispatched().matches("\"site\"").count(), 4);
+        // Unwanted from the third on: judged again, they are dropped.
+        fake.batches.borrow_mut().clear();
+        let text: Vec<String> = (5..=8).map(|i| pub_frame("mrc", "t", "e", i, &i.to_string())).collect();
+        fake.listen("if (data === 6) { globalThis.unwant(); state[1] = 1 }");
+        fake.version.set(1.0);
+        let script = fake.script.clone();
+        let unwant = Closure::<dyn FnMut()>::new(move || script.wanted.set(false));
+        Reflect::set(&js_sys::global(), &"unwant".into(), unwant.as_ref()).unwrap();
+        message(&ws, &text.join("\n").into());
+        assert_eq!(*fake.batches.borrow(), [(0, 4), (2, 3), (3, 4)]);
+        let data: Vec<serde_json::Value> = serde_json::from_str::<Vec<Vec<serde_json::Value>>>(&dispatched())
+            .unwrap()
+            .into_iter()
+            .map(|d| d[1].clone())
+            .collect();
+        assert_eq!(data, vec![5, 5, 6, 6], "both callbacks of the sixth, nothing after");
+    }
+
+    #[wasm_bindgen_test]
     fn detaching_stops_at_once_even_from_a_callback() {
         dispatched();
         let fake = Fake::new(false);
@@ -353,7 +418,7 @@ mod tests {
         let event = Object::new();
         Reflect::set(&event, &"data".into(), &pub_frame("mrc", "t", "e", 3, "3").into()).unwrap();
         handler.unchecked_ref::<Function>().call1(&ws, &event).unwrap();
-        assert_eq!(fake.take().iter().filter(|l| l.starts_with("accept")).count(), 1);
+        assert_eq!(fake.take().iter().filter(|l| l.starts_with("accept")).count(), 2, "judged together, before");
         assert_eq!(dispatched(), "[]");
     }
 

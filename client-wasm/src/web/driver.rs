@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 
 use gloo_events::EventListener;
 use gloo_timers::callback::Timeout;
-use js_sys::{Array, Function};
+use js_sys::{Array, Float64Array, Function};
 use wasm_bindgen::prelude::*;
 
 use super::convert;
@@ -25,6 +25,7 @@ use crate::callbacks::HookKind;
 use crate::client::{Action, Client, Event};
 use crate::config::Protocol;
 use crate::link::{LinkId, TimerKind};
+use crate::stream::Undo;
 
 pub(crate) type JsClient = Client<Function, JsValue>;
 
@@ -37,6 +38,10 @@ pub(crate) struct Driver {
     dispatch: Dispatch,
     /// The site and epoch names the dispatcher refers to by index.
     names: RefCell<Vec<String>>,
+    /// The dispatcher's latest batch of publications is still being dispatched.
+    batch_open: std::cell::Cell<bool>,
+    /// What accepting each of that batch's publications recorded (its index, site, the undo).
+    batch: RefCell<Vec<(u32, u32, Option<Undo>)>>,
 }
 
 /// What the driver holds on the browser's side. Dropping it closes the sockets, cancels the
@@ -63,6 +68,8 @@ impl Driver {
             legacy,
             dispatch: Dispatch::new(legacy, weak.clone()),
             names: RefCell::new(Vec::new()),
+            batch_open: Default::default(),
+            batch: RefCell::default(),
         });
         driver.listen_to_browser();
         driver.run(|c, now| c.start(now));
@@ -71,6 +78,7 @@ impl Driver {
 
     /// Calls `f` on the client, then carries out what it decided.
     pub(crate) fn run<R>(self: &Rc<Self>, f: impl FnOnce(&mut JsClient, f64) -> R) -> R {
+        self.settle();
         let (result, actions) = {
             let mut client = self.client.borrow_mut();
             let result = f(&mut client, now());
@@ -80,6 +88,29 @@ impl Driver {
             self.perform(action);
         }
         result
+    }
+
+    /// Called back while a batch of publications is dispatched (from a callback): the
+    /// publications after the one being dispatched are forgotten, as if not arrived yet, and the
+    /// dispatcher told to ask about them again.
+    fn settle(&self) {
+        if !self.batch_open.replace(false) {
+            return;
+        }
+        let state = &self.dispatch.state;
+        let cursor = state.get_index(0);
+        state.set_index(1, 1.0);
+        let batch = std::mem::take(&mut *self.batch.borrow_mut());
+        let names = self.names.borrow();
+        let mut client = self.client.borrow_mut();
+        for (i, site, undo) in batch.into_iter().rev() {
+            if f64::from(i) <= cursor {
+                break;
+            }
+            if let Some(site) = names.get(site as usize) {
+                client.undo_accept(site, undo);
+            }
+        }
     }
 
     fn perform(self: &Rc<Self>, action: Action<Function, JsValue>) {
@@ -199,18 +230,34 @@ impl ClientSide for Weak<Driver> {
         (names.len() - 1) as u32
     }
 
-    fn accept(&self, link: LinkId, site: u32, epoch: u32, offset: f64, now: f64) -> f64 {
-        let Some(d) = self.upgrade() else { return -1.0 };
-        let names = d.names.borrow();
-        let Some(site) = names.get(site as usize) else { return -1.0 };
-        let position = if offset < 0.0 {
-            None
+    fn accept(&self, link: LinkId, buf: &Float64Array, from: u32, to: u32, now: f64) {
+        let part = buf.subarray(4 * from, 4 * to);
+        let mut v = part.to_vec();
+        if let Some(d) = self.upgrade() {
+            let names = d.names.borrow();
+            let mut client = d.client.borrow_mut();
+            let version = f64::from(client.listeners_version());
+            let mut batch = d.batch.borrow_mut();
+            batch.clear();
+            d.batch_open.set(true);
+            for (i, p) in (from..).zip(v.chunks_exact_mut(4)) {
+                let fresh = match (names.get(p[0] as usize), names.get(p[1] as usize)) {
+                    (Some(site), _) if p[2] < 0.0 => client.accept(link, site, None, now),
+                    (Some(site), Some(epoch)) => {
+                        let (fresh, undo) = client.accept_undoable(link, site, epoch, p[2] as u64, now);
+                        if let Some(undo) = undo {
+                            batch.push((i, p[0] as u32, undo));
+                        }
+                        fresh
+                    }
+                    _ => false,
+                };
+                p[3] = if fresh { version } else { -1.0 };
+            }
         } else {
-            let Some(epoch) = names.get(epoch as usize) else { return -1.0 };
-            Some((epoch.as_str(), offset as u64))
-        };
-        let mut client = d.client.borrow_mut();
-        if client.accept(link, site, position, now) { f64::from(client.listeners_version()) } else { -1.0 }
+            v.chunks_exact_mut(4).for_each(|p| p[3] = -1.0);
+        }
+        part.copy_from(&v);
     }
 
     fn route(&self, site: &str, topic: &str) -> Array {
@@ -241,5 +288,180 @@ fn take_timer(io: &mut Io, link: LinkId, kind: TimerKind) -> Option<Timeout> {
 fn with(weak: &Weak<Driver>, f: impl FnOnce(&Rc<Driver>)) {
     if let Some(driver) = weak.upgrade() {
         f(&driver);
+    }
+}
+
+/// The real client behind the dispatcher, given packed frames as if from its socket: what the
+/// callbacks do between publications of one frame takes effect for the next, as if each had
+/// been judged alone.
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use js_sys::{JSON, Object, Reflect};
+    use wasm_bindgen_test::*;
+
+    use super::*;
+
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    type Act = Box<dyn Fn(&Rc<Driver>, &str, u64)>;
+
+    /// A client of `sites` whose socket never opens (nothing listens on port 9): the tests
+    /// hand its dispatcher frames themselves.
+    struct Fixture {
+        driver: Rc<Driver>,
+        got: Rc<RefCell<Vec<String>>>,
+        _keep: Vec<Closure<dyn FnMut(JsValue, JsValue)>>,
+    }
+
+    impl Fixture {
+        fn new(sites: &[&str]) -> Fixture {
+            let options = serde_json::json!({"url": "ws://127.0.0.1:9/dev", "sites": sites});
+            let config = convert::config(&JSON::parse(&options.to_string()).unwrap()).unwrap();
+            let client = JsClient::new(config, Box::new(js_sys::Math::random)).unwrap();
+            Fixture { driver: Driver::start(client, Protocol::V2), got: Rc::default(), _keep: Vec::new() }
+        }
+
+        /// A listener for topic `t` that records `"{name} {site} {offset}"`, then runs `act`.
+        fn listen(&mut self, name: &'static str, act: Act) {
+            let (got, weak) = (self.got.clone(), Rc::downgrade(&self.driver));
+            let f = Closure::<dyn FnMut(JsValue, JsValue)>::new(move |_data, meta: JsValue| {
+                let site = Reflect::get(&meta, &"site".into()).unwrap().as_string().unwrap();
+                let offset = Reflect::get(&meta, &"offset".into()).unwrap().as_f64().unwrap() as u64;
+                got.borrow_mut().push(format!("{name} {site} {offset}"));
+                if let Some(d) = weak.upgrade() {
+                    act(&d, &site, offset);
+                }
+            });
+            let function: Function = f.as_ref().unchecked_ref::<Function>().clone();
+            self.driver.run(|c, _| c.on("t", None, function)).unwrap();
+            self._keep.push(f);
+        }
+
+        /// One packed frame of publications of topic `t` at (site, offset), epoch `e`.
+        fn frame(&self, pubs: &[(&str, u64)]) {
+            let text: Vec<String> = pubs
+                .iter()
+                .map(|(site, offset)| {
+                    format!(r#"{{"type":"pub","site":"{site}","topic":"t","epoch":"e","offset":{offset},"data":0}}"#)
+                })
+                .collect();
+            let ws = self.driver.io.borrow().sockets[0].1.ws().clone();
+            let handler = Reflect::get(&ws, &"onmessage".into()).unwrap();
+            let event = Object::new();
+            Reflect::set(&event, &"data".into(), &text.join("\n").into()).unwrap();
+            handler.unchecked_ref::<Function>().call1(&ws, &event).unwrap();
+        }
+
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.got.borrow_mut())
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.driver.shut_down();
+        }
+    }
+
+    fn nothing() -> Act {
+        Box::new(|_, _, _| {})
+    }
+
+    #[wasm_bindgen_test]
+    fn duplicates_within_one_frame_are_dropped() {
+        let mut f = Fixture::new(&["a", "b"]);
+        f.listen("l", nothing());
+        f.frame(&[("a", 1), ("a", 2), ("b", 1), ("a", 2), ("a", 1), ("b", 1), ("a", 3), ("a", 3)]);
+        assert_eq!(f.take(), ["l a 1", "l a 2", "l b 1", "l a 3"]);
+        f.frame(&[("a", 3), ("a", 4)]);
+        assert_eq!(f.take(), ["l a 4"]);
+    }
+
+    #[wasm_bindgen_test]
+    fn a_callback_that_unsubscribes_stops_that_site_within_the_frame() {
+        let mut f = Fixture::new(&["a", "b"]);
+        f.listen(
+            "l",
+            Box::new(|d, site, offset| {
+                if (site, offset) == ("a", 2) {
+                    d.run(|c, _| c.unsubscribe("a"));
+                }
+            }),
+        );
+        f.frame(&[("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("b", 3), ("a", 4)]);
+        assert_eq!(f.take(), ["l a 1", "l b 1", "l a 2", "l b 2", "l b 3"]);
+    }
+
+    #[wasm_bindgen_test]
+    fn a_callback_that_resubscribes_or_adds_a_listener_is_seen_by_the_next_publication() {
+        let mut f = Fixture::new(&["a"]);
+        let positions = Rc::new(RefCell::new(Vec::new()));
+        let seen = positions.clone();
+        f.listen(
+            "l",
+            Box::new(move |d, _, offset| {
+                // Every call into the client sees the stream as of this publication: the
+                // position a resubscribe would recover from.
+                seen.borrow_mut().push(d.run(|c, _| c.position("a")).map(|p| p.offset));
+                if offset == 2 {
+                    // Both asked of the client before the rest of the frame is judged.
+                    d.run(|c, now| {
+                        c.unsubscribe("a");
+                        c.subscribe("a", None, now).unwrap();
+                    });
+                    let function =
+                        Function::new_with_args("data, meta", "globalThis.late = (globalThis.late || 0) + 1");
+                    d.run(|c, _| c.on("t", None, function)).unwrap();
+                }
+            }),
+        );
+        Reflect::set(&js_sys::global(), &"late".into(), &0.into()).unwrap();
+        f.frame(&[("a", 1), ("a", 2), ("a", 3), ("a", 2), ("a", 4)]);
+        assert_eq!(f.take(), ["l a 1", "l a 2", "l a 3", "l a 4"], "a fresh subscription counts from 3 on");
+        assert_eq!(*positions.borrow(), [Some(1), Some(2), Some(3), Some(4)]);
+        assert_eq!(Reflect::get(&js_sys::global(), &"late".into()).unwrap(), 2, "the new listener from the next one");
+        assert_eq!(f.driver.run(|c, _| c.position("a")).map(|p| p.offset), Some(4));
+    }
+
+    #[wasm_bindgen_test]
+    fn a_callback_that_closes_the_client_stops_everything_after_it() {
+        let mut f = Fixture::new(&["a", "b"]);
+        f.listen(
+            "first",
+            Box::new(|d, site, offset| {
+                if (site, offset) == ("b", 1) {
+                    d.shut_down();
+                }
+            }),
+        );
+        f.listen("second", nothing());
+        f.frame(&[("a", 1), ("b", 1), ("a", 2), ("b", 2)]);
+        assert_eq!(f.take(), ["first a 1", "second a 1", "first b 1"]);
+        assert!(f.driver.client.borrow().is_closed());
+    }
+
+    #[wasm_bindgen_test]
+    fn a_throwing_callback_mid_frame_stops_nothing() {
+        let mut f = Fixture::new(&["a"]);
+        let errors = Rc::new(RefCell::new(0));
+        let count = errors.clone();
+        let hook = Closure::<dyn FnMut(JsValue, JsValue)>::new(move |_, _| *count.borrow_mut() += 1);
+        let function: Function = hook.as_ref().unchecked_ref::<Function>().clone();
+        f.driver.run(|c, _| c.hook(HookKind::Error, function));
+        f._keep.push(hook);
+        let thrower = Function::new_with_args(
+            "data, meta",
+            "globalThis.thrown = (globalThis.thrown || 0) + 1; if (meta.offset === 2) throw new Error('boom')",
+        );
+        Reflect::set(&js_sys::global(), &"thrown".into(), &0.into()).unwrap();
+        f.driver.run(|c, _| c.on("t", None, thrower)).unwrap();
+        f.listen("other", nothing());
+        f.frame(&[("a", 1), ("a", 2), ("a", 3), ("a", 3), ("a", 4)]);
+        assert_eq!(f.take(), ["other a 1", "other a 2", "other a 3", "other a 4"]);
+        assert_eq!(Reflect::get(&js_sys::global(), &"thrown".into()).unwrap(), 4);
+        assert_eq!(*errors.borrow(), 1, "reported once");
     }
 }

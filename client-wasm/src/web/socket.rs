@@ -52,6 +52,12 @@ impl Socket {
         Ok(Socket { ws, _on_open: on_open, _on_close: on_close, detach_frames })
     }
 
+    /// The browser's socket.
+    #[cfg(test)]
+    pub(crate) fn ws(&self) -> &WebSocket {
+        &self.ws
+    }
+
     /// Sends a text frame. A socket that is not open drops it: the client only sends on an
     /// accepted connection, and resends what matters after a reconnect.
     pub(crate) fn send(&self, text: &str) {
