@@ -249,6 +249,12 @@ mod tests {
         if got.is_undefined() { "[]".to_owned() } else { json(&got) }
     }
 
+    /// The `data` argument of each callback call since the last look, in order.
+    fn dispatched_data() -> Vec<serde_json::Value> {
+        let calls: Vec<Vec<serde_json::Value>> = serde_json::from_str(&dispatched()).unwrap();
+        calls.into_iter().map(|call| call[1].clone()).collect()
+    }
+
     /// A stand-in for a WebSocket: the dispatcher only sets its `onmessage`.
     fn socket(fake: &Fake, link: LinkId) -> (Object, Function) {
         let ws = Object::new();
@@ -339,11 +345,7 @@ mod tests {
         message(&ws, &pub_frame("mrc", "a", "e", 4, "5").into());
         let routes: Vec<String> = fake.take().into_iter().filter(|l| l.starts_with("route")).collect();
         assert_eq!(routes, vec!["route mrc a", "route mrc b", "route mrc a"], "asked again after the change only");
-        let data: Vec<serde_json::Value> = serde_json::from_str::<Vec<Vec<serde_json::Value>>>(&dispatched())
-            .unwrap()
-            .into_iter()
-            .map(|d| d[1].clone())
-            .collect();
+        let data = dispatched_data();
         assert_eq!(data, vec![1, 2, 3, 5, 5], "the dropped one reached nobody; the new listener got the last");
 
         // No callback at all: nothing to call, but the route is still cached.
@@ -393,11 +395,7 @@ mod tests {
         Reflect::set(&js_sys::global(), &"unwant".into(), unwant.as_ref()).unwrap();
         message(&ws, &text.join("\n").into());
         assert_eq!(*fake.batches.borrow(), [(0, 4), (2, 3), (3, 4)]);
-        let data: Vec<serde_json::Value> = serde_json::from_str::<Vec<Vec<serde_json::Value>>>(&dispatched())
-            .unwrap()
-            .into_iter()
-            .map(|d| d[1].clone())
-            .collect();
+        let data = dispatched_data();
         assert_eq!(data, vec![5, 5, 6, 6], "both callbacks of the sixth, nothing after");
     }
 

@@ -224,7 +224,7 @@ pub fn run<S: Socket, P: Protocol>(
                     () = sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
                         // Let what was already queued reach the client before the close frame.
                         while let Ok(p) = rx.try_recv() {
-                            if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, P::PACKS, |p| proto.frame(p)).await.is_err() {
+                            if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, &proto).await.is_err() {
                                 break;
                             }
                         }
@@ -234,7 +234,7 @@ pub fn run<S: Socket, P: Protocol>(
                         Event::Publication(p) => {
                             // A client that stops reading fills its TCP window and blocks the write;
                             // it gets as long as a silent client would before it is cut off.
-                            let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, P::PACKS, |p| proto.frame(p));
+                            let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, &proto);
                             match tokio::time::timeout(state.config.client_timeout, write).await {
                                 Ok(Ok(())) => {}
                                 Ok(Err(_)) => break End::Gone,
@@ -321,17 +321,16 @@ async fn send_all<S: Socket>(socket: &mut S, frames: Vec<Utf8Bytes>) -> Result<(
 }
 
 /// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]) with one flush.
-/// `frame` picks the bytes to send for each publication, or skips it. With `pack`, consecutive
-/// frames share one WebSocket text frame, separated by `\n`, up to [`MAX_PACKED_BYTES`]; a lone
-/// frame goes out as the shared, encoded-once bytes.
-async fn write_batch<S: Socket>(
+/// `proto` picks the bytes to send for each publication, or skips it. If it [packs](Protocol::PACKS),
+/// consecutive frames share one WebSocket text frame, separated by `\n`, up to
+/// [`MAX_PACKED_BYTES`]; a lone frame goes out as the shared, encoded-once bytes.
+async fn write_batch<S: Socket, P: Protocol>(
     socket: &mut S,
     first: Arc<Publication>,
     rx: &mut Inbox,
     outbox: &Outbox,
     metrics: &Metrics,
-    pack: bool,
-    frame: impl Fn(&Publication) -> Option<Utf8Bytes>,
+    proto: &P,
 ) -> Result<(), WsError> {
     metrics.delivery_seconds.observe(first.published_at.elapsed().as_secs_f64());
     let mut next = Some(first);
@@ -341,9 +340,9 @@ async fn write_batch<S: Socket>(
     while let Some(publication) = next.take() {
         outbox.taken(&publication);
         taken += 1;
-        if let Some(bytes) = frame(&publication) {
+        if let Some(bytes) = proto.frame(&publication) {
             written += 1;
-            if pack {
+            if P::PACKS {
                 if let Some(full) = packer.add(bytes) {
                     socket.feed(Message::Text(full)).await?;
                 }
