@@ -96,8 +96,9 @@ function python(args, env) {
   });
 }
 
-const createQueue = (endpoint, name) =>
-  python(['-c', `import boto3; boto3.client('sqs', region_name='us-east-1').create_queue(QueueName='${name}')`], { AWS_ENDPOINT_URL_SQS: endpoint });
+const createQueue = (endpoint, name, attributes = {}) =>
+  python(['-c', `import boto3, json; boto3.client('sqs', region_name='us-east-1').create_queue(QueueName='${name}', Attributes=json.loads('${JSON.stringify(attributes)}'))`],
+    { AWS_ENDPOINT_URL_SQS: endpoint });
 
 /** Publishes to SQS exactly as the original README does (boto3, json.dumps of the payload). */
 const sqsPublish = (endpoint, queue, site, topic, data) =>
@@ -230,7 +231,9 @@ const unexpected = (errors) => errors.filter((e) => !/WebSocket connection to .*
 test('a relay killed mid-stream: the page reconnects and the log has no gap and no duplicate', async () => {
   const redis = await startRedis();
   const moto = await startMoto();
-  await createQueue(moto, 'datastreamIncomingQueue-dev');
+  // A killed relay's pending long-poll receives stay open in SQS and take the messages published
+  // after its death; they come back after the visibility timeout (30 s by default), as in AWS.
+  await createQueue(moto, 'datastreamIncomingQueue-dev', { VisibilityTimeout: '2' });
   const env = { DATASTREAM_REDIS_URL: redis, DATASTREAM_SQS_QUEUE: 'datastreamIncomingQueue-dev', AWS_ENDPOINT_URL_SQS: moto };
   const port = await freePort();
   let relay = await startRelay(port, env);
