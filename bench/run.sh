@@ -139,7 +139,7 @@ for s in $SCENARIOS; do
         # 1k subscribers, one site, 200 msg/s offered = 200k deliveries/s: more than the box does.
         overload) step "overload $t"; scenario overload "$t" 1000 1 overload:200:1:6 ;;
         # 5k subscribers over 100 sites (50 each), 200 msg/s round robin, then bursts of 500.
-        sites) step "sites $t"; scenario sites "$t" 5000 100 steady:200:1:10 burst:0.5:500:6 ;;
+        sites) step "sites $t"; scenario sites "$t" 5000 100 steady:200:1:10 burst:0.5:500:20 ;;
         10k) step "10k $t"; scenario 10k "$t" 10000 1 steady:5:1:8 ;;
         max) step "max $t"; scenario max "$t" "$MAX_SUBS" 1 steady:2:1:6 ;;
         ingest)
