@@ -3,6 +3,8 @@
 # the syscalls it makes, sampled while the load tool publishes.
 #
 #   bench/profile.sh [SUBS] [PHASE] [relay|relay-v2|floor] [SITES]   # default: 1000 steady:100:1:8 relay 1
+#
+# PERF_RECORD="--call-graph dwarf -F 499" adds call graphs; the perf data stays in $PERF_KEEP if set.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 cd "$ROOT"
 SUBS=${1:-1000}
@@ -19,7 +21,9 @@ PORT=$(free_port)
 if [ "$TARGET" = floor ]; then
     "${SERVER_CPU[@]}" "$LOADGEN" floor --listen "127.0.0.1:$PORT" >"$WORK/relay.log" 2>&1 &
 else
+    # As in bench/run.sh: heartbeats every 5 minutes unless DATASTREAM_PING_INTERVAL says otherwise.
     DATASTREAM_LISTEN="127.0.0.1:$PORT" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
+        DATASTREAM_PING_INTERVAL="${DATASTREAM_PING_INTERVAL:-5m}" DATASTREAM_CLIENT_TIMEOUT="${DATASTREAM_CLIENT_TIMEOUT:-10m}" \
         "${SERVER_CPU[@]}" "$RELAY" serve >"$WORK/relay.log" 2>&1 &
 fi
 SPID=$!
@@ -37,9 +41,11 @@ SAMPLE=$(python3 -c "print(max(1.0, $SECS - 1))")
 perf stat -x, -e 'syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches' \
     -p "$SPID" -o "$WORK/stat.csv" -- sleep "$SAMPLE" &
 STATPID=$!
-perf record -q -e cpu-clock -F 1999 -p "$SPID" -o "$WORK/perf.data" -- sleep "$SAMPLE" 2>/dev/null
+# shellcheck disable=SC2086 # PERF_RECORD is a list of options
+perf record -q -e cpu-clock ${PERF_RECORD:--F 1999} -p "$SPID" -o "$WORK/perf.data" -- sleep "$SAMPLE" 2>/dev/null
 wait "$STATPID" || true
 wait "$LPID" || true
+[ -z "${PERF_KEEP:-}" ] || cp "$WORK/perf.data" "$PERF_KEEP"
 python3 - "$WORK/load.json" "$SAMPLE" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
