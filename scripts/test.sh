@@ -34,3 +34,6 @@ bash tests/e2e/run.sh
 
 step "benchmark smoke run (seconds, tiny N)"
 bash bench/smoke.sh
+# The heartbeat measurement, tiny: it checks the subscribers got exactly the pings expected.
+bash bench/heartbeat.sh 50 relay 3
+bash bench/heartbeat.sh 50 relay-v2 3

@@ -285,6 +285,7 @@ async fn run_phase(
         s.hi = u64::MAX;
         s.received = 0;
         s.stray = 0;
+        s.pings = 0;
         s.last_recv = None;
         s.latency.reset();
         s.live.clone()
@@ -346,6 +347,7 @@ async fn run_phase(
         "lost": lost,
         "loss_pct": round(100.0 * lost as f64 / expected.max(1) as f64, 3),
         "stray": s.stray,
+        "pings": s.pings,
         "disconnected": live_before.saturating_sub(live_now),
         "delivered_per_s": round(s.received as f64 / span, 0),
         "server_cpu_s": round(server_cpu, 2),

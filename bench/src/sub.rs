@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) received: u64,
     /// Messages received whose sequence number is outside the current phase.
     pub(crate) stray: u64,
+    /// Heartbeats received in the current phase: WebSocket pings, v2 `ping` frames, NATS `PING`s.
+    pub(crate) pings: u64,
     /// Sequence numbers `lo..hi` belong to the current phase.
     pub(crate) lo: u64,
     pub(crate) hi: u64,
@@ -68,6 +70,7 @@ impl Shared {
             connect: Histogram::new_with_bounds(1, 120_000_000, 3)?,
             received: 0,
             stray: 0,
+            pings: 0,
             lo: 0,
             hi: 0,
             last_recv: None,
@@ -214,7 +217,11 @@ async fn read_loop(target: Target, mut ws: Ws, shared: &RefCell<Shared>) -> anyh
             Message::Text(t) => t.into(),
             Message::Binary(b) => b,
             Message::Close(c) => return Ok(c.map_or_else(|| "close".to_owned(), |c| format!("close {}", c.code))),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            Message::Ping(_) => {
+                shared.borrow_mut().pings += 1;
+                continue;
+            }
+            Message::Pong(_) | Message::Frame(_) => continue,
         };
         match target {
             Target::Relay | Target::Node | Target::Floor => shared.borrow_mut().record(&data, recv_ns),
@@ -226,6 +233,7 @@ async fn read_loop(target: Target, mut ws: Ws, shared: &RefCell<Shared>) -> anyh
                         if contains(frame, br#""type":"pub""#) {
                             s.record(frame, recv_ns);
                         } else if contains(frame, br#""type":"ping""#) {
+                            s.pings += 1;
                             pong = true;
                         }
                     }
@@ -240,6 +248,7 @@ async fn read_loop(target: Target, mut ws: Ws, shared: &RefCell<Shared>) -> anyh
                 let parsed = nats_messages(&pending, &mut shared.borrow_mut(), recv_ns);
                 let (used, pings) = parsed?;
                 pending.drain(..used);
+                shared.borrow_mut().pings += pings as u64;
                 for _ in 0..pings {
                     ws.send(Message::binary(b"PONG\r\n".to_vec())).await?;
                 }
