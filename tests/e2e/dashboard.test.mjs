@@ -140,6 +140,9 @@ async function openDashboard(port, sites) {
   page.on('pageerror', (err) => errors.push(String(err)));
   await page.goto(`http://127.0.0.1:${port}/?sites=${sites.join(',')}`);
   await page.waitForSelector('#state[data-state="connected"]', { timeout: WAIT });
+  // Connected comes before the subscriptions are confirmed: what is published in between is not
+  // for this page. `ready()` resolves once every subscription is.
+  await page.evaluate(() => window.datastream.ready());
   return { page, errors };
 }
 
