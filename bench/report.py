@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Turns the load tool's JSON lines into the markdown tables of BENCHMARKS.md."""
 import json
+import statistics
 import sys
 
 TARGETS = ["relay", "relay-v2", "nats", "mosquitto", "node", "floor"]
@@ -84,6 +85,7 @@ def main(path):
         ratio = lambda v: fmt(v / best, 2) if v is not None and best > 0 else "–"
         print(f"| {label} | {phase} | {fmt(rel, 1)} | {fmt(v2, 1)} | {who} {fmt(best, 1)} | {ratio(rel)} | {ratio(v2)} | "
               f"{fmt(floor, 1)} | {ratio(floor)} |")
+    repeated_table(cells, seen)
 
     if ingest or sqs:
         print("\n### Ingest\n")
@@ -98,6 +100,33 @@ def main(path):
     client_table(client)
 
 
+
+
+def repeated_table(cells, seen):
+    """With BENCH_REPEAT, labels are `scenario#run`: each ratio's range and median over the runs."""
+    groups = {}
+    for label, phase in seen:
+        if "#" in label:
+            groups.setdefault((label.split("#")[0], phase), []).append(label)
+    if not groups:
+        return
+    print("\n### Over the repeated runs: range and median of each ratio to the best peer of the same run\n")
+    print("| scenario | phase | runs | best peer CPU-s/M | ratio relay | ratio v2 | ratio floor |")
+    print("|---|---|---:|---|---|---|---|")
+    for (scenario, phase), labels in groups.items():
+        ratios = {"relay": [], "relay-v2": [], "floor": []}
+        bests = []
+        for label in labels:
+            peers = [cells[(label, phase, t)]["server_cpu_s_per_m"] for t in PEERS if (label, phase, t) in cells]
+            if not peers or min(peers) <= 0:
+                continue
+            bests.append(min(peers))
+            for t in ratios:
+                if (label, phase, t) in cells:
+                    ratios[t].append(cells[(label, phase, t)]["server_cpu_s_per_m"] / min(peers))
+        span = lambda v: f"{fmt(min(v), 2)}–{fmt(max(v), 2)} (median {fmt(statistics.median(v), 2)})" if v else "–"
+        print(f"| {scenario} | {phase} | {len(bests)} | {fmt(min(bests), 1)}–{fmt(max(bests), 1)} | "
+              f"{span(ratios['relay'])} | {span(ratios['relay-v2'])} | {span(ratios['floor'])} |")
 
 
 def client_table(client):

@@ -7,6 +7,8 @@
 #   BENCH_TARGETS="relay nats" bench/run.sh   # of: relay relay-v2 nats mosquitto node floor
 #   BENCH_SCENARIOS="5k max" bench/run.sh    # of: 5k overload sites 10k max ingest client
 #   BENCH_RELAY=path/to/datastream bench/run.sh   # another build of the relay (before/after)
+#   BENCH_REPEAT=3 bench/run.sh        # the delivery scenarios 3 times (labels sites#1, sites#2…), with
+#                                      # each ratio's range and median over the runs in the report
 #
 # Pinning: with 2 or more cores, each server runs on core 0 (`taskset -c 0`, so the relay's tokio
 # runtime and Go's GOMAXPROCS see one core) and the load tool on core 1 (a single-threaded
@@ -18,6 +20,7 @@ cd "$ROOT"
 TARGETS=${BENCH_TARGETS:-"relay relay-v2 nats mosquitto node floor"}
 SCENARIOS=${BENCH_SCENARIOS:-"5k overload sites 10k max ingest client"}
 MAX_SUBS=${BENCH_MAX_SUBS:-19800}
+REPEAT=${BENCH_REPEAT:-1}
 source "$ROOT/bench/lib.sh"
 OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
@@ -134,32 +137,39 @@ scenario() {
     stop_server
 }
 
-for s in $SCENARIOS; do
-    for t in $TARGETS; do
-        case "$s" in
-        # 5k subscribers, one site: the latency target (10 msg/s), then bursts of 20 every 2 s.
-        5k) step "5k $t"; scenario 5k "$t" 5000 1 steady:10:1:10 burst:0.5:20:6 ;;
-        # 1k subscribers, one site, 200 msg/s offered = 200k deliveries/s: more than the box does.
-        overload) step "overload $t"; scenario overload "$t" 1000 1 overload:200:1:6 ;;
-        # 5k subscribers over 100 sites (50 each), 200 msg/s round robin, then bursts of 500.
-        sites) step "sites $t"; scenario sites "$t" 5000 100 steady:200:1:10 burst:0.5:500:20 ;;
-        10k) step "10k $t"; scenario 10k "$t" 10000 1 steady:5:1:8 ;;
-        max) step "max $t"; scenario max "$t" "$MAX_SUBS" 1 steady:2:1:6 ;;
-        ingest)
-            case "$t" in
-            relay | node)
-                step "ingest $t"
-                for b in 1 100; do
-                    start_server "$t"
-                    "${TOOL_CPU[@]}" "$LOADGEN" ingest-http --http "$PUB" --server-pid "$SPID" \
-                        --messages $((b == 1 ? 50000 : 200000)) --batch "$b" --conns 4 \
-                        --label "ingest-http $t batch=$b" >>"$JSONL" || true
-                    stop_server
-                done
+for rep in $(seq 1 "$REPEAT"); do
+    for s in $SCENARIOS; do
+        # With repetitions, each run of a scenario is labelled apart: sites#1, sites#2…
+        l=$s
+        [ "$REPEAT" -eq 1 ] || l="$s#$rep"
+        for t in $TARGETS; do
+            case "$s" in
+            # 5k subscribers, one site: the latency target (10 msg/s), then bursts of 20 every 2 s.
+            5k) step "$l $t"; scenario "$l" "$t" 5000 1 steady:10:1:10 burst:0.5:20:6 ;;
+            # 1k subscribers, one site, 200 msg/s offered = 200k deliveries/s: more than the box does.
+            overload) step "$l $t"; scenario "$l" "$t" 1000 1 overload:200:1:6 ;;
+            # 5k subscribers over 100 sites (50 each), 200 msg/s round robin, then bursts of 500.
+            sites) step "$l $t"; scenario "$l" "$t" 5000 100 steady:200:1:10 burst:0.5:500:20 ;;
+            10k) step "$l $t"; scenario "$l" "$t" 10000 1 steady:5:1:8 ;;
+            max) step "$l $t"; scenario "$l" "$t" "$MAX_SUBS" 1 steady:2:1:6 ;;
+            ingest)
+                # Ingest and the client are measured once, whatever BENCH_REPEAT says.
+                [ "$rep" -eq 1 ] || continue
+                case "$t" in
+                relay | node)
+                    step "ingest $t"
+                    for b in 1 100; do
+                        start_server "$t"
+                        "${TOOL_CPU[@]}" "$LOADGEN" ingest-http --http "$PUB" --server-pid "$SPID" \
+                            --messages $((b == 1 ? 50000 : 200000)) --batch "$b" --conns 4 \
+                            --label "ingest-http $t batch=$b" >>"$JSONL" || true
+                        stop_server
+                    done
+                    ;;
+                esac
                 ;;
             esac
-            ;;
-        esac
+        done
     done
 done
 
