@@ -4,7 +4,8 @@
 //! drain deadline once shutdown began, its inbox (publications queued by the hub, and the request
 //! to close at shutdown, which arrives the same way), frames from the client, and the heartbeat
 //! tick; its outbox overflowing is checked on every turn. A wake takes no lock shared with other
-//! sessions and creates no timer.
+//! sessions and creates no timer. Heartbeats fall on a grid shared by all sessions, so those due
+//! together are sent in one wake-up of the runtime.
 //! What differs between protocols (frame formats, client requests) sits behind [`Protocol`]:
 //! [`legacy`] and [`v2`]. Everything a connection holds is released when the task ends, whatever
 //! the reason, by [`Registration`].
@@ -15,7 +16,7 @@ pub mod v2;
 use std::{
     future::poll_fn,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::Poll,
     time::{Duration, SystemTime},
 };
@@ -49,6 +50,9 @@ const MAX_BATCH: usize = 64;
 /// Largest text frame that packing builds; a publication is never split, so a larger one still
 /// goes out whole in a frame of its own.
 const MAX_PACKED_BYTES: usize = 64 * 1024;
+
+/// Heartbeats fall on multiples of this step (see [`on_heartbeat_grid`]).
+const HEARTBEAT_GRID: Duration = Duration::from_millis(100);
 
 /// How long to wait for the client to answer our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -196,7 +200,7 @@ pub fn run<S: Socket, P: Protocol>(
         let metrics = state.metrics.clone();
         let outbox = reg.outbox.clone();
         let period = state.config.ping_interval;
-        let mut heartbeat = interval_at(Instant::now() + period, period);
+        let mut heartbeat = interval_at(on_heartbeat_grid(Instant::now() + period), period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let mut strikes = Strikes::new();
@@ -302,6 +306,16 @@ pub fn run<S: Socket, P: Protocol>(
             Box::pin(close(&mut socket, code, reason)).await;
         }
     }
+}
+
+/// Rounds `due` up to the next step of a grid shared by every session, so that the heartbeats of
+/// connections made within one step are sent in one wake-up of the runtime rather than one each.
+fn on_heartbeat_grid(due: Instant) -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let step = HEARTBEAT_GRID.as_nanos();
+    let steps = due.saturating_duration_since(origin).as_nanos().div_ceil(step);
+    origin + Duration::from_nanos(u64::try_from(steps * step).unwrap_or(u64::MAX))
 }
 
 /// The instant a wall-clock expiry falls at (now, if it has passed).
@@ -430,6 +444,17 @@ mod tests {
 
     fn text(s: &str) -> Utf8Bytes {
         Utf8Bytes::from(s.to_owned())
+    }
+
+    #[test]
+    fn heartbeats_due_within_one_grid_step_share_one_instant() {
+        let now = Instant::now();
+        let a = on_heartbeat_grid(now + Duration::from_millis(1_000));
+        assert!(a >= now + Duration::from_millis(1_000) && a < now + Duration::from_millis(1_000) + HEARTBEAT_GRID);
+        // Everything due in (a - step, a] lands on a; just after a, on the next step.
+        assert_eq!(on_heartbeat_grid(a - HEARTBEAT_GRID + Duration::from_nanos(1)), a);
+        assert_eq!(on_heartbeat_grid(a), a);
+        assert_eq!(on_heartbeat_grid(a + Duration::from_nanos(1)), a + HEARTBEAT_GRID);
     }
 
     #[test]
