@@ -45,11 +45,11 @@ without=$(measure 10m)
 python3 - "$SUBS" "$TARGET" "$PING" "$with" "$without" <<'PY'
 import sys
 subs, target, ping = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-(with_pings, secs, pings), (without, _, stray) = (map(float, a.split()) for a in sys.argv[4:6])
+(with_pings, secs, pings), (without, _, pings_without) = (map(float, a.split()) for a in sys.argv[4:6])
 # The load tool counts the pings its subscribers received: exactly 3 each in the window, none
 # without; anything else means the window or the relay's heartbeat is not what this measures.
-if pings != 3 * subs or stray != 0:
-    sys.exit(f"expected {3 * subs} pings with heartbeats and 0 without, counted {pings:g} and {stray:g}")
+if pings != 3 * subs or pings_without != 0:
+    sys.exit(f"expected {3 * subs} pings with heartbeats and 0 without, counted {pings:g} and {pings_without:g}")
 pings = int(pings)
 print(f"{subs} {target} subscribers, {secs:g} s window: CPU {with_pings:.3f} s with a ping every {ping:g} s "
       f"({pings} pings), {without:.3f} s without")

@@ -75,10 +75,9 @@ def main(path):
         if (label, phase) not in seen:
             seen.append((label, phase))
     for label, phase in seen:
-        peers = [(cells[(label, phase, t)]["server_cpu_s_per_m"], t) for t in PEERS if (label, phase, t) in cells]
-        if not peers:
+        best, who = best_peer(cells, label, phase)
+        if who is None:
             continue
-        best, who = min(peers)
         rel = cells.get((label, phase, "relay"), {}).get("server_cpu_s_per_m")
         v2 = cells.get((label, phase, "relay-v2"), {}).get("server_cpu_s_per_m")
         floor = cells.get((label, phase, "floor"), {}).get("server_cpu_s_per_m")
@@ -102,6 +101,12 @@ def main(path):
 
 
 
+def best_peer(cells, label, phase):
+    """The lowest CPU per million among the peers in this run and phase, and which peer; (None, None) if none ran."""
+    peers = [(cells[(label, phase, t)]["server_cpu_s_per_m"], t) for t in PEERS if (label, phase, t) in cells]
+    return min(peers) if peers else (None, None)
+
+
 def repeated_table(cells, seen):
     """With BENCH_REPEAT, labels are `scenario#run`: each ratio's range and median over the runs."""
     groups = {}
@@ -117,13 +122,13 @@ def repeated_table(cells, seen):
         ratios = {"relay": [], "relay-v2": [], "floor": []}
         bests = []
         for label in labels:
-            peers = [cells[(label, phase, t)]["server_cpu_s_per_m"] for t in PEERS if (label, phase, t) in cells]
-            if not peers or min(peers) <= 0:
+            best, who = best_peer(cells, label, phase)
+            if who is None or best <= 0:
                 continue
-            bests.append(min(peers))
+            bests.append(best)
             for t in ratios:
                 if (label, phase, t) in cells:
-                    ratios[t].append(cells[(label, phase, t)]["server_cpu_s_per_m"] / min(peers))
+                    ratios[t].append(cells[(label, phase, t)]["server_cpu_s_per_m"] / best)
         span = lambda v: f"{fmt(min(v), 2)}–{fmt(max(v), 2)} (median {fmt(statistics.median(v), 2)})" if v else "–"
         print(f"| {scenario} | {phase} | {len(bests)} | {fmt(min(bests), 1)}–{fmt(max(bests), 1)} | "
               f"{span(ratios['relay'])} | {span(ratios['relay-v2'])} | {span(ratios['floor'])} |")

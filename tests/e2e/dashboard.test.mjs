@@ -97,8 +97,8 @@ function python(args, env) {
 }
 
 const createQueue = (endpoint, name, attributes = {}) =>
-  python(['-c', `import boto3, json; boto3.client('sqs', region_name='us-east-1').create_queue(QueueName='${name}', Attributes=json.loads('${JSON.stringify(attributes)}'))`],
-    { AWS_ENDPOINT_URL_SQS: endpoint });
+  python(['-c', "import boto3, json, sys; boto3.client('sqs', region_name='us-east-1').create_queue(QueueName=sys.argv[1], Attributes=json.loads(sys.argv[2]))",
+    name, JSON.stringify(attributes)], { AWS_ENDPOINT_URL_SQS: endpoint });
 
 /** Publishes to SQS exactly as the original README does (boto3, json.dumps of the payload). */
 const sqsPublish = (endpoint, queue, site, topic, data) =>

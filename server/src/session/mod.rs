@@ -310,6 +310,7 @@ pub fn run<S: Socket, P: Protocol>(
 
 /// Rounds `due` up to the next step of a grid shared by every session, so that the heartbeats of
 /// connections made within one step are sent in one wake-up of the runtime rather than one each.
+/// Sessions whose first heartbeats share an instant share all later ones (same interval).
 fn on_heartbeat_grid(due: Instant) -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
