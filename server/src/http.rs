@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{
         ConnectInfo, DefaultBodyLimit, Query, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
@@ -24,10 +24,11 @@ use crate::{
     AppState,
     auth::Grant,
     broker::Broker,
-    hub::Inbox,
+    hub::{Framing, Inbox},
     ingest,
     limits::IpPermit,
     session::{self, Registration, legacy::Legacy, v2::V2},
+    wire::Wire,
 };
 
 /// Builds the router for `state`.
@@ -80,8 +81,11 @@ async fn connect(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
+    wire: Option<Extension<Arc<Wire>>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Served by `serve`, the connection's wire is at hand for the fan-out's direct writes.
+    let wire = wire.map(|Extension(wire)| wire);
     let refuse = |status: StatusCode, reason: &'static str, text: String| {
         state.metrics.connection_refused(reason);
         plain(status, text)
@@ -150,7 +154,7 @@ async fn connect(
         debug!(?sites, "v2 connection");
         upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |socket| async move {
             let (proto, reg, rx, greeting) = setup_v2(&state, sites, grant, permit).await;
-            spawn_session(session, session::run(socket, state, proto, reg, rx, greeting));
+            spawn_session(session, session::run(socket, state, proto, reg, rx, greeting, wire));
         })
     } else {
         let grant = match grant {
@@ -169,7 +173,7 @@ async fn connect(
         debug!(%site, "legacy connection");
         upgrade.on_upgrade(move |socket| async move {
             let (reg, rx) = setup_legacy(&state, site, grant, permit).await;
-            spawn_session(session, session::run(socket, state, Legacy, reg, rx, Vec::new()));
+            spawn_session(session, session::run(socket, state, Legacy, reg, rx, Vec::new(), wire));
         })
     }
 }
@@ -187,8 +191,8 @@ fn spawn_session(token: TaskTrackerToken, session: impl Future<Output = ()> + Se
 
 async fn setup_legacy(state: &AppState, site: Arc<str>, grant: Grant, permit: IpPermit) -> (Registration, Inbox) {
     let gauge = state.metrics.connections_legacy.clone();
-    let (mut reg, rx) =
-        Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge, grant, Some(permit));
+    let queue_bytes = state.config.client_queue_bytes;
+    let (mut reg, rx) = Registration::new(state.hub.clone(), queue_bytes, Framing::Legacy, gauge, grant, Some(permit));
     reg.add(site.clone(), None);
     if let Err(e) = state.broker.watch(&site).await {
         // Subscribed locally; publications flow once the broker is back (the reader resubscribes).
@@ -204,8 +208,8 @@ async fn setup_v2(
     permit: IpPermit,
 ) -> (V2, Registration, Inbox, Vec<Utf8Bytes>) {
     let gauge = state.metrics.connections_v2.clone();
-    let (mut reg, rx) =
-        Registration::new(state.hub.clone(), state.config.client_queue_bytes, gauge, grant, Some(permit));
+    let queue_bytes = state.config.client_queue_bytes;
+    let (mut reg, rx) = Registration::new(state.hub.clone(), queue_bytes, Framing::Packed, gauge, grant, Some(permit));
     let mut proto = V2::default();
     let mut greeting = vec![V2::hello(state)];
     for site in sites {

@@ -20,64 +20,230 @@ use std::{
 
 use futures_util::task::AtomicWaker;
 
-use crate::{metrics::Metrics, publication::Publication};
+use crate::{
+    metrics::Metrics,
+    publication::Publication,
+    wire::{Wire, text_frame},
+};
 
 /// Identifies one WebSocket connection within this process.
 pub type ConnId = u64;
 
 const SHARDS: usize = 32;
 
+/// How a connection's publications are framed when the fan-out writes them itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One publication per text frame, as its legacy frame.
+    Legacy,
+    /// Consecutive publications share one text frame, their v2 frames separated by `\n`, up to
+    /// [`MAX_PACKED_BYTES`].
+    Packed,
+}
+
+/// Largest text frame that packing builds; a publication is never split, so a larger one still
+/// goes out whole in a frame of its own.
+pub const MAX_PACKED_BYTES: usize = 64 * 1024;
+
 /// A connection's send queue: unbounded in count but capped in bytes.
 ///
-/// Passing the cap sets [`Outbox::is_overflowed`] and drops everything after it; the session,
-/// which always has queued work at that point and so checks the flag on its next turn, then
-/// closes the connection with the "slow consumer" code so the client reconnects and recovers
-/// from history instead of holding memory on the server.
+/// Publications reach the client one of two ways. While the session lets it ([`Outbox::go_direct`]:
+/// nothing of its own to send first), the fan-out writes them to the connection's [`Wire`] itself,
+/// once per subscriber per [`Batch`] of publications, and the session is not woken at all. Otherwise
+/// (the session is answering a request, catching up after a subscribe, or has no wire) they wait in
+/// the queue and the session is woken to write them.
+///
+/// Passing the cap (queued bytes, or the wire's unsent backlog) sets [`Outbox::is_overflowed`] and
+/// drops everything after it; the session, which is woken at that point, then closes the connection
+/// with the "slow consumer" code so the client reconnects and recovers from history instead of
+/// holding memory on the server.
 #[derive(Debug)]
 pub struct Outbox {
     /// Allocates nothing until the first publication: most connections are idle most of the
     /// time, and per-connection memory is what limits a node.
-    queue: Mutex<VecDeque<Arc<Publication>>>,
-    /// Wakes the session when the queue gains an item or the server asks it to close. One
-    /// consumer, so a lock-free waker slot rather than a waiter list behind a mutex.
+    queue: Mutex<Queue>,
+    /// Wakes the session when the queue gains an item it must write, the wire has a backlog to
+    /// send, or the server asks it to close. One consumer, so a lock-free waker slot rather than
+    /// a waiter list behind a mutex.
     waker: AtomicWaker,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    framing: Framing,
     /// A plain flag: checked once per delivery, it must cost no more than an atomic load.
     overflowed: AtomicBool,
     /// Set by [`Hub::close_all`]: the server is shutting down and the session should close.
     closing: AtomicBool,
+    /// A fan-out write left part of its bytes in the wire's backlog, for the session to send.
+    backlog: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Arc<Publication>>,
+    /// Where the fan-out writes, while the session lets it; `None`: the session writes.
+    direct: Option<Arc<Wire>>,
+    /// Per site, the stream position below which publications were already sent.
+    floors: Vec<Floor>,
+}
+
+/// Publications of `site` in `epoch` below offset `next` were sent already (in a subscribe's
+/// replay, or counted in its snapshot): the broker may still hand them over late (a Redis
+/// channel lags behind the stream it is read with), and they are skipped.
+#[derive(Debug)]
+struct Floor {
+    site: Arc<str>,
+    epoch: Arc<str>,
+    next: u64,
+}
+
+impl Floor {
+    fn holds(&self, p: &Publication) -> bool {
+        p.position.offset < self.next
+            && (Arc::ptr_eq(&self.site, &p.site) || self.site == p.site)
+            && (Arc::ptr_eq(&self.epoch, &p.position.epoch) || self.epoch == p.position.epoch)
+    }
 }
 
 impl Outbox {
     /// Creates an outbox capped at `max_bytes` and the receiving end its session reads.
-    pub fn new(max_bytes: usize) -> (Arc<Outbox>, Inbox) {
+    pub fn new(max_bytes: usize, framing: Framing) -> (Arc<Outbox>, Inbox) {
         let outbox = Arc::new(Outbox {
             queue: Mutex::default(),
             waker: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
+            framing,
             overflowed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            backlog: AtomicBool::new(false),
         });
         (outbox.clone(), Inbox { outbox, closing_seen: false })
     }
 
-    /// Queues `publication`; false if it was dropped (cap passed, or the session is gone).
-    pub fn push(&self, publication: &Arc<Publication>) -> bool {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `publication`; false if it was dropped (cap passed). If the fan-out may write to
+    /// this connection, the write is left to `batch`; otherwise the session is woken. A
+    /// publication below a [floor](Outbox::set_floor) was sent already and is skipped.
+    fn push(self: &Arc<Self>, publication: &Arc<Publication>, batch: &mut Batch) -> bool {
         if self.overflowed.load(Ordering::Relaxed) {
             return false;
+        }
+        let mut queue = self.queue();
+        if queue.floors.iter().any(|f| f.holds(publication)) {
+            return true;
         }
         let len = publication.queued_len();
         let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if before + len > self.max_bytes {
+            drop(queue);
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             self.overflowed.store(true, Ordering::Relaxed);
+            self.waker.wake();
             return false;
         }
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(publication.clone());
-        self.waker.wake();
+        let first = queue.items.is_empty();
+        queue.items.push_back(publication.clone());
+        let direct = queue.direct.is_some();
+        drop(queue);
+        if !direct {
+            self.waker.wake();
+        } else if first {
+            // Later publications join this one in the same write.
+            batch.dirty.push(self.clone());
+        }
         true
+    }
+
+    /// Writes what is queued to the wire, if the session still lets the fan-out write; wakes the
+    /// session if it does not, or if part of the write is left in the wire's backlog. Returns how
+    /// many publications were written.
+    fn write_direct(&self, scratch: &mut Vec<u8>, metrics: &Metrics) -> usize {
+        // Held across the write: the session cannot take over (or write the queue itself) in
+        // the middle of it, so the client sees every publication once and in order.
+        let mut guard = self.queue();
+        let queue = &mut *guard;
+        let Some(wire) = &queue.direct else {
+            drop(guard);
+            self.waker.wake();
+            return 0;
+        };
+        let items = queue.items.make_contiguous();
+        let Some(first) = items.first() else { return 0 };
+        metrics.delivery_seconds.observe(first.published_at.elapsed().as_secs_f64());
+        let count = items.len();
+        let bytes: usize = items.iter().map(|p| p.queued_len()).sum();
+        scratch.clear();
+        match self.framing {
+            Framing::Legacy => {
+                for p in &*items {
+                    text_frame(scratch, std::iter::once(p.legacy_text().as_bytes()));
+                }
+            }
+            Framing::Packed => pack(scratch, items, |p| p.v2_text().as_bytes()),
+        }
+        let written = wire.write_whole(scratch);
+        queue.items.clear();
+        drop(guard);
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        match written {
+            Ok(0) => {}
+            Ok(backlog) => {
+                if backlog > self.max_bytes {
+                    self.overflowed.store(true, Ordering::Relaxed);
+                }
+                self.backlog.store(true, Ordering::Release);
+                self.waker.wake();
+            }
+            // The session sees the failure on its own socket.
+            Err(_) => self.waker.wake(),
+        }
+        count
+    }
+
+    /// Lets the fan-out write to `wire` from now on, if nothing is queued for the session to
+    /// write first; true if it does.
+    pub fn go_direct(&self, wire: &Arc<Wire>) -> bool {
+        let mut queue = self.queue();
+        if !queue.items.is_empty() {
+            return false;
+        }
+        queue.direct = Some(wire.clone());
+        true
+    }
+
+    /// Stops the fan-out writing to the wire: once this returns, no fan-out write is under way
+    /// and publications wait in the queue for the session.
+    pub fn go_session(&self) {
+        self.queue().direct = None;
+    }
+
+    /// Skips, from now on, publications of `site` in `epoch` below offset `next` (see [`Floor`]).
+    pub fn set_floor(&self, site: &Arc<str>, epoch: &Arc<str>, next: u64) {
+        let mut queue = self.queue();
+        queue.floors.retain(|f| f.site != *site);
+        queue.floors.push(Floor { site: site.clone(), epoch: epoch.clone(), next });
+    }
+
+    /// Removes queued publications of `site` and its floor (the connection no longer subscribes
+    /// to it).
+    pub fn forget(&self, site: &str) {
+        let mut queue = self.queue();
+        queue.floors.retain(|f| &*f.site != site);
+        let before = queue.items.len();
+        let mut freed = 0;
+        queue.items.retain(|p| {
+            let keep = &*p.site != site;
+            if !keep {
+                freed += p.queued_len();
+            }
+            keep
+        });
+        if queue.items.len() != before {
+            self.queued_bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
     }
 
     /// Asks the session to close (shutdown); it sees [`Event::Closing`] once.
@@ -102,6 +268,56 @@ impl Outbox {
     }
 }
 
+/// Appends `items` as text frames, consecutive ones joined with `\n` up to [`MAX_PACKED_BYTES`]
+/// (a larger one goes alone).
+fn pack<T>(out: &mut Vec<u8>, items: &[T], text: impl Fn(&T) -> &[u8]) {
+    let mut start = 0;
+    let mut len = 0;
+    for (i, item) in items.iter().enumerate() {
+        let n = text(item).len();
+        if i > start && len + 1 + n > MAX_PACKED_BYTES {
+            text_frame(out, items[start..i].iter().map(&text));
+            start = i;
+            len = 0;
+        }
+        len += n + usize::from(i > start);
+    }
+    if start < items.len() {
+        text_frame(out, items[start..].iter().map(&text));
+    }
+}
+
+/// Publications written by the fan-out, collected while it delivers one or more publications, and
+/// written when it is flushed (or dropped): each connection gets one write for all of them.
+#[derive(Debug)]
+pub struct Batch {
+    dirty: Vec<Arc<Outbox>>,
+    scratch: Vec<u8>,
+    metrics: Arc<Metrics>,
+}
+
+impl Batch {
+    /// Writes what was delivered to every connection the fan-out writes to.
+    pub fn flush(&mut self) {
+        let mut written = 0;
+        for outbox in std::mem::take(&mut self.dirty) {
+            written += outbox.write_direct(&mut self.scratch, &self.metrics) as u64;
+        }
+        if written > 0 {
+            self.metrics.messages_out.inc_by(written);
+        }
+        if self.scratch.capacity() > MAX_PACKED_BYTES {
+            self.scratch = Vec::new();
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// The topics a subscription wants; evaluated here so unwanted publications are never queued.
 pub type TopicFilter = Arc<[Arc<str>]>;
 
@@ -122,14 +338,23 @@ pub struct Empty;
 pub enum Event {
     /// The next queued publication.
     Publication(Arc<Publication>),
+    /// A fan-out write left bytes in the wire's backlog: the session sends them.
+    Backlog,
+    /// The byte cap was passed ([`Outbox::is_overflowed`]): the session closes the connection.
+    Overflowed,
     /// The server asked the connection to close ([`Outbox::close`]); returned once.
     Closing,
 }
 
 impl Inbox {
-    /// The oldest queued publication, if any.
+    /// The oldest queued publication, if any is for the session to write (none while the
+    /// fan-out writes to the connection: what is queued then is its to write).
     pub fn try_recv(&mut self) -> Result<Arc<Publication>, Empty> {
-        self.outbox.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front().ok_or(Empty)
+        let mut queue = self.outbox.queue();
+        if queue.direct.is_some() {
+            return Err(Empty);
+        }
+        queue.items.pop_front().ok_or(Empty)
     }
 
     /// Waits for the next publication or the request to close, whichever comes first. Cancel-safe:
@@ -151,6 +376,12 @@ impl Inbox {
         if !self.closing_seen && self.outbox.closing.load(Ordering::Acquire) {
             self.closing_seen = true;
             return Some(Event::Closing);
+        }
+        if self.outbox.overflowed.load(Ordering::Relaxed) {
+            return Some(Event::Overflowed);
+        }
+        if self.outbox.backlog.swap(false, Ordering::Acquire) {
+            return Some(Event::Backlog);
         }
         self.try_recv().ok().map(Event::Publication)
     }
@@ -278,8 +509,21 @@ impl Hub {
         false
     }
 
-    /// Queues `publication` for every local subscriber of its site; returns how many took it.
+    /// A batch for [`Hub::deliver_to`]: connections it delivers to are written once, when it
+    /// is flushed or dropped.
+    pub fn batch(&self) -> Batch {
+        Batch { dirty: Vec::new(), scratch: Vec::new(), metrics: self.metrics.clone() }
+    }
+
+    /// Delivers `publication` to every local subscriber of its site at once; returns how many
+    /// took it.
     pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
+        self.deliver_to(publication, &mut self.batch())
+    }
+
+    /// Queues `publication` for every local subscriber of its site; those the fan-out writes to
+    /// directly are written when `batch` is flushed. Returns how many took it.
+    pub fn deliver_to(&self, publication: &Arc<Publication>, batch: &mut Batch) -> usize {
         let shard = self.shard(&publication.site).read().unwrap_or_else(|e| e.into_inner());
         let Some(subs) = shard.get(&publication.site) else { return 0 };
         let mut queued = 0;
@@ -288,7 +532,7 @@ impl Hub {
             if !sub.wants(&publication.topic) {
                 continue;
             }
-            if sub.outbox.push(publication) {
+            if sub.outbox.push(publication, batch) {
                 queued += 1;
             } else {
                 dropped += 1;
@@ -324,8 +568,8 @@ mod tests {
     #[test]
     fn delivers_to_the_site_only_and_tracks_first_and_last() {
         let hub = Hub::new(Arc::new(Metrics::new()));
-        let (a, mut rx_a) = Outbox::new(1 << 20);
-        let (b, mut rx_b) = Outbox::new(1 << 20);
+        let (a, mut rx_a) = Outbox::new(1 << 20, Framing::Legacy);
+        let (b, mut rx_b) = Outbox::new(1 << 20, Framing::Legacy);
         let mrc: Arc<str> = "mrc".into();
         let saf: Arc<str> = "saf".into();
         assert!(hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None }));
@@ -342,28 +586,29 @@ mod tests {
 
     #[test]
     fn outbox_trips_once_the_byte_cap_is_passed() {
-        let (outbox, mut rx) = Outbox::new(100);
+        let (outbox, mut rx) = Outbox::new(100, Framing::Legacy);
         let p = publication("mrc", &format!("\"{}\"", "x".repeat(20)));
         let len = p.queued_len();
         let fits = 100 / len;
+        let mut batch = Hub::new(Arc::new(Metrics::new())).batch();
         for _ in 0..fits {
-            assert!(outbox.push(&p));
+            assert!(outbox.push(&p, &mut batch));
         }
-        assert!(!outbox.push(&p), "over the cap is refused");
+        assert!(!outbox.push(&p, &mut batch), "over the cap is refused");
         assert!(outbox.is_overflowed());
         // Once tripped, nothing more is queued even after the session drained.
         while let Ok(p) = rx.try_recv() {
             outbox.taken(&p);
         }
         assert_eq!(outbox.queued_bytes(), 0);
-        assert!(!outbox.push(&p));
+        assert!(!outbox.push(&p, &mut batch));
     }
 
     #[tokio::test]
     async fn close_all_reaches_every_connection_once_including_later_ones() {
         let hub = Hub::new(Arc::new(Metrics::new()));
-        let (subscribed, mut rx_subscribed) = Outbox::new(1 << 20);
-        let (idle, mut rx_idle) = Outbox::new(1 << 20);
+        let (subscribed, mut rx_subscribed) = Outbox::new(1 << 20, Framing::Legacy);
+        let (idle, mut rx_idle) = Outbox::new(1 << 20, Framing::Legacy);
         let a = hub.connect(subscribed.clone());
         let b = hub.connect(idle);
         hub.subscribe(&Arc::from("mrc"), a, Subscriber { outbox: subscribed, topics: None });
@@ -377,7 +622,7 @@ mod tests {
         assert!(again.is_err(), "closing is reported once");
 
         // A connection that registers while the server is closing is asked at once.
-        let (late, mut rx_late) = Outbox::new(1 << 20);
+        let (late, mut rx_late) = Outbox::new(1 << 20, Framing::Legacy);
         let c = hub.connect(late);
         assert!(matches!(rx_late.recv().await, Event::Closing));
         for conn in [a, b, c] {
@@ -388,10 +633,176 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_session_is_woken_by_a_push() {
-        let (outbox, mut rx) = Outbox::new(1 << 20);
+        let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
         let waiter = tokio::spawn(async move { matches!(rx.recv().await, Event::Publication(_)) });
         tokio::task::yield_now().await;
-        assert!(outbox.push(&publication("mrc", "1")));
+        let mut batch = Hub::new(Arc::new(Metrics::new())).batch();
+        assert!(outbox.push(&publication("mrc", "1"), &mut batch));
         assert!(tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap());
+    }
+
+    /// A connected pair: the relay's end as a [`Wire`] carrying frames, and the client's end.
+    /// `small`: both ends' socket buffers as small as the kernel allows, so a client that does not
+    /// read fills them at once.
+    async fn wire_pair(small: bool) -> (Arc<Wire>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if small {
+            socket.set_recv_buffer_size(4096).unwrap();
+        }
+        let client = socket.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        if small {
+            socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+        }
+        let wire = Arc::new(Wire::new(server));
+        wire.set_frames();
+        (wire, client)
+    }
+
+    /// Reads until `want` text messages have arrived whole; returns them.
+    async fn read_messages(client: &mut tokio::net::TcpStream, want: usize) -> Vec<String> {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let got = crate::wire::decode_text_frames(&bytes);
+                if got.len() >= want {
+                    return got;
+                }
+                let mut buf = [0u8; 64 * 1024];
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed after {} messages", got.len());
+                bytes.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("messages did not arrive")
+    }
+
+    fn subscribed(hub: &Hub, framing: Framing, max_bytes: usize) -> (Arc<Outbox>, Inbox) {
+        let (outbox, rx) = Outbox::new(max_bytes, framing);
+        let conn = hub.connect(outbox.clone());
+        hub.subscribe(&Arc::from("mrc"), conn, Subscriber { outbox: outbox.clone(), topics: None });
+        (outbox, rx)
+    }
+
+    #[tokio::test]
+    async fn the_fan_out_writes_a_batch_itself_without_waking_the_session() {
+        for framing in [Framing::Legacy, Framing::Packed] {
+            let hub = Hub::new(Arc::new(Metrics::new()));
+            let (wire, mut client) = wire_pair(false).await;
+            let (outbox, mut rx) = subscribed(&hub, framing, 1 << 20);
+            assert!(outbox.go_direct(&wire));
+            let publications: Vec<_> = (1..=3).map(|n| publication("mrc", &n.to_string())).collect();
+            let mut batch = hub.batch();
+            for p in &publications {
+                assert_eq!(hub.deliver_to(p, &mut batch), 1);
+            }
+            let mut probe = [0u8; 16];
+            let early = client.try_read(&mut probe);
+            assert!(early.is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock), "written before the flush");
+            batch.flush();
+            let expected: Vec<String> = match framing {
+                Framing::Legacy => publications.iter().map(|p| p.legacy_frame().to_string()).collect(),
+                Framing::Packed => {
+                    vec![publications.iter().map(|p| p.v2_frame().to_string()).collect::<Vec<_>>().join("\n")]
+                }
+            };
+            assert_eq!(read_messages(&mut client, expected.len()).await, expected, "{framing:?}");
+            assert!(futures_util::FutureExt::now_or_never(rx.recv()).is_none(), "the session was woken");
+            assert_eq!(outbox.queued_bytes(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn while_the_session_writes_publications_wait_for_it() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (wire, mut client) = wire_pair(false).await;
+        let (outbox, mut rx) = subscribed(&hub, Framing::Legacy, 1 << 20);
+        assert!(outbox.go_direct(&wire));
+        outbox.go_session();
+        hub.deliver(&publication("mrc", "1"));
+        assert!(!outbox.go_direct(&wire), "the session has a publication to write first");
+        match futures_util::FutureExt::now_or_never(rx.recv()) {
+            Some(Event::Publication(p)) => assert_eq!(p.data.get(), "1"),
+            other => panic!("the session should have been woken with the publication: {other:?}"),
+        }
+        assert!(outbox.go_direct(&wire));
+        hub.deliver(&publication("mrc", "2"));
+        assert_eq!(read_messages(&mut client, 1).await, [r#"{"site":"mrc","topic":"t","data":2}"#]);
+        assert!(futures_util::FutureExt::now_or_never(rx.recv()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_left_to_the_session_and_the_cap_still_holds() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (wire, mut client) = wire_pair(true).await;
+        let (outbox, mut rx) = subscribed(&hub, Framing::Legacy, 256 * 1024);
+        assert!(outbox.go_direct(&wire));
+        let pad = "x".repeat(16 * 1024);
+        // The client reads nothing: the socket fills, then the backlog grows past the cap.
+        let mut accepted = 0;
+        let mut events = Vec::new();
+        for n in 0..1000 {
+            if outbox.is_overflowed() {
+                break;
+            }
+            accepted += hub.deliver(&publication("mrc", &format!(r#"{{"n":{n},"pad":"{pad}"}}"#)));
+            if let Some(event) = futures_util::FutureExt::now_or_never(rx.recv()) {
+                events.push(format!("{event:?}").split('(').next().unwrap_or_default().to_owned());
+            }
+        }
+        assert!(outbox.is_overflowed(), "the cap never tripped");
+        assert_eq!(events.first().map(String::as_str), Some("Backlog"), "{events:?}");
+        assert!(matches!(futures_util::FutureExt::now_or_never(rx.recv()), Some(Event::Overflowed)));
+        assert_eq!(hub.deliver(&publication("mrc", "0")), 0, "refused once over the cap");
+        // Whatever was accepted reaches the client whole and in order once it reads.
+        let flush = tokio::spawn({
+            let wire = wire.clone();
+            async move { poll_fn(|cx| wire.poll_flush(cx)).await }
+        });
+        let got = read_messages(&mut client, accepted).await;
+        flush.await.unwrap().unwrap();
+        assert_eq!(got.len(), accepted);
+        for (n, text) in got.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v["data"]["n"], n, "message {n} out of order or broken");
+        }
+    }
+
+    #[test]
+    fn forgetting_a_site_drops_what_is_queued_for_it() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (outbox, mut rx) = subscribed(&hub, Framing::Legacy, 1 << 20);
+        hub.subscribe(&Arc::from("saf"), 99, Subscriber { outbox: outbox.clone(), topics: None });
+        hub.deliver(&publication("mrc", "1"));
+        let kept = publication("saf", "2");
+        hub.deliver(&kept);
+        hub.deliver(&publication("mrc", "3"));
+        outbox.forget("mrc");
+        assert_eq!(rx.try_recv().unwrap().data.get(), "2");
+        assert!(rx.try_recv().is_err());
+        assert_eq!(outbox.queued_bytes(), kept.queued_len());
+    }
+
+    #[test]
+    fn publications_below_a_floor_are_skipped_until_the_site_is_forgotten() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (outbox, mut rx) = subscribed(&hub, Framing::Packed, 1 << 20);
+        let at = |offset: u64, epoch: &str| {
+            let data = serde_json::value::RawValue::from_string(offset.to_string()).unwrap();
+            let position = Position { epoch: epoch.into(), offset };
+            Arc::new(Publication::from_parts("mrc".into(), "t".into(), data, position))
+        };
+        outbox.set_floor(&Arc::from("mrc"), &Arc::from("e"), 5);
+        for p in [at(4, "e"), at(5, "e"), at(3, "other")] {
+            hub.deliver(&p);
+        }
+        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(|p| p.position.offset).collect();
+        assert_eq!(got, [5, 3], "below the floor in its epoch is skipped, another epoch is not");
+        outbox.forget("mrc");
+        hub.deliver(&at(4, "e"));
+        assert_eq!(rx.try_recv().map(|p| p.position.offset), Ok(4), "the floor went with the site");
     }
 }

@@ -12,6 +12,7 @@
 //! - [`auth`]: optional JWT verification of clients, and what a token grants.
 //! - [`limits`]: per-address connection limits and per-connection frame rates.
 //! - [`serve`]: the HTTP accept loop (header deadline, TCP_NODELAY, graceful stop).
+//! - [`wire`]: a connection's TCP stream, shared by its session and the fan-out's direct writes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: the demo publisher (plausible live streams for a few sites).
 //! - [`cli`]: the binary's tools: `publish`, `tail`, `healthcheck`.
@@ -33,6 +34,7 @@ pub mod publication;
 pub mod serve;
 pub mod server;
 pub mod session;
+pub mod wire;
 
 use std::sync::{
     Arc,

@@ -219,16 +219,24 @@ impl Publication {
 
     /// The legacy frame.
     pub fn legacy_frame(&self) -> Utf8Bytes {
-        self.legacy_frame.get_or_init(|| legacy::encode_publication(&self.site, &self.topic, &self.data).into()).clone()
+        self.legacy_text().clone()
+    }
+
+    /// The legacy frame, borrowed.
+    pub fn legacy_text(&self) -> &Utf8Bytes {
+        self.legacy_frame.get_or_init(|| legacy::encode_publication(&self.site, &self.topic, &self.data).into())
     }
 
     /// The v2 publication frame.
     pub fn v2_frame(&self) -> Utf8Bytes {
-        self.v2_frame
-            .get_or_init(|| {
-                v2::encode_pub(&self.site, &self.topic, &self.position.epoch, self.position.offset, &self.data).into()
-            })
-            .clone()
+        self.v2_text().clone()
+    }
+
+    /// The v2 publication frame, borrowed.
+    pub fn v2_text(&self) -> &Utf8Bytes {
+        self.v2_frame.get_or_init(|| {
+            v2::encode_pub(&self.site, &self.topic, &self.position.epoch, self.position.offset, &self.data).into()
+        })
     }
 
     /// Bytes this publication occupies in a subscriber's send queue (an upper bound of either

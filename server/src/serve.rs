@@ -5,9 +5,11 @@
 //! close ([`Lingering`]). Upgraded WebSockets are tracked by the sessions themselves.
 
 use std::{
+    future::poll_fn,
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -19,12 +21,14 @@ use hyper_util::{
     server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::warn;
+
+use crate::wire::Wire;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -61,8 +65,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let wire = Arc::new(Wire::new(stream));
+        let service_wire = wire.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            // A WebSocket's session takes the wire, so the fan-out can write to it directly.
+            req.extensions_mut().insert(service_wire.clone());
             router.clone().oneshot(req)
         });
         let builder = builder.clone();
@@ -71,10 +79,10 @@ pub async fn serve(
             // hyper's header deadline starts with the first byte; a client that sends nothing at
             // all is dropped here.
             let mut first = [0u8; 1];
-            if !matches!(tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
+            if !matches!(tokio::time::timeout(handshake_timeout, wire.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
                 return;
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Lingering(Some(stream))), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Lingering(wire)), service);
             // Errors here are one client's (reset, bad request, header timeout): nothing to do.
             let _ = watcher.watch(conn.into_owned()).await;
         });
@@ -85,41 +93,34 @@ pub async fn serve(
     }
 }
 
-/// A connection that closes gracefully: when dropped, it sends FIN and keeps reading (and
-/// discarding) what the client still sends for up to [`LINGER`] / [`LINGER_BYTES`], off the
-/// caller's task.
+/// A connection that closes gracefully: when dropped, it sends what it still holds, then FIN, and
+/// keeps reading (and discarding) what the client still sends for up to [`LINGER`] /
+/// [`LINGER_BYTES`], off the caller's task.
 ///
 /// Closing a socket that has unread data makes the kernel answer with a reset, and a reset can
 /// overtake the last frames sent: a browser whose oversized frame was refused, or which was still
 /// sending when the relay closed it, would see 1006 instead of the close frame before it (the
 /// same reason HTTP servers linger on close).
-struct Lingering(Option<TcpStream>);
-
-impl Lingering {
-    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
-        match self.0.as_mut() {
-            Some(stream) => Ok(Pin::new(stream)),
-            None => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-}
+struct Lingering(Arc<Wire>);
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let (Some(mut stream), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) else {
-            return;
-        };
+        let wire = self.0.clone();
+        // The fan-out may hold the wire a moment longer; nothing is written after this.
+        wire.close();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
             let _ = tokio::time::timeout(LINGER, async {
-                if stream.shutdown().await.is_err() {
+                if poll_fn(|cx| wire.poll_shutdown(cx)).await.is_err() {
                     return;
                 }
                 let mut sink = [0u8; 2048];
                 let mut read = 0;
                 while read < LINGER_BYTES {
-                    match stream.read(&mut sink).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
+                    let mut buf = ReadBuf::new(&mut sink);
+                    match poll_fn(|cx| wire.poll_read(cx, &mut buf)).await {
+                        Ok(()) if !buf.filled().is_empty() => read += buf.filled().len(),
+                        _ => return,
                     }
                 }
             })
@@ -129,33 +130,33 @@ impl Drop for Lingering {
 }
 
 impl AsyncRead for Lingering {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.stream()?.poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Lingering {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.stream()?.poll_write(cx, buf)
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.0.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.stream()?.poll_write_vectored(cx, bufs)
+        self.0.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+        true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream()?.poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream()?.poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_shutdown(cx)
     }
 }

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use common::procs::RedisServer;
 use datastream::{
     broker::{Broker, HistoryOptions, MemoryBroker, PublishOutcome, RedisBroker},
-    hub::{Event, Hub, Outbox, Subscriber},
+    hub::{Event, Framing, Hub, Outbox, Subscriber},
     metrics::Metrics,
     publication::{Position, PublishRequest, Validator},
 };
@@ -90,7 +90,7 @@ async fn positions_count_per_site(b: Backend) {
 }
 
 async fn delivers_in_order_to_watchers(b: Backend) {
-    let (outbox, mut rx) = Outbox::new(1 << 20);
+    let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
     let site: Arc<str> = "mrc".into();
     b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
     b.broker.watch(&site).await.unwrap();
@@ -213,7 +213,7 @@ async fn redis_a_site_watched_before_pubsub_connects_is_subscribed_when_it_does(
         RedisBroker::connect(&server.url(), "test", hub.clone(), metrics, options(100, Duration::from_secs(60)))
             .await
             .unwrap();
-    let (outbox, mut rx) = Outbox::new(1 << 20);
+    let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
     let site: Arc<str> = "early".into();
     hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
     assert!(redis.watch(&site).await.is_err(), "no pub/sub connection yet");

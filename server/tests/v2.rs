@@ -17,8 +17,9 @@ use common::*;
 use datastream::{
     AppState,
     auth::Grant,
-    hub::Inbox,
+    hub::{Framing, Inbox},
     session::{self, Registration, v2::V2},
+    wire::Wire,
 };
 use futures_util::{Sink, Stream};
 use serde_json::{Value, json};
@@ -188,6 +189,115 @@ async fn recovery_while_publishing_has_no_gap_and_no_duplicate() {
             last = offset;
         }
     }
+}
+
+/// A connection already receiving one site subscribes to another, then again and again
+/// unsubscribes and resubscribes with recovery, while both sites stream in batches: neither site
+/// loses or repeats anything, and nothing of a site arrives between its `unsubscribed` and the
+/// next `subscribed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_another_site_streams_loses_and_repeats_nothing() {
+    resubscribing_under_load(&[]).await;
+}
+
+/// The same across Redis, where reading a site's history takes a round trip: publications that
+/// arrive meanwhile must not reach the client before its replay, nor twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_another_site_streams_loses_and_repeats_nothing_with_redis() {
+    let redis = common::procs::RedisServer::start();
+    resubscribing_under_load(&["--redis-url", &redis.url()]).await;
+}
+
+async fn resubscribing_under_load(extra: &[&str]) {
+    const REQUESTS: u64 = 100;
+    const PER_SITE: u64 = 10;
+    let mut args = vec!["--history-size", "10000", "--client-frame-rate", "1000", "--client-frame-burst", "1000"];
+    args.extend_from_slice(extra);
+    let s = Arc::new(TestServer::start(&args).await);
+    let mut ws = v2(&s).await;
+    subscribe(&mut ws, json!({"site": "flow"})).await;
+    let publisher = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for r in 0..REQUESTS {
+                let body: Vec<Value> = (0..PER_SITE)
+                    .flat_map(|i| {
+                        ["flow", "late"].map(|site| json!({"site": site, "topic": "t", "data": r * PER_SITE + i}))
+                    })
+                    .collect();
+                let (status, answer) = s.publish(&json!(body)).await;
+                assert_eq!(status, 202, "{answer}");
+            }
+        })
+    };
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Late {
+        Off,
+        Subscribing,
+        On { since: u64 },
+        Unsubscribing,
+        Resubscribing,
+    }
+    let total = REQUESTS * PER_SITE;
+    let (mut flow, mut late, mut recover_from, mut cycles) = (0u64, 0u64, 0u64, 0);
+    let mut state = Late::Off;
+    let mut epoch = String::new();
+    // What `late` brought, to show on a failure.
+    let mut log = Vec::new();
+    within(async {
+        while flow < total || late < total {
+            match state {
+                Late::Off if flow >= 30 => {
+                    send(&mut ws, json!({"type": "subscribe", "site": "late"})).await;
+                    state = Late::Subscribing;
+                }
+                Late::On { since } if late >= since + 20 && late < total - 50 => {
+                    send(&mut ws, json!({"type": "unsubscribe", "site": "late"})).await;
+                    recover_from = late;
+                    let recover = json!({"epoch": epoch, "offset": late});
+                    send(&mut ws, json!({"type": "subscribe", "site": "late", "recover": recover})).await;
+                    state = Late::Unsubscribing;
+                    cycles += 1;
+                }
+                _ => {}
+            }
+            // A v2 text frame carries one or more frames, one per line.
+            for line in next_text(&mut ws).await.lines() {
+                let f: Value = serde_json::from_str(line).unwrap();
+                if f["site"] == "late" {
+                    log.push(format!("{state:?} {line}"));
+                }
+                match (f["type"].as_str().unwrap(), f["site"].as_str(), state) {
+                    ("pub", Some("flow"), _) => {
+                        assert_eq!(f["offset"], flow + 1, "flow: gap or repeat");
+                        flow += 1;
+                    }
+                    // Until the server reads the unsubscribe, publications still come.
+                    ("pub", Some("late"), Late::On { .. } | Late::Unsubscribing) => {
+                        assert_eq!(f["offset"], late + 1, "late: gap or repeat in {state:?}: {log:#?}");
+                        late += 1;
+                    }
+                    ("subscribed", Some("late"), Late::Subscribing) => {
+                        late = f["offset"].as_u64().unwrap();
+                        epoch = f["epoch"].as_str().unwrap().to_owned();
+                        state = Late::On { since: late };
+                    }
+                    ("unsubscribed", Some("late"), Late::Unsubscribing) => state = Late::Resubscribing,
+                    ("subscribed", Some("late"), Late::Resubscribing) => {
+                        assert_eq!(f["recovered"], true, "{f}");
+                        // The replay starts after the position asked for.
+                        late = recover_from;
+                        state = Late::On { since: late };
+                    }
+                    ("ping", None, _) => {}
+                    _ => panic!("unexpected in {state:?}: {f}\n{log:#?}"),
+                }
+            }
+        }
+    })
+    .await;
+    assert!(cycles >= 10, "only {cycles} resubscriptions");
+    within(publisher).await.unwrap();
 }
 
 #[tokio::test]
@@ -384,10 +494,16 @@ async fn channel_session() -> (
     let (to_server, from_client) = mpsc::unbounded_channel();
     let (to_client, from_server) = mpsc::unbounded_channel();
     let socket = ChanSocket { from_client, to_client };
-    let (reg, rx) =
-        Registration::new(state.hub.clone(), 1 << 20, state.metrics.connections_v2.clone(), Grant::anonymous(), None);
+    let (reg, rx) = Registration::new(
+        state.hub.clone(),
+        1 << 20,
+        Framing::Packed,
+        state.metrics.connections_v2.clone(),
+        Grant::anonymous(),
+        None,
+    );
     let hello = V2::hello(&state);
-    let task = tokio::spawn(session::run(socket, state, V2::default(), reg, rx, vec![hello]));
+    let task = tokio::spawn(session::run(socket, state, V2::default(), reg, rx, vec![hello], None));
     (from_server, task, to_server)
 }
 
@@ -436,7 +552,7 @@ async fn a_client_answering_pings_stays_connected() {
 /// arguments are not stored twice).
 #[test]
 fn the_session_task_stays_small() {
-    type Run<P, F> = fn(WebSocket, Arc<AppState>, P, Registration, Inbox, Vec<Utf8Bytes>) -> F;
+    type Run<P, F> = fn(WebSocket, Arc<AppState>, P, Registration, Inbox, Vec<Utf8Bytes>, Option<Arc<Wire>>) -> F;
     fn future_size<P, F: Future>(_: Run<P, F>) -> usize {
         std::mem::size_of::<F>()
     }
@@ -459,7 +575,8 @@ async fn queued_publications_are_packed_for_v2_clients_only() {
         let (to_client, mut from_server) = mpsc::unbounded_channel();
         let socket = ChanSocket { from_client, to_client };
         let gauge = state.metrics.connections_v2.clone();
-        let (mut reg, rx) = Registration::new(state.hub.clone(), 1 << 20, gauge, Grant::anonymous(), None);
+        let framing = if legacy { Framing::Legacy } else { Framing::Packed };
+        let (mut reg, rx) = Registration::new(state.hub.clone(), 1 << 20, framing, gauge, Grant::anonymous(), None);
         let mut proto = V2::default();
         if legacy {
             reg.add(site.into(), None);
@@ -473,9 +590,17 @@ async fn queued_publications_are_packed_for_v2_clients_only() {
             state.broker.publish(state.validator.parse(&text).unwrap()).await.unwrap();
         }
         let task = if legacy {
-            tokio::spawn(session::run(socket, state.clone(), datastream::session::legacy::Legacy, reg, rx, vec![]))
+            tokio::spawn(session::run(
+                socket,
+                state.clone(),
+                datastream::session::legacy::Legacy,
+                reg,
+                rx,
+                vec![],
+                None,
+            ))
         } else {
-            tokio::spawn(session::run(socket, state.clone(), proto, reg, rx, vec![]))
+            tokio::spawn(session::run(socket, state.clone(), proto, reg, rx, vec![], None))
         };
         let mut frames: Vec<String> = Vec::new();
         while frames.iter().map(|f| f.split('\n').count()).sum::<usize>() < 5 {

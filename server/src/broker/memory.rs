@@ -12,7 +12,7 @@ use std::{
 
 use super::{HistoryOptions, PublishOutcome, Snapshot};
 use crate::{
-    hub::Hub,
+    hub::{Batch, Hub},
     publication::{Position, Publication, PublishRequest},
 };
 
@@ -82,6 +82,11 @@ impl MemoryBroker {
 
     /// See [`super::Broker::publish`].
     pub fn publish(&self, req: PublishRequest) -> PublishOutcome {
+        self.publish_to(req, &mut self.hub.batch())
+    }
+
+    /// See [`super::Broker::publish_to`].
+    pub fn publish_to(&self, req: PublishRequest, batch: &mut Batch) -> PublishOutcome {
         let now = Instant::now();
         if let Some(key) = &req.idempotency_key {
             let mut dedupe = self.dedupe.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,7 +102,7 @@ impl MemoryBroker {
         stream.history.push_back(publication.clone());
         trim(&mut stream.history, &self.options, now);
         // Delivering under the site lock keeps every subscriber's view in offset order.
-        self.hub.deliver(&publication);
+        self.hub.deliver_to(&publication, batch);
         PublishOutcome::Published(position)
     }
 
@@ -132,7 +137,7 @@ fn trim(history: &mut VecDeque<Arc<Publication>>, options: &HistoryOptions, now:
 mod tests {
     use super::*;
     use crate::{
-        hub::{Outbox, Subscriber},
+        hub::{Framing, Outbox, Subscriber},
         metrics::Metrics,
         publication::Validator,
     };
@@ -170,7 +175,7 @@ mod tests {
     #[test]
     fn repeated_keys_are_published_once_within_the_window() {
         let (b, hub) = broker(10, Duration::from_millis(50));
-        let (outbox, mut rx) = Outbox::new(1 << 20);
+        let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
         hub.subscribe(&"a".into(), 1, Subscriber { outbox, topics: None });
         assert!(matches!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Published(_)));
         assert_eq!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Duplicate);

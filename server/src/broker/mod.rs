@@ -14,7 +14,7 @@ pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
 use crate::{
-    hub::wants,
+    hub::{Batch, wants},
     publication::{Position, Publication, PublishRequest},
 };
 
@@ -98,6 +98,17 @@ impl Broker {
     pub async fn publish(&self, req: PublishRequest) -> Result<PublishOutcome, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.publish(req)),
+            Broker::Redis(b) => b.publish(req).await,
+        }
+    }
+
+    /// Like [`Broker::publish`], but connections the fan-out writes to get this node's local
+    /// deliveries when `batch` is flushed: publishing several messages in one batch makes one
+    /// write per subscriber for all of them. (With Redis, local delivery comes from the
+    /// subscription to the site's channel, as for every other node.)
+    pub async fn publish_to(&self, req: PublishRequest, batch: &mut Batch) -> Result<PublishOutcome, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.publish_to(req, batch)),
             Broker::Redis(b) => b.publish(req).await,
         }
     }

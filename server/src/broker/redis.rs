@@ -27,14 +27,14 @@ use std::{
 };
 
 use datastream_protocol::{backoff::Backoff, v2::PubFrame};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::PubSubSink};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{BrokerError, HistoryOptions, PublishOutcome, Snapshot};
 use crate::{
-    hub::Hub,
+    hub::{Batch, Hub},
     metrics::Metrics,
     publication::{Position, Publication, PublishRequest},
 };
@@ -44,6 +44,10 @@ const RETRY: Backoff = Backoff { min: Duration::from_millis(100), max: Duration:
 
 /// Longest a single Redis command may take before the broker reports Redis unavailable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most channel messages delivered in one batch before it is flushed, so a steady stream still
+/// reaches clients promptly.
+const MAX_BATCH: usize = 256;
 
 const PUBLISH_LUA: &str = r#"
 if KEYS[3] ~= '' then
@@ -287,15 +291,29 @@ impl RedisBroker {
             }
             attempt = 0;
             self.healthy.store(true, Ordering::Relaxed);
+            // What has arrived already is delivered as one batch (one write per subscriber the
+            // fan-out writes to), flushed before waiting for more.
+            let mut batch = self.hub.batch();
+            let mut batched = 0;
             loop {
-                let msg = tokio::select! {
-                    () = stop.cancelled() => return,
-                    m = stream.next() => m,
+                let ready = if batched < MAX_BATCH { stream.next().now_or_never() } else { None };
+                let msg = match ready {
+                    Some(msg) => msg,
+                    None => {
+                        batch.flush();
+                        batched = 0;
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            m = stream.next() => m,
+                        }
+                    }
                 };
                 let Some(msg) = msg else { break };
                 let Ok(payload) = msg.get_payload::<String>() else { continue };
-                self.on_message(&payload).await;
+                self.on_message(&payload, &mut batch).await;
+                batched += 1;
             }
+            batch.flush();
             warn!("Redis pub/sub connection lost; reconnecting");
             self.failed("pubsub", &"connection lost");
             self.watch.lock().await.sink = None;
@@ -303,7 +321,7 @@ impl RedisBroker {
     }
 
     /// Delivers one publication from the channel, first filling any gap since the last one.
-    async fn on_message(&self, payload: &str) {
+    async fn on_message(&self, payload: &str, batch: &mut Batch) {
         let frame: PubFrame = match serde_json::from_str(payload) {
             Ok(f) => f,
             Err(e) => {
@@ -318,17 +336,17 @@ impl RedisBroker {
                 return;
             }
             if *prev.epoch == frame.epoch && frame.offset > prev.offset + 1 {
-                self.fill_gap(&site, prev.offset, frame.offset).await;
+                self.fill_gap(&site, prev.offset, frame.offset, batch).await;
             }
         }
         let position = Position { epoch: frame.epoch.as_str().into(), offset: frame.offset };
         let publication =
             Arc::new(Publication::from_parts(site.clone(), frame.topic.as_str().into(), frame.data, position.clone()));
-        self.hub.deliver(&publication);
+        self.hub.deliver_to(&publication, batch);
         self.delivered.lock().unwrap_or_else(|e| e.into_inner()).insert(site, position);
     }
 
-    async fn fill_gap(&self, site: &Arc<str>, after: u64, before: u64) {
+    async fn fill_gap(&self, site: &Arc<str>, after: u64, before: u64, batch: &mut Batch) {
         let Ok((epoch, _, entries)) = self.read_history(site).await else { return };
         let missing: Vec<_> = entries_to_publications(site, &epoch, entries)
             .into_iter()
@@ -336,7 +354,7 @@ impl RedisBroker {
             .collect();
         warn!(%site, after, before, filled = missing.len(), "filled a gap in a Redis channel from history");
         for publication in missing {
-            self.hub.deliver(&publication);
+            self.hub.deliver_to(&publication, batch);
         }
     }
 

@@ -146,11 +146,13 @@ pub async fn publish(
         }
     })?;
     let (mut accepted, mut duplicates) = (0usize, 0usize);
+    // One write per subscriber for the whole body, when it is flushed (or dropped, on an error).
+    let mut batch = state.hub.batch();
     for req in requests {
         if state.is_draining() {
             return Err(PublishError::Unavailable { accepted });
         }
-        match state.broker.publish(req).await {
+        match state.broker.publish_to(req, &mut batch).await {
             Ok(PublishOutcome::Published(_)) => {
                 accepted += 1;
                 state.metrics.message_in(Source::Http);
@@ -165,6 +167,7 @@ pub async fn publish(
             }
         }
     }
+    batch.flush();
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted, "duplicates": duplicates }))).into_response())
 }
 

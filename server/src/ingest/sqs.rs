@@ -23,7 +23,7 @@ use datastream_protocol::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::{AppState, broker::PublishOutcome, metrics::Source};
+use crate::{AppState, broker::PublishOutcome, hub::Batch, metrics::Source};
 
 /// Retry delays after an SQS error.
 const RETRY: Backoff = Backoff { min: Duration::from_millis(200), max: Duration::from_secs(20) };
@@ -120,23 +120,26 @@ async fn poll(poller: usize, client: Client, state: Arc<AppState>, url: String, 
             }
         };
         let mut done = Vec::with_capacity(messages.len());
+        // One write per subscriber for the whole receive.
+        let mut batch = state.hub.batch();
         for message in &messages {
             if stop.is_cancelled() {
                 break;
             }
-            if handle(&state, message).await
+            if handle(&state, message, &mut batch).await
                 && let Some(handle) = message.receipt_handle()
             {
                 done.push(handle.to_owned());
             }
         }
+        batch.flush();
         delete(&client, &state, &url, done).await;
     }
     debug!(poller, "SQS poller stopped");
 }
 
 /// Publishes one SQS message; true if it may be deleted from the queue.
-async fn handle(state: &AppState, message: &Message) -> bool {
+async fn handle(state: &AppState, message: &Message, batch: &mut Batch) -> bool {
     let id = message.message_id().unwrap_or("?");
     let body = message.body().unwrap_or("");
     let mut req = match state.validator.parse(body) {
@@ -159,7 +162,7 @@ async fn handle(state: &AppState, message: &Message) -> bool {
     if req.idempotency_key.is_none() {
         req.idempotency_key = Some(format!("sqs:{id}"));
     }
-    match state.broker.publish(req).await {
+    match state.broker.publish_to(req, batch).await {
         Ok(PublishOutcome::Published(_)) => {
             state.metrics.message_in(Source::Sqs);
             true

@@ -37,19 +37,16 @@ use tracing::debug;
 use crate::{
     AppState,
     auth::Grant,
-    hub::{ConnId, Event, Hub, Inbox, Outbox, Subscriber, TopicFilter},
+    hub::{ConnId, Event, Framing, Hub, Inbox, MAX_PACKED_BYTES, Outbox, Subscriber, TopicFilter},
     limits::{FrameRate, IpPermit},
     metrics::Metrics,
     publication::Publication,
+    wire::Wire,
 };
 
 /// Most frames written before one flush; bounds how long a busy connection delays its own
 /// reading of client frames.
 const MAX_BATCH: usize = 64;
-
-/// Largest text frame that packing builds; a publication is never split, so a larger one still
-/// goes out whole in a frame of its own.
-const MAX_PACKED_BYTES: usize = 64 * 1024;
 
 /// Heartbeats fall on multiples of this step (see [`on_heartbeat_grid`]).
 const HEARTBEAT_GRID: Duration = Duration::from_millis(100);
@@ -106,11 +103,12 @@ impl Registration {
     pub fn new(
         hub: Arc<Hub>,
         queue_bytes: usize,
+        framing: Framing,
         connections: Gauge,
         grant: Grant,
         permit: Option<IpPermit>,
     ) -> (Self, Inbox) {
-        let (outbox, rx) = Outbox::new(queue_bytes);
+        let (outbox, rx) = Outbox::new(queue_bytes, framing);
         let conn = hub.connect(outbox.clone());
         connections.inc();
         (Registration { hub, conn, outbox, sites: Vec::new(), connections, grant, _permit: permit }, rx)
@@ -124,12 +122,19 @@ impl Registration {
         }
     }
 
-    /// Unsubscribes from `site`.
+    /// Unsubscribes from `site`; what is still queued for it is dropped.
     pub fn remove(&mut self, site: &str) {
         if let Some(i) = self.sites.iter().position(|s| &**s == site) {
             self.sites.swap_remove(i);
             self.hub.unsubscribe(site, self.conn);
+            self.outbox.forget(site);
         }
+    }
+
+    /// Skips, from now on, publications of `site` in `epoch` below offset `next`: they were sent
+    /// already (a subscribe's replay) or predate the subscription.
+    pub fn set_floor(&self, site: &Arc<str>, epoch: &Arc<str>, next: u64) {
+        self.outbox.set_floor(site, epoch, next);
     }
 
     /// Sites subscribed to.
@@ -183,7 +188,10 @@ enum End {
 }
 
 /// Runs a session until the client leaves, misbehaves, falls behind, or the server shuts down.
-/// `greeting` is sent first (v2's hello and URL subscriptions).
+/// `greeting` is sent first (v2's hello and URL subscriptions). With the connection's `wire`, the
+/// fan-out writes publications to it directly whenever the session has nothing of its own to send
+/// first ([`Outbox::go_direct`]); the session then wakes only for client frames, heartbeats, a
+/// backlog the socket did not take at once, and shutdown.
 ///
 /// Not an `async fn`: its arguments would be stored twice in the future (once as arguments, once
 /// as the locals they are moved into), and this future is most of an idle connection's memory.
@@ -195,8 +203,13 @@ pub fn run<S: Socket, P: Protocol>(
     mut reg: Registration,
     mut rx: Inbox,
     greeting: Vec<Utf8Bytes>,
+    wire: Option<Arc<Wire>>,
 ) -> impl Future<Output = ()> {
     async move {
+        if let Some(wire) = &wire {
+            wire.set_frames();
+        }
+        let mut direct = false;
         let metrics = state.metrics.clone();
         let outbox = reg.outbox.clone();
         let period = state.config.ping_interval;
@@ -215,6 +228,9 @@ pub fn run<S: Socket, P: Protocol>(
                 if outbox.is_overflowed() {
                     break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
                 }
+                if !direct && let Some(wire) = &wire {
+                    direct = outbox.go_direct(wire);
+                }
                 // One timer for the token's lifetime, replaced only when a refresh changes it: a
                 // timer made afresh on every turn would be registered and removed per publication.
                 if reg.grant.expires != expiry.as_ref().map(|(at, _)| *at) {
@@ -227,6 +243,7 @@ pub fn run<S: Socket, P: Protocol>(
                     }
                     () = sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
                         // Let what was already queued reach the client before the close frame.
+                        outbox.go_session();
                         while let Ok(p) = rx.try_recv() {
                             if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, &proto).await.is_err() {
                                 break;
@@ -245,6 +262,17 @@ pub fn run<S: Socket, P: Protocol>(
                                 Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
                             }
                         }
+                        Event::Backlog => {
+                            let Some(wire) = &wire else { continue };
+                            match tokio::time::timeout(state.config.client_timeout, poll_fn(|cx| wire.poll_flush(cx))).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(_)) => break End::Gone,
+                                Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
+                            }
+                        }
+                        Event::Overflowed => {
+                            break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
+                        }
                         Event::Closing => {
                             // Spread closes over the drain window so clients do not all come back at once.
                             let window = state.config.drain_window;
@@ -253,6 +281,13 @@ pub fn run<S: Socket, P: Protocol>(
                     },
                     msg = socket.next() => {
                         last_heard = Instant::now();
+                        if direct && matches!(msg, Some(Ok(Message::Text(_)))) {
+                            // A request may change what the client must receive (a subscribe's
+                            // replay comes before what is published after it): the session writes
+                            // publications until it is answered.
+                            outbox.go_session();
+                            direct = false;
+                        }
                         let reply = match msg {
                             Some(Ok(Message::Text(_))) if !rate.allow() => Err(ErrorFrame::new(
                                 ErrorCode::RateLimited,
@@ -299,7 +334,9 @@ pub fn run<S: Socket, P: Protocol>(
                 }
             }
         };
-        // Leave the hub before the (possibly slow) close handshake.
+        // No fan-out write after the close frame; leave the hub before the (possibly slow) close
+        // handshake.
+        outbox.go_session();
         drop(reg);
         if let End::Close(code, reason, label) = end {
             metrics.disconnect(label);

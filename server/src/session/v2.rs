@@ -109,6 +109,9 @@ impl V2 {
             None => (None, snapshot.rewind(req.rewind as usize, topics)),
         };
         self.sites.insert(req.site.clone(), SiteState { epoch: snapshot.epoch.clone(), next: snapshot.top + 1 });
+        // What is queued already is filtered by `frame`; what the broker hands over later, by
+        // the outbox (also when the fan-out writes it).
+        reg.set_floor(&req.site, &snapshot.epoch, snapshot.top + 1);
         let ack = ServerFrame::Subscribed {
             id: req.id,
             site: req.site.to_string(),
