@@ -46,32 +46,44 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, before the
+/// server listens: installed on the future's first poll instead, a signal sent as soon as the
+/// server is reachable could still find the default action (exit at once, no graceful close).
+#[cfg(unix)]
+fn shutdown_signal() -> impl Future<Output = ()> + Send {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn received(signal: std::io::Result<Signal>) {
+        match signal {
             Ok(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(_) => std::future::pending().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    }
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        tokio::select! {
+            () = received(term) => {}
+            () = received(interrupt) => {}
+        }
+    }
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl Future<Output = ()> + Send {
+    async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
 async fn serve(config: Config) -> ExitCode {
     init_tracing(config.log_format);
-    let result = async { Server::bind(config).await?.run(shutdown_signal()).await }.await;
+    let shutdown = shutdown_signal();
+    let result = async { Server::bind(config).await?.run(shutdown).await }.await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
