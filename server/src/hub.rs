@@ -2,7 +2,10 @@
 //!
 //! The hub maps each site to the connections on this node subscribed to it. Delivering a
 //! publication walks that site's subscribers under a read lock and pushes one shared reference into
-//! each connection's [`Outbox`]; no socket I/O happens here, so a slow client never delays the
+//! each connection's [`Outbox`]. Publications are delivered in a [`Batch`]; when it is flushed, the
+//! fan-out writes each connection's share of it to the connection's socket with one non-blocking
+//! write (or leaves it to the connection's session, see [`Outbox`]). A write never waits: what the
+//! kernel does not take stays in the connection's backlog, so a slow client never delays the
 //! others. Sites are spread over shards so publishes to different sites do not contend. The hub
 //! also knows every open connection, subscribed or not, so that shutdown can tell each one to
 //! close ([`Hub::close_all`]) without every session polling a shared signal on each wake.

@@ -1,9 +1,11 @@
 //! One task per WebSocket connection.
 //!
-//! A session owns its socket and runs a single `select!` ([`run`]) over: its token's expiry, the
-//! drain deadline once shutdown began, its inbox (publications queued by the hub, and the request
-//! to close at shutdown, which arrives the same way), frames from the client, and the heartbeat
-//! tick; its outbox overflowing is checked on every turn. A wake takes no lock shared with other
+//! A session owns its socket's reading side and runs a single `select!` ([`run`]) over: its token's
+//! expiry, the drain deadline once shutdown began, its inbox (a backlog the fan-out left to send,
+//! publications queued for it to write, overflow, and the request to close at shutdown, which
+//! arrives the same way), frames from the client, and the heartbeat tick. While it has nothing of
+//! its own to send, the fan-out writes publications to the socket itself and the session is not
+//! woken for them; it takes the writing back while it answers a client request. A wake takes no lock shared with other
 //! sessions and creates no timer. Heartbeats fall on a grid shared by all sessions, so those due
 //! together are sent in one wake-up of the runtime.
 //! What differs between protocols (frame formats, client requests) sits behind [`Protocol`]:
