@@ -3,8 +3,9 @@
 //! The hub maps each site to the connections on this node subscribed to it. Delivering a
 //! publication walks that site's subscribers under a read lock and pushes one shared reference into
 //! each connection's [`Outbox`]. Publications are delivered in a [`Batch`]; when it is flushed, the
-//! fan-out writes each connection's share of it to the connection's socket with one non-blocking
-//! write (or leaves it to the connection's session, see [`Outbox`]). A write never waits: what the
+//! fan-out's writers ([`Hub::run_writer`], one task per core) write each connection's share of it
+//! to the connection's socket with one non-blocking write (or leave it to the connection's session,
+//! see [`Outbox`]). A write never waits: what the
 //! kernel does not take stays in the connection's backlog, so a slow client never delays the
 //! others. Sites are spread over shards so publishes to different sites do not contend. The hub
 //! also knows every open connection, subscribed or not, so that shutdown can tell each one to
@@ -33,6 +34,9 @@ use crate::{
 pub type ConnId = u64;
 
 const SHARDS: usize = 32;
+
+/// Connections a fan-out writer writes to before it lets other tasks run.
+const WRITES_PER_TURN: usize = 256;
 
 /// How a connection's publications are framed when the fan-out writes them itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,8 @@ pub struct Outbox {
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     framing: Framing,
+    /// Which of the fan-out's writers writes to this connection.
+    writer: usize,
     /// A plain flag: checked once per delivery, it must cost no more than an atomic load.
     overflowed: AtomicBool,
     /// Set by [`Hub::close_all`]: the server is shutting down and the session should close.
@@ -110,7 +116,9 @@ impl Floor {
 impl Outbox {
     /// Creates an outbox capped at `max_bytes` and the receiving end its session reads.
     pub fn new(max_bytes: usize, framing: Framing) -> (Arc<Outbox>, Inbox) {
+        static NEXT_WRITER: AtomicUsize = AtomicUsize::new(0);
         let outbox = Arc::new(Outbox {
+            writer: NEXT_WRITER.fetch_add(1, Ordering::Relaxed),
             queue: Mutex::default(),
             waker: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
@@ -290,34 +298,64 @@ fn pack<T>(out: &mut Vec<u8>, items: &[T], text: impl Fn(&T) -> &[u8]) {
     }
 }
 
-/// Publications written by the fan-out, collected while it delivers one or more publications, and
-/// written when it is flushed (or dropped): each connection gets one write for all of them.
+/// The connections one or more deliveries left publications for, handed to the [fan-out's
+/// writers](Hub::run_writer) when flushed (or dropped): each connection gets one write for all of
+/// the batch's publications — or more of them, if the writer gets to it later.
 #[derive(Debug)]
 pub struct Batch {
     dirty: Vec<Arc<Outbox>>,
-    scratch: Vec<u8>,
-    metrics: Arc<Metrics>,
+    writers: Arc<[Writer]>,
 }
 
 impl Batch {
-    /// Writes what was delivered to every connection the fan-out writes to.
+    /// Hands what was delivered to the writers.
     pub fn flush(&mut self) {
-        let mut written = 0;
-        for outbox in std::mem::take(&mut self.dirty) {
-            written += outbox.write_direct(&mut self.scratch, &self.metrics) as u64;
+        if self.dirty.is_empty() {
+            return;
         }
-        if written > 0 {
-            self.metrics.messages_out.inc_by(written);
+        if let [writer] = &*self.writers {
+            writer.add(self.dirty.drain(..));
+            return;
         }
-        if self.scratch.capacity() > MAX_PACKED_BYTES {
-            self.scratch = Vec::new();
+        for (i, writer) in self.writers.iter().enumerate() {
+            let n = self.writers.len();
+            writer.add(self.dirty.iter().filter(|o| o.writer % n == i).cloned());
         }
+        self.dirty.clear();
     }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+/// One of the fan-out's writers: the connections it has to write to, and its task's waker.
+#[derive(Debug, Default)]
+struct Writer {
+    pending: Mutex<Vec<Arc<Outbox>>>,
+    waker: AtomicWaker,
+}
+
+impl Writer {
+    fn add(&self, outboxes: impl Iterator<Item = Arc<Outbox>>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let before = pending.len();
+        pending.extend(outboxes);
+        let added = pending.len() > before;
+        drop(pending);
+        if added {
+            self.waker.wake();
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    fn take(&self, into: &mut Vec<Arc<Outbox>>) {
+        std::mem::swap(into, &mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -425,6 +463,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Set by [`Hub::close_all`]: connections registered afterwards are asked to close at once.
     closing: AtomicBool,
+    /// The fan-out's writers, one per core: each writes to its share of the connections.
+    writers: Arc<[Writer]>,
     metrics: Arc<Metrics>,
 }
 
@@ -437,8 +477,62 @@ impl Hub {
             hasher: RandomState::new(),
             next_conn: AtomicU64::new(1),
             closing: AtomicBool::new(false),
+            writers: (0..std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .map(|_| Writer::default())
+                .collect(),
             metrics,
         }
+    }
+
+    /// Number of the fan-out's writers; run each with [`Hub::run_writer`].
+    pub fn writers(&self) -> usize {
+        self.writers.len()
+    }
+
+    /// Runs writer `index` for as long as the process serves: it writes what batches left for
+    /// its connections, one write per connection for everything queued there. Under load,
+    /// publications pile up while it writes, and the next write to a connection carries all of
+    /// them. It yields every [`WRITES_PER_TURN`] connections, so a large fan-out does not hold up
+    /// the rest of the runtime.
+    pub async fn run_writer(self: Arc<Self>, index: usize) {
+        let mut scratch = Vec::new();
+        let mut outboxes = Vec::new();
+        loop {
+            poll_fn(|cx| {
+                let writer = &self.writers[index];
+                if writer.has_pending() {
+                    return Poll::Ready(());
+                }
+                writer.waker.register(cx.waker());
+                if writer.has_pending() { Poll::Ready(()) } else { Poll::Pending }
+            })
+            .await;
+            self.writers[index].take(&mut outboxes);
+            let mut written = 0;
+            for (i, outbox) in outboxes.drain(..).enumerate() {
+                written += outbox.write_direct(&mut scratch, &self.metrics) as u64;
+                if i % WRITES_PER_TURN == WRITES_PER_TURN - 1 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            self.metrics.messages_out.inc_by(written);
+            if scratch.capacity() > MAX_PACKED_BYTES {
+                scratch = Vec::new();
+            }
+        }
+    }
+
+    /// Writes, on the caller's thread, what batches left for every writer (what the writers'
+    /// tasks do); returns how many publications were written.
+    pub fn write_pending(&self) -> usize {
+        let mut scratch = Vec::new();
+        let mut outboxes = Vec::new();
+        let mut written = 0;
+        for writer in self.writers.iter() {
+            writer.take(&mut outboxes);
+            written += outboxes.drain(..).map(|o| o.write_direct(&mut scratch, &self.metrics)).sum::<usize>();
+        }
+        written
     }
 
     /// Registers a new connection's outbox; returns its id. Undo with [`Hub::disconnect`].
@@ -515,7 +609,7 @@ impl Hub {
     /// A batch for [`Hub::deliver_to`]: connections it delivers to are written once, when it
     /// is flushed or dropped.
     pub fn batch(&self) -> Batch {
-        Batch { dirty: Vec::new(), scratch: Vec::new(), metrics: self.metrics.clone() }
+        Batch { dirty: Vec::new(), writers: self.writers.clone() }
     }
 
     /// Delivers `publication` to every local subscriber of its site at once; returns how many
@@ -706,6 +800,7 @@ mod tests {
             let early = client.try_read(&mut probe);
             assert!(early.is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock), "written before the flush");
             batch.flush();
+            assert_eq!(hub.write_pending(), 3, "one write for the three");
             let expected: Vec<String> = match framing {
                 Framing::Legacy => publications.iter().map(|p| p.legacy_frame().to_string()).collect(),
                 Framing::Packed => {
@@ -715,6 +810,23 @@ mod tests {
             assert_eq!(read_messages(&mut client, expected.len()).await, expected, "{framing:?}");
             assert!(futures_util::FutureExt::now_or_never(rx.recv()).is_none(), "the session was woken");
             assert_eq!(outbox.queued_bytes(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_tasks_write_what_batches_leave_them() {
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
+        let writers: Vec<_> = (0..hub.writers()).map(|i| tokio::spawn(hub.clone().run_writer(i))).collect();
+        let (wire, mut client) = wire_pair(false).await;
+        let (outbox, _rx) = subscribed(&hub, Framing::Legacy, 1 << 20);
+        assert!(outbox.go_direct(&wire));
+        for n in 1..=3 {
+            hub.deliver(&publication("mrc", &n.to_string()));
+        }
+        let got = read_messages(&mut client, 3).await;
+        assert_eq!(got, (1..=3).map(|n| format!(r#"{{"site":"mrc","topic":"t","data":{n}}}"#)).collect::<Vec<_>>());
+        for writer in writers {
+            writer.abort();
         }
     }
 
@@ -733,6 +845,7 @@ mod tests {
         }
         assert!(outbox.go_direct(&wire));
         hub.deliver(&publication("mrc", "2"));
+        assert_eq!(hub.write_pending(), 1);
         assert_eq!(read_messages(&mut client, 1).await, [r#"{"site":"mrc","topic":"t","data":2}"#]);
         assert!(futures_util::FutureExt::now_or_never(rx.recv()).is_none());
     }
@@ -752,6 +865,7 @@ mod tests {
                 break;
             }
             accepted += hub.deliver(&publication("mrc", &format!(r#"{{"n":{n},"pad":"{pad}"}}"#)));
+            hub.write_pending();
             if let Some(event) = futures_util::FutureExt::now_or_never(rx.recv()) {
                 events.push(format!("{event:?}").split('(').next().unwrap_or_default().to_owned());
             }

@@ -132,6 +132,9 @@ impl Server {
             })
         };
 
+        // The fan-out's writers: they write what deliveries leave for connections.
+        let writers: Vec<_> = (0..state.hub.writers()).map(|i| tokio::spawn(state.hub.clone().run_writer(i))).collect();
+
         let stop_reader = CancellationToken::new();
         if let Broker::Redis(redis) = &state.broker {
             tokio::spawn(redis.clone().run_reader(stop_reader.clone()));
@@ -180,6 +183,9 @@ impl Server {
 
         stop_http.cancel();
         stop_reader.cancel();
+        for writer in &writers {
+            writer.abort();
+        }
         sweeper.abort();
         jwks_refresher.abort();
         match tokio::time::timeout_at(deadline, &mut http_task).await {
