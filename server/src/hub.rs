@@ -235,6 +235,8 @@ impl Outbox {
     pub fn set_floor(&self, site: &Arc<str>, epoch: &Arc<str>, next: u64) {
         let mut queue = self.queue();
         queue.floors.retain(|f| f.site != *site);
+        // Most connections have one or two: no room for more than needed.
+        queue.floors.reserve_exact(1);
         queue.floors.push(Floor { site: site.clone(), epoch: epoch.clone(), next });
     }
 
