@@ -93,8 +93,9 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_DEDUPE_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
     pub dedupe_window: Duration,
 
-    /// Per-connection send queue cap, in bytes; a client that falls further behind is disconnected
-    /// (close code 3000) so it cannot hold memory or delay others.
+    /// Per-connection cap, in bytes, on what waits to be sent (queued, or written but not yet taken
+    /// by the socket); a client that falls further behind is disconnected (close code 3000) so it
+    /// cannot hold memory or delay others.
     #[arg(long, env = "DATASTREAM_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub client_queue_bytes: usize,
 
