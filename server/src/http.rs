@@ -210,10 +210,10 @@ async fn setup_v2(
     let gauge = state.metrics.connections_v2.clone();
     let queue_bytes = state.config.client_queue_bytes;
     let (mut reg, rx) = Registration::new(state.hub.clone(), queue_bytes, Framing::Packed, gauge, grant, Some(permit));
-    let mut proto = V2::default();
+    let mut proto = V2;
     let mut greeting = vec![V2::hello(state)];
     for site in sites {
-        let checked = proto.check_subscribe(state, &reg.grant, None, &site, &[], None, None);
+        let checked = proto.check_subscribe(state, &reg, None, &site, &[], None, None);
         match checked {
             Ok(req) => match proto.subscribe(req, &mut reg, state).await {
                 Ok(frames) => greeting.extend(frames),

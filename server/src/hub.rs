@@ -22,6 +22,7 @@ use std::{
     task::Poll,
 };
 
+use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 
 use crate::{
@@ -46,6 +47,45 @@ pub enum Framing {
     /// Consecutive publications share one text frame, their v2 frames separated by `\n`, up to
     /// [`MAX_PACKED_BYTES`].
     Packed,
+}
+
+impl Framing {
+    /// The text a publication is sent as.
+    pub fn text(self, p: &Publication) -> &Utf8Bytes {
+        match self {
+            Framing::Legacy => p.legacy_frame(),
+            Framing::Packed => p.v2_frame(),
+        }
+    }
+
+    /// Splits consecutive publications into the groups that each go out as one text frame (their
+    /// texts joined with `\n`): one each for [`Framing::Legacy`]; for [`Framing::Packed`], as many
+    /// as fit in [`MAX_PACKED_BYTES`], a larger one alone.
+    pub fn groups(self, items: &[Arc<Publication>]) -> impl Iterator<Item = &[Arc<Publication>]> {
+        let mut rest = items;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let n = match self {
+                Framing::Legacy => 1,
+                Framing::Packed => {
+                    let (mut n, mut len) = (0, 0);
+                    for p in rest {
+                        let added = self.text(p).len() + usize::from(n > 0);
+                        if n > 0 && len + added > MAX_PACKED_BYTES {
+                            break;
+                        }
+                        (n, len) = (n + 1, len + added);
+                    }
+                    n
+                }
+            };
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            Some(group)
+        })
+    }
 }
 
 /// Largest text frame that packing builds; a publication is never split, so a larger one still
@@ -187,13 +227,8 @@ impl Outbox {
         let count = items.len();
         let bytes: usize = items.iter().map(|p| p.queued_len()).sum();
         scratch.clear();
-        match self.framing {
-            Framing::Legacy => {
-                for p in &*items {
-                    text_frame(scratch, std::iter::once(p.legacy_text().as_bytes()));
-                }
-            }
-            Framing::Packed => pack(scratch, items, |p| p.v2_text().as_bytes()),
+        for group in self.framing.groups(items) {
+            text_frame(scratch, group.iter().map(|p| self.framing.text(p).as_bytes()));
         }
         let written = wire.write_whole(scratch);
         queue.items.clear();
@@ -231,13 +266,17 @@ impl Outbox {
         self.queue().direct = None;
     }
 
-    /// Skips, from now on, publications of `site` in `epoch` below offset `next` (see [`Floor`]).
+    /// Skips publications of `site` in `epoch` below offset `next` (see [`Floor`]): those queued
+    /// already are dropped, later ones are not queued.
     pub fn set_floor(&self, site: &Arc<str>, epoch: &Arc<str>, next: u64) {
+        let floor = Floor { site: site.clone(), epoch: epoch.clone(), next };
         let mut queue = self.queue();
+        let freed = drain_where(&mut queue.items, |p| floor.holds(p));
+        self.queued_bytes.fetch_sub(freed, Ordering::Relaxed);
         queue.floors.retain(|f| f.site != *site);
         // Most connections have one or two: no room for more than needed.
         queue.floors.reserve_exact(1);
-        queue.floors.push(Floor { site: site.clone(), epoch: epoch.clone(), next });
+        queue.floors.push(floor);
     }
 
     /// Removes queued publications of `site` and its floor (the connection no longer subscribes
@@ -245,18 +284,13 @@ impl Outbox {
     pub fn forget(&self, site: &str) {
         let mut queue = self.queue();
         queue.floors.retain(|f| &*f.site != site);
-        let before = queue.items.len();
-        let mut freed = 0;
-        queue.items.retain(|p| {
-            let keep = &*p.site != site;
-            if !keep {
-                freed += p.queued_len();
-            }
-            keep
-        });
-        if queue.items.len() != before {
-            self.queued_bytes.fetch_sub(freed, Ordering::Relaxed);
-        }
+        let freed = drain_where(&mut queue.items, |p| &*p.site == site);
+        self.queued_bytes.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// How this connection's publications are framed.
+    pub fn framing(&self) -> Framing {
+        self.framing
     }
 
     /// Asks the session to close (shutdown); it sees [`Event::Closing`] once.
@@ -281,23 +315,17 @@ impl Outbox {
     }
 }
 
-/// Appends `items` as text frames, consecutive ones joined with `\n` up to [`MAX_PACKED_BYTES`]
-/// (a larger one goes alone).
-fn pack<T>(out: &mut Vec<u8>, items: &[T], text: impl Fn(&T) -> &[u8]) {
-    let mut start = 0;
-    let mut len = 0;
-    for (i, item) in items.iter().enumerate() {
-        let n = text(item).len();
-        if i > start && len + 1 + n > MAX_PACKED_BYTES {
-            text_frame(out, items[start..i].iter().map(&text));
-            start = i;
-            len = 0;
+/// Removes the publications `drop` picks from `items`; returns their share of the byte cap.
+fn drain_where(items: &mut VecDeque<Arc<Publication>>, drop: impl Fn(&Publication) -> bool) -> usize {
+    let mut freed = 0;
+    items.retain(|p| {
+        let dropped = drop(p);
+        if dropped {
+            freed += p.queued_len();
         }
-        len += n + usize::from(i > start);
-    }
-    if start < items.len() {
-        text_frame(out, items[start..].iter().map(&text));
-    }
+        !dropped
+    });
+    freed
 }
 
 /// The connections one or more deliveries left publications for, handed to the [fan-out's
@@ -319,8 +347,8 @@ impl Batch {
             writer.add(self.dirty.drain(..));
             return;
         }
+        let n = self.writers.len();
         for (i, writer) in self.writers.iter().enumerate() {
-            let n = self.writers.len();
             writer.add(self.dirty.iter().filter(|o| o.writer % n == i).cloned());
         }
         self.dirty.clear();
@@ -526,7 +554,8 @@ impl Hub {
 
     /// Writes, on the caller's thread, what batches left for every writer (what the writers'
     /// tasks do); returns how many publications were written.
-    pub fn write_pending(&self) -> usize {
+    #[cfg(test)]
+    fn write_pending(&self) -> usize {
         let mut scratch = Vec::new();
         let mut outboxes = Vec::new();
         let mut written = 0;
@@ -614,9 +643,10 @@ impl Hub {
         Batch { dirty: Vec::new(), writers: self.writers.clone() }
     }
 
-    /// Delivers `publication` to every local subscriber of its site at once; returns how many
-    /// took it.
-    pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
+    /// Delivers `publication` to every local subscriber of its site in a batch of its own;
+    /// returns how many took it.
+    #[cfg(test)]
+    fn deliver(&self, publication: &Arc<Publication>) -> usize {
         self.deliver_to(publication, &mut self.batch())
     }
 
@@ -914,12 +944,16 @@ mod tests {
             let position = Position { epoch: epoch.into(), offset };
             Arc::new(Publication::from_parts("mrc".into(), "t".into(), data, position))
         };
+        // Queued before the floor is set (a subscribe's snapshot being read): dropped then.
+        hub.deliver(&at(2, "e"));
+        hub.deliver(&at(6, "e"));
         outbox.set_floor(&Arc::from("mrc"), &Arc::from("e"), 5);
+        assert_eq!(outbox.queued_bytes(), at(6, "e").queued_len(), "the dropped one's share is freed");
         for p in [at(4, "e"), at(5, "e"), at(3, "other")] {
             hub.deliver(&p);
         }
         let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(|p| p.position.offset).collect();
-        assert_eq!(got, [5, 3], "below the floor in its epoch is skipped, another epoch is not");
+        assert_eq!(got, [6, 5, 3], "below the floor in its epoch is skipped, another epoch is not");
         outbox.forget("mrc");
         hub.deliver(&at(4, "e"));
         assert_eq!(rx.try_recv().map(|p| p.position.offset), Ok(4), "the floor went with the site");

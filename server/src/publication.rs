@@ -217,23 +217,13 @@ impl Publication {
         }
     }
 
-    /// The legacy frame.
-    pub fn legacy_frame(&self) -> Utf8Bytes {
-        self.legacy_text().clone()
-    }
-
-    /// The legacy frame, borrowed.
-    pub fn legacy_text(&self) -> &Utf8Bytes {
+    /// The legacy frame, encoded on first use.
+    pub fn legacy_frame(&self) -> &Utf8Bytes {
         self.legacy_frame.get_or_init(|| legacy::encode_publication(&self.site, &self.topic, &self.data).into())
     }
 
-    /// The v2 publication frame.
-    pub fn v2_frame(&self) -> Utf8Bytes {
-        self.v2_text().clone()
-    }
-
-    /// The v2 publication frame, borrowed.
-    pub fn v2_text(&self) -> &Utf8Bytes {
+    /// The v2 publication frame, encoded on first use.
+    pub fn v2_frame(&self) -> &Utf8Bytes {
         self.v2_frame.get_or_init(|| {
             v2::encode_pub(&self.site, &self.topic, &self.position.epoch, self.position.offset, &self.data).into()
         })

@@ -503,7 +503,7 @@ async fn channel_session() -> (
         None,
     );
     let hello = V2::hello(&state);
-    let task = tokio::spawn(session::run(socket, state, V2::default(), reg, rx, vec![hello], None));
+    let task = tokio::spawn(session::run(socket, state, V2, reg, rx, vec![hello], None));
     (from_server, task, to_server)
 }
 
@@ -577,11 +577,11 @@ async fn queued_publications_are_packed_for_v2_clients_only() {
         let gauge = state.metrics.connections_v2.clone();
         let framing = if legacy { Framing::Legacy } else { Framing::Packed };
         let (mut reg, rx) = Registration::new(state.hub.clone(), 1 << 20, framing, gauge, Grant::anonymous(), None);
-        let mut proto = V2::default();
+        let mut proto = V2;
         if legacy {
             reg.add(site.into(), None);
         } else {
-            let req = proto.check_subscribe(&state, &reg.grant, None, site, &[], None, None).unwrap();
+            let req = proto.check_subscribe(&state, &reg, None, site, &[], None, None).unwrap();
             proto.subscribe(req, &mut reg, &state).await.unwrap();
         }
         // Queued before the session runs, so its first write finds all five.

@@ -114,8 +114,8 @@ impl Broker {
     }
 
     /// The site's stream as it stands. Call it after subscribing in the hub: a publication
-    /// that lands in between is then both in the snapshot and queued, and the session drops the
-    /// queued copy by its offset, so nothing is missed or doubled.
+    /// that lands in between is then both in the snapshot and queued, and the subscription's floor
+    /// (`Outbox::set_floor`) drops the queued copy, so nothing is missed or doubled.
     pub async fn snapshot(&self, site: &Arc<str>) -> Result<Snapshot, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.snapshot(site)),

@@ -14,19 +14,13 @@ use datastream_protocol::{
 };
 
 use super::{Protocol, Registration};
-use crate::{AppState, publication::Publication};
+use crate::AppState;
 
 /// A legacy connection. Its one site lives in the [`Registration`].
 #[derive(Debug, Default)]
 pub struct Legacy;
 
 impl Protocol for Legacy {
-    const PACKS: bool = false;
-
-    fn frame(&self, publication: &Publication) -> Option<Utf8Bytes> {
-        Some(publication.legacy_frame())
-    }
-
     fn ping(&self) -> Message {
         Message::Ping(Default::default())
     }

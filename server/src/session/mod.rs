@@ -39,7 +39,7 @@ use tracing::debug;
 use crate::{
     AppState,
     auth::Grant,
-    hub::{ConnId, Event, Framing, Hub, Inbox, MAX_PACKED_BYTES, Outbox, Subscriber, TopicFilter},
+    hub::{ConnId, Event, Framing, Hub, Inbox, Outbox, Subscriber, TopicFilter},
     limits::{FrameRate, IpPermit},
     metrics::Metrics,
     publication::Publication,
@@ -64,14 +64,9 @@ pub trait Socket: Stream<Item = Result<Message, WsError>> + Sink<Message, Error 
 impl<T> Socket for T where T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send {}
 
 /// The protocol-specific half of a session.
+///
+/// How publications are framed is the outbox's [`Framing`], shared with the fan-out.
 pub trait Protocol: Send {
-    /// Whether several queued publications may share one text frame, separated by `\n` (v2).
-    /// Legacy clients get exactly one publication per frame.
-    const PACKS: bool;
-
-    /// The frame to send for a queued publication, or `None` to skip it.
-    fn frame(&self, publication: &Publication) -> Option<Utf8Bytes>;
-
     /// The heartbeat message.
     fn ping(&self) -> Message;
 
@@ -247,7 +242,7 @@ pub fn run<S: Socket, P: Protocol>(
                         // Let what was already queued reach the client before the close frame.
                         outbox.go_session();
                         while let Ok(p) = rx.try_recv() {
-                            if write_batch(&mut socket, p, &mut rx, &outbox, &metrics, &proto).await.is_err() {
+                            if write_batch(&mut socket, p, &mut rx, &outbox, &metrics).await.is_err() {
                                 break;
                             }
                         }
@@ -257,7 +252,7 @@ pub fn run<S: Socket, P: Protocol>(
                         Event::Publication(p) => {
                             // A client that stops reading fills its TCP window and blocks the write;
                             // it gets as long as a silent client would before it is cut off.
-                            let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics, &proto);
+                            let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics);
                             match tokio::time::timeout(state.config.client_timeout, write).await {
                                 Ok(Ok(())) => {}
                                 Ok(Err(_)) => break End::Gone,
@@ -374,84 +369,48 @@ async fn send_all<S: Socket>(socket: &mut S, frames: Vec<Utf8Bytes>) -> Result<(
     socket.flush().await
 }
 
-/// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]) with one flush.
-/// `proto` picks the bytes to send for each publication, or skips it. If it [packs](Protocol::PACKS),
-/// consecutive frames share one WebSocket text frame, separated by `\n`, up to
-/// [`MAX_PACKED_BYTES`]; a lone frame goes out as the shared, encoded-once bytes.
-async fn write_batch<S: Socket, P: Protocol>(
+/// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]) with one flush, framed
+/// as the outbox says ([`Framing::groups`]).
+async fn write_batch<S: Socket>(
     socket: &mut S,
     first: Arc<Publication>,
     rx: &mut Inbox,
     outbox: &Outbox,
     metrics: &Metrics,
-    proto: &P,
 ) -> Result<(), WsError> {
     metrics.delivery_seconds.observe(first.published_at.elapsed().as_secs_f64());
-    let mut next = Some(first);
-    let mut written = 0u64;
-    let mut taken = 0;
-    let mut packer = Packer::default();
-    while let Some(publication) = next.take() {
-        outbox.taken(&publication);
-        taken += 1;
-        if let Some(bytes) = proto.frame(&publication) {
-            written += 1;
-            if P::PACKS {
-                if let Some(full) = packer.add(bytes) {
-                    socket.feed(Message::Text(full)).await?;
-                }
-            } else {
-                socket.feed(Message::Text(bytes)).await?;
-            }
-        }
-        if taken < MAX_BATCH {
-            next = rx.try_recv().ok();
-        }
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH
+        && let Ok(p) = rx.try_recv()
+    {
+        batch.push(p);
     }
-    if let Some(rest) = packer.finish() {
-        socket.feed(Message::Text(rest)).await?;
+    let framing = outbox.framing();
+    for p in &batch {
+        outbox.taken(p);
+    }
+    for group in framing.groups(&batch) {
+        socket.feed(Message::Text(joined(framing, group))).await?;
     }
     socket.flush().await?;
-    metrics.messages_out.inc_by(written);
+    metrics.messages_out.inc_by(batch.len() as u64);
     Ok(())
 }
 
-/// Joins frames with `\n` into text frames of at most [`MAX_PACKED_BYTES`] (a larger frame stays
-/// whole). Copies only once a second frame joins the first.
-#[derive(Default)]
-struct Packer {
-    first: Option<Utf8Bytes>,
-    joined: String,
-}
-
-impl Packer {
-    /// Adds `frame`; returns a finished text frame when `frame` did not fit in the current one.
-    fn add(&mut self, frame: Utf8Bytes) -> Option<Utf8Bytes> {
-        let len = self.first.as_ref().map_or(self.joined.len(), |f| f.len());
-        if len > 0 && len + 1 + frame.len() > MAX_PACKED_BYTES {
-            let done = self.finish();
-            self.first = Some(frame);
-            return done;
-        }
-        if let Some(first) = self.first.take() {
-            self.joined.reserve(first.len() + 1 + frame.len());
-            self.joined.push_str(first.as_str());
-        } else if self.joined.is_empty() {
-            self.first = Some(frame);
-            return None;
-        }
-        self.joined.push('\n');
-        self.joined.push_str(frame.as_str());
-        None
+/// The text frame for `group`: its texts joined with `\n`; a lone publication's shared,
+/// encoded-once bytes without a copy.
+fn joined(framing: Framing, group: &[Arc<Publication>]) -> Utf8Bytes {
+    if let [one] = group {
+        return framing.text(one).clone();
     }
-
-    /// The text frame being built, if any.
-    fn finish(&mut self) -> Option<Utf8Bytes> {
-        if let Some(first) = self.first.take() {
-            return Some(first);
+    let mut text = String::with_capacity(group.iter().map(|p| framing.text(p).len() + 1).sum());
+    for (i, p) in group.iter().enumerate() {
+        if i > 0 {
+            text.push('\n');
         }
-        (!self.joined.is_empty()).then(|| std::mem::take(&mut self.joined).into())
+        text.push_str(framing.text(p).as_str());
     }
+    text.into()
 }
 
 /// Whether a socket read failed because the client's frame was over the size limit.
@@ -481,10 +440,7 @@ async fn close<S: Socket>(socket: &mut S, code: CloseCode, reason: &'static str)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn text(s: &str) -> Utf8Bytes {
-        Utf8Bytes::from(s.to_owned())
-    }
+    use crate::hub::MAX_PACKED_BYTES;
 
     #[test]
     fn heartbeats_due_within_one_grid_step_share_one_instant() {
@@ -497,38 +453,37 @@ mod tests {
         assert_eq!(on_heartbeat_grid(a + Duration::from_nanos(1)), a + HEARTBEAT_GRID);
     }
 
-    #[test]
-    fn a_lone_frame_is_sent_as_the_shared_bytes() {
-        let frame = text("{\"a\":1}");
-        let mut packer = Packer::default();
-        assert!(packer.add(frame.clone()).is_none());
-        let out = packer.finish().expect("a frame");
-        assert_eq!(out.as_str().as_ptr(), frame.as_str().as_ptr(), "not copied");
-        assert!(packer.finish().is_none());
+    fn publication(data: &str) -> Arc<Publication> {
+        let data = serde_json::value::RawValue::from_string(data.to_owned()).unwrap();
+        let position = crate::publication::Position { epoch: "e".into(), offset: 1 };
+        Arc::new(Publication::from_parts("mrc".into(), "t".into(), data, position))
     }
 
     #[test]
-    fn frames_are_joined_with_newlines_up_to_the_limit() {
-        let mut packer = Packer::default();
-        for s in ["a", "b", "c"] {
-            assert!(packer.add(text(s)).is_none());
-        }
-        assert_eq!(packer.finish().expect("a frame").as_str(), "a\nb\nc");
-        assert!(packer.finish().is_none());
+    fn a_lone_publication_is_sent_as_the_shared_bytes() {
+        let p = publication("1");
+        let out = joined(Framing::Packed, std::slice::from_ref(&p));
+        assert_eq!(out.as_str().as_ptr(), p.v2_frame().as_str().as_ptr(), "not copied");
+    }
 
-        // Three frames of 30 KiB: two fit in 64 KiB, the third starts the next frame.
-        let big = "x".repeat(30 * 1024);
-        assert!(packer.add(text(&big)).is_none());
-        assert!(packer.add(text(&big)).is_none());
-        let full = packer.add(text(&big)).expect("the first frame is full");
-        assert_eq!(full.len(), 2 * big.len() + 1);
-        assert_eq!(packer.finish().expect("the rest").len(), big.len());
+    #[test]
+    fn packed_frames_are_joined_with_newlines_up_to_the_limit() {
+        let sizes = |framing: Framing, items: &[Arc<Publication>]| -> Vec<usize> {
+            framing.groups(items).map(<[_]>::len).collect()
+        };
+        let small: Vec<_> = ["1", "2", "3"].map(publication).into();
+        assert_eq!(sizes(Framing::Packed, &small), [3]);
+        assert_eq!(sizes(Framing::Legacy, &small), [1, 1, 1], "legacy: one publication per frame");
+        let text = joined(Framing::Packed, &small);
+        let lines: Vec<_> = text.as_str().lines().collect();
+        assert_eq!(lines, small.iter().map(|p| p.v2_frame().as_str()).collect::<Vec<_>>());
 
-        // A frame over the limit goes out whole, alone.
-        let huge = "y".repeat(MAX_PACKED_BYTES + 1);
-        assert!(packer.add(text("small")).is_none());
-        assert_eq!(packer.add(text(&huge)).expect("flushes the small one").as_str(), "small");
-        assert_eq!(packer.add(text("after")).expect("flushes the huge one").len(), huge.len());
-        assert_eq!(packer.finish().expect("the last").as_str(), "after");
+        // Three of ~30 KiB: two fit in 64 KiB, the third starts the next frame.
+        let big = publication(&format!("\"{}\"", "x".repeat(30 * 1024)));
+        assert_eq!(sizes(Framing::Packed, &[big.clone(), big.clone(), big]), [2, 1]);
+        // One over the limit goes out whole, alone.
+        let huge = publication(&format!("\"{}\"", "y".repeat(MAX_PACKED_BYTES)));
+        let a = publication("1");
+        assert_eq!(sizes(Framing::Packed, &[a.clone(), huge, a]), [1, 1, 1]);
     }
 }

@@ -2,7 +2,7 @@
 //! optional topic filter, stream positions, exact recovery, rewind, and application-level pings
 //! the browser SDK can see.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::UNIX_EPOCH};
+use std::{future::Future, sync::Arc, time::UNIX_EPOCH};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use datastream_protocol::{
@@ -12,23 +12,12 @@ use datastream_protocol::{
 use tracing::warn;
 
 use super::{Protocol, Registration};
-use crate::{AppState, auth::Grant, hub::TopicFilter, publication::Publication};
+use crate::{AppState, hub::TopicFilter};
 
-/// What the session knows of one subscription.
-#[derive(Debug)]
-struct SiteState {
-    /// The epoch the client was last told about.
-    epoch: Arc<str>,
-    /// Queued publications of `epoch` below this offset were already sent (in a replay) or
-    /// predate the subscription, and are skipped.
-    next: u64,
-}
-
-/// A v2 connection.
+/// A v2 connection. Its sites live in the [`Registration`]; what a subscribe's snapshot covered is
+/// skipped by the outbox's floor.
 #[derive(Debug, Default)]
-pub struct V2 {
-    sites: HashMap<Arc<str>, SiteState>,
-}
+pub struct V2;
 
 /// A subscribe request after validation.
 #[derive(Debug)]
@@ -55,7 +44,7 @@ impl V2 {
     pub fn check_subscribe(
         &self,
         state: &AppState,
-        grant: &Grant,
+        reg: &Registration,
         id: Option<u64>,
         site: &str,
         topics: &[String],
@@ -67,11 +56,12 @@ impl V2 {
         for topic in topics {
             names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
         }
-        if !grant.allows(site) {
+        if !reg.grant.allows(site) {
             return Err(refuse(id, ErrorCode::Forbidden, format!("not allowed to subscribe to {site:?}")));
         }
         let max = state.config.max_subscriptions as usize;
-        if !self.sites.contains_key(site) && self.sites.len() >= max {
+        let subscribed = reg.sites();
+        if !subscribed.iter().any(|s| &**s == site) && subscribed.len() >= max {
             return Err(refuse(
                 id,
                 ErrorCode::TooManySubscriptions,
@@ -96,7 +86,6 @@ impl V2 {
             Err(e) => {
                 warn!(site = %req.site, error = %e, "subscribe failed");
                 reg.remove(&req.site);
-                self.sites.remove(&req.site);
                 return Err(refuse(req.id, ErrorCode::Unavailable, "history unavailable; retry"));
             }
         };
@@ -108,9 +97,8 @@ impl V2 {
             },
             None => (None, snapshot.rewind(req.rewind as usize, topics)),
         };
-        self.sites.insert(req.site.clone(), SiteState { epoch: snapshot.epoch.clone(), next: snapshot.top + 1 });
-        // What is queued already is filtered by `frame`; what the broker hands over later, by
-        // the outbox (also when the fan-out writes it).
+        // What the snapshot covers is not sent again: neither the copies queued meanwhile nor
+        // those the broker hands over later (a Redis channel lags behind the stream).
         reg.set_floor(&req.site, &snapshot.epoch, snapshot.top + 1);
         let ack = ServerFrame::Subscribed {
             id: req.id,
@@ -122,7 +110,7 @@ impl V2 {
         };
         let mut frames = Vec::with_capacity(replay.len() + 1);
         frames.push(ack.to_json().into());
-        frames.extend(replay.iter().map(|p| p.v2_frame()));
+        frames.extend(replay.iter().map(|p| p.v2_frame().clone()));
         Ok(frames)
     }
 
@@ -141,7 +129,6 @@ impl V2 {
         let lost: Vec<_> = reg.sites().iter().filter(|s| !grant.allows(s)).cloned().collect();
         for site in lost {
             reg.remove(&site);
-            self.sites.remove(&site);
             frames.push(
                 refuse(None, ErrorCode::Forbidden, format!("no longer allowed to read {site:?}")).to_json().into(),
             );
@@ -165,19 +152,6 @@ impl V2 {
 }
 
 impl Protocol for V2 {
-    const PACKS: bool = true;
-
-    fn frame(&self, publication: &Publication) -> Option<Utf8Bytes> {
-        let site = self.sites.get(&publication.site)?;
-        // The same epoch is usually the same allocation: compare the pointers before the bytes.
-        let same_epoch =
-            Arc::ptr_eq(&publication.position.epoch, &site.epoch) || publication.position.epoch == site.epoch;
-        if same_epoch && publication.position.offset < site.next {
-            return None;
-        }
-        Some(publication.v2_frame())
-    }
-
     fn ping(&self) -> Message {
         Message::Text(Utf8Bytes::from_static(r#"{"type":"ping"}"#))
     }
@@ -192,12 +166,11 @@ impl Protocol for V2 {
         async move {
             match frame? {
                 ClientFrame::Subscribe { id, site, topics, recover, rewind } => {
-                    let req = self.check_subscribe(state, &reg.grant, id, &site, &topics, recover, rewind)?;
+                    let req = self.check_subscribe(state, reg, id, &site, &topics, recover, rewind)?;
                     self.subscribe(req, reg, state).await
                 }
                 ClientFrame::Unsubscribe { id, site } => {
                     reg.remove(&site);
-                    self.sites.remove(site.as_str());
                     Ok(vec![ServerFrame::Unsubscribed { id, site }.to_json().into()])
                 }
                 ClientFrame::Refresh { id, token } => self.refresh(id, &token, reg, state).await,
