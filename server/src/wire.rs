@@ -97,11 +97,6 @@ impl Wire {
         Ok(())
     }
 
-    /// Bytes written whole but not yet taken by the kernel.
-    pub fn backlog_len(&self) -> usize {
-        self.backlog().bytes.len()
-    }
-
     /// Sends the backlog; ready once it is empty.
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
