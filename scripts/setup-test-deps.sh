@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything the relay's test suite needs, skipping what is already there:
-#   - Debian packages: redis-server, podman + runc (container test), musl-tools (static build);
+#   - Debian packages: redis-server, podman + runc (container test), musl-tools (static build),
+#     haproxy (the load balancer of the cluster tests);
 #   - the Rust target x86_64-unknown-linux-musl and cargo-deny;
-#   - a Python venv with moto[server] (a local SQS server) and boto3.
+#   - a Python venv with moto[server] (a local SQS server), boto3 and cfn-lint (the AWS template).
 # Safe to run again; a warm run takes seconds.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 
-need_apt redis-server podman runc musl-tools ca-certificates
+need_apt redis-server podman runc musl-tools ca-certificates haproxy
 
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   step "rustup target add x86_64-unknown-linux-musl"
@@ -29,6 +30,12 @@ if ! "$DATASTREAM_TEST_VENV/bin/python3" -c 'import moto, boto3, flask_cors' 2>/
   python3 -m venv "$DATASTREAM_TEST_VENV"
   "$DATASTREAM_TEST_VENV/bin/pip" install -q --upgrade pip
   "$DATASTREAM_TEST_VENV/bin/pip" install -q 'moto[server]>=5,<6' 'boto3>=1.34'
+fi
+
+# cfn-lint validates deploy/aws offline (moto[server] usually brings it along already).
+if ! "$DATASTREAM_TEST_VENV/bin/python3" -c 'import cfnlint' 2>/dev/null; then
+  step "pip install cfn-lint"
+  "$DATASTREAM_TEST_VENV/bin/pip" install -q 'cfn-lint>=1,<2'
 fi
 
 step "test dependencies ready"

@@ -2,7 +2,7 @@
 # The whole test suite: installs every test dependency (idempotent; a warm run skips all of it),
 # then runs formatting, lint and dependency checks, the Rust tests, the container test, the
 # browser SDK's tests (native, headless Chrome and Firefox, npm package), the end-to-end tests of
-# the demo in headless Chromium, and a smoke run of the benchmark. Services (moto_server,
+# the demo in headless Chromium, the AWS template's validation, and a smoke run of the benchmark. Services (moto_server,
 # redis-server, relay nodes, browsers, the container) are started and stopped by the tests.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -22,6 +22,9 @@ cargo deny --locked check bans licenses sources
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "AWS template (cfn-lint and the relay's settings, offline)"
+bash tests/cluster/aws-template.sh
 
 step "container image"
 bash tests/container/test.sh
