@@ -11,16 +11,21 @@
 //! - [`procstat`]: CPU and RSS of a process from `/proc`.
 //! - [`floor`]: `loadgen floor`, the least work any server can do for these workloads (a
 //!   reference, run like a server under test).
+//! - [`cluster`]: `loadgen cluster`, SDK-like v2 subscribers that reconnect and recover through a
+//!   load balancer while failures are injected, with exact loss/duplicate/order accounting
+//!   ([`track`]).
 //!
 //! Everything runs on one thread (a current-thread runtime), so `taskset` can give the load tool
 //! one core and the server the other.
 
+mod cluster;
 mod floor;
 mod mqtt;
 mod payload;
 mod procstat;
 mod publish;
 mod sub;
+mod track;
 mod tsstream;
 
 use std::{cell::RefCell, net::SocketAddr, rc::Rc, str::FromStr, time::Duration};
@@ -52,6 +57,9 @@ enum Cmd {
     Run(RunArgs),
     /// HTTP publish throughput with no subscribers (the relay and the Node relay).
     IngestHttp(IngestArgs),
+    /// v2 subscribers that reconnect and recover like the SDK, a publisher that retries, and
+    /// exact accounting of loss, duplicates and order (relay clusters under failure).
+    Cluster(cluster::ClusterArgs),
     /// The floor server: the legacy protocol's fan-out with nothing but one blocking write per
     /// subscriber per batch (the lower bound of any server's CPU and latency here).
     Floor {
@@ -169,6 +177,7 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Run(args) => run(args).await,
             Cmd::IngestHttp(args) => ingest_http(args).await,
+            Cmd::Cluster(args) => cluster::run(args).await,
             Cmd::Floor { .. } => unreachable!("served above, without a runtime"),
         }
     })?;
