@@ -2,7 +2,8 @@
 # The whole test suite: installs every test dependency (idempotent; a warm run skips all of it),
 # then runs formatting, lint and dependency checks, the Rust tests, the container test, the
 # browser SDK's tests (native, headless Chrome and Firefox, npm package), the end-to-end tests of
-# the demo in headless Chromium, the AWS template's validation, and a smoke run of the benchmark. Services (moto_server,
+# the demo in headless Chromium, the AWS template's validation, the cluster failure scenarios
+# (tests/cluster/), and a smoke run of the benchmark. Services (moto_server,
 # redis-server, relay nodes, browsers, the container) are started and stopped by the tests.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -34,6 +35,9 @@ bash scripts/test-client.sh
 
 step "end-to-end: the demo in headless Chromium"
 bash tests/e2e/run.sh
+
+step "cluster: failures under load behind HAProxy (kill -9, rolling restart, Redis, SQS; ~3 min)"
+bash tests/cluster/failures.sh
 
 step "benchmark smoke run (seconds, tiny N)"
 bash bench/smoke.sh

@@ -125,6 +125,8 @@ struct PublishStats {
     acked: Vec<u64>,
     unacked: Vec<u64>,
     attempts: BTreeMap<String, u64>,
+    /// The first body of each refusal's status, as publishers see it.
+    refusals: BTreeMap<u16, String>,
     /// Failed attempts: (start, end) of each run of consecutive failures, seconds since time 0.
     outages: Vec<(f64, f64)>,
 }
@@ -297,6 +299,7 @@ fn report(ctx: &Ctx, connect_secs: f64, publish_secs: f64) -> Value {
             "acked": p.acked.len(),
             "unacked": p.unacked.len(),
             "attempts": p.attempts,
+            "refusals": p.refusals,
             "outages": p.outages.iter().map(|(a, b)| json!([round(*a, 2), round(*b, 2)])).collect::<Vec<_>>(),
             "longest_outage_s": round(longest_outage, 2),
         },
@@ -492,14 +495,19 @@ async fn publish(ctx: &Ctx, addr: SocketAddr) -> f64 {
         loop {
             let result = http.post(&body).await;
             let key = match &result {
-                Ok(status) => status.to_string(),
+                Ok((status, _)) => status.to_string(),
                 Err(e) => kind(e),
             };
             let now = since(ctx.t0.get());
             let done = {
                 let mut st = ctx.stats.borrow_mut();
                 *st.publish.attempts.entry(key).or_default() += 1;
-                if matches!(result, Ok(202)) {
+                if let Ok((status, body)) = &result
+                    && *status != 202
+                {
+                    st.publish.refusals.entry(*status).or_insert_with(|| body.trim().to_owned());
+                }
+                if matches!(result, Ok((202, _))) {
                     st.publish.acked.push(seq);
                     if let Some(from) = failing_since.take() {
                         st.publish.outages.push((from, now));
@@ -535,18 +543,18 @@ struct Http {
 }
 
 impl Http {
-    /// Posts `body` to `/publish`; the response status. The connection is dropped after any error
-    /// and after a response that closes it.
-    async fn post(&mut self, body: &str) -> anyhow::Result<u16> {
+    /// Posts `body` to `/publish`; the response status and body. The connection is dropped after
+    /// any error and after a response that closes it.
+    async fn post(&mut self, body: &str) -> anyhow::Result<(u16, String)> {
         let result = timeout(Duration::from_secs(5), self.exchange(body))
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("publish timed out")));
         match result {
-            Ok((status, keep)) => {
+            Ok((status, keep, text)) => {
                 if !keep {
                     self.conn = None;
                 }
-                Ok(status)
+                Ok((status, text))
             }
             Err(e) => {
                 self.conn = None;
@@ -555,7 +563,7 @@ impl Http {
         }
     }
 
-    async fn exchange(&mut self, body: &str) -> anyhow::Result<(u16, bool)> {
+    async fn exchange(&mut self, body: &str) -> anyhow::Result<(u16, bool, String)> {
         let conn = match &mut self.conn {
             Some(c) => c,
             None => {
@@ -595,10 +603,11 @@ impl Http {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                Ok((status, !close))
+                let text = String::from_utf8_lossy(&buf[head_end..head_end + len]).chars().take(160).collect();
+                Ok((status, !close, text))
             }
-            // No length: the body ends with the connection.
-            None => Ok((status, false)),
+            // No length: the body ends with the connection (what arrived so far is enough).
+            None => Ok((status, false, String::from_utf8_lossy(&buf[head_end..]).chars().take(160).collect())),
         }
     }
 }

@@ -82,6 +82,8 @@ print(f"  reconnects: {rc['count']} (p50 {rc['p50_ms']} ms, p99 {rc['p99_ms']} m
       f"failed attempts {rc['connect_errors']}")
 print(f"  publishes: {p['acked']} acknowledged, {p['unacked']} not; attempts {p['attempts']}; "
       f"longest outage {p['longest_outage_s']} s")
+for status, body in p["refusals"].items():
+    print(f"    {status}: {body}")
 ok_stream = lambda: (d["lost"], d["duplicated"], d["out_of_order"], d["offset_gaps"]) == (0, 0, 0, 0)
 exec(sys.argv[3])
 assert d["subscribers_not_connected"] == 0, f"{d['subscribers_not_connected']} subscribers not connected at the end"
@@ -191,7 +193,8 @@ url, n = sys.argv[1], int(sys.argv[2])
 sqs = boto3.client("sqs")
 for start in range(0, n, 10):
     entries = [{"Id": str(i), "MessageBody": json.dumps(
-        {"site": f"s{i % 20}", "topic": "bench", "data": {"seq": i, "t": time.time_ns(), "pad": ""}})}
+        {"site": f"s{i % 20}", "topic": "bench", "data": {"seq": i, "t": time.time_ns(), "pad": ""}},
+        separators=(",", ":"))}
         for i in range(start, start + 10)]
     sqs.send_message_batch(QueueUrl=url, Entries=entries)
     time.sleep(0.1)
@@ -201,6 +204,13 @@ PY
     node_kill 2
     wait "$sender"
     loadgen_check sqs "$EXACT"
+    # How many redeliveries the surviving nodes dropped by message id (depends on timing).
+    local dups=0 n
+    for n in 1 3; do
+        dups=$((dups + $(curl -s "http://127.0.0.1:${CL_NODE_PORT[$n]}/metrics" |
+            awk '/^datastream_messages_duplicate_total/ {s += $2} END {printf "%d", s}')))
+    done
+    echo "  redeliveries dropped as duplicates by the surviving nodes: $dups"
     cluster_down
     unset DATASTREAM_SQS_QUEUE DATASTREAM_SQS_WAIT AWS_ENDPOINT_URL_SQS
     kill "$MOTO_PID" && wait "$MOTO_PID" 2>/dev/null || true
