@@ -12,6 +12,8 @@
 #
 # Every DATASTREAM_* variable exported beforehand reaches the nodes (e.g. DATASTREAM_SQS_QUEUE
 # with AWS_ENDPOINT_URL_SQS to make them consume a queue). Ports are picked free at start.
+# CLUSTER_BIN runs a given relay binary; the arrays CLUSTER_NODE_PREFIX, CLUSTER_LB_PREFIX and
+# CLUSTER_REDIS_PREFIX prefix the commands (e.g. `taskset -c 0` in bench/cluster.sh).
 #
 # Sourced (`source scripts/cluster.sh`), it only defines the functions the cluster failure tests
 # drive (tests/cluster/): cluster_up, cluster_down, node_start/node_kill/node_term N, lb_wait_up N,
@@ -73,7 +75,7 @@ redis_start() {
     mkdir -p "$CL_DIR/redis"
     # AOF fsync'd every second, Redis's default: a graceful restart (SIGTERM) loses nothing, a
     # crash of Redis itself up to the last second (`appendfsync always` closes that gap).
-    redis-server --port "$CL_REDIS_PORT" --bind 127.0.0.1 --dir "$CL_DIR/redis" --save '' \
+    "${CLUSTER_REDIS_PREFIX[@]}" redis-server --port "$CL_REDIS_PORT" --bind 127.0.0.1 --dir "$CL_DIR/redis" --save '' \
         --appendonly "$CL_AOF" --appendfsync everysec >>"$CL_DIR/redis.log" 2>&1 &
     CL_REDIS_PID=$!
     cl_wait "Redis on port $CL_REDIS_PORT" cl_port_open "$CL_REDIS_PORT"

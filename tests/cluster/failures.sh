@@ -30,6 +30,14 @@ LOADGEN="$CARGO_TARGET_DIR/$PROFILE/loadgen"
 source scripts/cluster.sh
 ulimit -n "$(ulimit -Hn)"
 
+# The configuration docs/DEPLOYMENT.md shows is the one these tests run.
+python3 - <<'PY'
+doc = open("docs/DEPLOYMENT.md").read()
+block = doc.split("```haproxy\n", 1)[1].split("```", 1)[0]
+cfg = open("deploy/local/haproxy.cfg").read()
+assert block == cfg[cfg.index("global"):], "docs/DEPLOYMENT.md shows another HAProxy configuration than deploy/local/haproxy.cfg"
+PY
+
 OUT=${FAILURES_OUT:-$(mktemp)}
 : >"$OUT"
 LG_PID=""
