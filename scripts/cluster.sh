@@ -135,7 +135,7 @@ lb_wait_up() {
 cl_lb_up() { curl -s "http://127.0.0.1:$CL_STATS_PORT/;csv" | grep -q "^relays,node$1,.*,UP,"; }
 
 lb_start() {
-    local env=(DS_LB="127.0.0.1:$CL_LB_PORT" DS_STATS="127.0.0.1:$CL_STATS_PORT")
+    local n env=(DS_LB="127.0.0.1:$CL_LB_PORT" DS_STATS="127.0.0.1:$CL_STATS_PORT")
     for n in 1 2 3; do
         if [ "$n" -le "$CL_NODES" ]; then
             env+=("DS_NODE$n=127.0.0.1:${CL_NODE_PORT[$n]}" "DS_NODE${n}_STATE=enabled")
@@ -152,6 +152,7 @@ lb_start() {
 
 # Starts Redis, CL_NODES nodes and HAProxy, on free loopback ports, logs in CL_DIR.
 cluster_up() {
+    local n
     [ "$CL_NODES" -ge 1 ] && [ "$CL_NODES" -le 3 ] || {
         echo "CLUSTER_NODES must be 1, 2 or 3" >&2
         return 2
@@ -189,6 +190,7 @@ cluster_down() {
 }
 
 cluster_print() {
+    local n
     cat <<EOF
 
 datastream cluster: Redis (AOF $CL_AOF), $CL_NODES relay node(s), HAProxy

@@ -84,6 +84,13 @@ struct RunArgs {
     /// PID of the server, for its CPU time and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Bearer token for the relay's `POST /publish`.
+    #[arg(long)]
+    publish_token: Option<String>,
+    /// Another process whose CPU time each phase reports, as `name=pid` (e.g. `redis=1234`,
+    /// `node2=1240`, `haproxy=1250`); repeatable.
+    #[arg(long = "pid", value_parser = named_pid)]
+    pids: Vec<(String, u32)>,
     /// Number of subscribers.
     #[arg(long, default_value_t = 1000)]
     subs: usize,
@@ -118,6 +125,9 @@ struct IngestArgs {
     http: SocketAddr,
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Bearer token for the relay's `POST /publish`.
+    #[arg(long)]
+    publish_token: Option<String>,
     /// Messages to publish in total.
     #[arg(long, default_value_t = 100_000)]
     messages: usize,
@@ -131,6 +141,11 @@ struct IngestArgs {
     size: usize,
     #[arg(long, default_value = "")]
     label: String,
+}
+
+fn named_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected name=pid")?;
+    Ok((name.to_owned(), pid.parse().map_err(|e| format!("{pid}: {e}"))?))
 }
 
 /// One publishing phase.
@@ -246,7 +261,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         _ => Value::Null,
     };
 
-    let mut publisher = Publisher::connect(args.target, args.publish.unwrap_or(args.ws)).await?;
+    let mut publisher =
+        Publisher::connect(args.target, args.publish.unwrap_or(args.ws), args.publish_token.as_deref()).await?;
     let mut seq = 0u64;
     let mut phases = Vec::new();
     for phase in &args.phases {
@@ -300,6 +316,7 @@ async fn run_phase(
         s.live.clone()
     };
     let (server0, self0) = (cpu(pid), cpu("self"));
+    let others0: Vec<f64> = args.pids.iter().map(|(_, p)| cpu(&p.to_string())).collect();
     let started = Instant::now();
     let mut next = started;
     let mut expected = 0u64;
@@ -337,6 +354,12 @@ async fn run_phase(
         sleep(Duration::from_millis(20)).await;
     }
     let (server1, self1) = (cpu(pid), cpu("self"));
+    let others: serde_json::Map<String, Value> = args
+        .pids
+        .iter()
+        .zip(others0)
+        .map(|((name, p), before)| (name.clone(), json!(round(cpu(&p.to_string()) - before, 3))))
+        .collect();
     let s = shared.borrow();
     let span = s.last_recv.map_or(publish_secs, |t| (t - started).as_secs_f64()).max(1e-3);
     let server_cpu = server1 - server0;
@@ -364,6 +387,7 @@ async fn run_phase(
         "server_cpu_pct": round(100.0 * server_cpu / span, 1),
         "tool_cpu_s": round(tool_cpu, 2),
         "tool_cpu_pct": round(100.0 * tool_cpu / span, 1),
+        "cpu_s": others,
         "p50_ms": ms(&s.latency, 0.5),
         "p90_ms": ms(&s.latency, 0.9),
         "p99_ms": ms(&s.latency, 0.99),
@@ -379,7 +403,7 @@ async fn ingest_http(args: IngestArgs) -> anyhow::Result<Value> {
     let per_conn = requests.div_ceil(args.conns.max(1));
     let mut publishers = Vec::new();
     for _ in 0..args.conns.max(1) {
-        publishers.push(Publisher::connect(Target::Relay, args.http).await?);
+        publishers.push(Publisher::connect(Target::Relay, args.http, args.publish_token.as_deref()).await?);
     }
     let (server0, self0) = (cpu(&pid), cpu("self"));
     let started = Instant::now();

@@ -32,7 +32,13 @@ pub(crate) struct Outgoing {
 /// A connected publisher.
 #[derive(Debug)]
 pub(crate) enum Publisher {
-    Http { write: OwnedWriteHalf, sent: u64, answers: Rc<Answers> },
+    Http {
+        write: OwnedWriteHalf,
+        sent: u64,
+        answers: Rc<Answers>,
+        /// `Authorization: Bearer …\r\n`, or empty.
+        auth: String,
+    },
     Nats(OwnedWriteHalf),
     Mqtt(OwnedWriteHalf),
 }
@@ -69,8 +75,8 @@ async fn read_until(stream: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>, ne
 }
 
 impl Publisher {
-    /// Connects to `addr` with the publish path of `target`.
-    pub(crate) async fn connect(target: Target, addr: SocketAddr) -> anyhow::Result<Self> {
+    /// Connects to `addr` with the publish path of `target`; `token` is the relay's publish token.
+    pub(crate) async fn connect(target: Target, addr: SocketAddr, token: Option<&str>) -> anyhow::Result<Self> {
         let mut stream = TcpStream::connect(addr).await.with_context(|| format!("publisher connect {addr}"))?;
         stream.set_nodelay(true)?;
         match target {
@@ -92,7 +98,8 @@ impl Publisher {
                         seen.changed.notify_one();
                     }
                 });
-                Ok(Publisher::Http { write, sent: 0, answers })
+                let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+                Ok(Publisher::Http { write, sent: 0, answers, auth })
             }
             Target::Nats => {
                 let mut buf = Vec::new();
@@ -120,7 +127,7 @@ impl Publisher {
     /// Publishes `msgs` with one write.
     pub(crate) async fn send(&mut self, msgs: &[Outgoing]) -> anyhow::Result<()> {
         match self {
-            Publisher::Http { write, sent, answers } => {
+            Publisher::Http { write, sent, answers, auth } => {
                 while *sent - answers.ok.get() >= MAX_IN_FLIGHT {
                     answers.check()?;
                     answers.changed.notified().await;
@@ -140,7 +147,7 @@ impl Publisher {
                     b
                 };
                 let req = format!(
-                    "POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    "POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 write.write_all(req.as_bytes()).await?;
