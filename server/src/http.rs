@@ -27,7 +27,7 @@ use crate::{
     hub::{Framing, Inbox},
     ingest,
     limits::IpPermit,
-    session::{self, Registration, legacy::Legacy, v2::V2},
+    session::{self, Registration, Start, legacy::Legacy, v2::V2},
     wire::Wire,
 };
 
@@ -153,7 +153,7 @@ async fn connect(
         let sites: Vec<Arc<str>> = sites.into_iter().map(Arc::from).collect();
         debug!(?sites, "v2 connection");
         upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |socket| async move {
-            let (proto, reg, rx, greeting) = setup_v2(&state, sites, grant, permit).await;
+            let (proto, reg, rx, greeting) = setup_v2(&state, sites, grant, permit, wire.clone()).await;
             spawn_session(session, session::run(socket, state, proto, reg, rx, greeting, wire));
         })
     } else {
@@ -166,13 +166,11 @@ async fn connect(
         if !grant.allows(&site) {
             return refuse(StatusCode::FORBIDDEN, "forbidden", format!("not allowed to subscribe to {site}\n"));
         }
-        // Listen before answering, so a client that publishes right after connecting is heard.
-        if let Err(e) = state.broker.watch(&site).await {
-            tracing::warn!(%site, error = %e, "cannot watch site");
-        }
+        // Subscribed before the 101 goes out: a publication sent as soon as the client sees the
+        // socket open is queued for it, not lost.
+        let (reg, rx) = setup_legacy(&state, site.clone(), grant, permit, wire.clone()).await;
         debug!(%site, "legacy connection");
         upgrade.on_upgrade(move |socket| async move {
-            let (reg, rx) = setup_legacy(&state, site, grant, permit).await;
             spawn_session(session, session::run(socket, state, Legacy, reg, rx, Vec::new(), wire));
         })
     }
@@ -189,15 +187,19 @@ fn spawn_session(token: TaskTrackerToken, session: impl Future<Output = ()> + Se
     drop(token);
 }
 
-async fn setup_legacy(state: &AppState, site: Arc<str>, grant: Grant, permit: IpPermit) -> (Registration, Inbox) {
+async fn setup_legacy(
+    state: &AppState,
+    site: Arc<str>,
+    grant: Grant,
+    permit: IpPermit,
+    wire: Option<Arc<Wire>>,
+) -> (Registration, Inbox) {
     let gauge = state.metrics.connections_legacy.clone();
     let queue_bytes = state.config.client_queue_bytes;
-    let (mut reg, rx) = Registration::new(state.hub.clone(), queue_bytes, Framing::Legacy, gauge, grant, Some(permit));
-    reg.add(site.clone(), None);
-    if let Err(e) = state.broker.watch(&site).await {
-        // Subscribed locally; publications flow once the broker is back (the reader resubscribes).
-        tracing::warn!(%site, error = %e, "cannot watch site");
-    }
+    let (mut reg, rx) =
+        Registration::new(state.hub.clone(), queue_bytes, Framing::Legacy, gauge, grant, Some(permit), wire);
+    // Live subscriptions cannot fail.
+    let _ = reg.subscribe(site, None, &state.broker, Start::Live).await;
     (reg, rx)
 }
 
@@ -206,10 +208,12 @@ async fn setup_v2(
     sites: Vec<Arc<str>>,
     grant: Grant,
     permit: IpPermit,
+    wire: Option<Arc<Wire>>,
 ) -> (V2, Registration, Inbox, Vec<Utf8Bytes>) {
     let gauge = state.metrics.connections_v2.clone();
     let queue_bytes = state.config.client_queue_bytes;
-    let (mut reg, rx) = Registration::new(state.hub.clone(), queue_bytes, Framing::Packed, gauge, grant, Some(permit));
+    let (mut reg, rx) =
+        Registration::new(state.hub.clone(), queue_bytes, Framing::Packed, gauge, grant, Some(permit), wire);
     let mut proto = V2;
     let mut greeting = vec![V2::hello(state)];
     for site in sites {

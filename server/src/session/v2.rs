@@ -11,7 +11,7 @@ use datastream_protocol::{
 };
 use tracing::warn;
 
-use super::{Protocol, Registration};
+use super::{Protocol, Registration, Start};
 use crate::{AppState, hub::TopicFilter};
 
 /// A v2 connection. Its sites live in the [`Registration`]; what a subscribe's snapshot covered is
@@ -72,20 +72,20 @@ impl V2 {
         Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0) })
     }
 
-    /// Subscribes: registers in the hub first, then reads the site's stream, so a publication
-    /// landing in between is neither missed nor sent twice. Returns the ack and any replay.
+    /// Subscribes ([`Registration::subscribe`]: nothing missed, nothing sent twice). Returns the
+    /// ack and any replay.
     pub async fn subscribe(
         &mut self,
         req: SubscribeRequest,
         reg: &mut Registration,
         state: &AppState,
     ) -> Result<Vec<Utf8Bytes>, ErrorFrame> {
-        reg.add(req.site.clone(), req.topics.clone());
-        let snapshot = match state.broker.snapshot(&req.site).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(site = %req.site, error = %e, "subscribe failed");
-                reg.remove(&req.site);
+        let snapshot = match reg.subscribe(req.site.clone(), req.topics.clone(), &state.broker, Start::Snapshot).await {
+            Ok(Some(snapshot)) => snapshot,
+            result => {
+                if let Err(e) = result {
+                    warn!(site = %req.site, error = %e, "subscribe failed");
+                }
                 return Err(refuse(req.id, ErrorCode::Unavailable, "history unavailable; retry"));
             }
         };
@@ -97,9 +97,6 @@ impl V2 {
             },
             None => (None, snapshot.rewind(req.rewind as usize, topics)),
         };
-        // What the snapshot covers is not sent again: neither the copies queued meanwhile nor
-        // those the broker hands over later (a Redis channel lags behind the stream).
-        reg.set_floor(&req.site, &snapshot.epoch, snapshot.top + 1);
         let ack = ServerFrame::Subscribed {
             id: req.id,
             site: req.site.to_string(),
