@@ -11,6 +11,7 @@
 //! - [`http`]: the router: WebSocket upgrade, publish, health, readiness and metrics.
 //! - [`auth`]: optional JWT verification of clients, and what a token grants.
 //! - [`limits`]: per-address connection limits and per-connection frame rates.
+//! - [`client_addr`]: the client's address behind trusted proxies (`X-Forwarded-For`).
 //! - [`serve`]: the HTTP accept loop (header deadline, TCP_NODELAY, graceful stop).
 //! - [`wire`]: a connection's TCP stream, shared by its session and the fan-out's direct writes.
 //! - [`metrics`]: Prometheus metrics.
@@ -23,6 +24,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod demo;
 pub mod http;
