@@ -171,6 +171,12 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<Cidr>,
 
+    /// Every connection starts with a PROXY protocol v2 header (AWS NLB, HAProxy) whose source
+    /// address is the client's; connections without one are closed. Only when nothing but that
+    /// proxy can reach the relay: anyone else could claim any address.
+    #[arg(long, env = "DATASTREAM_PROXY_PROTOCOL", default_value_t = false)]
+    pub proxy_protocol: bool,
+
     /// Time allowed for a client to send its HTTP request headers (including the WebSocket
     /// handshake) after connecting.
     #[arg(long, env = "DATASTREAM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
