@@ -24,6 +24,7 @@ use crate::{
     AppState,
     auth::Grant,
     broker::Broker,
+    client_addr,
     hub::{Framing, Inbox},
     ingest,
     limits::IpPermit,
@@ -86,7 +87,9 @@ async fn connect(
 ) -> Response {
     // Served by `serve`, the connection's wire is at hand for the fan-out's direct writes.
     let wire = wire.map(|Extension(wire)| wire);
+    let client = client_addr::client_ip(&state.config.trusted_proxies, peer.ip(), &headers);
     let refuse = |status: StatusCode, reason: &'static str, text: String| {
+        debug!(%client, reason, "connection refused");
         state.metrics.connection_refused(reason);
         plain(status, text)
     };
@@ -121,7 +124,7 @@ async fn connect(
     if state.sessions.len() >= state.config.max_connections {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "max_connections", "too many connections\n".into());
     }
-    let Some(permit) = state.ip_limiter.try_acquire(peer.ip()) else {
+    let Some(permit) = state.ip_limiter.try_acquire(client) else {
         return refuse(StatusCode::TOO_MANY_REQUESTS, "per_ip", "too many connections from this address\n".into());
     };
     let token = offered
@@ -151,7 +154,7 @@ async fn connect(
             }
         };
         let sites: Vec<Arc<str>> = sites.into_iter().map(Arc::from).collect();
-        debug!(?sites, "v2 connection");
+        debug!(%client, ?sites, "v2 connection");
         upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |socket| async move {
             let (proto, reg, rx, greeting) = setup_v2(&state, sites, grant, permit, wire.clone()).await;
             spawn_session(session, session::run(socket, state, proto, reg, rx, greeting, wire));
@@ -169,7 +172,7 @@ async fn connect(
         // Subscribed before the 101 goes out: a publication sent as soon as the client sees the
         // socket open is queued for it, not lost.
         let (reg, rx) = setup_legacy(&state, site.clone(), grant, permit, wire.clone()).await;
-        debug!(%site, "legacy connection");
+        debug!(%client, %site, "legacy connection");
         upgrade.on_upgrade(move |socket| async move {
             spawn_session(session, session::run(socket, state, Legacy, reg, rx, Vec::new(), wire));
         })

@@ -11,6 +11,8 @@
 //! - [`http`]: the router: WebSocket upgrade, publish, health, readiness and metrics.
 //! - [`auth`]: optional JWT verification of clients, and what a token grants.
 //! - [`limits`]: per-address connection limits and per-connection frame rates.
+//! - [`client_addr`]: the client's address behind trusted proxies (`X-Forwarded-For`).
+//! - [`proxy_protocol`]: the PROXY protocol v2 header (AWS NLB), read before HTTP when enabled.
 //! - [`serve`]: the HTTP accept loop (header deadline, TCP_NODELAY, graceful stop).
 //! - [`wire`]: a connection's TCP stream, shared by its session and the fan-out's direct writes.
 //! - [`metrics`]: Prometheus metrics.
@@ -23,6 +25,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod demo;
 pub mod http;
@@ -30,6 +33,7 @@ pub mod hub;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod publication;
 pub mod serve;
 pub mod server;

@@ -20,15 +20,12 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpListener,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::warn;
 
-use crate::wire::Wire;
+use crate::{proxy_protocol::Listener, wire::Wire};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -42,7 +39,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// Serves `router` on `listener` until `stop` is cancelled; then waits up to `grace` for open
 /// HTTP requests to finish.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: Listener,
     router: Router,
     handshake_timeout: Duration,
     stop: CancellationToken,

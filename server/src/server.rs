@@ -28,6 +28,7 @@ use crate::{
     ingest,
     limits::IpLimiter,
     metrics::Metrics,
+    proxy_protocol::Listener,
     publication::Validator,
     serve::serve,
 };
@@ -146,6 +147,7 @@ impl Server {
 
         let stop_http = CancellationToken::new();
         let router = http::router(state.clone());
+        let listener = Listener::new(listener, state.config.proxy_protocol, state.config.handshake_timeout);
         let mut http_task = tokio::spawn(serve(
             listener,
             router,

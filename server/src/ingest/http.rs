@@ -101,7 +101,12 @@ fn authorize(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Result<(
                 Err(PublishError::Unauthorized)
             }
         }
-        None if config.publish_open || peer.ip().is_loopback() => Ok(()),
+        // Behind a trusted proxy the caller is the client it forwards for, not the proxy.
+        None if config.publish_open
+            || crate::client_addr::forwarded(&config.trusted_proxies, peer.ip(), headers).is_loopback(peer.ip()) =>
+        {
+            Ok(())
+        }
         None => Err(PublishError::NotLoopback),
     }
 }
