@@ -126,6 +126,12 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: u32,
 
+    /// Most topics in one v2 subscription's filter (repeats count once); more are refused with
+    /// `too_many_topics`. Bounds what a connection holds and what each publication is matched
+    /// against.
+    #[arg(long, env = "DATASTREAM_MAX_TOPICS", default_value_t = 64)]
+    pub max_topics: u32,
+
     /// HS256 secret for client tokens (at least 32 bytes). Setting this (or `--jwks`) makes a
     /// token mandatory for WebSocket clients; unset, clients are anonymous and may read any site.
     #[arg(long, env = "DATASTREAM_JWT_SECRET", hide_env_values = true, conflicts_with = "jwks")]
@@ -181,6 +187,11 @@ pub struct Config {
     /// handshake) after connecting.
     #[arg(long, env = "DATASTREAM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// Time allowed for a `POST /publish` body to arrive once its headers were accepted; a slower
+    /// body is answered with 408 and the connection closed.
+    #[arg(long, env = "DATASTREAM_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
 
     /// Client frames accepted per second per connection (sustained); faster ones are refused
     /// with `rate_limited`.
@@ -294,6 +305,12 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return Err(bad("--handshake-timeout (DATASTREAM_HANDSHAKE_TIMEOUT)", "must be positive"));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(bad("--body-timeout (DATASTREAM_BODY_TIMEOUT)", "must be positive"));
+        }
+        if self.max_topics == 0 {
+            return Err(bad("--max-topics (DATASTREAM_MAX_TOPICS)", "must be at least 1"));
         }
         if !(self.client_frame_rate > 0.0 && self.client_frame_rate.is_finite()) {
             return Err(bad("--client-frame-rate (DATASTREAM_CLIENT_FRAME_RATE)", "must be a positive number"));

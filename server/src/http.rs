@@ -14,7 +14,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use datastream_protocol::{close::CloseCode, v2};
+use datastream_protocol::{
+    close::{self, CloseCode},
+    v2,
+};
 use serde_json::json;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower_http::services::ServeDir;
@@ -148,7 +151,8 @@ async fn connect(
             Err(e) => {
                 state.metrics.connection_refused("auth");
                 return upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |mut socket| async move {
-                    let frame = CloseFrame { code: CloseCode::Forbidden.code(), reason: e.to_string().into() };
+                    let reason = close::fit_reason(&e.to_string()).to_owned();
+                    let frame = CloseFrame { code: CloseCode::Forbidden.code(), reason: reason.into() };
                     let _ = socket.send(Message::Close(Some(frame))).await;
                 });
             }

@@ -28,7 +28,7 @@ use axum::{
     extract::ws::{CloseFrame, Message, Utf8Bytes},
 };
 use datastream_protocol::{
-    close::CloseCode,
+    close::{self, CloseCode},
     error::{ErrorCode, ErrorFrame},
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -486,7 +486,7 @@ fn is_too_big(err: &WsError) -> bool {
 /// Sends a close frame and waits briefly for the client's reply, so the close is clean. The whole
 /// exchange is bounded: a client that reads nothing cannot hold the session.
 async fn close<S: Socket>(socket: &mut S, code: CloseCode, reason: &'static str) {
-    let frame = CloseFrame { code: code.code(), reason: Utf8Bytes::from_static(reason) };
+    let frame = CloseFrame { code: code.code(), reason: Utf8Bytes::from_static(close::fit_reason(reason)) };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if socket.send(Message::Close(Some(frame))).await.is_err() {
             return;

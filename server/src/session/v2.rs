@@ -53,7 +53,15 @@ impl V2 {
     ) -> Result<SubscribeRequest, ErrorFrame> {
         let names = &state.validator.names;
         names.check_site(site).map_err(|e| refuse(id, ErrorCode::InvalidSite, e.to_string()))?;
-        for topic in topics {
+        // Repeats count once; the limit is checked before any name, so a huge list costs little.
+        let mut unique: Vec<&str> = topics.iter().map(String::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let max_topics = state.config.max_topics as usize;
+        if unique.len() > max_topics {
+            return Err(refuse(id, ErrorCode::TooManyTopics, format!("at most {max_topics} topics per subscription")));
+        }
+        for topic in &unique {
             names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
         }
         if !reg.grant.allows(site) {
@@ -68,7 +76,7 @@ impl V2 {
                 format!("at most {max} subscriptions per connection"),
             ));
         }
-        let topics = (!topics.is_empty()).then(|| topics.iter().map(|t| Arc::from(t.as_str())).collect());
+        let topics = (!unique.is_empty()).then(|| unique.iter().map(|&t| Arc::from(t)).collect());
         Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0) })
     }
 
