@@ -212,14 +212,14 @@ async fn while_the_session_writes_publications_wait_for_it() {
 }
 
 #[tokio::test]
-async fn a_backlog_is_left_to_the_session_and_the_cap_still_holds() {
+async fn unsent_bytes_are_left_to_the_session_and_the_budget_still_holds() {
     let hub = Hub::new(Arc::new(Metrics::new()));
     let (wire, mut client) = wire_pair(true).await;
     let (outbox, mut rx) = subscribed(&hub, Framing::Legacy, 256 * 1024);
     outbox.attach(wire.clone());
     assert!(outbox.give_to_fanout());
     let pad = "x".repeat(16 * 1024);
-    // The client reads nothing: the socket fills, then the backlog grows past the cap.
+    // The client reads nothing: the socket fills, then the unsent bytes grow past the budget.
     let mut accepted = 0;
     let mut events = Vec::new();
     for n in 0..1000 {

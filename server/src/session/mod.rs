@@ -1,7 +1,7 @@
 //! One task per WebSocket connection.
 //!
 //! A session owns its socket's reading side and runs a single `select!` ([`run`]) over: its token's
-//! expiry, the drain deadline once shutdown began, its inbox (a backlog the fan-out left to send,
+//! expiry, the drain deadline once shutdown began, its inbox (bytes a fan-out write left unsent,
 //! publications queued for it to write, overflow, and the request to close at shutdown, which
 //! arrives the same way), frames from the client, and the heartbeat tick. While it has nothing of
 //! its own to send, the fan-out writes publications to the socket itself and the session is not
@@ -238,7 +238,7 @@ enum End {
 /// `greeting` is sent first (v2's hello and URL subscriptions). With the connection's `wire`, the
 /// fan-out writes publications to it directly whenever the session has nothing of its own to send
 /// first ([`Outbox::give_to_fanout`]); the session then wakes only for client frames, heartbeats, bytes
-/// backlog the socket did not take at once, and shutdown.
+/// the socket did not take at once, and shutdown.
 ///
 /// Not an `async fn`: its arguments would be stored twice in the future (once as arguments, once
 /// as the locals they are moved into), and this future is most of an idle connection's memory.
