@@ -113,6 +113,7 @@ fn relay_env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("DATASTREAM_PUBLISH_TOKEN", TOKEN),
         ("DATASTREAM_HANDSHAKE_TIMEOUT", "1s"),
+        ("DATASTREAM_BODY_TIMEOUT", "2s"),
         ("DATASTREAM_CLIENT_TIMEOUT", "3s"),
         ("DATASTREAM_PING_INTERVAL", "1s"),
         ("DATASTREAM_MAX_CLIENT_FRAME_BYTES", "65536"),
