@@ -194,7 +194,8 @@ async fn a_publish_body_larger_than_the_budget_reaches_reading_subscribers() {
     let mut legacy = s.legacy("big").await;
     let mut v2 = connect_v2(&s, "big").await;
     let pad = "x".repeat(100 * 1024);
-    let body: Vec<Value> = (0..14).map(|n| json!({"site": "big", "topic": "t", "data": {"n": n, "pad": pad}})).collect();
+    let body: Vec<Value> =
+        (0..14).map(|n| json!({"site": "big", "topic": "t", "data": {"n": n, "pad": pad}})).collect();
     let (status, answer) = s.publish(&Value::Array(body)).await;
     assert_eq!((status, answer["accepted"].as_u64()), (202, Some(14)));
     for n in 0..14 {

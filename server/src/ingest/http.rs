@@ -155,7 +155,11 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            Err(if too_large { PublishError::BodyTooLarge(max) } else { PublishError::BadBody("cannot read the body".into()) })
+            Err(if too_large {
+                PublishError::BodyTooLarge(max)
+            } else {
+                PublishError::BadBody("cannot read the body".into())
+            })
         }
     }
 }
