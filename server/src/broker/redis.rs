@@ -10,7 +10,9 @@
 //! Publishing is one Lua script (dedupe, epoch, offset, XADD, trim, PUBLISH), so positions are
 //! assigned atomically cluster-wide. The epoch lives in Redis: a relay restart keeps it, a Redis
 //! restart without persistence loses it and the next touch draws a new one, which tells clients
-//! that recovery is impossible.
+//! that recovery is impossible. Reading a site never published to draws its epoch too (a client
+//! subscribing there is told one), but that `meta` key expires after the history TTL unless a
+//! publication makes it permanent: what nobody publishes leaves nothing lasting behind.
 //!
 //! A node subscribes to a site's channel only while it has local subscribers, and delivers what
 //! arrives to its hub in channel order. If the pub/sub connection drops, the reader reconnects
@@ -54,6 +56,7 @@ if KEYS[3] ~= '' then
   if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[6]) then return {'dup', 0} end
 end
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5])
+redis.call('PERSIST', KEYS[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'o', offset, 't', ARGV[2], 'd', ARGV[3])
@@ -66,8 +69,12 @@ redis.call('PUBLISH', ARGV[8], frame)
 return {epoch, offset}
 "#;
 
+/// A subscriber's view of a site: draws the epoch of a site never published to, with a TTL
+/// (the history TTL) that the first publication removes.
 const SNAPSHOT_LUA: &str = r#"
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3])
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local t = redis.call('TIME')
