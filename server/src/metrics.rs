@@ -83,6 +83,11 @@ pub struct Metrics {
     connections_refused: Family<ReasonLabel, Counter>,
     sqs_errors: Family<OpLabel, Counter>,
     redis_errors: Family<OpLabel, Counter>,
+    /// Pub/sub connections made again after one was lost.
+    pub redis_reconnects: Counter,
+    /// Publications a node delivered from a site's Redis stream because its channel missed them
+    /// (a gap, or a pub/sub reconnect).
+    pub redis_filled: Counter,
     /// Seconds from a publication's acceptance until it sat in every local subscriber's queue.
     pub fanout_seconds: Histogram,
     /// Seconds from a publication's acceptance until a session wrote it to its socket.
@@ -137,6 +142,18 @@ impl Metrics {
         registry.register("sqs_errors", "Failed SQS calls, by operation", sqs_errors.clone());
         let redis_errors = Family::<OpLabel, Counter>::default();
         registry.register("redis_errors", "Failed Redis calls, by operation", redis_errors.clone());
+        let redis_reconnects = Counter::default();
+        registry.register(
+            "redis_reconnects",
+            "Redis pub/sub connections made again after a loss",
+            redis_reconnects.clone(),
+        );
+        let redis_filled = Counter::default();
+        registry.register(
+            "redis_filled",
+            "Publications delivered from a Redis stream because the channel missed them",
+            redis_filled.clone(),
+        );
         let fanout_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
         registry.register(
             "fanout_seconds",
@@ -166,6 +183,8 @@ impl Metrics {
             connections_refused,
             sqs_errors,
             redis_errors,
+            redis_reconnects,
+            redis_filled,
             fanout_seconds,
             delivery_seconds,
         }
