@@ -37,6 +37,11 @@ struct OpLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabel {
+    task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabel {
     protocol: &'static str,
 }
@@ -88,6 +93,7 @@ pub struct Metrics {
     /// Publications a node delivered from a site's Redis stream because its channel missed them
     /// (a gap, or a pub/sub reconnect).
     pub redis_filled: Counter,
+    task_restarts: Family<TaskLabel, Counter>,
     /// Seconds from a publication's acceptance until it sat in every local subscriber's queue.
     pub fanout_seconds: Histogram,
     /// Seconds from a publication's acceptance until a session wrote it to its socket.
@@ -154,6 +160,12 @@ impl Metrics {
             "Publications delivered from a Redis stream because the channel missed them",
             redis_filled.clone(),
         );
+        let task_restarts = Family::<TaskLabel, Counter>::default();
+        registry.register(
+            "task_restarts",
+            "Background tasks restarted after a panic or an unexpected end, by task",
+            task_restarts.clone(),
+        );
         let fanout_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
         registry.register(
             "fanout_seconds",
@@ -185,6 +197,7 @@ impl Metrics {
             redis_errors,
             redis_reconnects,
             redis_filled,
+            task_restarts,
             fanout_seconds,
             delivery_seconds,
         }
@@ -228,6 +241,11 @@ impl Metrics {
     /// Counts a failed Redis call.
     pub fn redis_error(&self, op: &'static str) {
         self.redis_errors.get_or_create(&OpLabel { op }).inc();
+    }
+
+    /// Counts a restart of a background task.
+    pub fn task_restart(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabel { task }).inc();
     }
 
     /// The Prometheus text exposition of every metric.
