@@ -175,9 +175,9 @@ struct Site {
     op: Arc<tokio::sync::Mutex<()>>,
     /// The connection on which Redis confirmed the subscription.
     subscribed_on: Option<u64>,
-    /// Subscribe attempts so far: a watcher that queued behind an attempt that failed fails at
-    /// once instead of adding its own timeout to the queue.
-    attempts: u64,
+    /// Subscribes that failed so far: a watcher that queued behind one that failed fails at once
+    /// instead of adding its own timeout to the queue.
+    failures: u64,
     /// Set while the sweep drops the site, so a watcher arriving meanwhile subscribes it again.
     leaving: bool,
     /// Position up to which local subscribers have every publication they are owed: the last one
@@ -304,14 +304,14 @@ impl RedisBroker {
     /// it is not watched (a watcher), rather than leave it dropped (the reader resubscribing).
     async fn subscribe(&self, site: &Arc<str>, remember: bool) -> Result<(), BrokerError> {
         loop {
-            let (op, attempts) = {
+            let (op, failures) = {
                 let mut watch = self.state();
                 let entry = match watch.sites.get_mut(site) {
                     Some(entry) => entry,
                     None if remember => watch.sites.entry(site.clone()).or_default(),
                     None => return Ok(()),
                 };
-                (entry.op.clone(), entry.attempts)
+                (entry.op.clone(), entry.failures)
             };
             let _op = op.lock().await;
             let (live, needs_baseline) = {
@@ -325,7 +325,7 @@ impl RedisBroker {
                 if entry.subscribed_on == Some(live.id) {
                     return Ok(());
                 }
-                if entry.attempts != attempts {
+                if entry.failures != failures {
                     return Err(BrokerError::Unavailable("Redis subscribe failed".into()));
                 }
                 (live, entry.delivered.is_none())
@@ -347,9 +347,10 @@ impl RedisBroker {
             let result = tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(self.channel(site))).await;
             let confirmed = matches!(result, Ok(Ok(())));
             if let Some(entry) = self.state().sites.get_mut(site) {
-                entry.attempts += 1;
                 if confirmed {
                     entry.subscribed_on = Some(live.id);
+                } else {
+                    entry.failures += 1;
                 }
             }
             return match result {
