@@ -17,7 +17,10 @@ use std::{
     time::Duration,
 };
 
-use common::{WAIT, procs::RedisServer};
+use common::{
+    WAIT,
+    procs::{RedisServer, Relay},
+};
 use datastream::{
     broker::{Broker, HistoryOptions, PublishOutcome, RedisBroker},
     hub::{Event, Framing, Hub, Inbox, Outbox, Subscriber},
@@ -358,4 +361,65 @@ async fn a_stalled_subscribe_does_not_hold_up_other_sites() {
     assert!(!stalled.is_finished(), "the watch did not wait for the stalled subscribe");
     // It ends (subscribed, or timed out) once the pause does.
     let _ = common::within(stalled).await.unwrap();
+}
+
+/// The same through relay processes: node A's legacy clients on three sites; A loses Redis while
+/// node B keeps publishing; once A is back, each client gets what it missed with nothing
+/// published afterwards, and A's readiness went 503 and back.
+// Several threads: the proxy keeps running while starting a relay blocks this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_lost_redis_delivers_what_its_clients_missed_once_back() {
+    let server = RedisServer::start();
+    let upstream: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let gate = Gate::start(upstream).await;
+    let (gated, direct) = (gate.url(), server.url());
+    let a = Relay::start(&[("DATASTREAM_REDIS_URL", gated.as_str()), ("DATASTREAM_DRAIN_WINDOW", "0s")]);
+    let b = Relay::start(&[("DATASTREAM_REDIS_URL", direct.as_str()), ("DATASTREAM_DRAIN_WINDOW", "0s")]);
+    let sites = ["r1", "r2", "r3"];
+    let mut clients = Vec::new();
+    for site in sites {
+        clients.push(common::connect(&a.ws_url(&format!("/dev?site={site}"))).await);
+    }
+    let url = b.url("/publish");
+    let publish = |site: &str, n: u64| {
+        let body = serde_json::json!({"site": site, "topic": "t", "data": n}).to_string();
+        common::publish_raw(&url, body, None)
+    };
+    for site in sites {
+        assert_eq!(publish(site, 1).await.0, 202);
+    }
+    for client in &mut clients {
+        assert_eq!(common::next_json(client).await["data"], 1);
+    }
+
+    gate.close();
+    wait_ready(&a, 503).await;
+    for site in sites {
+        for n in 2..=3 {
+            assert_eq!(publish(site, n).await.0, 202);
+        }
+    }
+    gate.reopen();
+    for client in &mut clients {
+        for n in 2..=3 {
+            assert_eq!(common::next_json(client).await["data"], n, "missed publications delivered in order");
+        }
+        common::expect_silence(client, Duration::from_millis(300)).await;
+    }
+    wait_ready(&a, 200).await;
+    let (_, metrics) = common::get_text(&a.url("/metrics")).await;
+    assert_eq!(common::metric(&metrics, "datastream_redis_reconnects_total"), 1.0, "{metrics}");
+    assert_eq!(common::metric(&metrics, "datastream_redis_filled_total"), 6.0, "{metrics}");
+}
+
+async fn wait_ready(relay: &Relay, status: u16) {
+    let mut last = (0, String::new());
+    for _ in 0..200 {
+        last = common::get_text(&relay.url("/readyz")).await;
+        if last.0 == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("readyz never became {status}: {last:?}");
 }
