@@ -236,12 +236,14 @@ async fn setup_v2(
     (proto, reg, rx, greeting)
 }
 
-/// `GET /readyz`: 200 when every configured upstream is healthy and the server is not draining.
+/// `GET /readyz`: 200 when every configured upstream is healthy, every background task runs and
+/// the server is not draining; `tasks_down` names the tasks waiting to be restarted.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let draining = state.is_draining();
     let sqs = state.readiness.sqs();
     let broker = state.broker.healthy();
-    let ready = sqs && broker && !draining;
+    let tasks_down = state.readiness.tasks_down();
+    let ready = sqs && broker && !draining && tasks_down.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let sqs_state = if !state.readiness.sqs_enabled {
         "disabled"
@@ -255,8 +257,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         (Broker::Redis(_), true) => "ok",
         (Broker::Redis(_), false) => "unreachable",
     };
-    (status, Json(json!({ "ready": ready, "draining": draining, "sqs": sqs_state, "broker": broker_state })))
-        .into_response()
+    let body = json!({
+        "ready": ready,
+        "draining": draining,
+        "sqs": sqs_state,
+        "broker": broker_state,
+        "tasks_down": tasks_down,
+    });
+    (status, Json(body)).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -19,6 +19,7 @@
 //! - [`demo`]: the demo publisher (plausible live streams for a few sites).
 //! - [`cli`]: the binary's tools: `publish`, `tail`, `healthcheck`.
 //! - [`server`]: binding, running and the ordered graceful shutdown.
+//! - [`supervise`]: background tasks restarted after a panic, and their state for `/readyz`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -38,6 +39,7 @@ pub mod publication;
 pub mod serve;
 pub mod server;
 pub mod session;
+pub mod supervise;
 pub mod wire;
 
 use std::sync::{
@@ -91,6 +93,8 @@ pub struct Readiness {
     pub sqs_enabled: bool,
     /// Whether the last SQS call succeeded.
     pub sqs_ok: AtomicBool,
+    /// Which background tasks run, and which wait to be restarted after a failure.
+    pub tasks: Arc<supervise::Tasks>,
 }
 
 impl Readiness {
@@ -102,5 +106,10 @@ impl Readiness {
     /// Whether SQS is healthy (or not in use).
     pub fn sqs(&self) -> bool {
         !self.sqs_enabled || self.sqs_ok.load(Ordering::Relaxed)
+    }
+
+    /// Names of the background tasks not running (waiting to be restarted).
+    pub fn tasks_down(&self) -> Vec<String> {
+        self.tasks.down()
     }
 }
