@@ -9,7 +9,7 @@
 //!
 //! `F` is a callback (a JavaScript function in the browser), `D` a value thrown by one.
 
-use datastream_protocol::close::should_reconnect;
+use datastream_protocol::close::{CloseCode, should_reconnect};
 use datastream_protocol::v2::{ClientFrame, SUBPROTOCOL};
 
 use crate::callbacks::{Callbacks, HookKind, ListenerId, TopicSelector};
@@ -32,6 +32,8 @@ pub enum Action<F, D> {
         url: String,
         /// The WebSocket subprotocol to ask for.
         subprotocol: Option<&'static str>,
+        /// The token to offer as a second subprotocol entry (`datastream.token.<token>`).
+        token: Option<String>,
     },
     /// Send a text frame on `link`'s socket.
     Send {
@@ -85,6 +87,27 @@ pub enum Event<D> {
     RecoveryFailed(RecoveryFailure),
     /// Connected, and every subscription confirmed.
     Ready,
+    /// The server confirmed a subscription of `site`.
+    Subscribed {
+        /// The site.
+        site: String,
+        /// Its history's epoch.
+        epoch: String,
+        /// Its latest offset when the subscription took effect.
+        offset: u64,
+        /// How many publications are replayed before live ones.
+        replayed: u32,
+        /// Whether the gap since the last position was recovered (absent: nothing to recover).
+        recovered: Option<bool>,
+    },
+    /// The server closed the connection over its token (`code` 3002: expired; 3501: refused);
+    /// the client reconnects once given a token ([`Client::set_token`]).
+    TokenNeeded {
+        /// The close code.
+        code: u16,
+        /// The server's reason.
+        reason: String,
+    },
 }
 
 /// What the error hooks are told.
@@ -166,6 +189,11 @@ pub struct Client<F, D> {
     ready_reported: bool,
     /// A uniform random number in [0, 1), for the backoff jitter.
     random: Box<dyn FnMut() -> f64>,
+    /// The connection was closed over its token and waits for a new one before reconnecting.
+    awaiting_token: bool,
+    /// The last connection was refused (3501) and a new token was asked for: another refusal
+    /// before the server accepts a connection is final.
+    token_retried: bool,
     out: Vec<Action<F, D>>,
 }
 
@@ -189,6 +217,8 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
             reported: State::Connecting,
             ready_reported: false,
             random,
+            awaiting_token: false,
+            token_retried: false,
             out: Vec::new(),
         })
     }
@@ -322,6 +352,37 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         self.shut_down(1000, "closed by the client".to_owned());
     }
 
+    /// Ends the client with `code` and `reason`, as a terminal close from the server would (the
+    /// app could not get a token it needs).
+    pub fn fail(&mut self, code: u16, reason: String) {
+        self.shut_down(code, reason);
+    }
+
+    /// Replaces the token. In v2 a live connection gets it at once in a `refresh` frame; every
+    /// later connection offers it. A client waiting for a token (see [`HookKind::Token`])
+    /// reconnects now.
+    pub fn set_token(&mut self, token: String, now: f64) {
+        if self.closed.is_some() {
+            return;
+        }
+        if self.config.protocol == Protocol::V2
+            && !self.awaiting_token
+            && let Some(link) = self.links.first().filter(|l| l.is_live())
+        {
+            let frame = ClientFrame::Refresh { id: None, token: token.clone() };
+            self.out.push(Action::Send { link: link.id, text: encode(&frame) });
+        }
+        self.config.token = Some(token);
+        if std::mem::take(&mut self.awaiting_token) {
+            let waiting: Vec<LinkId> =
+                self.links.iter().filter(|l| matches!(l.phase, Phase::Waiting)).map(|l| l.id).collect();
+            for id in waiting {
+                self.out.push(Action::ClearTimer { link: id, kind: TimerKind::Reconnect });
+                self.open(id, now);
+            }
+        }
+    }
+
     // ----- what the browser reports -----
 
     /// `link`'s socket opened.
@@ -367,11 +428,17 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 l.silence_limit = ping_interval_ms.clamp(1000, 3_600_000) as f64 + grace;
                 let ms = ms_u32(l.silence_limit);
                 self.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms });
+                self.token_retried = false;
                 self.sync_subscriptions();
                 self.report_state();
             }
             Inbound::Subscribed { id, site, epoch, offset, recovered, replayed } => {
-                if let Some(failure) = self.subs.confirmed(id, &site, &epoch, offset, recovered, replayed) {
+                let failure = self.subs.confirmed(id, &site, &epoch, offset, recovered, replayed);
+                if self.subs.contains(&site) {
+                    let event = Event::Subscribed { site, epoch, offset, replayed, recovered };
+                    self.notify(HookKind::Subscribed, event);
+                }
+                if let Some(failure) = failure {
                     self.notify(HookKind::RecoveryFailed, Event::RecoveryFailed(failure));
                 }
             }
@@ -452,7 +519,17 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         if self.link_mut(link).is_none() {
             return;
         }
-        if should_reconnect(code) {
+        let over_token = code == CloseCode::TokenExpired.code()
+            || (code == CloseCode::Forbidden.code() && !std::mem::take(&mut self.token_retried));
+        if over_token && !self.callbacks.hooks(HookKind::Token).is_empty() {
+            // Reconnect once the app has a new token: the one it has would be refused.
+            self.token_retried = code == CloseCode::Forbidden.code();
+            self.awaiting_token = true;
+            self.lose(link, "token", false, now);
+            self.out
+                .retain(|a| !matches!(a, Action::SetTimer { link: l, kind: TimerKind::Reconnect, .. } if *l == link));
+            self.notify(HookKind::Token, Event::TokenNeeded { code, reason });
+        } else if should_reconnect(code) {
             self.lose(link, "connection lost", false, now);
         } else {
             let reason = if reason.is_empty() { "closed by the server".to_owned() } else { reason };
@@ -540,11 +617,11 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         l.phase = Phase::Opening { since: now };
         l.probe_sent = None;
         l.opened_site.clone_from(&l.site);
-        let (url, subprotocol) = match self.config.protocol {
-            Protocol::V2 => (self.config.socket_url(None), Some(SUBPROTOCOL)),
-            Protocol::Legacy => (self.config.socket_url(l.site.as_deref()), None),
+        let (url, subprotocol, token) = match self.config.protocol {
+            Protocol::V2 => (self.config.socket_url(None), Some(SUBPROTOCOL), self.config.token.clone()),
+            Protocol::Legacy => (self.config.socket_url(l.site.as_deref()), None, None),
         };
-        self.out.push(Action::Open { link, url, subprotocol });
+        self.out.push(Action::Open { link, url, subprotocol, token });
         self.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms: connect_timeout });
     }
 
@@ -576,10 +653,13 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         let grace = self.grace_ms();
         // Legacy has no client ping; the browser's own close detection has to do there.
         let can_probe = self.config.protocol == Protocol::V2;
+        let awaiting_token = self.awaiting_token;
         let ids: Vec<LinkId> = self.links.iter().map(|l| l.id).collect();
         for id in ids {
             let Some(l) = self.link_mut(id) else { continue };
             match l.phase {
+                // Its token would be refused; it reconnects when a new one arrives.
+                Phase::Waiting if awaiting_token => {}
                 Phase::Waiting => {
                     self.out.push(Action::ClearTimer { link: id, kind: TimerKind::Reconnect });
                     self.open(id, now);
