@@ -14,7 +14,7 @@
 // (scripts/client-env.sh), and the Vue CLI 3 toolchain in $DATASTREAM_TOOLS/vuecli3
 // (scripts/setup-client-deps.sh). Uses /usr/bin/chromium.
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
@@ -231,6 +231,19 @@ writeFileSync(path.join(app, 'src/main.js'), appSource('@photonranch/datastream'
 writeFileSync(
   path.join(app, 'index.html'),
   '<!doctype html><html><head><script type="module" src="/src/main.js"></script></head><body></body></html>',
+);
+// Vite's dev server (dependency pre-bundling moves the JavaScript away from its .wasm).
+writeFileSync(
+  path.join(app, 'dev.html'),
+  `<!doctype html><html><head><script type="module">
+import { Datastream } from '@photonranch/datastream';
+const q = new URLSearchParams(location.search);
+const site = 'pkg-vite-dev-' + Date.now();
+const ds = new Datastream({ url: 'ws://127.0.0.1:' + q.get('proxy') + '/dev', sites: [site] });
+ds.on('weather', (data) => { window.__got = data; ds.close(); });
+ds.ready().then(() => fetch('http://127.0.0.1:' + q.get('control') + '/publish',
+  { method: 'POST', body: JSON.stringify({ site, topic: 'weather', data: { dev: true } }) }), (e) => (window.__got = String(e)));
+</script></head><body></body></html>`,
 );
 // The plain page imports the installed package by path, as a page without a bundler would.
 writeFileSync(
@@ -458,6 +471,35 @@ try {
       check(result.connects >= 2101, `reconnected after every cut (${result.connects} connections)`);
     }
     await tab.close();
+  }
+
+  {
+    // A free port for the dev server.
+    const probe = http.createServer();
+    await new Promise((r) => probe.listen(0, '127.0.0.1', r));
+    const devPort = probe.address().port;
+    await new Promise((r) => probe.close(r));
+    const dev = spawn(process.execPath, [path.join(toolsBin, 'vite'), '--port', String(devPort), '--strictPort', '--host', '127.0.0.1'], {
+      cwd: app,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let devOut = '';
+    dev.stdout.on('data', (d) => (devOut += d));
+    dev.stderr.on('data', (d) => (devOut += d));
+    const tab = await browser.newPage();
+    let got;
+    try {
+      for (let i = 0; i < 100 && !devOut.includes('ready in'); i++) await new Promise((r) => setTimeout(r, 100));
+      await tab.goto(`http://127.0.0.1:${devPort}/dev.html?control=${controlPort}&proxy=${proxyPort}`);
+      await tab.waitForFunction(() => window.__got !== undefined, null, { timeout: 30_000 });
+      got = await tab.evaluate(() => window.__got);
+    } catch (e) {
+      got = e.message;
+    } finally {
+      await tab.close();
+      dev.kill('SIGTERM');
+    }
+    check(JSON.stringify(got) === '{"dev":true}', `Vite dev server, no configuration: loaded, connected and received (${JSON.stringify(got)})`);
   }
 
   for (const [name, page] of [
