@@ -9,7 +9,8 @@
 #        dist/legacy.js   ES2017 module without import.meta or private fields: webpack 4 (which
 #                         reads the `module` field), e.g. Vue CLI 3 apps; see src/base-webpack4.js;
 #        dist/index.cjs   CommonJS, ES2018: `require` (Jest, older Node tools);
-#      and the Vue entry (npm/src/vue.js) as dist/vue.js and dist/vue.cjs, `vue` left external.
+#      and the Vue entries (npm/src/vue.js for Vue 3 and 2.7, npm/src/vue-composition-api.js for
+#      Vue 2.6 with @vue/composition-api) as dist/vue*.js and dist/vue*.cjs, Vue left external.
 # Tools: scripts/setup-client-deps.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 source "$ROOT/scripts/client-env.sh"
@@ -35,14 +36,19 @@ bundle npm/src/index.js --format=esm --target=es2017 --outfile=npm/dist/legacy.j
   --define:import.meta.url=importMetaUrl --inject:npm/src/base-webpack4.js
 bundle npm/src/index.js --format=cjs --target=es2018 --platform=neutral --outfile=npm/dist/index.cjs \
   --define:import.meta.url=importMetaUrl --inject:npm/src/base-cjs.js
-bundle npm/src/vue.js --format=esm --target=es2017 --external:vue --outfile=npm/dist/vue.js
-bundle npm/src/vue.js --format=cjs --target=es2018 --platform=neutral --external:vue --outfile=npm/dist/vue.cjs
+for entry in vue vue-composition-api; do
+  bundle "npm/src/$entry.js" --format=esm --target=es2017 --external:vue --external:@vue/composition-api \
+    --outfile="npm/dist/$entry.js"
+  bundle "npm/src/$entry.js" --format=cjs --target=es2018 --platform=neutral --external:vue \
+    --external:@vue/composition-api --outfile="npm/dist/$entry.cjs"
+done
 
 # Each build must parse as what it claims to be; the legacy one with webpack 4's parser too
 # (checked by the package test, which builds a Vue CLI 3 app with it).
 node --check npm/dist/index.cjs
 node --check npm/dist/vue.cjs
-for f in npm/dist/index.js npm/dist/legacy.js npm/dist/vue.js; do
+node --check npm/dist/vue-composition-api.cjs
+for f in npm/dist/index.js npm/dist/legacy.js npm/dist/vue.js npm/dist/vue-composition-api.js; do
   node --input-type=module --check <"$f"
 done
 ! grep -q 'import\.meta' npm/dist/legacy.js npm/dist/index.cjs || { echo "import.meta left in a legacy build" >&2; exit 1; }

@@ -1,9 +1,8 @@
 import type { Datastream, Meta } from './index.js';
 
-/** A shallow ref to the latest data; `stop()` releases it early (needed outside a component). */
+/** A shallow ref to the latest data. */
 export interface LatestRef<T> {
-  value: T;
-  stop(): void;
+  readonly value: T;
 }
 
 /** A site, several, or something that yields them (a ref or a getter, e.g. the route's site). */
@@ -22,6 +21,9 @@ export interface UseDatastreamOptions<T> {
 export function setDatastream(client: Datastream | null): void;
 /** Provides `client` to the calling component's descendants (call in `setup`). */
 export function provideDatastream(client: Datastream): void;
+/** Releases what `useDatastream` returned `latest` for: done on unmount in a component; call it
+ * when `useDatastream` was used outside one. */
+export function stopDatastream(latest: LatestRef<unknown>): void;
 /** Listens to `topic` while the calling component is mounted; returns the latest data. */
 export function useDatastream<T = any>(topic: string, options?: UseDatastreamOptions<T>): LatestRef<T | undefined>;
 export function useDatastream<T = any>(

@@ -9,7 +9,8 @@
 #     is too old for current wasm-bindgen output) and esbuild (the package's bundles), plus the npm
 #     tools the package tests use;
 #   - in $DATASTREAM_TOOLS/vuecli3, apart (webpack 4 beside webpack 5 would clash), the toolchain
-#     of a Vue CLI 3 app: @vue/cli-service 3.12 (webpack 4.46) with its Babel 7 plugin, Vue 2.7.
+#     of a Vue CLI 3 app: @vue/cli-service 3.12 (webpack 4.46) with its Babel 7 plugin, Vue 2.7;
+#     and in $DATASTREAM_TOOLS/vue26 Vue 2.6 with @vue/composition-api.
 # Safe to run again; a warm run takes seconds. Put the tools on PATH with scripts/client-env.sh.
 # With --build-only, installs just what building the package needs (no browsers, drivers or test
 # tools): scripts/run.sh uses that.
@@ -86,6 +87,16 @@ if [ "$BUILD_ONLY" -eq 0 ] && [ "$have_vuecli3" -eq 0 ]; then
   mkdir -p "$VUECLI3"
   [ -e "$VUECLI3/package.json" ] || echo '{"private": true}' >"$VUECLI3/package.json"
   timed npm install --prefix "$VUECLI3" --no-audit --no-fund --loglevel=error "${want_vuecli3[@]}"
+fi
+
+# A Vue 2.6 app's own packages (Vue 2.6 with @vue/composition-api, what ptr_ui runs), apart from
+# the toolchain's Vue 2.7.
+VUE26="$DATASTREAM_TOOLS/vue26"
+if [ "$BUILD_ONLY" -eq 0 ] && { [ ! -e "$VUE26/node_modules/vue/package.json" ] || [ ! -e "$VUE26/node_modules/@vue/composition-api/package.json" ]; }; then
+  step "npm install vue@2.6.14 @vue/composition-api@1.7.2 into $VUE26"
+  mkdir -p "$VUE26"
+  [ -e "$VUE26/package.json" ] || echo '{"private": true}' >"$VUE26/package.json"
+  timed npm install --prefix "$VUE26" --no-audit --no-fund --loglevel=error vue@2.6.14 @vue/composition-api@1.7.2
 fi
 
 step "client test dependencies ready: $(wasm-bindgen --version), $(wasm-pack --version), $(wasm-opt --version | head -1)"

@@ -1,8 +1,8 @@
 // Tests the npm package as a user gets it: `npm pack`, install the tarball into a scratch project,
 // import it from Node (ESM and CommonJS, touching no browser global) and run it there against the
 // relay, check its types with tsc, build an app with Vite and with webpack 5 (no bundler
-// configuration) and a Vue 2.7 app the way Vue CLI 3 builds it (webpack 4, Babel 7, the package
-// not transpiled), and run each build — plus a plain <script type="module"> page — in headless
+// configuration), Vue 2.7 and Vue 2.6 + @vue/composition-api apps the way Vue CLI 3 builds them
+// (webpack 4, Babel 7, the package not transpiled) and a Vue 3 app with Vite, and run each build — plus a plain <script type="module"> page — in headless
 // Chromium against the relay.
 // The plain page also runs the leak check: after 1100 reconnect cycles, 1000 more must leave the JS
 // heap (measured after forced GC) and the WebAssembly memory flat.
@@ -48,11 +48,12 @@ const packed = JSON.parse(run('npm', ['pack', '--json', '--pack-destination', ou
 const tarball = path.join(out, packed[0].filename);
 const packedFiles = packed[0].files.map((f) => f.path).sort();
 console.log(`packed ${packed[0].filename}: ${packedFiles.join(', ')}`);
-const shipped = ['index.d.ts', 'vue.d.ts', 'vue/package.json', 'package.json', 'dist/index.js', 'dist/legacy.js', 'dist/index.cjs',
-  'dist/vue.js', 'dist/vue.cjs', 'dist/datastream_bg.wasm'];
+const shipped = ['index.d.ts', 'vue.d.ts', 'vue/package.json', 'vue/composition-api/package.json', 'package.json', 'dist/index.js',
+  'dist/legacy.js', 'dist/index.cjs', 'dist/vue.js', 'dist/vue.cjs', 'dist/vue-composition-api.js', 'dist/vue-composition-api.cjs',
+  'dist/datastream_bg.wasm'];
 check(
   shipped.every((f) => packedFiles.includes(f)),
-  'the tarball holds the three builds, the Vue entry, the types and the wasm',
+  'the tarball holds the three builds, the Vue entries, the types and the wasm',
 );
 
 const app = path.join(out, 'app');
@@ -126,7 +127,7 @@ const installed = path.join(app, 'node_modules/@photonranch/datastream');
 writeFileSync(
   path.join(app, 'types-test.ts'),
   `import { Datastream, DatastreamError, type State, type Subscription } from '@photonranch/datastream';
-import { useDatastream } from '@photonranch/datastream/vue';
+import { stopDatastream, useDatastream } from '@photonranch/datastream/vue';
 const ds = new Datastream({ url: 'ws://x/dev', sites: ['mrc'], getToken: async () => 't', debug: true,
   logger: (event, detail) => console.log(event, detail) });
 // @ts-expect-error a typo in an option
@@ -159,6 +160,9 @@ ds.subscribe('mrc', { rewnd: 5 });
 const latest = useDatastream<{ t: number }>('weather', { site: 'mrc', client: ds });
 const t: number | undefined = latest.value?.t;
 useDatastream('weather', (data, meta) => console.log(data, meta.offset, t), { site: () => 'mrc' });
+stopDatastream(latest);
+// @ts-expect-error the latest value is read-only
+latest.value = { t: 1 };
 `,
 );
 let tscOut = '';
@@ -265,44 +269,81 @@ writeFileSync(
 );
 check(readdirSync(path.join(app, 'dist-webpack')).some((f) => f.endsWith('.wasm')), 'webpack emits the .wasm as an asset');
 
-// ----- a Vue 2.7 app built the way Vue CLI 3 builds it (ptr_ui's toolchain) -----
+// ----- Vue 2 apps built the way Vue CLI 3 builds them (ptr_ui's toolchain) -----
 
 // webpack 4.46 and Babel 7 through @vue/cli-service 3.12 and @vue/cli-plugin-babel 3, with their
 // defaults: dependencies are not transpiled, nothing is configured for the package. The one step
-// the package asks of a webpack 4 app: its .wasm copied into the app's public folder.
+// the package asks of a webpack 4 app: its .wasm copied into the app's public folder. Two apps:
+// Vue 2.7, and Vue 2.6 with @vue/composition-api (what ptr_ui runs today).
 const vuecli3 = path.join(process.env.DATASTREAM_TOOLS, 'vuecli3/node_modules');
-const vue2 = path.join(out, 'vue2app');
-mkdirSync(path.join(vue2, 'src'), { recursive: true });
-mkdirSync(path.join(vue2, 'public'), { recursive: true });
-mkdirSync(path.join(vue2, 'node_modules/@photonranch'), { recursive: true });
-for (const name of readdirSync(vuecli3)) {
-  if (name !== '.bin' && name !== '.package-lock.json') symlinkSync(path.join(vuecli3, name), path.join(vue2, 'node_modules', name));
+const vue26 = path.join(process.env.DATASTREAM_TOOLS, 'vue26/node_modules');
+
+/** Creates a Vue CLI 3 app in `dir` whose node_modules are the toolchain's (with `overrides`:
+ * name → directory) and the installed package, and `main` as its src/main.js; returns the
+ * build's output, starting with FAILED if it failed. */
+function vueCliApp(dir, overrides, main) {
+  mkdirSync(path.join(dir, 'src'), { recursive: true });
+  mkdirSync(path.join(dir, 'public'), { recursive: true });
+  const modules = path.join(dir, 'node_modules');
+  mkdirSync(modules, { recursive: true });
+  const link = (name, target) => {
+    rmSync(path.join(modules, name), { recursive: true, force: true });
+    mkdirSync(path.dirname(path.join(modules, name)), { recursive: true });
+    symlinkSync(target, path.join(modules, name));
+  };
+  for (const name of readdirSync(vuecli3)) {
+    if (name === '.bin' || name === '.package-lock.json') continue;
+    // Scopes are linked entry by entry, so an override can join one.
+    if (name.startsWith('@')) for (const sub of readdirSync(path.join(vuecli3, name))) link(`${name}/${sub}`, path.join(vuecli3, name, sub));
+    else link(name, path.join(vuecli3, name));
+  }
+  for (const [name, target] of Object.entries(overrides)) link(name, target);
+  mkdirSync(path.join(modules, '@photonranch/datastream'), { recursive: true });
+  run('tar', ['-xzf', tarball, '-C', path.join(modules, '@photonranch/datastream'), '--strip-components=1'], dir);
+  writeFileSync(
+    path.join(dir, 'package.json'),
+    JSON.stringify({
+      name: path.basename(dir),
+      private: true,
+      dependencies: { vue: '2', 'core-js': '2.6.12', 'regenerator-runtime': '0.13', '@photonranch/datastream': '*' },
+      devDependencies: { '@vue/cli-service': '3.12.1', '@vue/cli-plugin-babel': '3.12.1', 'vue-template-compiler': '2' },
+      browserslist: ['> 1%', 'last 2 versions'],
+    }),
+  );
+  writeFileSync(path.join(dir, 'babel.config.js'), "module.exports = { presets: ['@vue/app'] };\n");
+  // Only because the test serves the build from a subdirectory.
+  writeFileSync(path.join(dir, 'vue.config.js'), "module.exports = { publicPath: './' };\n");
+  writeFileSync(
+    path.join(dir, 'public/index.html'),
+    '<!DOCTYPE html><html><head><meta charset="utf-8"><title>app</title></head><body><div id="app"></div></body></html>',
+  );
+  copyFileSync(path.join(modules, '@photonranch/datastream/dist/datastream_bg.wasm'), path.join(dir, 'public/datastream_bg.wasm'));
+  writeFileSync(path.join(dir, 'src/main.js'), main);
+  try {
+    return execFileSync(process.execPath, [path.join(vuecli3, '@vue/cli-service/bin/vue-cli-service.js'), 'build', '--dest', 'dist'], {
+      cwd: dir,
+      env: { ...process.env, NODE_PATH: '', NODE_OPTIONS: '--openssl-legacy-provider' },
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  } catch (e) {
+    return `FAILED\n${e.stdout}\n${e.stderr}`;
+  }
 }
-mkdirSync(path.join(vue2, 'node_modules/@photonranch/datastream'));
-run('tar', ['-xzf', tarball, '-C', path.join(vue2, 'node_modules/@photonranch/datastream'), '--strip-components=1'], vue2);
-writeFileSync(
-  path.join(vue2, 'package.json'),
-  JSON.stringify({
-    name: 'vue2app',
-    private: true,
-    dependencies: { vue: '2.7.16', 'core-js': '2.6.12', 'regenerator-runtime': '0.13', '@photonranch/datastream': '*' },
-    devDependencies: { '@vue/cli-service': '3.12.1', '@vue/cli-plugin-babel': '3.12.1', 'vue-template-compiler': '2.7.16' },
-    browserslist: ['> 1%', 'last 2 versions'],
-  }),
-);
-writeFileSync(path.join(vue2, 'babel.config.js'), "module.exports = { presets: ['@vue/app'] };\n");
-// Only because the test serves the build from a subdirectory.
-writeFileSync(path.join(vue2, 'vue.config.js'), "module.exports = { publicPath: './' };\n");
-writeFileSync(
-  path.join(vue2, 'public/index.html'),
-  '<!DOCTYPE html><html><head><meta charset="utf-8"><title>vue2app</title></head><body><div id="app"></div></body></html>',
-);
-copyFileSync(path.join(vue2, 'node_modules/@photonranch/datastream/dist/datastream_bg.wasm'), path.join(vue2, 'public/datastream_bg.wasm'));
+
 // ptr_ui's pattern: one shared client; the site follows the route; two components want the same
-// site's topics and one of them goes away. The same app for Vue 2.7 (Vue CLI 3) and Vue 3 (Vite).
-const vueApp = (v3) => `import ${v3 ? '{ createApp, ref, h }' : 'Vue, { ref, h }'} from 'vue';
+// site's topics and one of them goes away. The same app for Vue 2.7 and Vue 2.6 (Vue CLI 3) and
+// Vue 3 (Vite).
+const vueApp = (flavour) => {
+  const v3 = flavour === 'vue3';
+  const imports = {
+    vue3: "import { createApp, ref, h } from 'vue';\nimport { setDatastream, useDatastream } from '@photonranch/datastream/vue';",
+    'vue2.7': "import Vue, { ref, h } from 'vue';\nimport { setDatastream, useDatastream } from '@photonranch/datastream/vue';",
+    'vue2.6': "import Vue from 'vue';\nimport VueCompositionAPI, { ref, h } from '@vue/composition-api';\n" +
+      "import { setDatastream, useDatastream } from '@photonranch/datastream/vue/composition-api';\nVue.use(VueCompositionAPI);",
+  }[flavour];
+  return `${imports}
 import { Datastream } from '@photonranch/datastream';
-import { setDatastream, useDatastream } from '@photonranch/datastream/vue';
 
 const q = new URLSearchParams(location.search);
 const control = 'http://127.0.0.1:' + q.get('control');
@@ -332,7 +373,8 @@ window.__run = async (prefix) => {
     },
   };
   const showBar = ref(true);
-  const render = () => h('div', [h(Status, ${v3 ? "{ id: 'page' }" : "{ props: { id: 'page' } }"}), showBar.value ? h(Status, ${v3 ? "{ id: 'bar' }" : "{ props: { id: 'bar' } }"}) : null]);
+  // Vue 2: the root's render gets its createElement (a composable's h needs a component instance).
+  const render = (${v3 ? '' : 'h'}) => h('div', [h(Status, ${v3 ? "{ id: 'page' }" : "{ props: { id: 'page' } }"}), showBar.value ? h(Status, ${v3 ? "{ id: 'bar' }" : "{ props: { id: 'bar' } }"}) : null]);
   ${v3 ? "const app = createApp({ render }); app.mount('#app'); const unmount = () => app.unmount();" : "const vm = new Vue({ render }).$mount('#app'); const unmount = () => vm.$destroy();"}
   const result = {};
   await ds.ready();
@@ -356,29 +398,24 @@ window.__run = async (prefix) => {
 };
 window.__loaded = true;
 `;
-writeFileSync(path.join(vue2, 'src/main.js'), vueApp(false));
+};
 
 // Vue 3, built by Vite: the app's `vue` is the tools' Vue 3.
 symlinkSync(path.join(process.env.NODE_PATH.split(':')[0], 'vue'), path.join(app, 'node_modules/vue'));
 mkdirSync(path.join(app, 'vue3'));
-writeFileSync(path.join(app, 'vue3/main.js'), vueApp(true));
+writeFileSync(path.join(app, 'vue3/main.js'), vueApp('vue3'));
 writeFileSync(
   path.join(app, 'vue3/index.html'),
   '<!doctype html><html><head><script type="module" src="./main.js"></script></head><body><div id="app"></div></body></html>',
 );
 run(process.execPath, [path.join(toolsBin, 'vite'), 'build', 'vue3', '--base', './', '--outDir', '../dist-vue3', '--emptyOutDir', '--logLevel', 'warn'], app);
-let vueBuild = '';
-try {
-  vueBuild = execFileSync(process.execPath, [path.join(vuecli3, '@vue/cli-service/bin/vue-cli-service.js'), 'build', '--dest', 'dist'], {
-    cwd: vue2,
-    env: { ...process.env, NODE_PATH: '', NODE_OPTIONS: '--openssl-legacy-provider' },
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-} catch (e) {
-  vueBuild = `FAILED\n${e.stdout}\n${e.stderr}`;
+for (const [name, dir, overrides, flavour] of [
+  ['Vue 2.7', 'vue2app', {}, 'vue2.7'],
+  ['Vue 2.6 with @vue/composition-api', 'vue26app', { vue: path.join(vue26, 'vue'), '@vue/composition-api': path.join(vue26, '@vue/composition-api') }, 'vue2.6'],
+]) {
+  const build = vueCliApp(path.join(out, dir), overrides, vueApp(flavour));
+  check(!build.startsWith('FAILED') && /Build complete/.test(build), `Vue CLI 3 (webpack 4, Babel 7) builds the ${name} app ${build.startsWith('FAILED') ? build.slice(-3000) : ''}`);
 }
-check(!vueBuild.startsWith('FAILED') && /Build complete/.test(vueBuild), `Vue CLI 3 (webpack 4, Babel 7) builds the app ${vueBuild.startsWith('FAILED') ? vueBuild.slice(-3000) : ''}`);
 
 // What an app ships: the built JS (app code included, a few hundred bytes) and the wasm.
 const sizeOf = (dir) => {
@@ -395,7 +432,7 @@ const sizeOf = (dir) => {
   walk(dir);
   return { js, wasm };
 };
-for (const d of ['app/dist-vite', 'app/dist-webpack', 'vue2app/dist']) {
+for (const d of ['app/dist-vite', 'app/dist-webpack']) {
   const s = sizeOf(path.join(out, d));
   console.log(`${d}: js ${s.js} B gzip, wasm ${s.wasm} B gzip, total ${s.js + s.wasm} B gzip`);
 }
@@ -504,6 +541,7 @@ try {
 
   for (const [name, page] of [
     ['Vue 2.7 app built by Vue CLI 3 (webpack 4)', '/vue2app/dist/index.html'],
+    ['Vue 2.6 + @vue/composition-api app built by Vue CLI 3 (webpack 4)', '/vue26app/dist/index.html'],
     ['Vue 3 app built by Vite', '/app/dist-vue3/index.html'],
   ]) {
     const tab = await browser.newPage();
