@@ -180,7 +180,7 @@ fi
 
 if [[ " $SCENARIOS " == *" client "* ]]; then
     step "client dispatch (headless Chromium)"
-    if [ -f npm/wasm/datastream_bg.wasm ] && command -v "${CHROMIUM:-chromium}" >/dev/null; then
+    if [ -f npm/dist/datastream_bg.wasm ] && command -v "${CHROMIUM:-chromium}" >/dev/null; then
         [ -d bench/client/node_modules/playwright-core ] || (cd bench/client && npm install --no-audit --no-fund)
         "${TOOL_CPU[@]}" node bench/client/dispatch.mjs --relay-bin "$RELAY" --messages 50000 >>"$JSONL" ||
             echo "client dispatch failed" >&2

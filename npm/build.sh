@@ -1,30 +1,54 @@
 #!/usr/bin/env bash
-# Builds the package's WebAssembly and its JavaScript glue into npm/wasm/ from the client-wasm crate:
-# wasm-pack (wasm-bindgen, --target web) with the size-tuned `wasm-release` profile, then wasm-opt -Oz;
-# the comments of the generated JavaScript are left out. Tools: scripts/setup-client-deps.sh.
+# Builds the package from the client-wasm crate and npm/src/:
+#   1. wasm-pack (wasm-bindgen, --target web) with the size-tuned `wasm-release` profile into
+#      npm/wasm/ (an intermediate, not shipped), then wasm-opt -Oz;
+#   2. esbuild bundles the wrapper (npm/src/index.js), wasm-bindgen's glue and the crate's own
+#      JavaScript into dist/, minified, once per kind of consumer:
+#        dist/index.js    ES2022 module: Vite, webpack 5, <script type="module">, Node (`import`);
+#                         finds the .wasm beside itself with new URL(…, import.meta.url);
+#        dist/legacy.js   ES2017 module without import.meta or private fields: webpack 4 (which
+#                         reads the `module` field), e.g. Vue CLI 3 apps; see src/base-webpack4.js;
+#        dist/index.cjs   CommonJS, ES2018: `require` (Jest, older Node tools);
+#      and the Vue entries (npm/src/vue.js for Vue 3 and 2.7, npm/src/vue-composition-api.js for
+#      Vue 2.6 with @vue/composition-api) as dist/vue*.js and dist/vue*.cjs, Vue left external.
+# Tools: scripts/setup-client-deps.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 source "$ROOT/scripts/client-env.sh"
 cd "$ROOT"
 
-rm -rf npm/wasm
+rm -rf npm/wasm npm/dist
 wasm-pack build client-wasm --target web --profile wasm-release \
   --out-dir ../npm/wasm --out-name datastream --no-pack --no-opt
-# wasm-pack marks its output as ignored; the package lists its files itself.
-rm -f npm/wasm/.gitignore npm/wasm/datastream_bg.wasm.d.ts
+rm -f npm/wasm/.gitignore
 # wasm-bindgen drops the section naming the features rustc used, so name them: those rustc
 # enables by default for wasm32-unknown-unknown, which every current browser supports.
+mkdir -p npm/dist
 wasm-opt -Oz --strip-debug --strip-producers \
   --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue \
-  npm/wasm/datastream_bg.wasm -o npm/wasm/datastream_bg.opt.wasm
-mv npm/wasm/datastream_bg.opt.wasm npm/wasm/datastream_bg.wasm
-# The JavaScript (wasm-bindgen's glue, and the crate's own modules, which wasm-bindgen copies under
-# snippets/) ships without its comments: whole-line `//` comments and `/** … */` blocks, about a
-# sixth of its gzip size. The files must still parse.
-find npm/wasm -name '*.js' -print0 | xargs -0 node -e '
-  const fs = require("node:fs");
-  for (const f of process.argv.slice(1)) {
-    const src = fs.readFileSync(f, "utf8");
-    fs.writeFileSync(f, src.replace(/^[ \t]*\/\*\*[\s\S]*?\*\/[ \t]*\n/gm, "").replace(/^[ \t]*\/\/.*\n/gm, ""));
-  }'
-find npm/wasm -name '*.js' -print0 | xargs -0 -n 1 node --check
+  npm/wasm/datastream_bg.wasm -o npm/dist/datastream_bg.wasm
+
+bundle() {
+  esbuild --bundle --minify --log-level=warning --legal-comments=none "$@"
+}
+bundle npm/src/index.js --format=esm --target=es2022 --outfile=npm/dist/index.js
+bundle npm/src/index.js --format=esm --target=es2017 --outfile=npm/dist/legacy.js \
+  --define:import.meta.url=importMetaUrl --inject:npm/src/base-webpack4.js
+bundle npm/src/index.js --format=cjs --target=es2018 --platform=neutral --outfile=npm/dist/index.cjs \
+  --define:import.meta.url=importMetaUrl --inject:npm/src/base-cjs.js
+for entry in vue vue-composition-api; do
+  bundle "npm/src/$entry.js" --format=esm --target=es2017 --external:vue --external:@vue/composition-api \
+    --outfile="npm/dist/$entry.js"
+  bundle "npm/src/$entry.js" --format=cjs --target=es2018 --platform=neutral --external:vue \
+    --external:@vue/composition-api --outfile="npm/dist/$entry.cjs"
+done
+
+# Each build must parse as what it claims to be; the legacy one with webpack 4's parser too
+# (checked by the package test, which builds a Vue CLI 3 app with it).
+node --check npm/dist/index.cjs
+node --check npm/dist/vue.cjs
+node --check npm/dist/vue-composition-api.cjs
+for f in npm/dist/index.js npm/dist/legacy.js npm/dist/vue.js npm/dist/vue-composition-api.js; do
+  node --input-type=module --check <"$f"
+done
+! grep -q 'import\.meta' npm/dist/legacy.js npm/dist/index.cjs || { echo "import.meta left in a legacy build" >&2; exit 1; }

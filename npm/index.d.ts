@@ -2,8 +2,8 @@
 export interface DatastreamOptions {
   /** The relay's stage endpoint, e.g. `wss://datastream.photonranch.org/dev`. */
   url: string;
-  /** Sites subscribed from the start. */
-  sites?: string[];
+  /** Sites subscribed from the start, held by the client itself (until `unsubscribe(site)`). */
+  sites?: readonly string[];
   /** `'v2'` (default): every site over one socket, with recovery. `'legacy'`: the original
    * service's protocol, one socket per site, no recovery. */
   protocol?: 'v2' | 'legacy';
@@ -16,7 +16,24 @@ export interface DatastreamOptions {
   heartbeatGrace?: number;
   /** Longest wait for a socket to open and the server to accept it. Default 10000. */
   connectTimeout?: number;
+  /** A JWT for a relay that requires one; never refreshed (prefer `getToken`). */
+  token?: string;
+  /** Returns a (fresh) JWT: called before connecting, shortly before the token's `exp` (refreshed
+   * in-band), when the relay closes over an expired token (3002), and once more when it refuses
+   * one (3501) before giving up. E.g. `() => auth0.getTokenSilently()`. */
+  getToken?: () => Promise<string> | string;
+  /** The `WebSocket` constructor to use (e.g. in Node without a global one). */
+  WebSocket?: new (url: string, protocols?: string | string[]) => unknown;
+  /** Where to load the `.wasm` from, when not beside the bundle (see the README per toolchain). */
+  wasmUrl?: string | URL;
+  /** Logs connects, subscribes, recoveries, token refreshes and closes with `console.debug`. */
+  debug?: boolean;
+  /** Receives what `debug` would log instead. Tokens are never part of it. */
+  logger?: (event: LogEvent, detail: Record<string, unknown>) => void;
 }
+
+/** What `debug` logs and `logger` receives. */
+export type LogEvent = 'connect' | 'state' | 'subscribe' | 'subscribed' | 'unsubscribe' | 'refused' | 'token';
 
 /** The connection state. */
 export type State =
@@ -26,8 +43,10 @@ export type State =
   | { type: 'reconnecting'; attempt: number; delay: number }
   /** Finished: `code` 1000 when closed by the app; a terminal server code (3500–3999,
    * 4500–4999) with its reason; 0 when the client could not start (invalid options, the
-   * WebAssembly module failed to load). */
+   * WebAssembly module failed to load, `getToken` failed). */
   | { type: 'closed'; code: number; reason: string };
+
+export type StateType = State['type'];
 
 /** Where a publication comes from. `epoch` and `offset` are absent in legacy mode. */
 export interface Meta {
@@ -39,16 +58,38 @@ export interface Meta {
   offset?: number;
 }
 
-/** What `onError` listeners receive. */
-export type DatastreamError =
-  /** A publication callback threw; the other callbacks still ran. */
-  | { kind: 'callback'; message: string; site: string; topic: string; error: unknown }
-  /** A state, ready or recovery listener threw. */
-  | { kind: 'listener'; message: string; error: unknown }
-  /** The server refused a request (`code` e.g. `too_many_subscriptions`, `invalid_site`). */
-  | { kind: 'server'; message: string; code: string; site?: string }
+/** Where an error comes from. */
+export type ErrorKind =
+  /** A publication callback threw (`site`, `topic`, `cause`); the other callbacks still ran. */
+  | 'callback'
+  /** A state, ready or recovery listener threw (`cause`). */
+  | 'listener'
+  /** The server refused a request (`code`, e.g. `forbidden`, `too_many_subscriptions`,
+   * `invalid_token`; `site` when it was a subscription). */
+  | 'server'
   /** A frame from the server could not be read. */
-  | { kind: 'frame'; message: string };
+  | 'frame'
+  /** An invalid name, thrown synchronously (`code` `invalid_site` or `invalid_topic`). */
+  | 'invalid'
+  /** `getToken()` failed when refreshing a token (`cause`). */
+  | 'token'
+  /** The client or the subscription ended (`code`: the close code, when the client closed). */
+  | 'closed';
+
+/** Every error the client throws, rejects with or reports to `onError`. */
+export class DatastreamError extends Error {
+  readonly name: 'DatastreamError';
+  readonly kind: ErrorKind;
+  /** The server's error code (`kind: 'server'`), `invalid_site`/`invalid_topic` (`'invalid'`),
+   * or the close code (`'closed'`). */
+  readonly code?: string | number;
+  readonly site?: string;
+  readonly topic?: string;
+  /** What a callback or `getToken` threw. */
+  readonly cause?: unknown;
+  /** The final state (`kind: 'closed'`). */
+  readonly state?: State;
+}
 
 /** What `onRecoveryFailed` listeners receive: refetch that site's current state. */
 export interface RecoveryFailure {
@@ -58,29 +99,62 @@ export interface RecoveryFailure {
   reason: 'epoch_changed' | 'history_trimmed';
 }
 
+/** What a subscription's `ready` resolves with. In legacy mode only `replayed` (0). */
+export interface Subscribed {
+  /** The site's history's epoch. */
+  epoch?: string;
+  /** The site's latest offset when the subscription took effect: publications after it follow. */
+  offset?: number;
+  /** How many publications (rewound or recovered) are replayed before live ones. */
+  replayed: number;
+  /** Present after a reconnect: whether the gap was recovered exactly. */
+  recovered?: boolean;
+}
+
+export type SubscriptionState = 'subscribing' | 'subscribed' | 'refused' | 'unsubscribed' | 'closed';
+
+/** One holder's share of a site's subscription; the relay's subscription ends with the last. */
+export class Subscription {
+  private constructor();
+  readonly site: string;
+  readonly state: SubscriptionState;
+  /** Resolves once the relay confirmed the subscription; rejects with a `DatastreamError`
+   * (`kind: 'server'`, `code` e.g. `forbidden`, `too_many_subscriptions`) when it refused it, or
+   * (`kind: 'closed'`) when it ended first. */
+  readonly ready: Promise<Subscribed>;
+  /** Listens to `topic` (`'*'`: every topic) of this site until `unsubscribe()`. */
+  on(topic: string, callback: Callback): Unsubscribe;
+  /** Releases this handle and its listeners. */
+  unsubscribe(): void;
+}
+
 export type Callback = (data: any, meta: Meta) => void;
 export type Unsubscribe = () => void;
 
 /**
  * Loads and compiles the WebAssembly module (once). `new Datastream()` calls it; await it first
- * to have invalid options and names throw synchronously, or to load the module from elsewhere.
+ * to load the module from elsewhere.
  */
 export function load(source?: string | URL | Request | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
 
 export class Datastream {
   constructor(options: DatastreamOptions);
-  /** Calls `callback(data, meta)` for each publication on `topic` (`'*'`: every topic). */
-  on(topic: string, callback: Callback, options?: { site?: string }): Unsubscribe;
+  /** Calls `callback(data, meta)` for each publication on `topic` (`'*'`: every topic), of
+   * `site` only if given (one or several). */
+  on(topic: string, callback: Callback, options?: { site?: string | readonly string[] }): Unsubscribe;
   /** Removes every registration of `callback` for `topic`. */
   off(topic: string, callback: Callback): void;
   onState(callback: (state: State) => void): Unsubscribe;
   onError(callback: (error: DatastreamError) => void): Unsubscribe;
   onRecoveryFailed(callback: (failure: RecoveryFailure) => void): Unsubscribe;
-  /** Subscribes to `site`; `rewind` first replays up to that many of its latest publications. */
-  subscribe(site: string, options?: { rewind?: number }): void;
+  /** Subscribes to `site` and returns a handle on it; `rewind` first replays up to that many of
+   * its latest publications. Throws a `DatastreamError` (`kind: 'invalid'`) for an invalid name. */
+  subscribe(site: string, options?: { rewind?: number }): Subscription;
+  /** Ends the subscription to `site`, whoever holds it. */
   unsubscribe(site: string): void;
   readonly state: State;
-  /** Resolves once connected with every subscription confirmed; rejects if closed first. */
+  /** Resolves once connected with every subscription confirmed; rejects if the client closes
+   * first or the relay refuses a subscription meanwhile. */
   ready(): Promise<void>;
   /** Closes the client for good. */
   close(): void;

@@ -96,9 +96,9 @@ redis_restart() {
 # node_start N: starts relay node N (1-based) on its port and waits until it is ready.
 node_start() {
     local n=$1
-    # Per-address cap off: on loopback every client (and, until the relay reads X-Forwarded-For
-    # from DATASTREAM_TRUSTED_PROXIES, every connection through the balancer) has the address
-    # 127.0.0.1, so the default 200 per address would refuse the load tests' subscribers.
+    # Per-address cap off: on loopback every client has the address 127.0.0.1 (also as the relay
+    # reads it from HAProxy's X-Forwarded-For), so the default 200 per address would refuse the
+    # load tests' 2,000 subscribers.
     DATASTREAM_LISTEN="127.0.0.1:${CL_NODE_PORT[$n]}" \
         DATASTREAM_REDIS_URL="redis://127.0.0.1:$CL_REDIS_PORT/" \
         DATASTREAM_PUBLISH_TOKEN="$CL_TOKEN" \

@@ -5,8 +5,11 @@
 #   3. the relay binary and the npm package's build (npm/build.sh), then the size budget;
 #   4. the browser tests in headless Chrome and headless Firefox (wasm-pack test) against the real
 #      relay, started with a proxy and a control endpoint by tests/client/harness.mjs;
-#   5. the package test: npm pack, install into a scratch project, Vite and webpack builds, a
-#      plain <script type="module"> page, run in headless Chromium, with the reconnect leak check.
+#   5. the API tests (tests/client/sdk-test.mjs) in headless Chromium: subscription handles,
+#      errors, logging, and tokens against a second relay that requires them (DATASTREAM_JWT_SECRET);
+#   6. the package test: npm pack, install into a scratch project, Node (ESM, CommonJS) and tsc,
+#      Vite, webpack 5 and Vue CLI 3 (webpack 4) builds, a plain <script type="module"> page, run
+#      in headless Chromium, with the reconnect leak check.
 # Everything runs on loopback; what is started here is stopped here, by PID. Needs the tools of
 # scripts/setup-client-deps.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -14,31 +17,41 @@ source "$ROOT/scripts/client-env.sh"
 cd "$ROOT"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/datastream-client-test.XXXXXX")"
-HARNESS_PID=""
+HARNESS_PIDS=()
 
-cleanup() {
-  local rc=$?
-  if [ -n "$HARNESS_PID" ] && kill -0 "$HARNESS_PID" 2>/dev/null; then
-    kill -TERM "$HARNESS_PID" 2>/dev/null || true
+stop_harness() {
+  local pid="$1" name="$2"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do
-      kill -0 "$HARNESS_PID" 2>/dev/null || break
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$HARNESS_PID" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
   fi
   # The relay is the harness's child; if the harness could not stop it, stop it here.
-  if [ -s "$WORK/relay.pid" ]; then
+  if [ -s "$WORK/$name.relay.pid" ]; then
     local relay_pid
-    relay_pid="$(cat "$WORK/relay.pid")"
+    relay_pid="$(cat "$WORK/$name.relay.pid")"
     if kill -0 "$relay_pid" 2>/dev/null; then
       kill -TERM "$relay_pid" 2>/dev/null || true
       sleep 1
       kill -KILL "$relay_pid" 2>/dev/null || true
     fi
   fi
-  if [ "$rc" -ne 0 ] && [ -s "$WORK/harness.err" ]; then
-    echo "--- harness stderr ---" >&2
-    tail -n 50 "$WORK/harness.err" >&2
+}
+
+cleanup() {
+  local rc=$?
+  for entry in "${HARNESS_PIDS[@]}"; do
+    stop_harness "${entry%%:*}" "${entry#*:}"
+  done
+  if [ "$rc" -ne 0 ]; then
+    for err in "$WORK"/*.err; do
+      [ -s "$err" ] || continue
+      echo "--- $(basename "$err") ---" >&2
+      tail -n 50 "$err" >&2
+    done
   fi
   rm -rf "$WORK"
   exit "$rc"
@@ -62,22 +75,35 @@ bash npm/build.sh
 step "size budget"
 node tests/client/size-check.mjs npm
 
-step "start the relay, proxy and control endpoint"
-node tests/client/harness.mjs --relay "$RELAY_BIN" --pidfile "$WORK/relay.pid" >"$WORK/harness.out" 2>"$WORK/harness.err" &
-HARNESS_PID=$!
-for _ in $(seq 1 300); do
-  [ -s "$WORK/harness.out" ] && break
-  kill -0 "$HARNESS_PID" 2>/dev/null || { echo "harness exited" >&2; exit 1; }
-  sleep 0.1
-done
-[ -s "$WORK/harness.out" ] || { echo "harness not ready within 30 s" >&2; exit 1; }
-PORTS="$(head -n 1 "$WORK/harness.out")"
-port() { node -e "process.stdout.write(String(JSON.parse(process.argv[1]).$1))" "$PORTS"; }
+# start_harness NAME [harness options]: starts a relay with its proxy and control endpoint and
+# waits for its ports, left in $WORK/NAME.out.
+start_harness() {
+  local name="$1"
+  shift
+  node tests/client/harness.mjs --relay "$RELAY_BIN" --pidfile "$WORK/$name.relay.pid" "$@" \
+    >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  local pid=$!
+  HARNESS_PIDS+=("$pid:$name")
+  for _ in $(seq 1 300); do
+    [ -s "$WORK/$name.out" ] && break
+    kill -0 "$pid" 2>/dev/null || { echo "harness $name exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -s "$WORK/$name.out" ] || { echo "harness $name not ready within 30 s" >&2; exit 1; }
+}
+port() { node -e "process.stdout.write(String(JSON.parse(process.argv[1]).$2))" "$(head -n 1 "$WORK/$1.out")"; }
+
+step "start the relays (one requiring tokens), proxies and control endpoints"
+start_harness plain
+start_harness jwt --jwt-secret "$(node -e "process.stdout.write(require('node:crypto').randomBytes(24).toString('hex'))")" \
+  --max-subscriptions 4
 export DS_TEST_RELAY_PORT DS_TEST_PROXY_PORT DS_TEST_CONTROL_PORT
-DS_TEST_RELAY_PORT="$(port relay_port)"
-DS_TEST_PROXY_PORT="$(port proxy_port)"
-DS_TEST_CONTROL_PORT="$(port control_port)"
-echo "relay :$DS_TEST_RELAY_PORT, proxy :$DS_TEST_PROXY_PORT, control :$DS_TEST_CONTROL_PORT"
+DS_TEST_RELAY_PORT="$(port plain relay_port)"
+DS_TEST_PROXY_PORT="$(port plain proxy_port)"
+DS_TEST_CONTROL_PORT="$(port plain control_port)"
+JWT_RELAY_PORT="$(port jwt relay_port)"
+JWT_CONTROL_PORT="$(port jwt control_port)"
+echo "relay :$DS_TEST_RELAY_PORT, proxy :$DS_TEST_PROXY_PORT, control :$DS_TEST_CONTROL_PORT; with tokens: relay :$JWT_RELAY_PORT, control :$JWT_CONTROL_PORT"
 
 # The runner's default 20 s covers the whole suite; the reconnect tests need more.
 export WASM_BINDGEN_TEST_TIMEOUT=300
@@ -85,6 +111,10 @@ for browser in chrome firefox; do
   step "browser tests: headless $browser"
   (cd client-wasm && timeout 900 wasm-pack test --headless "--$browser" --locked)
 done
+
+step "API tests: handles, errors, tokens (headless Chromium)"
+timeout 600 node tests/client/sdk-test.mjs --control "$DS_TEST_CONTROL_PORT" --proxy "$DS_TEST_PROXY_PORT" \
+  --jwt-control "$JWT_CONTROL_PORT" --jwt-relay "$JWT_RELAY_PORT"
 
 step "npm package: pack, install, bundlers, leak check"
 timeout 900 node tests/client/package-test.mjs --control "$DS_TEST_CONTROL_PORT" --proxy "$DS_TEST_PROXY_PORT" --out "$WORK/package"

@@ -78,7 +78,9 @@ try {
   const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm' };
   const files = http.createServer((req, res) => {
     const p = new URL(req.url, 'http://x').pathname;
-    const file = p === '/' ? path.join(here, 'page.html') : p.startsWith('/npm/') ? path.join(npmDir, p.slice('/npm/'.length)) : null;
+    // The package's built dist/ when it has one (the page imports /npm/index.js).
+    const base = existsSync(path.join(npmDir, 'dist/index.js')) ? path.join(npmDir, 'dist') : npmDir;
+    const file = p === '/' ? path.join(here, 'page.html') : p.startsWith('/npm/') ? path.join(base, p.slice('/npm/'.length)) : null;
     try {
       const body = readFileSync(file);
       res.writeHead(200, { 'content-type': types[path.extname(file)] ?? 'application/octet-stream' }).end(body);
@@ -175,7 +177,10 @@ try {
   const snippets = existsSync(snippetDir)
     ? readdirSync(snippetDir, { recursive: true }).filter((f) => f.endsWith('.js')).map((f) => path.join('wasm/snippets', f))
     : [];
-  const bundle = Object.fromEntries(['wasm/datastream_bg.wasm', 'wasm/datastream.js', ...snippets, 'index.js'].map((f) => [f, size(f)]));
+  const shipped = existsSync(path.join(npmDir, 'dist/index.js'))
+    ? ['dist/datastream_bg.wasm', 'dist/index.js']
+    : ['wasm/datastream_bg.wasm', 'wasm/datastream.js', ...snippets, 'index.js'];
+  const bundle = Object.fromEntries(shipped.map((f) => [f, size(f)]));
   console.log(JSON.stringify({
     kind: 'client', messages, plain: result.plain, sdk: result.sdk,
     // How many times more main-thread time the SDK needs per message than the plain handler.

@@ -19,7 +19,7 @@
 // ratio to the plain handler's. --profile: Chrome's sampling profiler over the last round's first
 // pass, the heaviest functions by self time (ns per publication; the profiler slows everything).
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,12 +53,15 @@ try {
     await new Promise((r) => setTimeout(r, 50));
   }
   const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm' };
-  // One static server per package: the page imports /npm/index.js.
+  // One static server per package: the page imports /npm/index.js, which is the package's built
+  // dist/index.js when it has one (and its .wasm beside it), or its index.js (packages before the
+  // bundled builds).
   const webPorts = [];
   for (const dir of npmDirs) {
+    const base = existsSync(path.join(dir, 'dist/index.js')) ? path.join(dir, 'dist') : dir;
     const files = http.createServer((req, res) => {
       const p = new URL(req.url, 'http://x').pathname;
-      const file = p === '/' ? path.join(here, 'page.html') : p.startsWith('/npm/') ? path.join(dir, p.slice(5)) : null;
+      const file = p === '/' ? path.join(here, 'page.html') : p.startsWith('/npm/') ? path.join(base, p.slice(5)) : null;
       let body;
       try { body = readFileSync(file); } catch { res.writeHead(404).end(); return; }
       // Cross-origin isolated: performance.now() to 5 µs rather than 100 µs.

@@ -71,6 +71,13 @@ pub enum HookKind {
     RecoveryFailed,
     /// The client is connected and every subscription is confirmed.
     Ready,
+    /// The server confirmed a site's subscription (after every (re)connect).
+    Subscribed,
+    /// The server ended the connection over its token (expired, or refused): the client waits
+    /// for [`crate::client::Client::set_token`] before it reconnects. Registering such a hook is
+    /// what tells the client a fresh token can be had; without one, these closes are handled like
+    /// any other.
+    Token,
 }
 
 /// Every callback the app registered.

@@ -7,10 +7,16 @@
 //! [`Client::accept`] whether each is new and wanted, and [`Client::listeners`] whose callbacks
 //! get it; the client keeps the positions and deduplicates as for any other frame.
 //!
+//! What differs between the two protocols — how sites are subscribed, when a connection counts as
+//! accepted, which publications are wanted, what a socket is opened with — is each protocol's
+//! rules (the interface in `client/rules.rs`, the protocols in `client/v2.rs` and
+//! `client/legacy.rs`); this file holds what they share: links, timers, backoff, tokens, states
+//! and hooks.
+//!
 //! `F` is a callback (a JavaScript function in the browser), `D` a value thrown by one.
 
-use datastream_protocol::close::should_reconnect;
-use datastream_protocol::v2::{ClientFrame, SUBPROTOCOL};
+use datastream_protocol::close::{CloseCode, should_reconnect};
+use datastream_protocol::v2::ClientFrame;
 
 use crate::callbacks::{Callbacks, HookKind, ListenerId, TopicSelector};
 use crate::config::{Config, ConfigError, Protocol, duration_ms};
@@ -18,8 +24,14 @@ use crate::inbound::Inbound;
 use crate::link::{Link, LinkId, Phase, TimerKind};
 use crate::state::State;
 use crate::stream::Undo;
-use crate::subscriptions::{RecoveryFailure, Subscriptions};
-use crate::wire::{encode, encode_legacy_update};
+use crate::subscriptions::RecoveryFailure;
+use crate::wire::encode;
+
+mod legacy;
+mod rules;
+mod v2;
+
+use rules::{Core, Machine, Rules};
 
 /// Something for the browser layer to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +44,8 @@ pub enum Action<F, D> {
         url: String,
         /// The WebSocket subprotocol to ask for.
         subprotocol: Option<&'static str>,
+        /// The token to offer as a second subprotocol entry (`datastream.token.<token>`).
+        token: Option<String>,
     },
     /// Send a text frame on `link`'s socket.
     Send {
@@ -85,6 +99,27 @@ pub enum Event<D> {
     RecoveryFailed(RecoveryFailure),
     /// Connected, and every subscription confirmed.
     Ready,
+    /// The server confirmed a subscription of `site`.
+    Subscribed {
+        /// The site.
+        site: String,
+        /// Its history's epoch.
+        epoch: String,
+        /// Its latest offset when the subscription took effect.
+        offset: u64,
+        /// How many publications are replayed before live ones.
+        replayed: u32,
+        /// Whether the gap since the last position was recovered (absent: nothing to recover).
+        recovered: Option<bool>,
+    },
+    /// The server closed the connection over its token (`code` 3002: expired; 3501: refused);
+    /// the client reconnects once given a token ([`Client::set_token`]).
+    TokenNeeded {
+        /// The close code.
+        code: u16,
+        /// The server's reason.
+        reason: String,
+    },
 }
 
 /// What the error hooks are told.
@@ -150,14 +185,10 @@ impl<D> ClientError<D> {
     }
 }
 
-/// The client: configuration, callbacks, subscriptions and links.
+/// The client: what both protocols share, and its protocol's rules.
 pub struct Client<F, D> {
-    config: Config,
-    callbacks: Callbacks<F>,
-    /// v2: the wanted sites. Legacy: unused (each link names its site).
-    subs: Subscriptions,
-    links: Vec<Link>,
-    next_link: LinkId,
+    core: Core<F, D>,
+    rules: Machine,
     /// Set once the client is finished; nothing reconnects after.
     closed: Option<State>,
     /// The state last reported to the app.
@@ -166,12 +197,16 @@ pub struct Client<F, D> {
     ready_reported: bool,
     /// A uniform random number in [0, 1), for the backoff jitter.
     random: Box<dyn FnMut() -> f64>,
-    out: Vec<Action<F, D>>,
+    /// The connection was closed over its token and waits for a new one before reconnecting.
+    awaiting_token: bool,
+    /// The last connection was refused (3501) and a new token was asked for: another refusal
+    /// before the server accepts a connection is final.
+    token_retried: bool,
 }
 
 impl<F, D> std::fmt::Debug for Client<F, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("state", &self.reported).field("links", &self.links.len()).finish()
+        f.debug_struct("Client").field("state", &self.reported).field("links", &self.core.links.len()).finish()
     }
 }
 
@@ -179,23 +214,25 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// A client for `config`, not yet connected; call [`Client::start`].
     pub fn new(config: Config, random: Box<dyn FnMut() -> f64>) -> Result<Self, ConfigError> {
         config.validate()?;
+        let rules = match config.protocol {
+            Protocol::V2 => Machine::V2(v2::V2::default()),
+            Protocol::Legacy => Machine::Legacy(legacy::Legacy),
+        };
         Ok(Client {
-            config,
-            callbacks: Callbacks::default(),
-            subs: Subscriptions::default(),
-            links: Vec::new(),
-            next_link: 1,
+            core: Core { config, callbacks: Callbacks::default(), links: Vec::new(), next_link: 1, out: Vec::new() },
+            rules,
             closed: None,
             reported: State::Connecting,
             ready_reported: false,
             random,
-            out: Vec::new(),
+            awaiting_token: false,
+            token_retried: false,
         })
     }
 
     /// The actions decided since the last call.
     pub fn take_actions(&mut self) -> Vec<Action<F, D>> {
-        std::mem::take(&mut self.out)
+        std::mem::take(&mut self.core.out)
     }
 
     /// The current state.
@@ -206,8 +243,8 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// Whether the client is connected and every subscription is confirmed.
     pub fn is_ready(&self) -> bool {
         self.closed.is_none()
-            && self.links.iter().filter(|l| !l.spare).all(Link::is_live)
-            && (self.config.protocol == Protocol::Legacy || (!self.links.is_empty() && self.subs.settled()))
+            && self.core.links.iter().filter(|l| !l.spare).all(Link::is_live)
+            && self.rules.settled(&self.core)
     }
 
     /// Whether the client is finished.
@@ -217,21 +254,9 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
 
     /// Opens the first connection(s) and subscribes the configured sites.
     pub fn start(&mut self, now: f64) {
-        let sites = std::mem::take(&mut self.config.sites);
-        match self.config.protocol {
-            Protocol::V2 => {
-                for site in &sites {
-                    self.subs.add(site, None);
-                }
-                let id = self.new_link(None);
-                self.open(id, now);
-            }
-            Protocol::Legacy => {
-                for site in sites {
-                    let id = self.new_link(Some(site));
-                    self.open(id, now);
-                }
-            }
+        let sites = std::mem::take(&mut self.core.config.sites);
+        for link in self.rules.start(&mut self.core, sites) {
+            self.open(link, now);
         }
         self.report_state();
         self.report_ready();
@@ -243,31 +268,31 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     pub fn on(&mut self, topic: &str, site: Option<&str>, callback: F) -> Result<ListenerId, ConfigError> {
         let selector = TopicSelector::parse(topic);
         if selector != TopicSelector::Any {
-            self.config.check_topic(topic)?;
+            self.core.config.check_topic(topic)?;
         }
         if let Some(site) = site {
-            self.config.check_site(site)?;
+            self.core.config.check_site(site)?;
         }
-        let id = self.callbacks.add(selector, site.map(str::to_owned), callback);
+        let id = self.core.callbacks.add(selector, site.map(str::to_owned), callback);
         self.sync_subscriptions();
         Ok(id)
     }
 
     /// Registers an event hook.
     pub fn hook(&mut self, kind: HookKind, callback: F) -> ListenerId {
-        self.callbacks.add_hook(kind, callback)
+        self.core.callbacks.add_hook(kind, callback)
     }
 
     /// Removes a listener or hook by id.
     pub fn off_id(&mut self, id: ListenerId) {
-        if self.callbacks.remove(id) {
+        if self.core.callbacks.remove(id) {
             self.sync_subscriptions();
         }
     }
 
     /// Removes every registration of `callback` for `topic`.
     pub fn off(&mut self, topic: &str, callback: &F) {
-        if self.callbacks.remove_callback(&TopicSelector::parse(topic), callback) > 0 {
+        if self.core.callbacks.remove_callback(&TopicSelector::parse(topic), callback) > 0 {
             self.sync_subscriptions();
         }
     }
@@ -275,17 +300,12 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// Subscribes to `site`; with `rewind`, first replays up to that many of its latest
     /// publications (v2 only; the legacy protocol keeps no history).
     pub fn subscribe(&mut self, site: &str, rewind: Option<u32>, now: f64) -> Result<(), ConfigError> {
-        self.config.check_site(site)?;
+        self.core.config.check_site(site)?;
         if self.closed.is_some() {
             return Ok(());
         }
-        match self.config.protocol {
-            Protocol::V2 => {
-                if self.subs.add(site, rewind) {
-                    self.sync_subscriptions();
-                }
-            }
-            Protocol::Legacy => self.legacy_subscribe(site, now),
+        if let Some(link) = self.rules.subscribe(&mut self.core, site, rewind) {
+            self.open(link, now);
         }
         self.report_state();
         self.report_ready();
@@ -297,22 +317,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         if self.closed.is_some() {
             return;
         }
-        match self.config.protocol {
-            Protocol::V2 => {
-                if self.subs.remove(site)
-                    && let Some(link) = self.links.first().filter(|l| l.is_live())
-                {
-                    let frame = ClientFrame::Unsubscribe { id: None, site: site.to_owned() };
-                    self.out.push(Action::Send { link: link.id, text: encode(&frame) });
-                }
-            }
-            Protocol::Legacy => {
-                if let Some(link) = self.links.iter_mut().find(|l| !l.spare && l.site.as_deref() == Some(site)) {
-                    link.spare = true;
-                    self.out.push(Action::SetTimer { link: link.id, kind: TimerKind::Release, ms: 0 });
-                }
-            }
-        }
+        self.rules.unsubscribe(&mut self.core, site);
         self.report_state();
         self.report_ready();
     }
@@ -322,31 +327,52 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         self.shut_down(1000, "closed by the client".to_owned());
     }
 
+    /// Ends the client with `code` and `reason`, as a terminal close from the server would (the
+    /// app could not get a token it needs).
+    pub fn fail(&mut self, code: u16, reason: String) {
+        self.shut_down(code, reason);
+    }
+
+    /// Replaces the token. In v2 a live connection gets it at once in a `refresh` frame; every
+    /// later connection offers it. A client waiting for a token (see [`HookKind::Token`])
+    /// reconnects now.
+    pub fn set_token(&mut self, token: String, now: f64) {
+        if self.closed.is_some() {
+            return;
+        }
+        if !self.awaiting_token {
+            self.rules.refresh(&mut self.core, &token);
+        }
+        self.core.config.token = Some(token);
+        if std::mem::take(&mut self.awaiting_token) {
+            let waiting: Vec<LinkId> =
+                self.core.links.iter().filter(|l| matches!(l.phase, Phase::Waiting)).map(|l| l.id).collect();
+            for id in waiting {
+                self.core.out.push(Action::ClearTimer { link: id, kind: TimerKind::Reconnect });
+                self.open(id, now);
+            }
+        }
+    }
+
     // ----- what the browser reports -----
 
     /// `link`'s socket opened.
     pub fn opened(&mut self, link: LinkId, now: f64) {
-        let protocol = self.config.protocol;
-        let Some(l) = self.link_mut(link) else { return };
+        let accepted = Rules::<F, D>::accepted_on_open(&self.rules);
+        let Some(l) = self.core.link_mut(link) else { return };
         let Phase::Opening { since } = l.phase else { return };
         l.last_heard = now;
-        match protocol {
-            // The server's hello, not the socket, says the connection is accepted.
-            Protocol::V2 => l.phase = Phase::Handshake { since },
-            Protocol::Legacy => {
-                l.phase = Phase::Live;
-                l.failures = 0;
-                l.state = State::Connected;
-                let update = (l.opened_site != l.site).then(|| l.site.clone()).flatten();
-                l.opened_site.clone_from(&l.site);
-                self.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
-                if let Some(site) = update {
-                    self.out.push(Action::Send { link, text: encode_legacy_update(&site) });
-                }
-                self.report_state();
-                self.report_ready();
-            }
+        if !accepted {
+            l.phase = Phase::Handshake { since };
+            return;
         }
+        l.phase = Phase::Live;
+        l.failures = 0;
+        l.state = State::Connected;
+        self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
+        self.rules.opened(&mut self.core, link);
+        self.report_state();
+        self.report_ready();
     }
 
     /// A frame other than a publication arrived on `link`.
@@ -366,19 +392,26 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 // Clamp so a bogus interval cannot make the timer fire constantly or never.
                 l.silence_limit = ping_interval_ms.clamp(1000, 3_600_000) as f64 + grace;
                 let ms = ms_u32(l.silence_limit);
-                self.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms });
+                self.core.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms });
+                self.token_retried = false;
                 self.sync_subscriptions();
                 self.report_state();
             }
             Inbound::Subscribed { id, site, epoch, offset, recovered, replayed } => {
-                if let Some(failure) = self.subs.confirmed(id, &site, &epoch, offset, recovered, replayed) {
+                let (wanted, failure) =
+                    Rules::<F, D>::confirmed(&mut self.rules, id, &site, &epoch, offset, recovered, replayed);
+                if wanted {
+                    let event = Event::Subscribed { site, epoch, offset, replayed, recovered };
+                    self.notify(HookKind::Subscribed, event);
+                }
+                if let Some(failure) = failure {
                     self.notify(HookKind::RecoveryFailed, Event::RecoveryFailed(failure));
                 }
             }
-            Inbound::Ping => self.out.push(Action::Send { link, text: encode(&ClientFrame::Pong) }),
+            Inbound::Ping => self.core.out.push(Action::Send { link, text: encode(&ClientFrame::Pong) }),
             Inbound::Pong | Inbound::Unsubscribed | Inbound::Other => {}
             Inbound::Error { id, code, message } => {
-                let site = id.and_then(|id| self.subs.refused(id)).map(str::to_owned);
+                let site = id.and_then(|id| Rules::<F, D>::refused(&mut self.rules, id));
                 self.notify(HookKind::Error, Event::Error(ClientError::Server { code, message, site }));
             }
         }
@@ -394,7 +427,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         let Some(l) = self.link_mut(link) else { return false };
         l.last_heard = now;
         l.probe_sent = None;
-        self.wanted(link, site, position)
+        self.rules.wanted(&self.core, link, site, position)
     }
 
     /// [`Client::accept`] of a v2 publication, with what undoes its record
@@ -407,36 +440,33 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         offset: u64,
         now: f64,
     ) -> (bool, Option<Option<Undo>>) {
-        if self.config.protocol != Protocol::V2 {
-            return (self.accept(link, site, Some((epoch, offset)), now), None);
-        }
         let Some(l) = self.link_mut(link) else { return (false, None) };
         l.last_heard = now;
         l.probe_sent = None;
-        self.subs.accept_undoable(site, epoch, offset)
+        self.rules.accept_undoable(&self.core, link, site, epoch, offset)
     }
 
     /// Forgets a publication of `site` recorded by [`Client::accept_undoable`] (the latest first):
     /// as if it had not arrived yet.
     pub fn undo_accept(&mut self, site: &str, undo: Option<Undo>) {
-        self.subs.undo(site, undo);
+        Rules::<F, D>::undo(&mut self.rules, site, undo);
     }
 
     /// The position `site`'s stream would be recovered from.
     #[cfg(all(test, target_arch = "wasm32"))]
     pub(crate) fn position(&self, site: &str) -> Option<datastream_protocol::v2::StreamPosition> {
-        self.subs.position(site)
+        Rules::<F, D>::position(&self.rules, site)
     }
 
     /// The callbacks for a publication of `site` on `topic`, in registration order.
     pub fn listeners(&self, site: &str, topic: &str) -> Vec<F> {
-        self.callbacks.matching(site, topic)
+        self.core.callbacks.matching(site, topic)
     }
 
     /// Changes whenever a listener is added or removed: what [`Client::listeners`] returned stays
     /// valid for as long as it does not.
     pub fn listeners_version(&self) -> u32 {
-        self.callbacks.version()
+        self.core.callbacks.version()
     }
 
     /// A frame on `link` could not be decoded.
@@ -452,7 +482,18 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         if self.link_mut(link).is_none() {
             return;
         }
-        if should_reconnect(code) {
+        let over_token = code == CloseCode::TokenExpired.code()
+            || (code == CloseCode::Forbidden.code() && !std::mem::take(&mut self.token_retried));
+        if over_token && !self.core.callbacks.hooks(HookKind::Token).is_empty() {
+            // Reconnect once the app has a new token: the one it has would be refused.
+            self.token_retried = code == CloseCode::Forbidden.code();
+            self.awaiting_token = true;
+            self.lose(link, "token", false, now);
+            self.core
+                .out
+                .retain(|a| !matches!(a, Action::SetTimer { link: l, kind: TimerKind::Reconnect, .. } if *l == link));
+            self.notify(HookKind::Token, Event::TokenNeeded { code, reason });
+        } else if should_reconnect(code) {
             self.lose(link, "connection lost", false, now);
         } else {
             let reason = if reason.is_empty() { "closed by the server".to_owned() } else { reason };
@@ -463,7 +504,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// A timer set by [`Action::SetTimer`] fired.
     pub fn timer(&mut self, link: LinkId, kind: TimerKind, now: f64) {
         let grace = self.grace_ms();
-        let connect_timeout = duration_ms(self.config.connect_timeout) as f64;
+        let connect_timeout = duration_ms(self.core.config.connect_timeout) as f64;
         let Some(l) = self.link_mut(link) else { return };
         match (kind, l.phase) {
             (TimerKind::Reconnect, Phase::Waiting) => self.open(link, now),
@@ -472,18 +513,18 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                     self.lose(link, "connect timeout", false, now);
                 } else {
                     let ms = ms_u32(connect_timeout - (now - since));
-                    self.out.push(Action::SetTimer { link, kind, ms });
+                    self.core.out.push(Action::SetTimer { link, kind, ms });
                 }
             }
             (TimerKind::Heartbeat, Phase::Live) => match l.liveness(now, grace) {
                 Err(why) => self.lose(link, why, false, now),
-                Ok(next) => self.out.push(Action::SetTimer { link, kind, ms: ms_u32(next) }),
+                Ok(next) => self.core.out.push(Action::SetTimer { link, kind, ms: ms_u32(next) }),
             },
             (TimerKind::Release, _) if l.spare => {
-                self.out.push(Action::Close { link, code: 1000, reason: "site unsubscribed" });
-                self.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
-                self.out.push(Action::ClearTimer { link, kind: TimerKind::Reconnect });
-                self.links.retain(|l| l.id != link);
+                self.core.out.push(Action::Close { link, code: 1000, reason: "site unsubscribed" });
+                self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
+                self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Reconnect });
+                self.core.links.retain(|l| l.id != link);
                 self.report_state();
                 self.report_ready();
             }
@@ -520,68 +561,60 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     // ----- internals -----
 
     fn grace_ms(&self) -> f64 {
-        duration_ms(self.config.heartbeat_grace) as f64
+        duration_ms(self.core.config.heartbeat_grace) as f64
     }
 
     fn link_mut(&mut self, id: LinkId) -> Option<&mut Link> {
-        self.links.iter_mut().find(|l| l.id == id)
-    }
-
-    fn new_link(&mut self, site: Option<String>) -> LinkId {
-        let id = self.next_link;
-        self.next_link += 1;
-        self.links.push(Link::new(id, site));
-        id
+        self.core.link_mut(id)
     }
 
     fn open(&mut self, link: LinkId, now: f64) {
-        let connect_timeout = ms_u32(duration_ms(self.config.connect_timeout) as f64);
-        let Some(l) = self.links.iter_mut().find(|l| l.id == link) else { return };
+        let connect_timeout = ms_u32(duration_ms(self.core.config.connect_timeout) as f64);
+        let Some(l) = self.core.link_mut(link) else { return };
         l.phase = Phase::Opening { since: now };
         l.probe_sent = None;
         l.opened_site.clone_from(&l.site);
-        let (url, subprotocol) = match self.config.protocol {
-            Protocol::V2 => (self.config.socket_url(None), Some(SUBPROTOCOL)),
-            Protocol::Legacy => (self.config.socket_url(l.site.as_deref()), None),
-        };
-        self.out.push(Action::Open { link, url, subprotocol });
-        self.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms: connect_timeout });
+        let Some(l) = self.core.links.iter().find(|l| l.id == link) else { return };
+        let (url, subprotocol, token) = self.rules.socket(&self.core, l);
+        self.core.out.push(Action::Open { link, url, subprotocol, token });
+        self.core.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms: connect_timeout });
     }
 
     /// `link` is no more: forget its socket and schedule the next attempt (now, with `at_once`).
     fn lose(&mut self, link: LinkId, why: &'static str, at_once: bool, now: f64) {
         let unit = (self.random)();
-        let backoff = self.config.backoff;
-        let Some(l) = self.links.iter_mut().find(|l| l.id == link) else { return };
+        let backoff = self.core.config.backoff;
+        let Some(l) = self.core.links.iter_mut().find(|l| l.id == link) else { return };
         l.failures = l.failures.saturating_add(1);
         let delay_ms = if at_once { 0 } else { ms_u32(duration_ms(backoff.delay(l.failures - 1, unit)) as f64) };
         l.state = State::Reconnecting { attempt: l.failures, delay_ms };
         l.phase = Phase::Waiting;
-        self.out.push(Action::Close { link, code: 1000, reason: why });
-        self.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
-        if self.config.protocol == Protocol::V2 {
-            self.subs.disconnected();
-        }
+        self.core.out.push(Action::Close { link, code: 1000, reason: why });
+        self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
+        Rules::<F, D>::disconnected(&mut self.rules);
         self.ready_reported = false;
         self.report_state();
         if at_once {
-            self.out.push(Action::ClearTimer { link, kind: TimerKind::Reconnect });
+            self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Reconnect });
             self.open(link, now);
         } else {
-            self.out.push(Action::SetTimer { link, kind: TimerKind::Reconnect, ms: delay_ms });
+            self.core.out.push(Action::SetTimer { link, kind: TimerKind::Reconnect, ms: delay_ms });
         }
     }
 
     fn wake(&mut self, now: f64, from_hidden: bool) {
         let grace = self.grace_ms();
         // Legacy has no client ping; the browser's own close detection has to do there.
-        let can_probe = self.config.protocol == Protocol::V2;
-        let ids: Vec<LinkId> = self.links.iter().map(|l| l.id).collect();
+        let can_probe = Rules::<F, D>::can_probe(&self.rules);
+        let awaiting_token = self.awaiting_token;
+        let ids: Vec<LinkId> = self.core.links.iter().map(|l| l.id).collect();
         for id in ids {
             let Some(l) = self.link_mut(id) else { continue };
             match l.phase {
+                // Its token would be refused; it reconnects when a new one arrives.
+                Phase::Waiting if awaiting_token => {}
                 Phase::Waiting => {
-                    self.out.push(Action::ClearTimer { link: id, kind: TimerKind::Reconnect });
+                    self.core.out.push(Action::ClearTimer { link: id, kind: TimerKind::Reconnect });
                     self.open(id, now);
                 }
                 Phase::Live if l.is_stale(now) => self.lose(id, "stale after sleep", true, now),
@@ -589,73 +622,27 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 // grace period. A tab coming back before its connection went stale needs none.
                 Phase::Live if can_probe && !from_hidden && l.probe_sent.is_none() => {
                     l.probe_sent = Some(now);
-                    self.out.push(Action::Send { link: id, text: encode(&ClientFrame::Ping) });
-                    self.out.push(Action::SetTimer { link: id, kind: TimerKind::Heartbeat, ms: ms_u32(grace) });
+                    self.core.out.push(Action::Send { link: id, text: encode(&ClientFrame::Ping) });
+                    self.core.out.push(Action::SetTimer { link: id, kind: TimerKind::Heartbeat, ms: ms_u32(grace) });
                 }
                 _ => {}
             }
         }
     }
 
-    /// Whether a publication of `site` at `position` that arrived on `link` is new and wanted;
-    /// records it.
-    fn wanted(&mut self, link: LinkId, site: &str, position: Option<(&str, u64)>) -> bool {
-        match self.config.protocol {
-            Protocol::V2 => match position {
-                Some((epoch, offset)) => self.subs.accept(site, epoch, offset),
-                None => self.subs.contains(site),
-            },
-            // A socket moved to another site may still deliver a few of the old site's frames.
-            Protocol::Legacy => self.links.iter().any(|l| l.id == link && !l.spare && l.site.as_deref() == Some(site)),
-        }
-    }
-
     /// Brings the server's subscriptions in line with the wanted sites and the listeners' topics.
     fn sync_subscriptions(&mut self) {
-        if self.config.protocol != Protocol::V2 {
-            return;
-        }
-        let Some(link) = self.links.first().filter(|l| l.is_live()).map(|l| l.id) else { return };
-        let sites: Vec<String> = self.subs.sites().map(str::to_owned).collect();
-        for site in sites {
-            let topics = self.callbacks.filter_for(&site).into_topics();
-            if self.subs.needs_subscribe(&site, &topics)
-                && let Some(frame) = self.subs.subscribe_frame(&site, topics)
-            {
-                self.out.push(Action::Send { link, text: encode(&frame) });
-            }
-        }
-    }
-
-    fn legacy_subscribe(&mut self, site: &str, now: f64) {
-        if self.links.iter().any(|l| !l.spare && l.site.as_deref() == Some(site)) {
-            return;
-        }
-        // Reuse a socket just released by an unsubscribe: the original service's way to switch
-        // sites, `updatesubscribersite`, without a new handshake.
-        if let Some(l) = self.links.iter_mut().find(|l| l.spare) {
-            l.spare = false;
-            l.site = Some(site.to_owned());
-            let link = l.id;
-            self.out.push(Action::ClearTimer { link, kind: TimerKind::Release });
-            if l.is_live() {
-                l.opened_site = Some(site.to_owned());
-                self.out.push(Action::Send { link, text: encode_legacy_update(site) });
-            }
-            return;
-        }
-        let id = self.new_link(Some(site.to_owned()));
-        self.open(id, now);
+        self.rules.sync(&mut self.core);
     }
 
     fn shut_down(&mut self, code: u16, reason: String) {
         if self.closed.is_some() {
             return;
         }
-        for l in std::mem::take(&mut self.links) {
-            self.out.push(Action::Close { link: l.id, code: 1000, reason: "client closed" });
+        for l in std::mem::take(&mut self.core.links) {
+            self.core.out.push(Action::Close { link: l.id, code: 1000, reason: "client closed" });
             for kind in [TimerKind::Reconnect, TimerKind::Heartbeat, TimerKind::Release] {
-                self.out.push(Action::ClearTimer { link: l.id, kind });
+                self.core.out.push(Action::ClearTimer { link: l.id, kind });
             }
         }
         self.closed = Some(State::Closed { code, reason });
@@ -663,16 +650,16 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     }
 
     fn notify(&mut self, kind: HookKind, event: Event<D>) {
-        let callbacks = self.callbacks.hooks(kind);
+        let callbacks = self.core.callbacks.hooks(kind);
         if !callbacks.is_empty() {
-            self.out.push(Action::Notify { callbacks, event });
+            self.core.out.push(Action::Notify { callbacks, event });
         }
     }
 
     fn report_state(&mut self) {
         let now = match &self.closed {
             Some(closed) => closed.clone(),
-            None => State::combine(self.links.iter().filter(|l| !l.spare).map(|l| &l.state)),
+            None => State::combine(self.core.links.iter().filter(|l| !l.spare).map(|l| &l.state)),
         };
         if now != self.reported {
             self.reported = now.clone();

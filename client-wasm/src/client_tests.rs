@@ -129,7 +129,7 @@ fn connects_subscribes_with_the_listeners_topics_and_dispatches() {
     let (mut c, a) = started(config(&["mrc", "mrc2"]));
     assert_eq!(
         a[0],
-        Action::Open { link: 1, url: URL.into(), subprotocol: Some("datastream.v2") },
+        Action::Open { link: 1, url: URL.into(), subprotocol: Some("datastream.v2"), token: None },
         "one socket, sites in subscribe frames"
     );
     assert!(a.contains(&Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 10_000 }), "connect timeout");
@@ -425,7 +425,12 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
     c.socket_closed(1, 1006, String::new(), 5.0);
     c.timer(1, TimerKind::Reconnect, 1000.0);
     let a = c.take_actions();
-    assert!(a.contains(&Action::Open { link: 1, url: "ws://127.0.0.1:9/dev?site=saf".into(), subprotocol: None }));
+    assert!(a.contains(&Action::Open {
+        link: 1,
+        url: "ws://127.0.0.1:9/dev?site=saf".into(),
+        subprotocol: None,
+        token: None
+    }));
 
     // Unsubscribed and not reused: released.
     c.unsubscribe("mrc2");
@@ -561,4 +566,86 @@ fn listeners_and_their_version() {
     c.off("*", &"m");
     assert_ne!(c.listeners_version(), v3);
     assert!(c.listeners("mrc", "weather").is_empty());
+}
+
+fn opens(actions: &[A]) -> Vec<Option<String>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Open { token, .. } => Some(token.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_token_is_offered_on_connect_and_refreshed_in_band() {
+    let mut cfg = config(&["mrc"]);
+    cfg.token = Some("t1".into());
+    let (mut c, a) = started(cfg);
+    assert_eq!(opens(&a), [Some("t1".to_string())]);
+    hello(&mut c, 1.0);
+    c.set_token("t2".into(), 2.0);
+    let a = c.take_actions();
+    assert_eq!(sends(&a), [serde_json::json!({"type": "refresh", "token": "t2"})]);
+    assert!(opens(&a).is_empty(), "no reconnect for a refresh");
+    c.socket_closed(1, 1006, String::new(), 3.0);
+    c.take_actions();
+    c.timer(1, TimerKind::Reconnect, 10_000.0);
+    assert_eq!(opens(&c.take_actions()), [Some("t2".to_string())], "the next connection offers the new token");
+}
+
+#[test]
+fn an_expired_token_waits_for_a_new_one_and_a_refused_one_is_asked_for_once() {
+    let mut cfg = config(&["mrc"]);
+    cfg.token = Some("t1".into());
+    let (mut c, _) = started(cfg);
+    c.hook(HookKind::Token, "token");
+    hello(&mut c, 1.0);
+    c.socket_closed(1, 3002, "token expired".into(), 2.0);
+    let a = c.take_actions();
+    assert!(has_event(&a, &Event::TokenNeeded { code: 3002, reason: "token expired".into() }));
+    assert!(opens(&a).is_empty() && reconnect_timer(&a).is_none(), "no attempt with the expired token");
+    c.online(3.0);
+    assert!(opens(&c.take_actions()).is_empty(), "not even when the browser comes back online");
+    c.set_token("t2".into(), 4.0);
+    let a = c.take_actions();
+    assert!(sends(&a).is_empty(), "nothing to refresh on a closed connection");
+    assert_eq!(opens(&a), [Some("t2".to_string())]);
+    // Refused: one more token is asked for; refused again, the client ends.
+    c.socket_closed(1, 3501, "invalid signature".into(), 5.0);
+    assert!(has_event(&c.take_actions(), &Event::TokenNeeded { code: 3501, reason: "invalid signature".into() }));
+    c.set_token("t3".into(), 6.0);
+    c.take_actions();
+    c.socket_closed(1, 3501, "invalid signature".into(), 7.0);
+    assert_eq!(c.state(), &State::Closed { code: 3501, reason: "invalid signature".into() });
+}
+
+#[test]
+fn without_a_token_hook_token_closes_are_ordinary() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 1.0);
+    c.socket_closed(1, 3002, "token expired".into(), 2.0);
+    assert!(reconnect_timer(&c.take_actions()).is_some(), "3002 reconnects with backoff");
+    c.timer(1, TimerKind::Reconnect, 10_000.0);
+    c.take_actions();
+    c.socket_closed(1, 3501, "token expired".into(), 10_001.0);
+    assert_eq!(c.state(), &State::Closed { code: 3501, reason: "token expired".into() });
+}
+
+#[test]
+fn every_confirmation_is_reported_with_its_position() {
+    let (mut c, _) = started(config(&["mrc"]));
+    c.hook(HookKind::Subscribed, "subscribed");
+    hello(&mut c, 1.0);
+    let a = frame(&mut c, &subscribed("mrc", 1, "e", 7, None, 2), 2.0);
+    let want = Event::Subscribed { site: "mrc".into(), epoch: "e".into(), offset: 7, replayed: 2, recovered: None };
+    assert!(has_event(&a, &want));
+    c.unsubscribe("mrc");
+    c.take_actions();
+    let a = frame(&mut c, &subscribed("mrc", 1, "e", 7, None, 0), 3.0);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Notify { event: Event::Subscribed { .. }, .. })),
+        "not once unwanted"
+    );
 }

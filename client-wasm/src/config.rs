@@ -39,6 +39,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Rules site and topic names must follow.
     pub names: NameRules,
+    /// The token sent when a socket opens (v2: as a subprotocol entry; legacy: `?token=`), and
+    /// in a v2 `refresh` when it is replaced. Never logged or put into an error message.
+    pub token: Option<String>,
 }
 
 /// Why options were refused.
@@ -151,6 +154,7 @@ impl Config {
             heartbeat_grace: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             names: NameRules::default(),
+            token: None,
         }
     }
 
@@ -180,19 +184,24 @@ impl Config {
         self.names.check_topic(name).map_err(|source| ConfigError::Topic { name: name.to_owned(), source })
     }
 
-    /// The URL a socket opens: as given for v2; with the site in the query for the legacy
-    /// protocol, which knows no other way to pick a site at connect time.
+    /// The URL a socket opens: as given for v2; with the site (and the token, if any) in the
+    /// query for the legacy protocol, which knows no other way to pass them at connect time.
     pub fn socket_url(&self, legacy_site: Option<&str>) -> String {
         match legacy_site {
             None => self.url.clone(),
             Some(site) => {
-                // Site codes are ASCII letters, digits and `_-.:`, all safe in a query string.
+                // Site codes are ASCII letters, digits and `_-.:`, all safe in a query string, and
+                // so are a JWT's base64url parts and dots.
                 let sep = if self.url.contains('?') { '&' } else { '?' };
                 let mut url = String::with_capacity(self.url.len() + site.len() + 6);
                 url.push_str(&self.url);
                 url.push(sep);
                 url.push_str("site=");
                 url.push_str(site);
+                if let Some(token) = &self.token {
+                    url.push_str("&token=");
+                    url.push_str(token);
+                }
                 url
             }
         }
@@ -258,7 +267,11 @@ mod tests {
         let c = Config::new("wss://h/dev");
         assert_eq!(c.socket_url(None), "wss://h/dev");
         assert_eq!(c.socket_url(Some("mrc")), "wss://h/dev?site=mrc");
-        let c = Config::new("wss://h/dev?token=x");
+        let mut c = Config::new("wss://h/dev?token=x");
         assert_eq!(c.socket_url(Some("mrc")), "wss://h/dev?token=x&site=mrc");
+        c.url = "wss://h/dev".into();
+        c.token = Some("a.b.c".into());
+        assert_eq!(c.socket_url(Some("mrc")), "wss://h/dev?site=mrc&token=a.b.c");
+        assert_eq!(c.socket_url(None), "wss://h/dev", "v2 sends it as a subprotocol entry");
     }
 }

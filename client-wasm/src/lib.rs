@@ -15,7 +15,10 @@
 //! - [`inbound`]: decoded server frames, other than publications.
 //! - [`wire`]: client frames encoded as JSON text.
 //! - [`client`]: the state machine tying these together: events in, actions out; and, for
-//!   publications, whether each is new and wanted and whose callbacks get it.
+//!   publications, whether each is new and wanted and whose callbacks get it. What depends on the
+//!   protocol is each protocol's rules, behind one interface (`client/rules.rs`): v2
+//!   (`client/v2.rs`: one link, subscriptions, positions, in-band token refresh) and legacy
+//!   (`client/legacy.rs`: one link per site, `updatesubscribersite`).
 //!
 //! In the browser only (`wasm32`), the `web` module carries the actions out: the socket, timers,
 //! the `online` and visibility listeners, frame decoding, and the JavaScript-facing class. Its

@@ -46,6 +46,23 @@ pub const fn should_reconnect(code: u16) -> bool {
     !matches!(code, 3500..=3999 | 4500..=4999)
 }
 
+/// Longest close reason: a close frame is a control frame (at most 125 bytes of payload, RFC 6455
+/// §5.5), and two of them are the code.
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] on a UTF-8 boundary, so every close frame is legal
+/// whatever text it carries.
+pub fn fit_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +84,14 @@ mod tests {
         assert!(should_reconnect(1006));
         assert!(should_reconnect(4000));
         assert!(!should_reconnect(4999));
+    }
+
+    #[test]
+    fn reasons_fit_a_control_frame_on_a_char_boundary() {
+        assert_eq!(fit_reason("short"), "short");
+        let long = "é".repeat(100);
+        let fitted = fit_reason(&long);
+        assert!(fitted.len() <= MAX_REASON_BYTES && fitted.len() >= MAX_REASON_BYTES - 1);
+        assert!(long.starts_with(fitted));
     }
 }

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     InvalidTopic,
     /// The connection already has the most subscriptions allowed.
     TooManySubscriptions,
+    /// A subscription's topic filter names more topics than allowed.
+    TooManyTopics,
     /// The client may not subscribe to this site.
     Forbidden,
     /// The server could not carry out the request right now; retry later.
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::InvalidSite => "invalid_site",
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",

@@ -10,6 +10,8 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 use datastream_protocol::NameRules;
 
+use crate::client_addr::Cidr;
+
 /// Default largest message: SQS's own limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
 
@@ -124,6 +126,12 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: u32,
 
+    /// Most topics in one v2 subscription's filter (repeats count once); more are refused with
+    /// `too_many_topics`. Bounds what a connection holds and what each publication is matched
+    /// against.
+    #[arg(long, env = "DATASTREAM_MAX_TOPICS", default_value_t = 64)]
+    pub max_topics: u32,
+
     /// HS256 secret for client tokens (at least 32 bytes). Setting this (or `--jwks`) makes a
     /// token mandatory for WebSocket clients; unset, clients are anonymous and may read any site.
     #[arg(long, env = "DATASTREAM_JWT_SECRET", hide_env_values = true, conflicts_with = "jwks")]
@@ -156,14 +164,34 @@ pub struct Config {
     pub max_connections: usize,
 
     /// Most open WebSocket connections from one IP address (0: no limit); further handshakes get
-    /// 429. Behind a proxy every client shares the proxy's address: raise it or set 0.
+    /// 429. IPv6 clients are counted per /64. Behind a proxy, set `--trusted-proxies` so each
+    /// client counts rather than the proxy.
     #[arg(long, env = "DATASTREAM_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
     pub max_connections_per_ip: usize,
+
+    /// Address ranges of the load balancers / reverse proxies in front of the relay
+    /// (comma-separated CIDRs, e.g. `10.0.0.0/8,fd00::/8`). A request from one of them names its
+    /// client in `X-Forwarded-For` (the rightmost entry that is not itself a trusted proxy), used
+    /// for the per-address cap, the loopback check of `POST /publish` and logs. Empty: the header
+    /// is ignored and the TCP peer is the client.
+    #[arg(long, env = "DATASTREAM_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Every connection starts with a PROXY protocol v2 header (AWS NLB, HAProxy) whose source
+    /// address is the client's; connections without one are closed. Only when nothing but that
+    /// proxy can reach the relay: anyone else could claim any address.
+    #[arg(long, env = "DATASTREAM_PROXY_PROTOCOL", default_value_t = false)]
+    pub proxy_protocol: bool,
 
     /// Time allowed for a client to send its HTTP request headers (including the WebSocket
     /// handshake) after connecting.
     #[arg(long, env = "DATASTREAM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// Time allowed for a `POST /publish` body to arrive once its headers were accepted; a slower
+    /// body is answered with 408 and the connection closed.
+    #[arg(long, env = "DATASTREAM_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
 
     /// Client frames accepted per second per connection (sustained); faster ones are refused
     /// with `rate_limited`.
@@ -278,6 +306,12 @@ impl Config {
         if self.handshake_timeout.is_zero() {
             return Err(bad("--handshake-timeout (DATASTREAM_HANDSHAKE_TIMEOUT)", "must be positive"));
         }
+        if self.body_timeout.is_zero() {
+            return Err(bad("--body-timeout (DATASTREAM_BODY_TIMEOUT)", "must be positive"));
+        }
+        if self.max_topics == 0 {
+            return Err(bad("--max-topics (DATASTREAM_MAX_TOPICS)", "must be at least 1"));
+        }
         if !(self.client_frame_rate > 0.0 && self.client_frame_rate.is_finite()) {
             return Err(bad("--client-frame-rate (DATASTREAM_CLIENT_FRAME_RATE)", "must be a positive number"));
         }
@@ -355,5 +389,21 @@ mod tests {
         assert!(err.to_string().contains("DATASTREAM_PUBLISH_TOKEN"), "{err}");
         let err = parse(&["--sqs-wait", "21s"]).validate().unwrap_err();
         assert!(err.to_string().contains("DATASTREAM_SQS_WAIT"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_parsed_at_start() {
+        let c = parse(&["--trusted-proxies", "10.0.0.0/8, 192.0.2.7,fd00::/8"]);
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert!(parse(&[]).trusted_proxies.is_empty());
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let err = Cli::try_parse_from(["datastream", "--trusted-proxies", "10.0.0.0/8,10.0.0.1/33"]).unwrap_err();
+        assert!(err.to_string().contains("--trusted-proxies"), "{err}");
+        assert!(err.to_string().contains("prefix length"), "{err}");
     }
 }

@@ -14,7 +14,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use datastream_protocol::{close::CloseCode, v2};
+use datastream_protocol::{
+    close::{self, CloseCode},
+    v2,
+};
 use serde_json::json;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower_http::services::ServeDir;
@@ -24,10 +27,11 @@ use crate::{
     AppState,
     auth::Grant,
     broker::Broker,
+    client_addr,
     hub::{Framing, Inbox},
     ingest,
     limits::IpPermit,
-    session::{self, Registration, legacy::Legacy, v2::V2},
+    session::{self, Registration, Start, legacy::Legacy, v2::V2},
     wire::Wire,
 };
 
@@ -86,7 +90,9 @@ async fn connect(
 ) -> Response {
     // Served by `serve`, the connection's wire is at hand for the fan-out's direct writes.
     let wire = wire.map(|Extension(wire)| wire);
+    let client = client_addr::client_ip(&state.config.trusted_proxies, peer.ip(), &headers);
     let refuse = |status: StatusCode, reason: &'static str, text: String| {
+        debug!(%client, reason, "connection refused");
         state.metrics.connection_refused(reason);
         plain(status, text)
     };
@@ -121,7 +127,7 @@ async fn connect(
     if state.sessions.len() >= state.config.max_connections {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "max_connections", "too many connections\n".into());
     }
-    let Some(permit) = state.ip_limiter.try_acquire(peer.ip()) else {
+    let Some(permit) = state.ip_limiter.try_acquire(client) else {
         return refuse(StatusCode::TOO_MANY_REQUESTS, "per_ip", "too many connections from this address\n".into());
     };
     let token = offered
@@ -145,15 +151,16 @@ async fn connect(
             Err(e) => {
                 state.metrics.connection_refused("auth");
                 return upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |mut socket| async move {
-                    let frame = CloseFrame { code: CloseCode::Forbidden.code(), reason: e.to_string().into() };
+                    let reason = close::fit_reason(&e.to_string()).to_owned();
+                    let frame = CloseFrame { code: CloseCode::Forbidden.code(), reason: reason.into() };
                     let _ = socket.send(Message::Close(Some(frame))).await;
                 });
             }
         };
         let sites: Vec<Arc<str>> = sites.into_iter().map(Arc::from).collect();
-        debug!(?sites, "v2 connection");
+        debug!(%client, ?sites, "v2 connection");
         upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |socket| async move {
-            let (proto, reg, rx, greeting) = setup_v2(&state, sites, grant, permit).await;
+            let (proto, reg, rx, greeting) = setup_v2(&state, sites, grant, permit, wire.clone()).await;
             spawn_session(session, session::run(socket, state, proto, reg, rx, greeting, wire));
         })
     } else {
@@ -166,13 +173,11 @@ async fn connect(
         if !grant.allows(&site) {
             return refuse(StatusCode::FORBIDDEN, "forbidden", format!("not allowed to subscribe to {site}\n"));
         }
-        // Listen before answering, so a client that publishes right after connecting is heard.
-        if let Err(e) = state.broker.watch(&site).await {
-            tracing::warn!(%site, error = %e, "cannot watch site");
-        }
-        debug!(%site, "legacy connection");
+        // Subscribed before the 101 goes out: a publication sent as soon as the client sees the
+        // socket open is queued for it, not lost.
+        let (reg, rx) = setup_legacy(&state, site.clone(), grant, permit, wire.clone()).await;
+        debug!(%client, %site, "legacy connection");
         upgrade.on_upgrade(move |socket| async move {
-            let (reg, rx) = setup_legacy(&state, site, grant, permit).await;
             spawn_session(session, session::run(socket, state, Legacy, reg, rx, Vec::new(), wire));
         })
     }
@@ -189,15 +194,19 @@ fn spawn_session(token: TaskTrackerToken, session: impl Future<Output = ()> + Se
     drop(token);
 }
 
-async fn setup_legacy(state: &AppState, site: Arc<str>, grant: Grant, permit: IpPermit) -> (Registration, Inbox) {
+async fn setup_legacy(
+    state: &AppState,
+    site: Arc<str>,
+    grant: Grant,
+    permit: IpPermit,
+    wire: Option<Arc<Wire>>,
+) -> (Registration, Inbox) {
     let gauge = state.metrics.connections_legacy.clone();
     let queue_bytes = state.config.client_queue_bytes;
-    let (mut reg, rx) = Registration::new(state.hub.clone(), queue_bytes, Framing::Legacy, gauge, grant, Some(permit));
-    reg.add(site.clone(), None);
-    if let Err(e) = state.broker.watch(&site).await {
-        // Subscribed locally; publications flow once the broker is back (the reader resubscribes).
-        tracing::warn!(%site, error = %e, "cannot watch site");
-    }
+    let (mut reg, rx) =
+        Registration::new(state.hub.clone(), queue_bytes, Framing::Legacy, gauge, grant, Some(permit), wire);
+    // Live subscriptions cannot fail.
+    let _ = reg.subscribe(site, None, &state.broker, Start::Live).await;
     (reg, rx)
 }
 
@@ -206,10 +215,12 @@ async fn setup_v2(
     sites: Vec<Arc<str>>,
     grant: Grant,
     permit: IpPermit,
+    wire: Option<Arc<Wire>>,
 ) -> (V2, Registration, Inbox, Vec<Utf8Bytes>) {
     let gauge = state.metrics.connections_v2.clone();
     let queue_bytes = state.config.client_queue_bytes;
-    let (mut reg, rx) = Registration::new(state.hub.clone(), queue_bytes, Framing::Packed, gauge, grant, Some(permit));
+    let (mut reg, rx) =
+        Registration::new(state.hub.clone(), queue_bytes, Framing::Packed, gauge, grant, Some(permit), wire);
     let mut proto = V2;
     let mut greeting = vec![V2::hello(state)];
     for site in sites {
@@ -225,12 +236,14 @@ async fn setup_v2(
     (proto, reg, rx, greeting)
 }
 
-/// `GET /readyz`: 200 when every configured upstream is healthy and the server is not draining.
+/// `GET /readyz`: 200 when every configured upstream is healthy, every background task runs and
+/// the server is not draining; `tasks_down` names the tasks waiting to be restarted.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let draining = state.is_draining();
     let sqs = state.readiness.sqs();
     let broker = state.broker.healthy();
-    let ready = sqs && broker && !draining;
+    let tasks_down = state.readiness.tasks_down();
+    let ready = sqs && broker && !draining && tasks_down.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let sqs_state = if !state.readiness.sqs_enabled {
         "disabled"
@@ -244,8 +257,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         (Broker::Redis(_), true) => "ok",
         (Broker::Redis(_), false) => "unreachable",
     };
-    (status, Json(json!({ "ready": ready, "draining": draining, "sqs": sqs_state, "broker": broker_state })))
-        .into_response()
+    let body = json!({
+        "ready": ready,
+        "draining": draining,
+        "sqs": sqs_state,
+        "broker": broker_state,
+        "tasks_down": tasks_down,
+    });
+    (status, Json(body)).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

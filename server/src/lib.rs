@@ -11,18 +11,22 @@
 //! - [`http`]: the router: WebSocket upgrade, publish, health, readiness and metrics.
 //! - [`auth`]: optional JWT verification of clients, and what a token grants.
 //! - [`limits`]: per-address connection limits and per-connection frame rates.
+//! - [`client_addr`]: the client's address behind trusted proxies (`X-Forwarded-For`).
+//! - [`proxy_protocol`]: the PROXY protocol v2 header (AWS NLB), read before HTTP when enabled.
 //! - [`serve`]: the HTTP accept loop (header deadline, TCP_NODELAY, graceful stop).
 //! - [`wire`]: a connection's TCP stream, shared by its session and the fan-out's direct writes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: the demo publisher (plausible live streams for a few sites).
 //! - [`cli`]: the binary's tools: `publish`, `tail`, `healthcheck`.
 //! - [`server`]: binding, running and the ordered graceful shutdown.
+//! - [`supervise`]: background tasks restarted after a panic, and their state for `/readyz`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod demo;
 pub mod http;
@@ -30,10 +34,12 @@ pub mod hub;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod publication;
 pub mod serve;
 pub mod server;
 pub mod session;
+pub mod supervise;
 pub mod wire;
 
 use std::sync::{
@@ -87,6 +93,8 @@ pub struct Readiness {
     pub sqs_enabled: bool,
     /// Whether the last SQS call succeeded.
     pub sqs_ok: AtomicBool,
+    /// Which background tasks run, and which wait to be restarted after a failure.
+    pub tasks: Arc<supervise::Tasks>,
 }
 
 impl Readiness {
@@ -98,5 +106,10 @@ impl Readiness {
     /// Whether SQS is healthy (or not in use).
     pub fn sqs(&self) -> bool {
         !self.sqs_enabled || self.sqs_ok.load(Ordering::Relaxed)
+    }
+
+    /// Names of the background tasks not running (waiting to be restarted).
+    pub fn tasks_down(&self) -> Vec<String> {
+        self.tasks.down()
     }
 }

@@ -9,11 +9,21 @@ use std::{
 
 use tokio::time::Instant;
 
-/// Counts open connections per IP address.
+/// Counts open connections per IP address (per /64 for IPv6).
 #[derive(Debug)]
 pub struct IpLimiter {
     max: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// The address a connection is counted under. An IPv6 host usually holds a whole /64 and can pick
+/// any address in it, so counting single IPv6 addresses would cap nothing; IPv4-mapped addresses
+/// (from a dual-stack listener) count as the IPv4 address they carry.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
+        v4 => v4,
+    }
 }
 
 /// One open connection's place in its address's count; released on drop.
@@ -31,6 +41,7 @@ impl IpLimiter {
 
     /// Takes a place for `ip`, or `None` if the address is at its limit.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        let ip = bucket(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(ip).or_default();
         if self.max != 0 && *count >= self.max {
@@ -40,9 +51,9 @@ impl IpLimiter {
         Some(IpPermit { limiter: self.clone(), ip })
     }
 
-    /// Open connections from `ip`.
+    /// Open connections from `ip` (its /64, for IPv6).
     pub fn count(&self, ip: IpAddr) -> usize {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).copied().unwrap_or(0)
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&bucket(ip)).copied().unwrap_or(0)
     }
 }
 
@@ -107,6 +118,22 @@ mod tests {
         let unlimited = IpLimiter::new(0);
         let permits: Vec<_> = (0..1000).map(|_| unlimited.try_acquire(ip).unwrap()).collect();
         assert_eq!(unlimited.count(ip), permits.len());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let limiter = IpLimiter::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = limiter.try_acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = limiter.try_acquire(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")).unwrap();
+        assert!(limiter.try_acquire(ip("2001:db8:1:2::99")).is_none(), "a third address in the same /64");
+        assert_eq!(limiter.count(ip("2001:db8:1:2::7")), 2);
+        assert!(limiter.try_acquire(ip("2001:db8:1:3::1")).is_some(), "the next /64 is another client");
+        // An IPv4-mapped address is its IPv4 address, not a /64 shared with every IPv4 client.
+        let _c = limiter.try_acquire(ip("::ffff:192.0.2.1")).unwrap();
+        let _d = limiter.try_acquire(ip("192.0.2.1")).unwrap();
+        assert!(limiter.try_acquire(ip("192.0.2.1")).is_none());
+        assert!(limiter.try_acquire(ip("::ffff:192.0.2.2")).is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,6 +37,11 @@ struct OpLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabel {
+    task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabel {
     protocol: &'static str,
 }
@@ -83,6 +88,12 @@ pub struct Metrics {
     connections_refused: Family<ReasonLabel, Counter>,
     sqs_errors: Family<OpLabel, Counter>,
     redis_errors: Family<OpLabel, Counter>,
+    /// Pub/sub connections made again after one was lost.
+    pub redis_reconnects: Counter,
+    /// Publications a node delivered from a site's Redis stream because its channel missed them
+    /// (a gap, or a pub/sub reconnect).
+    pub redis_filled: Counter,
+    task_restarts: Family<TaskLabel, Counter>,
     /// Seconds from a publication's acceptance until it sat in every local subscriber's queue.
     pub fanout_seconds: Histogram,
     /// Seconds from a publication's acceptance until a session wrote it to its socket.
@@ -137,6 +148,24 @@ impl Metrics {
         registry.register("sqs_errors", "Failed SQS calls, by operation", sqs_errors.clone());
         let redis_errors = Family::<OpLabel, Counter>::default();
         registry.register("redis_errors", "Failed Redis calls, by operation", redis_errors.clone());
+        let redis_reconnects = Counter::default();
+        registry.register(
+            "redis_reconnects",
+            "Redis pub/sub connections made again after a loss",
+            redis_reconnects.clone(),
+        );
+        let redis_filled = Counter::default();
+        registry.register(
+            "redis_filled",
+            "Publications delivered from a Redis stream because the channel missed them",
+            redis_filled.clone(),
+        );
+        let task_restarts = Family::<TaskLabel, Counter>::default();
+        registry.register(
+            "task_restarts",
+            "Background tasks restarted after a panic or an unexpected end, by task",
+            task_restarts.clone(),
+        );
         let fanout_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
         registry.register(
             "fanout_seconds",
@@ -166,6 +195,9 @@ impl Metrics {
             connections_refused,
             sqs_errors,
             redis_errors,
+            redis_reconnects,
+            redis_filled,
+            task_restarts,
             fanout_seconds,
             delivery_seconds,
         }
@@ -209,6 +241,11 @@ impl Metrics {
     /// Counts a failed Redis call.
     pub fn redis_error(&self, op: &'static str) {
         self.redis_errors.get_or_create(&OpLabel { op }).inc();
+    }
+
+    /// Counts a restart of a background task.
+    pub fn task_restart(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabel { task }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -20,15 +20,12 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpListener,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::warn;
 
-use crate::wire::Wire;
+use crate::{proxy_protocol::Listener, wire::Wire};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -42,7 +39,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// Serves `router` on `listener` until `stop` is cancelled; then waits up to `grace` for open
 /// HTTP requests to finish.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: Listener,
     router: Router,
     handshake_timeout: Duration,
     stop: CancellationToken,
@@ -76,10 +73,10 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            // hyper's header deadline starts with the first byte; a client that sends nothing at
-            // all is dropped here.
-            let mut first = [0u8; 1];
-            if !matches!(tokio::time::timeout(handshake_timeout, wire.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
+            // hyper's header deadline covers an HTTP/1 request once it is recognised as one; the
+            // bytes before that (nothing at all, or the start of an HTTP/2 preface, which hyper
+            // waits on for ever) get the same deadline here. HTTP/2 is not served.
+            if tokio::time::timeout(handshake_timeout, http1_start(&wire)).await != Ok(true) {
                 return;
             }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(Lingering(wire)), service);
@@ -90,6 +87,33 @@ pub async fn serve(
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!("HTTP connections still open after the grace period; dropping them");
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often [`http1_start`] looks again at a connection whose first bytes are still undecided.
+const START_POLL: Duration = Duration::from_millis(20);
+
+/// Waits until the client's first bytes tell an HTTP/1 request (true) from an HTTP/2 preface or a
+/// closed connection (false), without taking them. Bounded by the caller's deadline: a client
+/// that stops half-way through the preface's first bytes is not waited on for ever.
+async fn http1_start(wire: &Wire) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match wire.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return true;
+        }
+        if n == H2_PREFACE.len() {
+            return false;
+        }
+        // A prefix of the preface so far: the rest has not arrived.
+        tokio::time::sleep(START_POLL).await;
     }
 }
 

@@ -6,6 +6,11 @@
 //! 4. stop the HTTP server.
 //!
 //! Each step waits at most until the shutdown deadline; whatever is left is dropped then.
+//!
+//! Every background task (fan-out writers, Redis reader, sweeper, JWKS refresh, SQS ingest, demo)
+//! runs under a [`Supervisor`] that restarts it after a panic or an unexpected end, and `/readyz`
+//! names it while it is down; the HTTP server alone fails fast (`run` returns an error). See
+//! [`crate::supervise`] for why.
 
 use std::{
     future::Future,
@@ -28,8 +33,10 @@ use crate::{
     ingest,
     limits::IpLimiter,
     metrics::Metrics,
+    proxy_protocol::Listener,
     publication::Validator,
     serve::serve,
+    supervise::{Supervisor, until_stopped},
 };
 
 /// How long to wait at start for the Redis pub/sub connection before serving.
@@ -68,7 +75,11 @@ impl Server {
         let ip_limiter = IpLimiter::new(config.max_connections_per_ip);
         let state = AppState {
             validator: Validator { names: config.name_rules(), max_message_bytes: config.max_message_bytes },
-            readiness: Readiness { sqs_enabled: config.sqs_queue.is_some(), sqs_ok: AtomicBool::new(false) },
+            readiness: Readiness {
+                sqs_enabled: config.sqs_queue.is_some(),
+                sqs_ok: AtomicBool::new(false),
+                tasks: Arc::default(),
+            },
             config,
             hub,
             broker,
@@ -97,47 +108,71 @@ impl Server {
         let Server { listener, state } = self;
         let addr = listener.local_addr().context("listener address")?;
 
+        let supervisor = Supervisor { tasks: state.readiness.tasks.clone(), metrics: state.metrics.clone() };
         let stop_ingest = CancellationToken::new();
         let ingest = TaskTracker::new();
         if let Some(queue) = state.config.sqs_queue.clone() {
             let client = ingest::sqs::client().await;
-            ingest.spawn(ingest::sqs::run(client, state.clone(), queue, stop_ingest.clone()));
+            let state = state.clone();
+            ingest.spawn(supervisor.spawn("sqs".into(), "sqs", stop_ingest.clone(), move |stop| {
+                ingest::sqs::run(client.clone(), state.clone(), queue.clone(), stop)
+            }));
         }
 
         if state.config.demo {
-            ingest.spawn(crate::demo::run(state.clone(), stop_ingest.clone()));
+            let state = state.clone();
+            ingest.spawn(
+                supervisor.spawn("demo".into(), "demo", stop_ingest.clone(), move |stop| {
+                    crate::demo::run(state.clone(), stop)
+                }),
+            );
         }
         ingest.close();
 
-        let sweeper = {
+        // Stopped once the sessions are closed: the fan-out writes until then.
+        let stop_background = CancellationToken::new();
+        {
             let state = state.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-                loop {
-                    tick.tick().await;
-                    state.broker.sweep().await;
-                }
-            })
-        };
+            supervisor.spawn("sweeper".into(), "sweeper", stop_background.clone(), move |stop| {
+                let state = state.clone();
+                until_stopped(stop, async move {
+                    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                    loop {
+                        tick.tick().await;
+                        state.broker.sweep().await;
+                    }
+                })
+            });
+        }
 
-        let jwks_refresher = {
+        {
             let state = state.clone();
-            tokio::spawn(async move {
-                let period = state.config.jwks_refresh;
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                loop {
-                    tick.tick().await;
-                    state.auth.refresh().await;
-                }
-            })
-        };
+            supervisor.spawn("jwks_refresh".into(), "jwks_refresh", stop_background.clone(), move |stop| {
+                let state = state.clone();
+                until_stopped(stop, async move {
+                    let period = state.config.jwks_refresh;
+                    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    loop {
+                        tick.tick().await;
+                        state.auth.refresh().await;
+                    }
+                })
+            });
+        }
 
         // The fan-out's writers: they write what deliveries leave for connections.
-        let writers: Vec<_> = (0..state.hub.writers()).map(|i| tokio::spawn(state.hub.clone().run_writer(i))).collect();
+        for i in 0..state.hub.writers() {
+            let hub = state.hub.clone();
+            supervisor.spawn(format!("fanout_writer_{i}"), "fanout_writer", stop_background.clone(), move |stop| {
+                until_stopped(stop, hub.clone().run_writer(i))
+            });
+        }
 
-        let stop_reader = CancellationToken::new();
         if let Broker::Redis(redis) = &state.broker {
-            tokio::spawn(redis.clone().run_reader(stop_reader.clone()));
+            let reader = redis.clone();
+            supervisor.spawn("redis_reader".into(), "redis_reader", stop_background.clone(), move |stop| {
+                reader.clone().run_reader(stop)
+            });
             // Serve once publications can flow, so the first subscribers miss nothing.
             if !redis.wait_connected(REDIS_START_WAIT).await {
                 warn!("Redis pub/sub not connected yet; serving anyway, subscriptions catch up when it is");
@@ -146,6 +181,7 @@ impl Server {
 
         let stop_http = CancellationToken::new();
         let router = http::router(state.clone());
+        let listener = Listener::new(listener, state.config.proxy_protocol, state.config.handshake_timeout);
         let mut http_task = tokio::spawn(serve(
             listener,
             router,
@@ -158,8 +194,7 @@ impl Server {
         tokio::select! {
             () = shutdown => {}
             res = &mut http_task => {
-                sweeper.abort();
-                jwks_refresher.abort();
+                stop_background.cancel();
                 res.context("HTTP server task")?;
                 anyhow::bail!("HTTP server stopped unexpectedly");
             }
@@ -182,12 +217,7 @@ impl Server {
         }
 
         stop_http.cancel();
-        stop_reader.cancel();
-        for writer in &writers {
-            writer.abort();
-        }
-        sweeper.abort();
-        jwks_refresher.abort();
+        stop_background.cancel();
         match tokio::time::timeout_at(deadline, &mut http_task).await {
             Ok(res) => res.context("HTTP server task")?,
             Err(_) => {

@@ -4,9 +4,9 @@
 //!
 //! Two writers must never interleave their bytes inside one WebSocket frame. Once a connection is a
 //! WebSocket, [`Wire::set_frames`] makes every write *whole*: what the kernel does not take at once
-//! is kept, in order, in the wire's backlog, and a write never returns half done. The backlog is
+//! is kept, in order, as the wire's *unsent* bytes, and a write never returns half done. They are
 //! sent by [`Wire::poll_flush`], which the session drives (its socket's flush, or its inbox's
-//! backlog event).
+//! [`Unsent`](crate::hub::Event::Unsent) event), and they count in the connection's byte budget.
 
 use std::{
     io,
@@ -19,14 +19,10 @@ use std::{
 
 use bytes::{Buf, BytesMut};
 use tokio::{io::ReadBuf, net::TcpStream};
-use tungstenite::protocol::frame::{
-    FrameHeader,
-    coding::{Data, OpCode},
-};
 
-/// A backlog buffer larger than this is freed once sent, rather than kept for the next backlog:
+/// An unsent buffer larger than this is freed once sent, rather than kept for the next time:
 /// most connections never have one, and memory per connection is what limits a node.
-const KEEP_BACKLOG_CAPACITY: usize = 4096;
+const KEEP_UNSENT_CAPACITY: usize = 4096;
 
 /// One TCP connection, shareable between tasks.
 #[derive(Debug)]
@@ -35,11 +31,11 @@ pub struct Wire {
     /// Writes are whole (see the module doc). Read without the lock on every write, so plain
     /// HTTP connections never take it.
     frames: AtomicBool,
-    backlog: Mutex<Backlog>,
+    unsent: Mutex<Unsent>,
 }
 
 #[derive(Debug, Default)]
-struct Backlog {
+struct Unsent {
     /// Bytes accepted but not yet taken by the kernel, oldest first.
     bytes: BytesMut,
     /// The connection was closed: writes fail.
@@ -49,11 +45,16 @@ struct Backlog {
 impl Wire {
     /// Wraps an accepted connection.
     pub fn new(stream: TcpStream) -> Self {
-        Wire { stream, frames: AtomicBool::new(false), backlog: Mutex::default() }
+        Wire { stream, frames: AtomicBool::new(false), unsent: Mutex::default() }
     }
 
-    fn backlog(&self) -> MutexGuard<'_, Backlog> {
-        self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    fn locked(&self) -> MutexGuard<'_, Unsent> {
+        self.unsent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes written but not yet taken by the kernel.
+    pub fn unsent(&self) -> usize {
+        self.locked().bytes.len()
     }
 
     /// Makes every later write whole. Call once the connection carries WebSocket frames and
@@ -69,22 +70,22 @@ impl Wire {
 
     /// Marks the connection closed: later writes fail with `NotConnected`.
     pub fn close(&self) {
-        self.backlog().closed = true;
+        self.locked().closed = true;
     }
 
     /// Writes `bytes` whole: sends what the kernel takes now and keeps the rest, in order, for
-    /// [`Wire::poll_flush`]. Returns the backlog's size afterwards (0: all sent).
+    /// [`Wire::poll_flush`]. Returns how many bytes are unsent afterwards (0: all sent).
     pub fn write_whole(&self, bytes: &[u8]) -> io::Result<usize> {
-        let mut backlog = self.backlog();
-        self.write_locked(&mut backlog, bytes)?;
-        Ok(backlog.bytes.len())
+        let mut unsent = self.locked();
+        self.write_locked(&mut unsent, bytes)?;
+        Ok(unsent.bytes.len())
     }
 
-    fn write_locked(&self, backlog: &mut Backlog, bytes: &[u8]) -> io::Result<()> {
-        if backlog.closed {
+    fn write_locked(&self, unsent: &mut Unsent, bytes: &[u8]) -> io::Result<()> {
+        if unsent.closed {
             return Err(io::ErrorKind::NotConnected.into());
         }
-        let sent = if backlog.bytes.is_empty() {
+        let sent = if unsent.bytes.is_empty() {
             match self.stream.try_write(bytes) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -93,23 +94,23 @@ impl Wire {
         } else {
             0
         };
-        backlog.bytes.extend_from_slice(&bytes[sent..]);
+        unsent.bytes.extend_from_slice(&bytes[sent..]);
         Ok(())
     }
 
-    /// Sends the backlog; ready once it is empty.
+    /// Sends the unsent bytes; ready once there are none.
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             {
-                let mut backlog = self.backlog();
-                if backlog.bytes.is_empty() {
+                let mut unsent = self.locked();
+                if unsent.bytes.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
-                match self.stream.try_write(&backlog.bytes) {
+                match self.stream.try_write(&unsent.bytes) {
                     Ok(n) => {
-                        backlog.bytes.advance(n);
-                        if backlog.bytes.is_empty() && backlog.bytes.capacity() > KEEP_BACKLOG_CAPACITY {
-                            backlog.bytes = BytesMut::new();
+                        unsent.bytes.advance(n);
+                        if unsent.bytes.is_empty() && unsent.bytes.capacity() > KEEP_UNSENT_CAPACITY {
+                            unsent.bytes = BytesMut::new();
                         }
                         continue;
                     }
@@ -117,7 +118,7 @@ impl Wire {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             }
-            // Outside the lock: the fan-out may add to the backlog meanwhile.
+            // Outside the lock: the fan-out may add to the unsent bytes meanwhile.
             ready!(self.stream.poll_write_ready(cx))?;
         }
     }
@@ -141,9 +142,9 @@ impl Wire {
     /// Writes from `bufs` (the `AsyncWrite` contract). Whole once [`Wire::set_frames`] was called.
     pub fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         if self.frames.load(Ordering::Acquire) {
-            let mut backlog = self.backlog();
+            let mut unsent = self.locked();
             for buf in bufs {
-                self.write_locked(&mut backlog, buf)?;
+                self.write_locked(&mut unsent, buf)?;
             }
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
@@ -156,27 +157,10 @@ impl Wire {
         }
     }
 
-    /// Sends the backlog, then shuts the sending side down (FIN).
+    /// Sends the unsent bytes, then shuts the sending side down (FIN).
     pub fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_flush(cx))?;
         Poll::Ready(socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write))
-    }
-}
-
-/// Appends a WebSocket text frame (server to client: unmasked) carrying `parts` joined by `\n`.
-pub fn text_frame<'a>(out: &mut Vec<u8>, parts: impl Iterator<Item = &'a [u8]> + Clone) {
-    let mut len = 0;
-    for (i, part) in parts.clone().enumerate() {
-        len += part.len() + usize::from(i > 0);
-    }
-    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-    // Writing to a Vec cannot fail.
-    let _ = header.format(len as u64, out);
-    for (i, part) in parts.enumerate() {
-        if i > 0 {
-            out.push(b'\n');
-        }
-        out.extend_from_slice(part);
     }
 }
 
@@ -190,21 +174,4 @@ pub(crate) fn decode_text_frames(bytes: &[u8]) -> Vec<String> {
         out.push(t.to_string());
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_frames_decode_as_one_message_each() {
-        let mut out = Vec::new();
-        text_frame(&mut out, [&b"a"[..]].into_iter());
-        text_frame(&mut out, [&b"{\"x\":1}"[..], b"{\"y\":2}"].into_iter());
-        let big = "z".repeat(70_000);
-        text_frame(&mut out, [big.as_bytes()].into_iter());
-        let medium = "m".repeat(300);
-        text_frame(&mut out, [medium.as_bytes()].into_iter());
-        assert_eq!(decode_text_frames(&out), ["a".to_owned(), "{\"x\":1}\n{\"y\":2}".to_owned(), big, medium]);
-    }
 }

@@ -147,6 +147,10 @@ async fn repeated_keys_publish_once(b: Backend) {
         PublishOutcome::Published(_)
     ));
     assert_eq!(b.broker.snapshot(&"mrc".into()).await.unwrap().top, 2);
+    // Keys are per site: another site's publication with the same key is its own.
+    let other = b.broker.publish(request("saf", "t", 1, Some("k1"))).await.unwrap();
+    assert!(matches!(other, PublishOutcome::Published(_)), "{other:?}");
+    assert_eq!(b.broker.publish(request("saf", "t", 1, Some("k1"))).await.unwrap(), PublishOutcome::Duplicate);
 }
 
 async fn history_expires_by_age(b: Backend) {

@@ -248,8 +248,19 @@ async fn a_client_that_stops_reading_is_cut_off_within_the_client_timeout() {
         "65536",
     ])
     .await;
-    let _stalled = s.legacy("mrc").await; // never read again
+    let mut stalled = s.legacy("mrc").await; // never read again
     eventually("registered", || s.state.hub.subscriber_count("mrc") == 1).await;
+    // It keeps talking (pings, every 100 ms), so it is never silent: only the blocked write can
+    // end it, not the heartbeat timeout, however slowly this machine publishes.
+    let talker = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for _ in 0..200 {
+            if stalled.send(tokio_tungstenite::tungstenite::Message::Ping(Default::default())).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     let blob = "x".repeat(60_000);
     // 18 MB: more than loopback's socket buffers hold, so the session's write blocks.
     for n in 0..300 {
@@ -258,6 +269,7 @@ async fn a_client_that_stops_reading_is_cut_off_within_the_client_timeout() {
     eventually("the stalled session ended", || s.state.hub.subscriber_count("mrc") == 0).await;
     let (_, metrics) = get_text(&s.url("/metrics")).await;
     assert_eq!(metric(&metrics, r#"datastream_disconnects_total{reason="write_timeout"}"#), 1.0, "{metrics}");
+    talker.abort();
 }
 
 #[tokio::test]

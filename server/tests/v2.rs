@@ -18,7 +18,7 @@ use datastream::{
     AppState,
     auth::Grant,
     hub::{Framing, Inbox},
-    session::{self, Registration, v2::V2},
+    session::{self, Registration, Start, v2::V2},
     wire::Wire,
 };
 use futures_util::{Sink, Stream};
@@ -501,6 +501,7 @@ async fn channel_session() -> (
         state.metrics.connections_v2.clone(),
         Grant::anonymous(),
         None,
+        None,
     );
     let hello = V2::hello(&state);
     let task = tokio::spawn(session::run(socket, state, V2, reg, rx, vec![hello], None));
@@ -576,10 +577,11 @@ async fn queued_publications_are_packed_for_v2_clients_only() {
         let socket = ChanSocket { from_client, to_client };
         let gauge = state.metrics.connections_v2.clone();
         let framing = if legacy { Framing::Legacy } else { Framing::Packed };
-        let (mut reg, rx) = Registration::new(state.hub.clone(), 1 << 20, framing, gauge, Grant::anonymous(), None);
+        let (mut reg, rx) =
+            Registration::new(state.hub.clone(), 1 << 20, framing, gauge, Grant::anonymous(), None, None);
         let mut proto = V2;
         if legacy {
-            reg.add(site.into(), None);
+            reg.subscribe(site.into(), None, &state.broker, Start::Live).await.unwrap();
         } else {
             let req = proto.check_subscribe(&state, &reg, None, site, &[], None, None).unwrap();
             proto.subscribe(req, &mut reg, &state).await.unwrap();

@@ -2,8 +2,10 @@
 // cut or freeze, and a small HTTP control endpoint the browser tests call (with CORS) to publish,
 // cut connections, or restart the relay. Loopback only.
 //
-//   node tests/client/harness.mjs --relay <datastream binary> [--pidfile <file>]
+//   node tests/client/harness.mjs --relay <datastream binary> [--pidfile <file>] [--jwt-secret <secret>] [--max-subscriptions <n>]
 //
+// With --jwt-secret (32 bytes or more) the relay requires tokens (DATASTREAM_JWT_SECRET, HS256), and
+// /token signs them; --max-subscriptions sets DATASTREAM_MAX_SUBSCRIPTIONS.
 // Prints one JSON line once ready: {"relay_port", "proxy_port", "control_port", "relay_pid"}.
 // The relay's current PID is also kept in --pidfile so a supervisor can stop it if this process
 // dies. SIGTERM/SIGINT stop the relay and exit.
@@ -17,8 +19,11 @@
 //   /restart   stop the relay (SIGTERM) and start it again on the same port: a new epoch
 //   /stats     {"connections", "open", "bytes_to_client"} since the last /reset
 //   /reset     zero the counters
+//   /token     body {"sites": [...], "ttl_ms": n, "bad": bool}: an HS256 JWT granting `sites`, expiring
+//              after ttl_ms (whole seconds, rounded up); signed with another secret when `bad`
 
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -30,6 +35,8 @@ const opt = (name) => {
 };
 const relayBin = opt('--relay');
 const pidfile = opt('--pidfile');
+const jwtSecret = opt('--jwt-secret');
+const maxSubscriptions = opt('--max-subscriptions');
 if (!relayBin) {
   console.error('usage: harness.mjs --relay <datastream binary> [--pidfile <file>]');
   process.exit(2);
@@ -46,7 +53,15 @@ const relayEnv = {
   DATASTREAM_MAX_CLIENT_FRAME_BYTES: '1024',
   DATASTREAM_DRAIN_WINDOW: '50ms',
   DATASTREAM_SHUTDOWN_TIMEOUT: '2s',
+  ...(jwtSecret ? { DATASTREAM_JWT_SECRET: jwtSecret } : {}),
+  ...(maxSubscriptions ? { DATASTREAM_MAX_SUBSCRIPTIONS: maxSubscriptions } : {}),
 };
+
+function sign(claims, secret) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
 
 let relay = null;
 let relayPort = 0;
@@ -183,6 +198,11 @@ const routes = {
     await stopRelay();
     relayPort = await startRelay(relayPort);
     return [200, JSON.stringify({ relay_pid: relay?.pid })];
+  },
+  '/token': async (body) => {
+    const { sites, ttl_ms: ttl, bad } = JSON.parse(body);
+    const exp = Math.ceil((Date.now() + ttl) / 1000);
+    return [200, JSON.stringify({ token: sign({ sites, exp }, bad ? `${jwtSecret}-other` : jwtSecret), exp })];
   },
   '/stats': async () => [200, JSON.stringify({ ...stats, open: pairs.size })],
   '/reset': async () => {

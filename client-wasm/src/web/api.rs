@@ -30,9 +30,10 @@ impl DatastreamCore {
     pub fn new(options: JsValue) -> Result<DatastreamCore, JsValue> {
         let config = convert::config(&options)?;
         let protocol = config.protocol;
+        let websocket = js_sys::Reflect::get(&options, &"WebSocket".into())?.dyn_into::<Function>().ok();
         let client =
             JsClient::new(config, Box::new(js_sys::Math::random)).map_err(|e| js_sys::Error::new(&e.message()))?;
-        Ok(DatastreamCore { driver: Driver::start(client, protocol) })
+        Ok(DatastreamCore { driver: Driver::start(client, protocol, websocket) })
     }
 
     /// Calls `callback(data, meta)` for each publication on `topic` (`*`: every topic), of `site`
@@ -61,6 +62,8 @@ impl DatastreamCore {
             "error" => HookKind::Error,
             "recoveryfailed" => HookKind::RecoveryFailed,
             "ready" => HookKind::Ready,
+            "subscribed" => HookKind::Subscribed,
+            "token" => HookKind::Token,
             _ => return Err(convert::type_error("unknown event kind")),
         };
         Ok(self.driver.run(|c, _| c.hook(kind, callback)))
@@ -69,6 +72,18 @@ impl DatastreamCore {
     /// Subscribes to `site`, first replaying up to `rewind` of its latest publications.
     pub fn subscribe(&self, site: &str, rewind: Option<u32>) -> Result<(), JsValue> {
         self.driver.run(|c, now| c.subscribe(site, rewind, now)).map_err(|e| js_sys::Error::new(&e.message()).into())
+    }
+
+    /// Replaces the token: sent in a `refresh` on a live v2 connection, offered by every later
+    /// one; a client waiting for a token reconnects.
+    #[wasm_bindgen(js_name = setToken)]
+    pub fn set_token(&self, token: String) {
+        self.driver.run(|c, now| c.set_token(token, now));
+    }
+
+    /// Ends the client with `code` and `reason` (a token the app could not get).
+    pub fn fail(&self, code: u16, reason: String) {
+        self.driver.run(|c, _| c.fail(code, reason));
     }
 
     /// Unsubscribes from `site`.

@@ -52,6 +52,7 @@ pub(crate) fn config(options: &JsValue) -> Result<Config, JsValue> {
             }
         }
     }
+    config.token = get(options, "token").as_string();
     config.validate().map_err(|e| js_sys::Error::new(&e.message()))?;
     Ok(config)
 }
@@ -80,6 +81,23 @@ pub(crate) fn event(event: Event<JsValue>) -> JsValue {
     match event {
         Event::State(s) => state(&s),
         Event::Ready => JsValue::UNDEFINED,
+        Event::Subscribed { site, epoch, offset, replayed, recovered } => {
+            let o = Object::new();
+            set(&o, "site", &site.into());
+            set(&o, "epoch", &epoch.into());
+            set(&o, "offset", &(offset as f64).into());
+            set(&o, "replayed", &replayed.into());
+            if let Some(recovered) = recovered {
+                set(&o, "recovered", &recovered.into());
+            }
+            o.into()
+        }
+        Event::TokenNeeded { code, reason } => {
+            let o = Object::new();
+            set(&o, "code", &code.into());
+            set(&o, "reason", &reason.into());
+            o.into()
+        }
         Event::RecoveryFailed(f) => {
             let o = Object::new();
             set(&o, "site", &f.site.as_str().into());

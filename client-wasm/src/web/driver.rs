@@ -32,6 +32,8 @@ pub(crate) type JsClient = Client<Function, JsValue>;
 /// The browser side of one client.
 pub(crate) struct Driver {
     pub(crate) client: RefCell<JsClient>,
+    /// The `WebSocket` constructor the app gave (e.g. in Node); the global one otherwise.
+    websocket: Option<Function>,
     io: RefCell<Io>,
     legacy: bool,
     /// Reads every socket's frames and calls the publication callbacks.
@@ -60,10 +62,11 @@ fn now() -> f64 {
 
 impl Driver {
     /// Starts `client`: opens its sockets and listens to the browser's connectivity events.
-    pub(crate) fn start(client: JsClient, protocol: Protocol) -> Rc<Driver> {
+    pub(crate) fn start(client: JsClient, protocol: Protocol, websocket: Option<Function>) -> Rc<Driver> {
         let legacy = protocol == Protocol::Legacy;
         let driver = Rc::new_cyclic(|weak: &Weak<Driver>| Driver {
             client: RefCell::new(client),
+            websocket,
             io: RefCell::new(Io::default()),
             legacy,
             dispatch: Dispatch::new(legacy, weak.clone()),
@@ -79,20 +82,24 @@ impl Driver {
     /// Calls `f` on the client, then carries out what it decided.
     pub(crate) fn run<R>(self: &Rc<Self>, f: impl FnOnce(&mut JsClient, f64) -> R) -> R {
         self.settle();
-        let (result, actions) = {
-            let mut client = self.client.borrow_mut();
-            let result = f(&mut client, now());
-            (result, client.take_actions())
-        };
+        let result = f(&mut self.client.borrow_mut(), now());
+        self.carry_out();
+        result
+    }
+
+    /// Carries out what the client decided. Not inlined into each of `run`'s many instances.
+    #[inline(never)]
+    fn carry_out(self: &Rc<Self>) {
+        let actions = self.client.borrow_mut().take_actions();
         for action in actions {
             self.perform(action);
         }
-        result
     }
 
     /// Called back while a batch of publications is dispatched (from a callback): the
     /// publications after the one being dispatched are forgotten, as if not arrived yet, and the
     /// dispatcher told to ask about them again.
+    #[inline(never)]
     fn settle(&self) {
         if !self.batch_open.replace(false) {
             return;
@@ -115,7 +122,7 @@ impl Driver {
 
     fn perform(self: &Rc<Self>, action: Action<Function, JsValue>) {
         match action {
-            Action::Open { link, url, subprotocol } => self.open(link, &url, subprotocol),
+            Action::Open { link, url, subprotocol, token } => self.open(link, &url, subprotocol, token),
             Action::Send { link, text } => {
                 let io = self.io.borrow();
                 if let Some((_, socket)) = io.sockets.iter().find(|(id, _)| *id == link) {
@@ -157,6 +164,8 @@ impl Driver {
                     Event::Error(_) => HookKind::Error,
                     Event::RecoveryFailed(_) => HookKind::RecoveryFailed,
                     Event::Ready => HookKind::Ready,
+                    Event::Subscribed { .. } => HookKind::Subscribed,
+                    Event::TokenNeeded { .. } => HookKind::Token,
                 };
                 let arg = convert::event(event);
                 for callback in callbacks {
@@ -170,7 +179,7 @@ impl Driver {
         }
     }
 
-    fn open(self: &Rc<Self>, link: LinkId, url: &str, subprotocol: Option<&str>) {
+    fn open(self: &Rc<Self>, link: LinkId, url: &str, subprotocol: Option<&str>, token: Option<String>) {
         let old = {
             let mut io = self.io.borrow_mut();
             io.sockets.iter().position(|(id, _)| *id == link).map(|i| io.sockets.swap_remove(i).1)
@@ -183,7 +192,14 @@ impl Driver {
                 with(&w_close, |d| d.run(|c, now| c.socket_closed(link, code, reason, now)))
             }),
         };
-        match Socket::open(url, subprotocol, handlers, &self.dispatch, link) {
+        let protocols = Array::new();
+        if let Some(p) = subprotocol {
+            protocols.push(&p.into());
+            if let Some(token) = token {
+                protocols.push(&(String::from("datastream.token.") + &token).into());
+            }
+        }
+        match Socket::open(self.websocket.as_ref(), url, &protocols, handlers, &self.dispatch, link) {
             Ok(socket) => self.io.borrow_mut().sockets.push((link, socket)),
             // The URL was validated, so this is rare (e.g. a port the browser blocks): treat it
             // as a failed attempt and let the backoff run.
@@ -321,7 +337,7 @@ mod tests {
             let options = serde_json::json!({"url": "ws://127.0.0.1:9/dev", "sites": sites});
             let config = convert::config(&JSON::parse(&options.to_string()).unwrap()).unwrap();
             let client = JsClient::new(config, Box::new(js_sys::Math::random)).unwrap();
-            Fixture { driver: Driver::start(client, Protocol::V2), got: Rc::default(), _keep: Vec::new() }
+            Fixture { driver: Driver::start(client, Protocol::V2, None), got: Rc::default(), _keep: Vec::new() }
         }
 
         /// A listener for topic `t` that records `"{name} {site} {offset}"`, then runs `act`.

@@ -5,7 +5,7 @@
 //! call back into the client nor keep its closures alive. Nothing is ever `forget()`-ed, which is
 //! what keeps thousands of reconnects from leaking.
 
-use js_sys::Function;
+use js_sys::{Array, Function};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, WebSocket};
@@ -30,18 +30,20 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    /// Opens a socket to `url`, asking for `subprotocol` if given, its frames dispatched by
-    /// `dispatch` as `link`'s. Fails when the browser refuses the URL outright.
+    /// Opens a socket to `url` with `constructor` (the global `WebSocket` if `None`), asking for
+    /// `protocols`, its frames dispatched by `dispatch` as `link`'s. Fails when the URL is refused
+    /// outright.
     pub(crate) fn open(
+        constructor: Option<&Function>,
         url: &str,
-        subprotocol: Option<&str>,
+        protocols: &Array,
         handlers: Handlers,
         dispatch: &Dispatch,
         link: LinkId,
     ) -> Result<Socket, JsValue> {
-        let ws = match subprotocol {
-            Some(p) => WebSocket::new_with_str(url, p)?,
-            None => WebSocket::new(url)?,
+        let ws: WebSocket = match constructor {
+            Some(c) => js_sys::Reflect::construct(c, &Array::of2(&url.into(), protocols))?.unchecked_into(),
+            None => WebSocket::new_with_str_sequence(url, protocols)?,
         };
         let Handlers { on_open, mut on_close } = handlers;
         let on_open = Closure::<dyn FnMut()>::wrap(on_open);

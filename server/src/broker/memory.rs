@@ -89,8 +89,11 @@ impl MemoryBroker {
     pub fn publish_to(&self, req: PublishRequest, batch: &mut Batch) -> PublishOutcome {
         let now = Instant::now();
         if let Some(key) = &req.idempotency_key {
+            // Keys are per site, as in Redis: two sites may use the same key. A newline cannot
+            // be part of a site name, so the joined key is unambiguous.
+            let key = format!("{}\n{key}", req.site);
             let mut dedupe = self.dedupe.lock().unwrap_or_else(|e| e.into_inner());
-            if !dedupe.insert(key, self.options.dedupe_window, now) {
+            if !dedupe.insert(&key, self.options.dedupe_window, now) {
                 return PublishOutcome::Duplicate;
             }
         }
@@ -106,11 +109,20 @@ impl MemoryBroker {
         PublishOutcome::Published(position)
     }
 
-    /// See [`super::Broker::snapshot`].
+    /// See [`super::Broker::snapshot`]. Reading a site that was never published leaves no state
+    /// behind: subscribing to random names costs nothing lasting.
     pub fn snapshot(&self, site: &Arc<str>) -> Snapshot {
-        let stream = self.stream(site);
+        let stream = self.sites.lock().unwrap_or_else(|e| e.into_inner()).get(site).cloned();
+        let Some(stream) = stream else {
+            return Snapshot { epoch: self.epoch.clone(), top: 0, history: Vec::new() };
+        };
         let stream = stream.lock().unwrap_or_else(|e| e.into_inner());
         Snapshot { epoch: self.epoch.clone(), top: stream.offset, history: stream.history.iter().cloned().collect() }
+    }
+
+    /// Number of sites with a stream (published at least once).
+    pub fn site_count(&self) -> usize {
+        self.sites.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Expires old history and dedupe keys.
@@ -202,6 +214,26 @@ mod tests {
         assert_eq!((snap.top, snap.history.len()), (2, 0), "offsets survive, history expired");
         assert!(snap.recover(&snap.epoch, 0, None).is_none(), "a gap that is no longer held is not recovered");
         assert_eq!(snap.recover(&snap.epoch, 2, None).map(|v| v.len()), Some(0), "up to date is fine");
+    }
+
+    #[test]
+    fn idempotency_keys_are_per_site() {
+        let (b, _) = broker(10, Duration::from_secs(60));
+        assert!(matches!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Published(_)));
+        assert!(matches!(b.publish(request("b", 1, Some("k"))), PublishOutcome::Published(_)), "another site");
+        assert_eq!(b.publish(request("b", 2, Some("k"))), PublishOutcome::Duplicate);
+    }
+
+    #[test]
+    fn reading_a_never_published_site_leaves_nothing_behind() {
+        let (b, _) = broker(10, Duration::from_secs(60));
+        for n in 0..100 {
+            let snap = b.snapshot(&format!("random{n}").into());
+            assert_eq!((snap.top, snap.history.len()), (0, 0));
+        }
+        assert_eq!(b.site_count(), 0);
+        b.publish(request("a", 1, None));
+        assert_eq!(b.site_count(), 1);
     }
 
     #[test]

@@ -10,25 +10,39 @@
 //! Publishing is one Lua script (dedupe, epoch, offset, XADD, trim, PUBLISH), so positions are
 //! assigned atomically cluster-wide. The epoch lives in Redis: a relay restart keeps it, a Redis
 //! restart without persistence loses it and the next touch draws a new one, which tells clients
-//! that recovery is impossible.
+//! that recovery is impossible. Reading a site never published to draws its epoch too (a client
+//! subscribing there is told one), but that `meta` key expires after the history TTL unless a
+//! publication makes it permanent: what nobody publishes leaves nothing lasting behind.
 //!
 //! A node subscribes to a site's channel only while it has local subscribers, and delivers what
-//! arrives to its hub in channel order. If the pub/sub connection drops, the reader reconnects
-//! with backoff, resubscribes, and fills any offset gap it then sees from the stream before
-//! delivering, so local subscribers miss nothing that history still holds.
+//! arrives to its hub in channel order. No lock is held across a Redis call: the watched sites
+//! sit behind a plain mutex, and each site's SUBSCRIBE / UNSUBSCRIBE is ordered by a lock of its
+//! own, so a slow Redis delays the subscribers of one site by at most [`COMMAND_TIMEOUT`], never
+//! the whole node.
+//!
+//! Per watched site the node keeps the position up to which its local subscribers have
+//! everything (the last publication delivered, or the site's position just before the node
+//! subscribed). A publication whose offset skips ahead of it is preceded by the missing ones,
+//! read from the stream. If the pub/sub connection drops (or stops answering the sweep's ping),
+//! the reader reconnects with backoff (logged, counted in `datastream_redis_reconnects_total`),
+//! resubscribes every watched site and then, before reading the channel again, delivers what each
+//! site missed meanwhile from its stream — so a site that gets no further publication is not
+//! left waiting for one to reveal its gap.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
+    fmt,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 use datastream_protocol::{backoff::Backoff, v2::PubFrame};
-use futures_util::{FutureExt, StreamExt};
-use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::PubSubSink};
+use futures_util::{FutureExt, StreamExt, stream};
+use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::PubSubSink, aio::PubSubStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -49,11 +63,20 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// reaches clients promptly.
 const MAX_BATCH: usize = 256;
 
+/// Sites resubscribed, or read back, at once after a reconnect: the commands share a connection,
+/// so this bounds what is in flight, not how long anyone waits.
+const RECONNECT_CONCURRENCY: usize = 32;
+
+/// Reads of a site's stream tried after a reconnect before its gap is left to its next
+/// publication.
+const CATCH_UP_TRIES: u32 = 5;
+
 const PUBLISH_LUA: &str = r#"
 if KEYS[3] ~= '' then
   if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[6]) then return {'dup', 0} end
 end
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5])
+redis.call('PERSIST', KEYS[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'o', offset, 't', ARGV[2], 'd', ARGV[3])
@@ -66,9 +89,25 @@ redis.call('PUBLISH', ARGV[8], frame)
 return {epoch, offset}
 "#;
 
+/// A subscriber's view of a site: draws the epoch of a site never published to, with a TTL
+/// (the history TTL) that the first publication removes.
 const SNAPSHOT_LUA: &str = r#"
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3])
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local entries = redis.call('XREVRANGE', KEYS[2], '+', tostring(now_ms - tonumber(ARGV[2])), 'COUNT', ARGV[1])
+return {epoch, offset, entries}
+"#;
+
+/// The node's own read of a site's stream (to fill a gap): creates nothing; a site without an
+/// epoch reads as epoch `''` and nothing held.
+const HISTORY_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return {'', 0, {}} end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -90,19 +129,74 @@ pub struct RedisBroker {
     options: HistoryOptions,
     publish_script: Script,
     snapshot_script: Script,
-    /// Sites this node listens to, and the pub/sub sink to change that; one lock so a site is
-    /// never subscribed and unsubscribed at once.
-    watch: tokio::sync::Mutex<Watch>,
-    /// Last position delivered per watched site, to find gaps after a pub/sub reconnect.
-    delivered: Mutex<HashMap<Arc<str>, Position>>,
+    history_script: Script,
+    /// Watched sites and the pub/sub connection. Never held across a Redis call.
+    watch: Mutex<Watch>,
     /// Whether Redis answered the last command and the pub/sub connection is up.
     healthy: AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct Watch {
-    sites: HashSet<Arc<str>>,
-    sink: Option<PubSubSink>,
+    /// Sites with local subscribers (or that had them at the last sweep).
+    sites: HashMap<Arc<str>, Site>,
+    /// The pub/sub connection, while it is up.
+    live: Option<Live>,
+    /// Pub/sub connections made so far; numbers each, so a subscription confirmed on an earlier
+    /// connection is not taken for one on the current.
+    connections: u64,
+    /// Whether the current connection has resubscribed every site and delivered what each missed.
+    caught_up: bool,
+}
+
+/// The pub/sub connection in use.
+#[derive(Clone)]
+struct Live {
+    /// Its number ([`Watch::connections`] when it was made).
+    id: u64,
+    /// Sends its SUBSCRIBE / UNSUBSCRIBE; cloned to be used outside the lock.
+    sink: PubSubSink,
+    /// Cancelled when the sweep finds it no longer answering, so the reader drops it and
+    /// reconnects even though its socket never closed.
+    lost: CancellationToken,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Live").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// One watched site.
+#[derive(Debug, Default)]
+struct Site {
+    /// Held across this site's SUBSCRIBE or UNSUBSCRIBE, so they reach Redis in the order they
+    /// were decided; no other site waits for it.
+    op: Arc<tokio::sync::Mutex<()>>,
+    /// The connection on which Redis confirmed the subscription.
+    subscribed_on: Option<u64>,
+    /// Subscribes that failed so far: a watcher that queued behind one that failed fails at once
+    /// instead of adding its own timeout to the queue.
+    failures: u64,
+    /// Set while the sweep drops the site, so a watcher arriving meanwhile subscribes it again.
+    leaving: bool,
+    /// Position up to which local subscribers have every publication they are owed: the last one
+    /// delivered, or the site's position just before the node subscribed. `None` if unknown.
+    delivered: Option<Position>,
+}
+
+/// Marks the pub/sub connection gone when the reader ends, however it ends (stopped, or a panic
+/// its supervisor restarts it after), so nothing takes a dead connection's subscriptions for live.
+struct ReaderGone<'a>(&'a RedisBroker);
+
+impl Drop for ReaderGone<'_> {
+    fn drop(&mut self) {
+        let mut watch = self.0.state();
+        watch.live = None;
+        watch.caught_up = false;
+        drop(watch);
+        self.0.healthy.store(false, Ordering::Relaxed);
+    }
 }
 
 impl RedisBroker {
@@ -128,8 +222,8 @@ impl RedisBroker {
             options,
             publish_script: Script::new(PUBLISH_LUA),
             snapshot_script: Script::new(SNAPSHOT_LUA),
-            watch: tokio::sync::Mutex::default(),
-            delivered: Mutex::default(),
+            history_script: Script::new(HISTORY_LUA),
+            watch: Mutex::default(),
             healthy: AtomicBool::new(true),
         }))
     }
@@ -140,6 +234,10 @@ impl RedisBroker {
 
     fn channel(&self, site: &str) -> String {
         self.key(site, "pub")
+    }
+
+    fn state(&self) -> MutexGuard<'_, Watch> {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether Redis is reachable, for `/readyz`.
@@ -191,25 +289,98 @@ impl RedisBroker {
     /// connection is down, the site is still remembered (and an error returned): the reader
     /// subscribes to every remembered site as soon as it is connected again.
     pub async fn watch(&self, site: &Arc<str>) -> Result<(), BrokerError> {
-        let mut watch = self.watch.lock().await;
-        if watch.sink.is_some() && watch.sites.contains(site) {
-            return Ok(());
+        {
+            let mut watch = self.state();
+            let live = watch.live.as_ref().map(|l| l.id);
+            let entry = watch.sites.entry(site.clone()).or_default();
+            if live.is_some() && entry.subscribed_on == live && !entry.leaving {
+                return Ok(());
+            }
         }
-        watch.sites.insert(site.clone());
-        let channel = self.channel(site);
-        let sink = watch.sink.as_mut().ok_or_else(|| self.failed("subscribe", &"pub/sub connection down"))?;
-        tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&channel))
-            .await
-            .map_err(|_| self.failed("subscribe", &"timed out"))?
-            .map_err(|e| self.failed("subscribe", &e))?;
-        Ok(())
+        self.subscribe(site, true).await
     }
 
-    /// Waits (at most `limit`) until the pub/sub connection is up; false if it is not.
+    /// Subscribes `site` on the live connection unless it is already. `remember`: add the site if
+    /// it is not watched (a watcher), rather than leave it dropped (the reader resubscribing).
+    async fn subscribe(&self, site: &Arc<str>, remember: bool) -> Result<(), BrokerError> {
+        loop {
+            let (op, failures) = {
+                let mut watch = self.state();
+                let entry = match watch.sites.get_mut(site) {
+                    Some(entry) => entry,
+                    None if remember => watch.sites.entry(site.clone()).or_default(),
+                    None => return Ok(()),
+                };
+                (entry.op.clone(), entry.failures)
+            };
+            let _op = op.lock().await;
+            let (live, needs_baseline) = {
+                let watch = self.state();
+                // Dropped by the sweep while this waited: look again.
+                let Some(entry) = watch.sites.get(site).filter(|e| Arc::ptr_eq(&e.op, &op)) else { continue };
+                let Some(live) = watch.live.clone() else {
+                    drop(watch);
+                    return Err(self.failed("subscribe", &"pub/sub connection down"));
+                };
+                if entry.subscribed_on == Some(live.id) {
+                    return Ok(());
+                }
+                if entry.failures != failures {
+                    return Err(BrokerError::Unavailable("Redis subscribe failed".into()));
+                }
+                (live, entry.delivered.is_none())
+            };
+            if needs_baseline {
+                // Read before subscribing: whatever is published after it comes through the
+                // channel, or is filled from the stream once a later publication (or a
+                // reconnect) shows it missing.
+                if let Ok(top) = self.read_top(site).await {
+                    let mut watch = self.state();
+                    if let Some(entry) = watch.sites.get_mut(site)
+                        && entry.delivered.is_none()
+                    {
+                        entry.delivered = Some(top);
+                    }
+                }
+            }
+            let mut sink = live.sink.clone();
+            let result = tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(self.channel(site))).await;
+            let confirmed = matches!(result, Ok(Ok(())));
+            if let Some(entry) = self.state().sites.get_mut(site) {
+                if confirmed {
+                    entry.subscribed_on = Some(live.id);
+                } else {
+                    entry.failures += 1;
+                }
+            }
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(self.failed("subscribe", &e)),
+                Err(_) => Err(self.failed("subscribe", &"timed out")),
+            };
+        }
+    }
+
+    /// The site's position as it stands, read without creating anything (epoch `''` if the site
+    /// has none).
+    async fn read_top(&self, site: &str) -> Result<Position, BrokerError> {
+        let mut conn = self.conn.clone();
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(self.key(site, "meta")).arg("epoch").arg("offset");
+        let read = hmget.query_async::<(Option<String>, Option<u64>)>(&mut conn);
+        let (epoch, offset) = tokio::time::timeout(COMMAND_TIMEOUT, read)
+            .await
+            .map_err(|_| self.failed("history", &"timed out"))?
+            .map_err(|e| self.failed("history", &e))?;
+        Ok(Position { epoch: epoch.unwrap_or_default().into(), offset: offset.unwrap_or(0) })
+    }
+
+    /// Waits (at most `limit`) until the pub/sub connection is up, every watched site
+    /// subscribed and caught up; false if it is not.
     pub async fn wait_connected(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while tokio::time::Instant::now() < deadline {
-            if self.watch.lock().await.sink.is_some() {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.state().caught_up {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -217,31 +388,75 @@ impl RedisBroker {
         false
     }
 
-    /// Stops listening to sites that no longer have local subscribers.
+    /// Brings the subscriptions in line with local subscribers: stops listening to sites that no
+    /// longer have any, and retries those whose subscribe failed on the current connection.
     pub async fn unwatch_idle(&self) {
-        let mut watch = self.watch.lock().await;
-        let idle: Vec<_> = watch.sites.iter().filter(|s| self.hub.subscriber_count(s) == 0).cloned().collect();
-        for site in idle {
-            if let Some(sink) = watch.sink.as_mut()
-                && tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(self.channel(&site))).await.is_err()
-            {
-                continue;
+        let (idle, pending) = {
+            let watch = self.state();
+            let live = watch.live.as_ref().map(|l| l.id);
+            let mut idle = Vec::new();
+            let mut pending = Vec::new();
+            for (site, entry) in &watch.sites {
+                if self.hub.subscriber_count(site) == 0 {
+                    idle.push((site.clone(), entry.op.clone()));
+                } else if live.is_some() && entry.subscribed_on != live {
+                    pending.push(site.clone());
+                }
             }
-            watch.sites.remove(&site);
-            self.delivered.lock().unwrap_or_else(|e| e.into_inner()).remove(&site);
+            (idle, pending)
+        };
+        for (site, op) in idle {
+            let _op = op.lock().await;
+            let live = {
+                let mut watch = self.state();
+                let live = watch.live.clone();
+                let Some(entry) = watch.sites.get_mut(&site).filter(|e| Arc::ptr_eq(&e.op, &op)) else { continue };
+                // A subscriber may have come since the list was made; a later one finds
+                // `leaving` set and subscribes again once this is done.
+                if self.hub.subscriber_count(&site) > 0 {
+                    continue;
+                }
+                entry.leaving = true;
+                live
+            };
+            let done = match live {
+                Some(live) => {
+                    let mut sink = live.sink.clone();
+                    matches!(
+                        tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(self.channel(&site))).await,
+                        Ok(Ok(()))
+                    )
+                }
+                // The next connection subscribes only to the sites still listed.
+                None => true,
+            };
+            let mut watch = self.state();
+            if done {
+                watch.sites.remove(&site);
+            } else if let Some(entry) = watch.sites.get_mut(&site) {
+                // Whether Redis still sends it is unknown: the next watcher subscribes again, the
+                // next sweep retries.
+                entry.leaving = false;
+                entry.subscribed_on = None;
+            }
+        }
+        for site in pending {
+            if let Err(e) = self.subscribe(&site, false).await {
+                warn!(%site, error = %e, "cannot subscribe to a watched site; retrying at the next sweep");
+            }
         }
     }
 
     /// See [`super::Broker::snapshot`].
     pub async fn snapshot(&self, site: &Arc<str>) -> Result<Snapshot, BrokerError> {
         self.watch(site).await?;
-        let (epoch, top, entries) = self.read_history(site).await?;
+        let (epoch, top, entries) = self.read_history(&self.snapshot_script, site).await?;
         let history = entries_to_publications(site, &epoch, entries);
         Ok(Snapshot { epoch: epoch.into(), top, history })
     }
 
-    async fn read_history(&self, site: &str) -> Result<(String, u64, Vec<Entry>), BrokerError> {
-        let mut invocation = self.snapshot_script.prepare_invoke();
+    async fn read_history(&self, script: &Script, site: &str) -> Result<(String, u64, Vec<Entry>), BrokerError> {
+        let mut invocation = script.prepare_invoke();
         invocation
             .key(self.key(site, "meta"))
             .key(self.key(site, "stream"))
@@ -258,65 +473,182 @@ impl RedisBroker {
     }
 
     /// Runs the pub/sub reader until `stop`: connects (with backoff), resubscribes to every
-    /// watched site, and delivers what arrives.
+    /// watched site, delivers what each missed, then what arrives; and again after a loss.
     pub async fn run_reader(self: Arc<Self>, stop: CancellationToken) {
+        let _gone = ReaderGone(&self);
         let mut attempt = 0;
+        let mut reconnect = false;
         loop {
             let pubsub = tokio::select! {
                 () = stop.cancelled() => return,
-                r = self.client.get_async_pubsub() => r,
+                r = tokio::time::timeout(COMMAND_TIMEOUT * 5, self.client.get_async_pubsub()) => r,
             };
-            let (mut sink, mut stream) = match pubsub {
-                Ok(p) => p.split(),
-                Err(e) => {
-                    self.failed("pubsub_connect", &e);
-                    let delay = RETRY.delay(attempt, rand::random());
-                    attempt = attempt.saturating_add(1);
+            let failure = match pubsub {
+                Ok(Ok(pubsub)) => {
+                    let (sink, stream) = pubsub.split();
+                    let since = Instant::now();
+                    if !self.listen(sink, stream, reconnect, &stop).await {
+                        return;
+                    }
+                    reconnect = true;
+                    // A connection that stayed up a while starts the delays over; one that drops
+                    // at once (a flapping network, a killed client) keeps them growing.
+                    if since.elapsed() > RETRY.max {
+                        attempt = 0;
+                    }
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".to_owned()),
+            };
+            if let Some(e) = failure {
+                self.failed("pubsub_connect", &e);
+                warn!(error = %e, attempt, "cannot connect the Redis pub/sub connection");
+            }
+            let delay = RETRY.delay(attempt, rand::random());
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Uses one pub/sub connection until it is lost (true) or `stop` (false).
+    async fn listen(
+        &self,
+        sink: PubSubSink,
+        mut stream: PubSubStream,
+        reconnect: bool,
+        stop: &CancellationToken,
+    ) -> bool {
+        let lost = CancellationToken::new();
+        let id = {
+            let mut watch = self.state();
+            watch.connections += 1;
+            let id = watch.connections;
+            watch.live = Some(Live { id, sink, lost: lost.clone() });
+            id
+        };
+        if reconnect {
+            info!(connection = id, "Redis pub/sub reconnected");
+            self.metrics.redis_reconnects.inc();
+        }
+        // Subscribed first, then read back: what is published after a site's subscription comes
+        // through the channel, what came before it is in the stream; the delivered positions drop
+        // what both hold.
+        let mut batch = self.hub.batch();
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = async {
+                self.resubscribe_all().await;
+                self.catch_up(&mut batch).await;
+            } => {}
+        }
+        batch.flush();
+        self.state().caught_up = true;
+        self.healthy.store(true, Ordering::Relaxed);
+        // What has arrived already is delivered as one batch (one write per subscriber the
+        // fan-out writes to), flushed before waiting for more.
+        let mut batched = 0;
+        loop {
+            let ready = if batched < MAX_BATCH { stream.next().now_or_never() } else { None };
+            let msg = match ready {
+                Some(msg) => msg,
+                None => {
+                    batch.flush();
+                    batched = 0;
                     tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(delay) => continue,
+                        () = stop.cancelled() => return false,
+                        () = lost.cancelled() => None,
+                        m = stream.next() => m,
                     }
                 }
             };
-            {
-                let mut watch = self.watch.lock().await;
-                let channels: Vec<String> = watch.sites.iter().map(|s| self.channel(s)).collect();
-                if !channels.is_empty() && sink.subscribe(&channels).await.is_err() {
-                    continue;
+            let Some(msg) = msg else { break };
+            let Ok(payload) = msg.get_payload::<String>() else { continue };
+            self.on_message(&payload, &mut batch).await;
+            batched += 1;
+        }
+        batch.flush();
+        {
+            let mut watch = self.state();
+            if watch.live.as_ref().is_some_and(|l| l.id == id) {
+                watch.live = None;
+                watch.caught_up = false;
+            }
+        }
+        warn!(connection = id, "Redis pub/sub connection lost; reconnecting");
+        self.failed("pubsub", &"connection lost");
+        true
+    }
+
+    /// Subscribes every watched site on the live connection.
+    async fn resubscribe_all(&self) {
+        let sites: Vec<Arc<str>> = self.state().sites.keys().cloned().collect();
+        stream::iter(sites)
+            .for_each_concurrent(RECONNECT_CONCURRENCY, |site| async move {
+                if let Err(e) = self.subscribe(&site, false).await {
+                    warn!(%site, error = %e, "cannot resubscribe a watched site; retrying at the next sweep");
                 }
-                watch.sink = Some(sink);
+            })
+            .await;
+    }
+
+    /// Delivers, for every watched site, what was published since its delivered position. A
+    /// site whose stream cannot be read is tried again a few times (the command connection may
+    /// be reconnecting too), then left to the gap filling of its next publication.
+    async fn catch_up(&self, batch: &mut Batch) {
+        let mut sites: Vec<(Arc<str>, Position)> =
+            self.state().sites.iter().filter_map(|(s, e)| Some((s.clone(), e.delivered.clone()?))).collect();
+        for attempt in 0..CATCH_UP_TRIES {
+            sites = self.catch_up_sites(sites, batch).await;
+            if sites.is_empty() {
+                return;
             }
-            if attempt > 0 {
-                info!("Redis pub/sub reconnected");
-            }
-            attempt = 0;
-            self.healthy.store(true, Ordering::Relaxed);
-            // What has arrived already is delivered as one batch (one write per subscriber the
-            // fan-out writes to), flushed before waiting for more.
-            let mut batch = self.hub.batch();
-            let mut batched = 0;
-            loop {
-                let ready = if batched < MAX_BATCH { stream.next().now_or_never() } else { None };
-                let msg = match ready {
-                    Some(msg) => msg,
-                    None => {
-                        batch.flush();
-                        batched = 0;
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            m = stream.next() => m,
-                        }
-                    }
-                };
-                let Some(msg) = msg else { break };
-                let Ok(payload) = msg.get_payload::<String>() else { continue };
-                self.on_message(&payload, &mut batch).await;
-                batched += 1;
-            }
-            batch.flush();
-            warn!("Redis pub/sub connection lost; reconnecting");
-            self.failed("pubsub", &"connection lost");
-            self.watch.lock().await.sink = None;
+            tokio::time::sleep(RETRY.delay(attempt, rand::random())).await;
+        }
+        warn!(sites = sites.len(), "cannot read back what some sites missed; their next publication fills it");
+    }
+
+    /// Catches up `sites`; returns those whose stream could not be read.
+    async fn catch_up_sites(&self, sites: Vec<(Arc<str>, Position)>, batch: &mut Batch) -> Vec<(Arc<str>, Position)> {
+        let mut failed = Vec::new();
+        let mut reads = stream::iter(sites)
+            .map(|(site, after)| async move {
+                let read = self.read_history(&self.history_script, &site).await;
+                (site, after, read)
+            })
+            .buffer_unordered(RECONNECT_CONCURRENCY);
+        while let Some((site, after, read)) = reads.next().await {
+            let Ok((epoch, _, entries)) = read else {
+                failed.push((site, after));
+                continue;
+            };
+            // Another epoch: Redis lost the site's stream, and all of the new one is new here.
+            let from = if *after.epoch == epoch { after.offset } else { 0 };
+            let missed: Vec<_> = entries_to_publications(&site, &epoch, entries)
+                .into_iter()
+                .filter(|p| p.position.offset > from)
+                .collect();
+            let Some(last) = missed.last().map(|p| p.position.clone()) else { continue };
+            info!(%site, after = from, filled = missed.len(), "delivered from history what the channel missed while disconnected");
+            self.deliver_filled(&missed, batch);
+            self.set_delivered(&site, last);
+        }
+        failed
+    }
+
+    fn deliver_filled(&self, publications: &[Arc<Publication>], batch: &mut Batch) {
+        for publication in publications {
+            self.hub.deliver_to(publication, batch);
+        }
+        self.metrics.redis_filled.inc_by(publications.len() as u64);
+    }
+
+    fn set_delivered(&self, site: &str, position: Position) {
+        if let Some(entry) = self.state().sites.get_mut(site) {
+            entry.delivered = Some(position);
         }
     }
 
@@ -330,41 +662,62 @@ impl RedisBroker {
             }
         };
         let site: Arc<str> = frame.site.as_str().into();
-        let previous = self.delivered.lock().unwrap_or_else(|e| e.into_inner()).get(&site).cloned();
-        if let Some(prev) = &previous {
-            if *prev.epoch == frame.epoch && frame.offset <= prev.offset {
-                return;
+        let previous = self.state().sites.get(&site).and_then(|e| e.delivered.clone());
+        let after = match &previous {
+            Some(prev) if *prev.epoch == frame.epoch => {
+                if frame.offset <= prev.offset {
+                    return;
+                }
+                prev.offset
             }
-            if *prev.epoch == frame.epoch && frame.offset > prev.offset + 1 {
-                self.fill_gap(&site, prev.offset, frame.offset, batch).await;
-            }
+            // Another epoch: Redis lost the site's stream, and all of the new one is new here.
+            Some(_) => 0,
+            None => frame.offset.saturating_sub(1),
+        };
+        if frame.offset > after + 1 {
+            self.fill_gap(&site, &frame.epoch, after, frame.offset, batch).await;
         }
         let position = Position { epoch: frame.epoch.as_str().into(), offset: frame.offset };
         let publication =
             Arc::new(Publication::from_parts(site.clone(), frame.topic.as_str().into(), frame.data, position.clone()));
         self.hub.deliver_to(&publication, batch);
-        self.delivered.lock().unwrap_or_else(|e| e.into_inner()).insert(site, position);
+        self.set_delivered(&site, position);
     }
 
-    async fn fill_gap(&self, site: &Arc<str>, after: u64, before: u64, batch: &mut Batch) {
-        let Ok((epoch, _, entries)) = self.read_history(site).await else { return };
-        let missing: Vec<_> = entries_to_publications(site, &epoch, entries)
+    async fn fill_gap(&self, site: &Arc<str>, epoch: &str, after: u64, before: u64, batch: &mut Batch) {
+        let Ok((held, _, entries)) = self.read_history(&self.history_script, site).await else { return };
+        if held != epoch {
+            return;
+        }
+        let missing: Vec<_> = entries_to_publications(site, &held, entries)
             .into_iter()
             .filter(|p| p.position.offset > after && p.position.offset < before)
             .collect();
         warn!(%site, after, before, filled = missing.len(), "filled a gap in a Redis channel from history");
-        for publication in missing {
-            self.hub.deliver_to(&publication, batch);
-        }
+        self.deliver_filled(&missing, batch);
     }
 
-    /// Checks Redis with a PING; used by the health loop.
+    /// Checks Redis with a PING on both connections; used by the health loop. A pub/sub
+    /// connection that does not answer is dropped, and the reader reconnects.
     pub async fn ping(&self) {
         let mut conn = self.conn.clone();
         let pong: Result<Result<String, _>, _> = tokio::time::timeout(COMMAND_TIMEOUT, conn.ping::<String>()).await;
-        let subscribed = self.watch.lock().await.sink.is_some();
+        let live = self.state().live.clone();
+        let listening = match live {
+            Some(live) => {
+                let mut sink = live.sink.clone();
+                let answered =
+                    matches!(tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await, Ok(Ok(_)));
+                if !answered {
+                    self.metrics.redis_error("pubsub_ping");
+                    live.lost.cancel();
+                }
+                answered
+            }
+            None => false,
+        };
         match pong {
-            Ok(Ok(_)) if subscribed => self.healthy.store(true, Ordering::Relaxed),
+            Ok(Ok(_)) if listening => self.healthy.store(true, Ordering::Relaxed),
             Ok(Ok(_)) => self.healthy.store(false, Ordering::Relaxed),
             Ok(Err(e)) => drop(self.failed("ping", &e)),
             Err(_) => drop(self.failed("ping", &"timed out")),

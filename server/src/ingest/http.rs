@@ -7,17 +7,21 @@
 //! | body or one message too large | 413 | `{"error": "..."}` |
 //! | token configured, missing or wrong | 401 | `{"error": "..."}` |
 //! | no token configured, caller not on loopback | 403 | `{"error": "..."}` |
+//! | no token configured, sent by a web page of another origin | 403 | `{"error": "..."}` |
+//! | body slower than `DATASTREAM_BODY_TIMEOUT` | 408 | `{"error": "..."}` |
 //! | shutting down, or the broker is unavailable | 503 | `{"error": "...", "accepted": n}` |
 //!
 //! An array is validated whole before anything is published: one bad element rejects the request
-//! and publishes nothing.
+//! and publishes nothing. The caller is authorized from the headers alone, before any of the
+//! body is read, and the body must arrive within its deadline: a caller without the token, or
+//! one that sends a few bytes and stalls, holds neither a buffer nor the connection.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{ConnectInfo, State, rejection::BytesRejection},
+    body::{Body, Bytes},
+    extract::{ConnectInfo, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -39,6 +43,11 @@ pub enum PublishError {
     Unauthorized,
     /// No token configured and the caller is not on loopback.
     NotLoopback,
+    /// No token configured and the request comes from a web page of another origin: a page in
+    /// any browser on the relay's host could otherwise publish through it.
+    CrossSite,
+    /// The body did not arrive within the deadline.
+    BodyTimeout,
     /// The body is larger than the configured limit.
     BodyTooLarge(usize),
     /// The body is not valid JSON (or not UTF-8), or is an empty array.
@@ -60,6 +69,14 @@ impl IntoResponse for PublishError {
                 StatusCode::FORBIDDEN,
                 json!({ "error": "publishing without a token is allowed from loopback only; configure DATASTREAM_PUBLISH_TOKEN" }),
             ),
+            PublishError::CrossSite => (
+                StatusCode::FORBIDDEN,
+                json!({ "error": "publishing from a web page of another origin needs DATASTREAM_PUBLISH_TOKEN" }),
+            ),
+            PublishError::BodyTimeout => {
+                let body = json!({ "error": "the body did not arrive in time" });
+                return (StatusCode::REQUEST_TIMEOUT, [(header::CONNECTION, "close")], Json(body)).into_response();
+            }
             PublishError::BodyTooLarge(max) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": format!("body is larger than {max} bytes") }))
             }
@@ -101,8 +118,49 @@ fn authorize(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Result<(
                 Err(PublishError::Unauthorized)
             }
         }
-        None if config.publish_open || peer.ip().is_loopback() => Ok(()),
+        None if is_cross_site(headers) => Err(PublishError::CrossSite),
+        // Behind a trusted proxy the caller is the client it forwards for, not the proxy.
+        None if config.publish_open
+            || crate::client_addr::forwarded(&config.trusted_proxies, peer.ip(), headers).is_loopback(peer.ip()) =>
+        {
+            Ok(())
+        }
         None => Err(PublishError::NotLoopback),
+    }
+}
+
+/// Whether a browser sent the request on behalf of a page of another origin. Browsers mark every
+/// request with `Sec-Fetch-Site` (older ones at least send `Origin` on a POST); tools (curl,
+/// SDKs, boto-style publishers) send neither. A same-origin page (the relay's own) may publish.
+fn is_cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else { return false };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map_or("", |(_, rest)| rest);
+    origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host)
+}
+
+/// Reads the body, within the size limit and the body deadline; a body announced larger than the
+/// limit is refused before any of it is read.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, PublishError> {
+    let max = state.config.max_publish_body_bytes;
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(PublishError::BodyTooLarge(max));
+    }
+    match tokio::time::timeout(state.config.body_timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(PublishError::BodyTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                PublishError::BodyTooLarge(max)
+            } else {
+                PublishError::BadBody("cannot read the body".into())
+            })
+        }
     }
 }
 
@@ -133,13 +191,10 @@ pub async fn publish(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, PublishError> {
     authorize(&state.config, &headers, peer)?;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => PublishError::BodyTooLarge(state.config.max_publish_body_bytes),
-        _ => PublishError::BadBody(rejection.body_text()),
-    })?;
+    let body = read_body(&state, &headers, body).await?;
     let requests = parse_body(&state, &body).inspect_err(|e| {
         if let PublishError::Invalid { error, .. } = e {
             state.metrics.malformed(Source::Http, error.reason());

@@ -79,10 +79,21 @@ pub async fn run(client: Client, state: Arc<AppState>, queue: String, stop: Canc
     let Some(url) = resolve(&client, &state, &queue, &stop).await else { return };
     state.readiness.set_sqs(true);
     let mut loops = tokio::task::JoinSet::new();
+    let pollers = stop.child_token();
     for poller in 0..state.config.sqs_pollers {
-        loops.spawn(poll(poller, client.clone(), state.clone(), url.clone(), stop.clone()));
+        loops.spawn(poll(poller, client.clone(), state.clone(), url.clone(), pollers.clone()));
     }
-    while loops.join_next().await.is_some() {}
+    while let Some(done) = loops.join_next().await {
+        // A poller that panicked takes the others down with it (they finish their in-flight
+        // batch), so the supervisor restarts all of ingest rather than leaving it half alive.
+        if let Err(e) = done
+            && e.is_panic()
+        {
+            pollers.cancel();
+            while loops.join_next().await.is_some() {}
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
 }
 
 async fn poll(poller: usize, client: Client, state: Arc<AppState>, url: String, stop: CancellationToken) {

@@ -13,7 +13,7 @@ use datastream_protocol::{
     legacy::{LegacyClientFrame, LegacyFrameError},
 };
 
-use super::{Protocol, Registration};
+use super::{Protocol, Registration, Start};
 use crate::AppState;
 
 /// A legacy connection. Its one site lives in the [`Registration`].
@@ -42,12 +42,10 @@ impl Protocol for Legacy {
                         let site: Arc<str> = site.into();
                         if reg.sites().first() != Some(&site) {
                             let old: Vec<_> = reg.sites().to_vec();
-                            reg.add(site.clone(), None);
+                            // Live subscriptions cannot fail.
+                            let _ = reg.subscribe(site, None, &state.broker, Start::Live).await;
                             for s in old {
                                 reg.remove(&s);
-                            }
-                            if let Err(e) = state.broker.watch(&site).await {
-                                tracing::warn!(%site, error = %e, "cannot watch site");
                             }
                         }
                         Ok(Vec::new())

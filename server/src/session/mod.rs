@@ -1,7 +1,7 @@
 //! One task per WebSocket connection.
 //!
 //! A session owns its socket's reading side and runs a single `select!` ([`run`]) over: its token's
-//! expiry, the drain deadline once shutdown began, its inbox (a backlog the fan-out left to send,
+//! expiry, the drain deadline once shutdown began, its inbox (bytes a fan-out write left unsent,
 //! publications queued for it to write, overflow, and the request to close at shutdown, which
 //! arrives the same way), frames from the client, and the heartbeat tick. While it has nothing of
 //! its own to send, the fan-out writes publications to the socket itself and the session is not
@@ -28,7 +28,7 @@ use axum::{
     extract::ws::{CloseFrame, Message, Utf8Bytes},
 };
 use datastream_protocol::{
-    close::CloseCode,
+    close::{self, CloseCode},
     error::{ErrorCode, ErrorFrame},
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -39,6 +39,7 @@ use tracing::debug;
 use crate::{
     AppState,
     auth::Grant,
+    broker::{Broker, BrokerError, Snapshot},
     hub::{ConnId, Event, Framing, Hub, Inbox, Outbox, Subscriber, TopicFilter},
     limits::{FrameRate, IpPermit},
     metrics::Metrics,
@@ -95,6 +96,15 @@ pub struct Registration {
     _permit: Option<IpPermit>,
 }
 
+/// How a subscription starts ([`Registration::subscribe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// With what is published from now on (legacy).
+    Live,
+    /// With the site's stream as it stands, for a replay or a position (v2).
+    Snapshot,
+}
+
 impl Registration {
     /// Registers a new connection (no sites yet) and returns the receiver of its publications.
     pub fn new(
@@ -104,15 +114,59 @@ impl Registration {
         connections: Gauge,
         grant: Grant,
         permit: Option<IpPermit>,
+        wire: Option<Arc<Wire>>,
     ) -> (Self, Inbox) {
         let (outbox, rx) = Outbox::new(queue_bytes, framing);
+        if let Some(wire) = wire {
+            outbox.attach(wire);
+        }
         let conn = hub.connect(outbox.clone());
         connections.inc();
         (Registration { hub, conn, outbox, sites: Vec::new(), connections, grant, _permit: permit }, rx)
     }
 
-    /// Subscribes to `site`, or replaces the topic filter of an existing subscription.
-    pub fn add(&mut self, site: Arc<str>, topics: Option<TopicFilter>) {
+    /// Subscribes to `site` (or replaces the topic filter of an existing subscription) in the one
+    /// order that loses and repeats nothing, whichever protocol asks:
+    ///
+    /// 1. register in the hub: from here on every publication of the site is queued;
+    /// 2. make sure this node receives the site's publications (the broker's watch);
+    /// 3. with [`Start::Snapshot`], read the site's stream and set the floor at its top: what the
+    ///    snapshot covers (sent as a replay, or predating the subscription) is dropped from the
+    ///    queue and skipped if the broker hands it over later.
+    ///
+    /// A snapshot that cannot be read undoes the subscription. A watch that fails for
+    /// [`Start::Live`] leaves the subscription local (the broker's reader subscribes to every
+    /// remembered site once it is back), as the original's subscribers never hear of outages.
+    pub async fn subscribe(
+        &mut self,
+        site: Arc<str>,
+        topics: Option<TopicFilter>,
+        broker: &Broker,
+        start: Start,
+    ) -> Result<Option<Snapshot>, BrokerError> {
+        self.add(site.clone(), topics);
+        match start {
+            Start::Live => {
+                if let Err(e) = broker.watch(&site).await {
+                    tracing::warn!(%site, error = %e, "cannot watch site");
+                }
+                Ok(None)
+            }
+            Start::Snapshot => match broker.snapshot(&site).await {
+                Ok(snapshot) => {
+                    self.outbox.set_floor(&site, &snapshot.epoch, snapshot.top + 1);
+                    Ok(Some(snapshot))
+                }
+                Err(e) => {
+                    self.remove(&site);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Subscribes to `site` in the hub only (step 1 of [`Registration::subscribe`]).
+    fn add(&mut self, site: Arc<str>, topics: Option<TopicFilter>) {
         self.hub.subscribe(&site, self.conn, Subscriber { outbox: self.outbox.clone(), topics });
         if !self.sites.contains(&site) {
             self.sites.push(site);
@@ -126,12 +180,6 @@ impl Registration {
             self.hub.unsubscribe(site, self.conn);
             self.outbox.forget(site);
         }
-    }
-
-    /// Skips, from now on, publications of `site` in `epoch` below offset `next`: they were sent
-    /// already (a subscribe's replay) or predate the subscription.
-    pub fn set_floor(&self, site: &Arc<str>, epoch: &Arc<str>, next: u64) {
-        self.outbox.set_floor(site, epoch, next);
     }
 
     /// Sites subscribed to.
@@ -178,8 +226,10 @@ impl Strikes {
 
 /// Why a session ended.
 enum End {
-    /// The client closed, vanished, or the socket failed.
+    /// The client vanished, or the socket failed.
     Gone,
+    /// The client sent a close frame; the reply is flushed.
+    ClosedByClient,
     /// The server closes with this code, reason and metrics label.
     Close(CloseCode, &'static str, &'static str),
 }
@@ -187,8 +237,8 @@ enum End {
 /// Runs a session until the client leaves, misbehaves, falls behind, or the server shuts down.
 /// `greeting` is sent first (v2's hello and URL subscriptions). With the connection's `wire`, the
 /// fan-out writes publications to it directly whenever the session has nothing of its own to send
-/// first ([`Outbox::go_direct`]); the session then wakes only for client frames, heartbeats, a
-/// backlog the socket did not take at once, and shutdown.
+/// first ([`Outbox::give_to_fanout`]); the session then wakes only for client frames, heartbeats, bytes
+/// the socket did not take at once, and shutdown.
 ///
 /// Not an `async fn`: its arguments would be stored twice in the future (once as arguments, once
 /// as the locals they are moved into), and this future is most of an idle connection's memory.
@@ -206,7 +256,7 @@ pub fn run<S: Socket, P: Protocol>(
         if let Some(wire) = &wire {
             wire.set_frames();
         }
-        let mut direct = false;
+        let mut fanout = false;
         let metrics = state.metrics.clone();
         let outbox = reg.outbox.clone();
         let period = state.config.ping_interval;
@@ -218,15 +268,20 @@ pub fn run<S: Socket, P: Protocol>(
         let mut expiry: Option<(SystemTime, Pin<Box<Sleep>>)> = None;
         let mut rate = FrameRate::new(state.config.client_frame_rate, state.config.client_frame_burst);
 
-        let end = if send_all(&mut socket, greeting).await.is_err() {
-            End::Gone
+        let end = if let Err(end) = Box::pin(within(
+            state.config.client_timeout,
+            send_all(&mut socket, greeting, wire.as_deref(), outbox.max_bytes()),
+        ))
+        .await
+        {
+            end
         } else {
             loop {
                 if outbox.is_overflowed() {
                     break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "slow_consumer");
                 }
-                if !direct && let Some(wire) = &wire {
-                    direct = outbox.go_direct(wire);
+                if !fanout {
+                    fanout = outbox.give_to_fanout();
                 }
                 // One timer for the token's lifetime, replaced only when a refresh changes it: a
                 // timer made afresh on every turn would be registered and removed per publication.
@@ -240,9 +295,9 @@ pub fn run<S: Socket, P: Protocol>(
                     }
                     () = sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() => {
                         // Let what was already queued reach the client before the close frame.
-                        outbox.go_session();
+                        outbox.take_from_fanout();
                         while let Ok(p) = rx.try_recv() {
-                            if write_batch(&mut socket, p, &mut rx, &outbox, &metrics).await.is_err() {
+                            if Box::pin(within(state.config.client_timeout, write_batch(&mut socket, p, &mut rx, &outbox, &metrics))).await.is_err() {
                                 break;
                             }
                         }
@@ -252,19 +307,15 @@ pub fn run<S: Socket, P: Protocol>(
                         Event::Publication(p) => {
                             // A client that stops reading fills its TCP window and blocks the write;
                             // it gets as long as a silent client would before it is cut off.
-                            let write = write_batch(&mut socket, p, &mut rx, &outbox, &metrics);
-                            match tokio::time::timeout(state.config.client_timeout, write).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(_)) => break End::Gone,
-                                Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
+                            if let Err(end) = within(state.config.client_timeout, write_batch(&mut socket, p, &mut rx, &outbox, &metrics)).await {
+                                break end;
                             }
                         }
-                        Event::Backlog => {
+                        Event::Unsent => {
                             let Some(wire) = &wire else { continue };
-                            match tokio::time::timeout(state.config.client_timeout, poll_fn(|cx| wire.poll_flush(cx))).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(_)) => break End::Gone,
-                                Err(_) => break End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout"),
+                            let flush = async { poll_fn(|cx| wire.poll_flush(cx)).await.map_err(WsError::new) };
+                            if let Err(end) = Box::pin(within(state.config.client_timeout, flush)).await {
+                                break end;
                             }
                         }
                         Event::Overflowed => {
@@ -278,12 +329,12 @@ pub fn run<S: Socket, P: Protocol>(
                     },
                     msg = socket.next() => {
                         last_heard = Instant::now();
-                        if direct && matches!(msg, Some(Ok(Message::Text(_)))) {
+                        if fanout && matches!(msg, Some(Ok(Message::Text(_)))) {
                             // A request may change what the client must receive (a subscribe's
                             // replay comes before what is published after it): the session writes
                             // publications until it is answered.
-                            outbox.go_session();
-                            direct = false;
+                            outbox.take_from_fanout();
+                            fanout = false;
                         }
                         let reply = match msg {
                             Some(Ok(Message::Text(_))) if !rate.allow() => Err(ErrorFrame::new(
@@ -303,7 +354,10 @@ pub fn run<S: Socket, P: Protocol>(
                             Some(Err(e)) if is_too_big(&e) => {
                                 break End::Close(CloseCode::MessageTooBig, "frame too large", "frame_too_large");
                             }
-                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
+                            // tungstenite queued the reply to the client's close frame (RFC 6455
+                            // §5.5.1); it goes out with the flush after the loop.
+                            Some(Ok(Message::Close(_))) => break End::ClosedByClient,
+                            None | Some(Err(_)) => break End::Gone,
                         };
                         let frames = match reply {
                             Ok(frames) => frames,
@@ -316,16 +370,18 @@ pub fn run<S: Socket, P: Protocol>(
                                 vec![refusal.to_json().into()]
                             }
                         };
-                        if send_all(&mut socket, frames).await.is_err() {
-                            break End::Gone;
+                        // Boxed, like the request's handling: rare, and kept out of every idle
+                        // connection's task.
+                        if let Err(end) = Box::pin(within(state.config.client_timeout, send_all(&mut socket, frames, wire.as_deref(), outbox.max_bytes()))).await {
+                            break end;
                         }
                     }
                     _ = heartbeat.tick() => {
                         if last_heard.elapsed() >= state.config.client_timeout {
                             break End::Close(CloseCode::HeartbeatTimeout, "heartbeat timeout", "heartbeat_timeout");
                         }
-                        if socket.send(proto.ping()).await.is_err() {
-                            break End::Gone;
+                        if let Err(end) = Box::pin(within(state.config.client_timeout, socket.send(proto.ping()))).await {
+                            break end;
                         }
                     }
                 }
@@ -333,11 +389,17 @@ pub fn run<S: Socket, P: Protocol>(
         };
         // No fan-out write after the close frame; leave the hub before the (possibly slow) close
         // handshake.
-        outbox.go_session();
+        outbox.take_from_fanout();
         drop(reg);
-        if let End::Close(code, reason, label) = end {
-            metrics.disconnect(label);
-            Box::pin(close(&mut socket, code, reason)).await;
+        match end {
+            End::Close(code, reason, label) => {
+                metrics.disconnect(label);
+                Box::pin(close(&mut socket, code, reason)).await;
+            }
+            End::ClosedByClient => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
+            }
+            End::Gone => {}
         }
     }
 }
@@ -358,13 +420,33 @@ fn deadline(at: SystemTime) -> Instant {
     Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
 }
 
-/// Sends `frames` with one flush.
-async fn send_all<S: Socket>(socket: &mut S, frames: Vec<Utf8Bytes>) -> Result<(), WsError> {
+/// Runs one session write with the client's deadline: a client that stops reading gets as long
+/// as a silent one before it is cut off (3000), and no write can hold a session for ever.
+async fn within(limit: Duration, write: impl Future<Output = Result<(), WsError>>) -> Result<(), End> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Close(CloseCode::SlowConsumer, "slow consumer: reconnect", "write_timeout")),
+    }
+}
+
+/// Sends `frames` (a reply, a greeting, a replay) with one flush — or more: whenever what the
+/// socket has not taken passes the connection's `budget`, it waits for the socket before adding
+/// more, so a large replay never sits whole in memory.
+async fn send_all<S: Socket>(
+    socket: &mut S,
+    frames: Vec<Utf8Bytes>,
+    wire: Option<&Wire>,
+    budget: usize,
+) -> Result<(), WsError> {
     if frames.is_empty() {
         return Ok(());
     }
     for frame in frames {
         socket.feed(Message::Text(frame)).await?;
+        if wire.is_some_and(|w| w.unsent() > budget) {
+            socket.flush().await?;
+        }
     }
     socket.flush().await
 }
@@ -386,31 +468,12 @@ async fn write_batch<S: Socket>(
         batch.push(p);
     }
     let framing = outbox.framing();
-    for p in &batch {
-        outbox.taken(p);
-    }
     for group in framing.groups(&batch) {
-        socket.feed(Message::Text(joined(framing, group))).await?;
+        socket.feed(Message::Text(framing.payload(group))).await?;
     }
     socket.flush().await?;
     metrics.messages_out.inc_by(batch.len() as u64);
     Ok(())
-}
-
-/// The text frame for `group`: its texts joined with `\n`; a lone publication's shared,
-/// encoded-once bytes without a copy.
-fn joined(framing: Framing, group: &[Arc<Publication>]) -> Utf8Bytes {
-    if let [one] = group {
-        return framing.text(one).clone();
-    }
-    let mut text = String::with_capacity(group.iter().map(|p| framing.text(p).len() + 1).sum());
-    for (i, p) in group.iter().enumerate() {
-        if i > 0 {
-            text.push('\n');
-        }
-        text.push_str(framing.text(p).as_str());
-    }
-    text.into()
 }
 
 /// Whether a socket read failed because the client's frame was over the size limit.
@@ -423,7 +486,7 @@ fn is_too_big(err: &WsError) -> bool {
 /// Sends a close frame and waits briefly for the client's reply, so the close is clean. The whole
 /// exchange is bounded: a client that reads nothing cannot hold the session.
 async fn close<S: Socket>(socket: &mut S, code: CloseCode, reason: &'static str) {
-    let frame = CloseFrame { code: code.code(), reason: Utf8Bytes::from_static(reason) };
+    let frame = CloseFrame { code: code.code(), reason: Utf8Bytes::from_static(close::fit_reason(reason)) };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if socket.send(Message::Close(Some(frame))).await.is_err() {
             return;
@@ -440,7 +503,6 @@ async fn close<S: Socket>(socket: &mut S, code: CloseCode, reason: &'static str)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::MAX_PACKED_BYTES;
 
     #[test]
     fn heartbeats_due_within_one_grid_step_share_one_instant() {
@@ -451,39 +513,5 @@ mod tests {
         assert_eq!(on_heartbeat_grid(a - HEARTBEAT_GRID + Duration::from_nanos(1)), a);
         assert_eq!(on_heartbeat_grid(a), a);
         assert_eq!(on_heartbeat_grid(a + Duration::from_nanos(1)), a + HEARTBEAT_GRID);
-    }
-
-    fn publication(data: &str) -> Arc<Publication> {
-        let data = serde_json::value::RawValue::from_string(data.to_owned()).unwrap();
-        let position = crate::publication::Position { epoch: "e".into(), offset: 1 };
-        Arc::new(Publication::from_parts("mrc".into(), "t".into(), data, position))
-    }
-
-    #[test]
-    fn a_lone_publication_is_sent_as_the_shared_bytes() {
-        let p = publication("1");
-        let out = joined(Framing::Packed, std::slice::from_ref(&p));
-        assert_eq!(out.as_str().as_ptr(), p.v2_frame().as_str().as_ptr(), "not copied");
-    }
-
-    #[test]
-    fn packed_frames_are_joined_with_newlines_up_to_the_limit() {
-        let sizes = |framing: Framing, items: &[Arc<Publication>]| -> Vec<usize> {
-            framing.groups(items).map(<[_]>::len).collect()
-        };
-        let small: Vec<_> = ["1", "2", "3"].map(publication).into();
-        assert_eq!(sizes(Framing::Packed, &small), [3]);
-        assert_eq!(sizes(Framing::Legacy, &small), [1, 1, 1], "legacy: one publication per frame");
-        let text = joined(Framing::Packed, &small);
-        let lines: Vec<_> = text.as_str().lines().collect();
-        assert_eq!(lines, small.iter().map(|p| p.v2_frame().as_str()).collect::<Vec<_>>());
-
-        // Three of ~30 KiB: two fit in 64 KiB, the third starts the next frame.
-        let big = publication(&format!("\"{}\"", "x".repeat(30 * 1024)));
-        assert_eq!(sizes(Framing::Packed, &[big.clone(), big.clone(), big]), [2, 1]);
-        // One over the limit goes out whole, alone.
-        let huge = publication(&format!("\"{}\"", "y".repeat(MAX_PACKED_BYTES)));
-        let a = publication("1");
-        assert_eq!(sizes(Framing::Packed, &[a.clone(), huge, a]), [1, 1, 1]);
     }
 }

@@ -11,7 +11,7 @@ use datastream_protocol::{
 };
 use tracing::warn;
 
-use super::{Protocol, Registration};
+use super::{Protocol, Registration, Start};
 use crate::{AppState, hub::TopicFilter};
 
 /// A v2 connection. Its sites live in the [`Registration`]; what a subscribe's snapshot covered is
@@ -53,7 +53,15 @@ impl V2 {
     ) -> Result<SubscribeRequest, ErrorFrame> {
         let names = &state.validator.names;
         names.check_site(site).map_err(|e| refuse(id, ErrorCode::InvalidSite, e.to_string()))?;
-        for topic in topics {
+        // Repeats count once; the limit is checked before any name, so a huge list costs little.
+        let mut unique: Vec<&str> = topics.iter().map(String::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let max_topics = state.config.max_topics as usize;
+        if unique.len() > max_topics {
+            return Err(refuse(id, ErrorCode::TooManyTopics, format!("at most {max_topics} topics per subscription")));
+        }
+        for topic in &unique {
             names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
         }
         if !reg.grant.allows(site) {
@@ -68,24 +76,24 @@ impl V2 {
                 format!("at most {max} subscriptions per connection"),
             ));
         }
-        let topics = (!topics.is_empty()).then(|| topics.iter().map(|t| Arc::from(t.as_str())).collect());
+        let topics = (!unique.is_empty()).then(|| unique.iter().map(|&t| Arc::from(t)).collect());
         Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0) })
     }
 
-    /// Subscribes: registers in the hub first, then reads the site's stream, so a publication
-    /// landing in between is neither missed nor sent twice. Returns the ack and any replay.
+    /// Subscribes ([`Registration::subscribe`]: nothing missed, nothing sent twice). Returns the
+    /// ack and any replay.
     pub async fn subscribe(
         &mut self,
         req: SubscribeRequest,
         reg: &mut Registration,
         state: &AppState,
     ) -> Result<Vec<Utf8Bytes>, ErrorFrame> {
-        reg.add(req.site.clone(), req.topics.clone());
-        let snapshot = match state.broker.snapshot(&req.site).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(site = %req.site, error = %e, "subscribe failed");
-                reg.remove(&req.site);
+        let snapshot = match reg.subscribe(req.site.clone(), req.topics.clone(), &state.broker, Start::Snapshot).await {
+            Ok(Some(snapshot)) => snapshot,
+            result => {
+                if let Err(e) = result {
+                    warn!(site = %req.site, error = %e, "subscribe failed");
+                }
                 return Err(refuse(req.id, ErrorCode::Unavailable, "history unavailable; retry"));
             }
         };
@@ -97,9 +105,6 @@ impl V2 {
             },
             None => (None, snapshot.rewind(req.rewind as usize, topics)),
         };
-        // What the snapshot covers is not sent again: neither the copies queued meanwhile nor
-        // those the broker hands over later (a Redis channel lags behind the stream).
-        reg.set_floor(&req.site, &snapshot.epoch, snapshot.top + 1);
         let ack = ServerFrame::Subscribed {
             id: req.id,
             site: req.site.to_string(),

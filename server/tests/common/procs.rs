@@ -50,6 +50,21 @@ impl Drop for Proc {
     }
 }
 
+/// A `kB` field of `/proc/<pid>/status` in KiB: `VmRSS` (resident now), `VmHWM` (resident at
+/// most, since start). `None` once the process is gone.
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+/// How many file descriptors `pid` has open (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(Iterator::count)
+}
+
 /// Where the test tools live: `$DATASTREAM_TEST_VENV/bin` if set (the test script sets it),
 /// else the `PATH`.
 pub fn tool(name: &str) -> PathBuf {

@@ -1,0 +1,497 @@
+// @photonranch/datastream: the browser client of the datastream relay.
+//
+// The client itself is WebAssembly (built from the `datastream-client` crate); this module loads
+// it and gives it a JavaScript-shaped API: `new` works before the module has loaded (calls are
+// queued and run in order once it has), listener ids become unsubscribe functions, subscriptions
+// become reference-counted handles, tokens are fetched and refreshed, errors are `Error`s.
+//
+// npm/build.sh bundles this file with the WebAssembly glue into dist/: index.js (modern ESM),
+// legacy.js (ES2017 for webpack 4) and index.cjs (CommonJS). Importing it touches no browser
+// global; everything that does runs when a client starts.
+
+import init, { DatastreamCore } from '../wasm/datastream.js';
+
+let loading = null;
+
+/**
+ * Loads and compiles the WebAssembly module (once). Called by the first `new Datastream()`;
+ * await it first to load the module from somewhere else than next to this file (pass a URL,
+ * Response, BufferSource or Module). In Node it is read from the package's files.
+ */
+export function load(source) {
+  if (!loading) {
+    if (source === undefined) {
+      // Node (SSR, tests, tools): `fetch` cannot read files.
+      const url = new URL('datastream_bg.wasm', import.meta.url);
+      const fs = url.protocol === 'file:' && globalThis.process?.getBuiltinModule?.('fs');
+      if (fs) source = fs.readFileSync(url);
+    }
+    loading = init(source === undefined ? undefined : { module_or_path: source });
+  }
+  return loading;
+}
+
+/** What every error of the client is: `kind` says where it comes from, `code` what it is. */
+export class DatastreamError extends Error {
+  constructor(kind, message, fields) {
+    super(message);
+    this.name = 'DatastreamError';
+    this.kind = kind;
+    Object.assign(this, fields);
+  }
+}
+
+const NAME = /^[\w.:-]{1,64}$/;
+
+/** Site codes and topics: 1–64 ASCII letters, digits, `_ - . :` (the relay's rules). */
+function check(what, name) {
+  if (typeof name !== 'string' || !NAME.test(name)) {
+    throw new DatastreamError(
+      'invalid',
+      `invalid ${what} ${JSON.stringify(name)}: 1-64 ASCII letters, digits, '_', '-', '.' and ':'`,
+      { code: `invalid_${what}` },
+    );
+  }
+  return name;
+}
+
+const OPTIONS = new Set(
+  'url sites protocol minReconnectDelay maxReconnectDelay heartbeatGrace connectTimeout token getToken WebSocket wasmUrl debug logger'.split(
+    ' ',
+  ),
+);
+
+/** The `exp` claim of a JWT, in ms (not verified: only to know when to refresh it). */
+function expiry(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part)).exp * 1000 || 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Clients not yet closed; kept reachable so an app holding only callbacks keeps receiving. */
+const live = new Set();
+
+const CONNECTING = Object.freeze({ type: 'connecting' });
+
+export class Datastream {
+  #options;
+  #core = null;
+  /** Calls made before the module loaded: `[run(core), fail(error)]`. */
+  #pending = [];
+  #closed = false;
+  /** The final state once closed by the app, or the error that kept the client from starting. */
+  #final = null;
+  /** Site → `{ held, handles, info }`: `held` counts the holders of its subscription. */
+  #sites = new Map();
+  /** The app's `onError` listeners, and internal listeners for refusals (`ready()`). */
+  #errorListeners = new Set();
+  #refusalListeners = new Set();
+  #refreshTimer;
+
+  /**
+   * @param {import('../index.js').DatastreamOptions} options
+   */
+  constructor(options) {
+    if (options === null || typeof options !== 'object' || typeof options.url !== 'string') {
+      throw new TypeError('new Datastream(options): options.url must be a string');
+    }
+    for (const key of Object.keys(options)) {
+      if (!OPTIONS.has(key)) throw new TypeError(`new Datastream(options): unknown option "${key}"`);
+    }
+    const sites = options.sites ? [...options.sites] : [];
+    sites.forEach((s) => check('site', s));
+    if (options.getToken !== undefined && typeof options.getToken !== 'function') {
+      throw new TypeError('new Datastream(options): options.getToken must be a function');
+    }
+    this.#options = { ...options, sites };
+    for (const site of sites) this.#site(site).held += 1;
+    live.add(this);
+    Promise.all([load(options.wasmUrl), options.getToken ? this.#getToken() : options.token]).then(
+      ([, token]) => this.#start(token),
+      (error) => this.#fail(error),
+    );
+  }
+
+  #log(event, detail) {
+    const { logger, debug } = this.#options;
+    if (logger) logger(event, detail);
+    else if (debug) console.debug('datastream:', event, detail);
+  }
+
+  /** A token from the app's `getToken()`, checked to be a string. */
+  async #getToken() {
+    const token = await this.#options.getToken();
+    if (typeof token !== 'string' || !token) throw new TypeError('getToken() must resolve to a non-empty string');
+    return token;
+  }
+
+  /** Refreshes `token` in-band shortly before it expires (a quarter of its life, at most 30 s). */
+  #scheduleRefresh(token) {
+    clearTimeout(this.#refreshTimer);
+    const left = expiry(token) - Date.now();
+    if (!this.#options.getToken || !(left > 0)) return;
+    this.#refreshTimer = setTimeout(() => {
+      this.#getToken().then(
+        (fresh) => {
+          if (!this.#core) return;
+          this.#log('token', { refreshed: true, expires: new Date(expiry(fresh)).toISOString() });
+          this.#core.setToken(fresh);
+          this.#scheduleRefresh(fresh);
+        },
+        (error) => this.#emitError(new DatastreamError('token', `getToken() failed: ${error?.message ?? error}`, { cause: error })),
+      );
+    }, left - Math.min(30_000, left / 4));
+  }
+
+  #start(token) {
+    if (this.#closed) return;
+    try {
+      this.#core = new DatastreamCore({ ...this.#options, token });
+    } catch (error) {
+      this.#fail(error);
+      return;
+    }
+    const core = this.#core;
+    const options = this.#options;
+    this.#log('connect', { url: options.url, protocol: options.protocol ?? 'v2', sites: options.sites });
+    core.hook('error', (e) => this.#serverError(e));
+    core.hook('subscribed', (info) => this.#subscribed(info));
+    core.hook('state', (state) => {
+      this.#log('state', state);
+      if (state.type !== 'connected') for (const entry of this.#sites.values()) entry.info = null;
+      if (state.type === 'closed') this.#settleAll(state);
+    });
+    // Legacy: no confirmations; a site is subscribed once its socket is open.
+    if (options.protocol === 'legacy') core.hook('ready', () => this.#sites.forEach((_, site) => this.#subscribed({ site, replayed: 0 })));
+    if (options.getToken) {
+      core.hook('token', ({ code, reason }) => {
+        this.#log('token', { needed: true, code, reason });
+        this.#getToken().then(
+          (fresh) => {
+            this.#core?.setToken(fresh);
+            this.#scheduleRefresh(fresh);
+          },
+          (error) => this.#core?.fail(code, `${reason}; getToken() failed: ${error?.message ?? error}`),
+        );
+      });
+      this.#scheduleRefresh(token);
+    }
+    const pending = this.#pending;
+    this.#pending = [];
+    for (const [run] of pending) {
+      try {
+        run(core);
+      } catch (error) {
+        // Nobody is left to catch it synchronously: surface it like an uncaught error.
+        setTimeout(() => {
+          throw error;
+        });
+      }
+    }
+  }
+
+  /** Ends a client that never started: the module failed to load, or was closed before. */
+  #fail(error, code = 0) {
+    this.#closed = true;
+    live.delete(this);
+    const reason = error instanceof Error ? error.message : String(error);
+    this.#final = { type: 'closed', code, reason, error };
+    this.#log('state', { type: 'closed', code, reason });
+    const pending = this.#pending;
+    this.#pending = [];
+    for (const [, fail] of pending) fail?.(error);
+    this.#settleAll(this.#final);
+  }
+
+  /** Runs `run(core)` now, or once the module has loaded. */
+  #call(run, fail) {
+    if (this.#core) return run(this.#core);
+    if (this.#closed) {
+      fail?.(this.#final?.error ?? new DatastreamError('closed', 'datastream client is closed', { code: 1000 }));
+      return undefined;
+    }
+    this.#pending.push([run, fail]);
+    return undefined;
+  }
+
+  /** Registers through `register(core) → id`; returns the function that removes it. */
+  #register(register) {
+    let id = null;
+    let removed = false;
+    this.#call((core) => {
+      if (!removed) id = register(core);
+    });
+    return () => {
+      if (removed) return;
+      removed = true;
+      if (id !== null && this.#core) this.#core.offId(id);
+    };
+  }
+
+  // ----- errors -----
+
+  #emitError(error) {
+    for (const listener of this.#errorListeners) {
+      try {
+        listener(error);
+      } catch (thrown) {
+        console.error('datastream: an error listener threw', thrown);
+      }
+    }
+  }
+
+  /** An error the client reported, as a `DatastreamError`; a refused subscription ends its handles. */
+  #serverError({ kind, message, code, site, topic, error }) {
+    // A refresh that no longer grants a site says which in its message only.
+    if (code === 'forbidden' && !site) site = /"([^"]+)"$/.exec(message)?.[1];
+    const e = new DatastreamError(kind, message, { code, site, topic, cause: error, error });
+    if (kind === 'server' && site && this.#sites.has(site)) {
+      this.#log('refused', { site, code });
+      for (const listener of this.#refusalListeners) listener(e);
+      const entry = this.#sites.get(site);
+      this.#sites.delete(site);
+      for (const handle of entry.handles) handle._end('refused', e);
+      this.#core?.unsubscribe(site);
+    }
+    this.#emitError(e);
+  }
+
+  // ----- subscriptions -----
+
+  #site(site) {
+    let entry = this.#sites.get(site);
+    if (!entry) this.#sites.set(site, (entry = { held: 0, handles: new Set(), info: null }));
+    return entry;
+  }
+
+  #subscribed(info) {
+    const entry = this.#sites.get(info.site);
+    if (!entry) return;
+    const { site: _site, ...result } = info;
+    entry.info = result;
+    this.#log('subscribed', info);
+    for (const handle of entry.handles) handle._confirm(result);
+  }
+
+  /** The client closed: pending handles reject. */
+  #settleAll(state) {
+    clearTimeout(this.#refreshTimer);
+    const e =
+      state.error ??
+      new DatastreamError('closed', `datastream client closed (${state.code}): ${state.reason}`, { code: state.code, state });
+    for (const entry of this.#sites.values()) for (const handle of entry.handles) handle._end('closed', e);
+  }
+
+  /**
+   * Subscribes to `site` and returns a handle on the subscription: `ready` resolves once the
+   * relay confirmed it, `on()` registers listeners of that site, `unsubscribe()` releases it.
+   * The relay's subscription ends when the last holder of the site lets go.
+   * `options.rewind` first replays up to that many recent publications.
+   */
+  subscribe(site, options) {
+    check('site', site);
+    const rewind = options?.rewind;
+    const entry = this.#site(site);
+    const first = entry.held === 0;
+    entry.held += 1;
+    const handle = new Subscription(this, site, (h) => this.#release(site, entry, h));
+    entry.handles.add(handle);
+    if (this.#closed) handle._end('closed', this.#final?.error ?? new DatastreamError('closed', 'datastream client is closed', { code: 1000 }));
+    else if (entry.info) handle._confirm(entry.info);
+    if (first || rewind !== undefined) {
+      this.#log('subscribe', { site, rewind });
+      this.#call((core) => core.subscribe(site, rewind ?? undefined));
+    }
+    return handle;
+  }
+
+  #release(site, entry, handle) {
+    entry.handles.delete(handle);
+    if (this.#sites.get(site) === entry && --entry.held === 0) this.unsubscribe(site);
+  }
+
+  /** Ends the subscription to `site` whoever holds it; its handles end too. */
+  unsubscribe(site) {
+    check('site', site);
+    const entry = this.#sites.get(site);
+    this.#sites.delete(site);
+    for (const handle of entry?.handles ?? []) handle._end('unsubscribed');
+    this.#log('unsubscribe', { site });
+    this.#call((core) => core.unsubscribe(site));
+  }
+
+  // ----- listeners -----
+
+  /**
+   * Calls `callback(data, meta)` for every publication on `topic` (`'*'`: every topic), of
+   * `options.site` only if given (one site or an array). Returns a function that removes it.
+   */
+  on(topic, callback, options) {
+    if (topic !== '*') check('topic', topic);
+    if (typeof callback !== 'function') throw new TypeError('on(topic, callback): callback must be a function');
+    const site = options?.site;
+    if (Array.isArray(site)) {
+      const offs = site.map((s) => this.on(topic, callback, { site: s }));
+      return () => offs.forEach((off) => off());
+    }
+    if (site != null) check('site', site);
+    return this.#register((core) => core.on(topic, callback, site ?? undefined));
+  }
+
+  /** Removes every registration of `callback` for `topic`. */
+  off(topic, callback) {
+    this.#call((core) => core.off(String(topic), callback));
+  }
+
+  /** Calls `callback(state)` on every state change. Returns a function that removes it. */
+  onState(callback) {
+    return this.#hook('state', callback);
+  }
+
+  /** Calls `callback(error)`, a `DatastreamError`, when a callback throws or the server refuses a request. */
+  onError(callback) {
+    if (typeof callback !== 'function') throw new TypeError('callback must be a function');
+    this.#errorListeners.add(callback);
+    return () => this.#errorListeners.delete(callback);
+  }
+
+  /**
+   * Calls `callback({site, reason})` when what a site published while the client was
+   * disconnected could not be recovered: refetch that site's current state.
+   */
+  onRecoveryFailed(callback) {
+    return this.#hook('recoveryfailed', callback);
+  }
+
+  #hook(kind, callback) {
+    if (typeof callback !== 'function') throw new TypeError('callback must be a function');
+    return this.#register((core) => core.hook(kind, callback));
+  }
+
+  /** The current state: `{type: 'connecting' | 'connected' | 'reconnecting' | 'closed', …}`. */
+  get state() {
+    if (this.#final) {
+      const { error: _error, ...state } = this.#final;
+      return state;
+    }
+    return this.#core ? this.#core.state() : CONNECTING;
+  }
+
+  /**
+   * Resolves once connected with every subscription confirmed (at once if already so); rejects
+   * if the client closes first, or if the relay refuses a subscription meanwhile.
+   */
+  ready() {
+    return new Promise((resolve, reject) => {
+      const refused = (e) => {
+        this.#refusalListeners.delete(refused);
+        reject(e);
+      };
+      const settle = (f, v) => {
+        this.#refusalListeners.delete(refused);
+        f(v);
+      };
+      this.#refusalListeners.add(refused);
+      const closedError = (state) =>
+        new DatastreamError('closed', `datastream client closed (${state.code}): ${state.reason}`, { code: state.code, state });
+      this.#call(
+        (core) => {
+          if (core.isReady()) return settle(resolve);
+          const state = core.state();
+          if (state.type === 'closed') return settle(reject, closedError(state));
+          const ids = [];
+          const done = () => ids.forEach((id) => core.offId(id));
+          ids.push(
+            core.hook('ready', () => {
+              done();
+              settle(resolve);
+            }),
+            core.hook('state', (s) => {
+              if (s.type === 'closed') {
+                done();
+                settle(reject, closedError(s));
+              }
+            }),
+          );
+        },
+        (error) => settle(reject, error),
+      );
+    });
+  }
+
+  /** Closes the client for good. */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    live.delete(this);
+    clearTimeout(this.#refreshTimer);
+    const core = this.#core;
+    if (!core) {
+      this.#fail(new DatastreamError('closed', 'closed by the client', { code: 1000 }), 1000);
+      return;
+    }
+    core.close();
+    this.#final = core.state();
+    this.#core = null;
+    this.#settleAll(this.#final);
+    // Freed once the current call stack (possibly inside one of its own callbacks) has unwound.
+    queueMicrotask(() => core.free());
+  }
+}
+
+/** One holder's share of a site's subscription; `Datastream.subscribe` makes them. */
+export class Subscription {
+  #ds;
+  #release;
+  #offs = [];
+  #resolve;
+  #reject;
+
+  constructor(ds, site, release) {
+    this.#ds = ds;
+    this.#release = release;
+    /** The site. */
+    this.site = site;
+    /** `'subscribing'`, `'subscribed'`, then `'refused'`, `'unsubscribed'` or `'closed'` for good. */
+    this.state = 'subscribing';
+    /** Resolves with `{ epoch, offset, replayed, recovered }` once the relay confirmed it. */
+    this.ready = new Promise((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    // A rejection nobody awaits is not an error of the app's.
+    this.ready.catch(() => {});
+  }
+
+  /** Listens to `topic` (`'*'`: every topic) of this site until `unsubscribe()`. */
+  on(topic, callback) {
+    if (this.#release === null) throw new DatastreamError('closed', `the subscription to ${this.site} has ended`);
+    const off = this.#ds.on(topic, callback, { site: this.site });
+    this.#offs.push(off);
+    return off;
+  }
+
+  /** Releases this handle; the relay's subscription ends with the site's last handle. */
+  unsubscribe() {
+    const release = this.#release;
+    this._end('unsubscribed');
+    release?.(this);
+  }
+
+  _confirm(info) {
+    if (this.#release === null) return;
+    this.state = 'subscribed';
+    this.#resolve(info);
+  }
+
+  _end(state, error) {
+    if (this.#release === null) return;
+    this.#release = null;
+    this.state = state;
+    this.#offs.forEach((off) => off());
+    this.#reject(error ?? new DatastreamError('closed', `the subscription to ${this.site} has ended`));
+  }
+}

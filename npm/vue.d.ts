@@ -1,0 +1,33 @@
+import type { Datastream, Meta } from './index.js';
+
+/** A shallow ref to the latest data. */
+export interface LatestRef<T> {
+  readonly value: T;
+}
+
+/** A site, several, or something that yields them (a ref or a getter, e.g. the route's site). */
+export type SiteSource = string | readonly string[] | null | undefined | { readonly value: string | readonly string[] | null | undefined } | (() => string | readonly string[] | null | undefined);
+
+export interface UseDatastreamOptions<T> {
+  /** The sites to listen to; absent: every site the client is subscribed to. */
+  site?: SiteSource;
+  /** The client; else the one provided by an ancestor, else the one `setDatastream` set. */
+  client?: Datastream;
+  /** The value until the first publication. */
+  initial?: T;
+}
+
+/** Makes `client` the one `useDatastream` uses when none is provided or passed. */
+export function setDatastream(client: Datastream | null): void;
+/** Provides `client` to the calling component's descendants (call in `setup`). */
+export function provideDatastream(client: Datastream): void;
+/** Releases what `useDatastream` returned `latest` for: done on unmount in a component; call it
+ * when `useDatastream` was used outside one. */
+export function stopDatastream(latest: LatestRef<unknown>): void;
+/** Listens to `topic` while the calling component is mounted; returns the latest data. */
+export function useDatastream<T = any>(topic: string, options?: UseDatastreamOptions<T>): LatestRef<T | undefined>;
+export function useDatastream<T = any>(
+  topic: string,
+  callback: (data: T, meta: Meta) => void,
+  options?: UseDatastreamOptions<T>,
+): LatestRef<T | undefined>;

@@ -1,0 +1,282 @@
+//! A connection's send queue and its byte budget.
+//!
+//! Publications reach a client one of two ways. While the session lets it
+//! ([`Outbox::give_to_fanout`]: nothing of its own to send first), the fan-out writes them to the
+//! connection's [`Wire`] itself, once per subscriber per [`Batch`], and the session is not woken
+//! at all. Otherwise (the session is answering a request, catching up after a subscribe, or has no
+//! wire) they wait in the queue and the session is woken to write them.
+//!
+//! **One byte budget per connection** (`DATASTREAM_CLIENT_QUEUE_BYTES`): what is queued plus what
+//! the socket has not taken yet ([`Wire::unsent`]), counted under the queue's lock and checked
+//! before a publication is appended. Before refusing, the outbox lets the socket take what is
+//! queued (a batch larger than the budget — a big publish body — goes out as it arrives rather
+//! than being held whole), so only a client that really does not keep up passes it. An empty
+//! connection takes any one publication. Passing the budget sets [`Outbox::is_overflowed`] and
+//! drops everything after it; the session, woken then, closes the connection with the "slow
+//! consumer" code so the client reconnects and recovers from history instead of holding memory.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+};
+
+use futures_util::task::AtomicWaker;
+
+use super::{Batch, Framing, inbox::Inbox};
+use crate::{metrics::Metrics, publication::Publication, wire::Wire};
+
+/// A connection's send queue: unbounded in count, bounded by its byte budget (module doc).
+#[derive(Debug)]
+pub struct Outbox {
+    /// Allocates nothing until the first publication: most connections are idle most of the
+    /// time, and per-connection memory is what limits a node.
+    pub(super) queue: Mutex<Queue>,
+    /// Wakes the session when the queue gains an item it must write, the wire has unsent bytes,
+    /// or the server asks it to close. One consumer, so a lock-free waker slot rather than a
+    /// waiter list behind a mutex.
+    pub(super) waker: AtomicWaker,
+    max_bytes: usize,
+    framing: Framing,
+    /// Which of the fan-out's writers writes to this connection.
+    pub(super) writer: usize,
+    /// A plain flag: checked once per delivery, it must cost no more than an atomic load.
+    pub(super) overflowed: AtomicBool,
+    /// Set by [`Outbox::close`]: the server is shutting down and the session should close.
+    pub(super) closing: AtomicBool,
+    /// A fan-out write left bytes unsent on the wire, for the session to flush.
+    pub(super) unsent: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    pub(super) items: VecDeque<Arc<Publication>>,
+    /// The items' share of the budget.
+    bytes: usize,
+    /// The connection's socket: what it has not taken counts in the budget.
+    wire: Option<Arc<Wire>>,
+    /// The fan-out writes to `wire` (the session lets it); otherwise the session writes.
+    pub(super) fanout: bool,
+    /// Per site, the stream position below which publications were already sent.
+    floors: Vec<Floor>,
+}
+
+/// Publications of `site` in `epoch` below offset `next` were sent already (in a subscribe's
+/// replay, or counted in its snapshot): the broker may still hand them over late (a Redis channel
+/// lags behind the stream it is read with), and they are skipped.
+#[derive(Debug)]
+struct Floor {
+    site: Arc<str>,
+    epoch: Arc<str>,
+    next: u64,
+}
+
+impl Floor {
+    /// Whether `p` was sent already.
+    fn covers(&self, p: &Publication) -> bool {
+        p.position.offset < self.next
+            && (Arc::ptr_eq(&self.site, &p.site) || self.site == p.site)
+            && (Arc::ptr_eq(&self.epoch, &p.position.epoch) || self.epoch == p.position.epoch)
+    }
+}
+
+impl Queue {
+    /// What the connection owes its client: queued bytes plus what its socket has not taken.
+    fn owed(&self) -> usize {
+        self.bytes + self.wire.as_ref().map_or(0, |w| w.unsent())
+    }
+
+    /// Takes the oldest item, if the session is the one writing.
+    pub(super) fn pop_for_session(&mut self) -> Option<Arc<Publication>> {
+        if self.fanout {
+            return None;
+        }
+        let p = self.items.pop_front()?;
+        self.bytes -= p.queued_len();
+        Some(p)
+    }
+
+    /// Removes the items `drop` picks.
+    fn drain_where(&mut self, drop: impl Fn(&Publication) -> bool) {
+        let mut freed = 0;
+        self.items.retain(|p| {
+            let dropped = drop(p);
+            if dropped {
+                freed += p.queued_len();
+            }
+            !dropped
+        });
+        self.bytes -= freed;
+    }
+}
+
+impl Outbox {
+    /// Creates an outbox with a budget of `max_bytes`, and the receiving end its session reads.
+    pub fn new(max_bytes: usize, framing: Framing) -> (Arc<Outbox>, Inbox) {
+        static NEXT_WRITER: AtomicUsize = AtomicUsize::new(0);
+        let outbox = Arc::new(Outbox {
+            writer: NEXT_WRITER.fetch_add(1, Ordering::Relaxed),
+            queue: Mutex::default(),
+            waker: AtomicWaker::new(),
+            max_bytes,
+            framing,
+            overflowed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            unsent: AtomicBool::new(false),
+        });
+        (outbox.clone(), Inbox::new(outbox))
+    }
+
+    pub(super) fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ties the outbox to its connection's socket, so what the socket has not taken counts in
+    /// the budget and the fan-out can write to it ([`Outbox::give_to_fanout`]).
+    pub fn attach(&self, wire: Arc<Wire>) {
+        self.queue().wire = Some(wire);
+    }
+
+    /// Queues `publication`; false if it was dropped (budget passed). If the fan-out writes to
+    /// this connection, the write is left to `batch`; otherwise the session is woken. A
+    /// publication below a [floor](Outbox::set_floor) was sent already and is skipped.
+    pub(super) fn push(self: &Arc<Self>, publication: &Arc<Publication>, batch: &mut Batch, metrics: &Metrics) -> bool {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut queue = self.queue();
+        if queue.floors.iter().any(|f| f.covers(publication)) {
+            return true;
+        }
+        let len = publication.queued_len();
+        if queue.owed() + len > self.max_bytes && queue.owed() > 0 {
+            // Let the socket take what is queued before judging: a batch larger than the budget
+            // is not a slow client.
+            if queue.fanout && !queue.items.is_empty() {
+                let written = self.write_queued(&mut queue, &mut Vec::new(), metrics);
+                metrics.messages_out.inc_by(written as u64);
+            }
+            if queue.owed() + len > self.max_bytes && queue.owed() > 0 {
+                drop(queue);
+                self.overflowed.store(true, Ordering::Relaxed);
+                self.waker.wake();
+                return false;
+            }
+        }
+        let first = queue.items.is_empty();
+        queue.items.push_back(publication.clone());
+        queue.bytes += len;
+        let fanout = queue.fanout;
+        drop(queue);
+        if !fanout {
+            self.waker.wake();
+        } else if first {
+            // Later publications join this one in the same write.
+            batch.dirty.push(self.clone());
+        }
+        true
+    }
+
+    /// Writes what is queued to the wire, if the session still lets the fan-out write; wakes the
+    /// session if it does not, or if part of the write stays unsent. Returns how many
+    /// publications were written.
+    pub(super) fn write_direct(&self, scratch: &mut Vec<u8>, metrics: &Metrics) -> usize {
+        // Held across the write: the session cannot take over (or write the queue itself) in
+        // the middle of it, so the client sees every publication once and in order.
+        let mut queue = self.queue();
+        self.write_queued(&mut queue, scratch, metrics)
+    }
+
+    fn write_queued(&self, queue: &mut Queue, scratch: &mut Vec<u8>, metrics: &Metrics) -> usize {
+        let Some(wire) = queue.wire.as_ref().filter(|_| queue.fanout) else {
+            self.waker.wake();
+            return 0;
+        };
+        let items = queue.items.make_contiguous();
+        let Some(first) = items.first() else { return 0 };
+        metrics.delivery_seconds.observe(first.published_at.elapsed().as_secs_f64());
+        let count = items.len();
+        scratch.clear();
+        for group in self.framing.groups(items) {
+            self.framing.append_frame(group, scratch);
+        }
+        let written = wire.write_whole(scratch);
+        queue.items.clear();
+        queue.bytes = 0;
+        match written {
+            Ok(0) => {}
+            Ok(_) => {
+                self.unsent.store(true, Ordering::Release);
+                self.waker.wake();
+            }
+            // The session sees the failure on its own socket.
+            Err(_) => self.waker.wake(),
+        }
+        count
+    }
+
+    /// Lets the fan-out write to the attached wire from now on, if nothing is queued for the
+    /// session to write first; true if it does.
+    pub fn give_to_fanout(&self) -> bool {
+        let mut queue = self.queue();
+        if !queue.items.is_empty() || queue.wire.is_none() {
+            return false;
+        }
+        queue.fanout = true;
+        true
+    }
+
+    /// Stops the fan-out writing to the wire: once this returns, no fan-out write is under way
+    /// and publications wait in the queue for the session.
+    pub fn take_from_fanout(&self) {
+        self.queue().fanout = false;
+    }
+
+    /// Skips publications of `site` in `epoch` below offset `next` (see [`Floor`]): those queued
+    /// already are dropped, later ones are not queued.
+    pub fn set_floor(&self, site: &Arc<str>, epoch: &Arc<str>, next: u64) {
+        let floor = Floor { site: site.clone(), epoch: epoch.clone(), next };
+        let mut queue = self.queue();
+        queue.drain_where(|p| floor.covers(p));
+        queue.floors.retain(|f| f.site != *site);
+        // Most connections have one or two: no room for more than needed.
+        queue.floors.reserve_exact(1);
+        queue.floors.push(floor);
+    }
+
+    /// Removes queued publications of `site` and its floor (the connection no longer subscribes
+    /// to it).
+    pub fn forget(&self, site: &str) {
+        let mut queue = self.queue();
+        queue.floors.retain(|f| &*f.site != site);
+        queue.drain_where(|p| &*p.site == site);
+    }
+
+    /// How this connection's publications are framed.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// The connection's budget in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Asks the session to close (shutdown); it sees [`super::Event::Closing`] once.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether the budget has been passed.
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue().bytes
+    }
+}

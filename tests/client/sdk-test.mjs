@@ -1,0 +1,298 @@
+// Tests of the package's JavaScript API in headless Chromium against real relays: subscription
+// handles (reference counting, confirmations, refusals), errors and logging, and tokens against a
+// relay that requires them (expiry with and without refresh, a revoked site, a token that stops
+// verifying, legacy `?token=`).
+//
+//   node tests/client/sdk-test.mjs --control <port> --proxy <port> --jwt-control <port> --jwt-relay <port>
+//
+// `--control`/`--proxy`: the plain relay's harness; `--jwt-*`: a harness started with
+// --jwt-secret and --max-subscriptions 4. Serves npm/dist (npm/build.sh) to a test page. Uses /usr/bin/chromium.
+
+import http from 'node:http';
+import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const require = createRequire(path.join(process.env.NODE_PATH.split(':')[0], 'x.js'));
+const { chromium } = require('playwright-core');
+
+const args = process.argv.slice(2);
+const opt = (name) => Number(args[args.indexOf(name) + 1]);
+const ports = { control: opt('--control'), proxy: opt('--proxy'), jwtControl: opt('--jwt-control'), jwtRelay: opt('--jwt-relay') };
+const dist = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../npm/dist');
+
+let failures = 0;
+function check(cond, what) {
+  console.log(`${cond ? 'ok  ' : 'FAIL'} ${what}`);
+  if (!cond) failures += 1;
+}
+
+// Helpers every test gets in the page: the package as `DS`, the ports, publish, token, until.
+const prelude = `
+const DS = window.DS;
+const P = ${JSON.stringify(ports)};
+const post = (port, p, body) => fetch('http://127.0.0.1:' + port + p, { method: 'POST', body: body ?? '' }).then((r) => r.json());
+const publish = (port, site, data) => post(port, '/publish', JSON.stringify({ site, topic: 'weather', data }));
+const token = (sites, ttl_ms, bad = false) => post(P.jwtControl, '/token', JSON.stringify({ sites, ttl_ms, bad })).then((r) => r.token);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const until = async (what, cond, ms = 15000) => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out waiting for ' + what);
+    await sleep(5);
+  }
+};
+const unique = (name) => name + '-' + Date.now() + '-' + Math.random().toString(36).slice(2, 6);
+`;
+
+const tests = {
+  'handles: ready resolves with the position once confirmed, after a rewind replay': `
+    const site = unique('h1');
+    await publish(P.control, site, { n: 1 });
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev' });
+    const sub = ds.subscribe(site, { rewind: 5 });
+    const before = sub.state;
+    const got = [];
+    sub.on('weather', (d) => got.push(d.n));
+    const info = await sub.ready;
+    await until('the replay', () => got.length === 1);
+    ds.close();
+    return { before, info, after: sub.state, got,
+      ok: before === 'subscribing' && info.offset === 1 && info.replayed === 1 && typeof info.epoch === 'string' && sub.state === 'closed' };`,
+
+  'handles: the site stays subscribed until its last handle is released': `
+    const site = unique('h2');
+    const log = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', logger: (e, d) => log.push(e + ' ' + (d.site ?? '')) });
+    const page = ds.subscribe(site), bar = ds.subscribe(site);
+    const got = [];
+    page.on('weather', (d) => got.push('page ' + d.n));
+    bar.on('weather', (d) => got.push('bar ' + d.n));
+    await Promise.all([page.ready, bar.ready]);
+    bar.unsubscribe();
+    await publish(P.control, site, { n: 1 });
+    await until('page to receive', () => got.length === 1);
+    const kept = !log.includes('unsubscribe ' + site);
+    page.unsubscribe();
+    const released = log.filter((l) => l === 'unsubscribe ' + site).length;
+    const subscribes = log.filter((l) => l === 'subscribe ' + site).length;
+    ds.close();
+    return { got, kept, released, subscribes, ok: got[0] === 'page 1' && kept && released === 1 && subscribes === 1 && bar.state === 'unsubscribed' };`,
+
+  'handles: a refused subscription (too_many_subscriptions) rejects its handle and ready() with a typed error': `
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', token: await token(['*'], 60000) });
+    const prefix = unique('many');
+    // The relay with tokens allows 4 subscriptions per connection.
+    const subs = Array.from({ length: 5 }, (_, i) => ds.subscribe(prefix + '-' + i));
+    const readyAll = ds.ready().then(() => 'resolved', (e) => e);
+    const outcomes = await Promise.all(subs.map((s) => s.ready.then(() => 'ok', (e) => e)));
+    const refused = outcomes.filter((o) => o !== 'ok');
+    const e = refused[0];
+    const r = await readyAll;
+    ds.close();
+    return { refused: refused.length, kind: e?.kind, code: e?.code, isError: e instanceof Error, typed: e instanceof DS.DatastreamError,
+      readyRejected: r instanceof DS.DatastreamError && r.code === 'too_many_subscriptions',
+      ok: refused.length === 1 && e.kind === 'server' && e.code === 'too_many_subscriptions' && e instanceof DS.DatastreamError && r instanceof Error };`,
+
+  'errors: invalid names throw synchronously before the module has loaded, as DatastreamError': `
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev' });
+    const caught = [];
+    for (const f of [() => ds.subscribe('bad site'), () => ds.on('bad/topic', () => {}), () => ds.on('t', () => {}, { site: ['ok', ''] })]) {
+      try { f(); caught.push('no throw'); } catch (e) { caught.push(e instanceof DS.DatastreamError && e.kind + ' ' + e.code); }
+    }
+    let option;
+    try { new DS.Datastream({ url: 'ws://x/dev', minReconectDelay: 1 }); } catch (e) { option = e instanceof TypeError && e.message; }
+    ds.close();
+    return { caught, option, ok: caught.join() === 'invalid invalid_site,invalid invalid_topic,invalid invalid_site' && /minReconectDelay/.test(option) };`,
+
+  'errors: a throwing callback reaches onError as a DatastreamError with its cause; on() takes an array of sites': `
+    const [a, b] = [unique('ea'), unique('eb')];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', sites: [a, b] });
+    const errors = [];
+    const got = [];
+    ds.onError((e) => errors.push(e));
+    ds.on('weather', (d, m) => got.push(m.site), { site: [a, b] });
+    const boom = new Error('boom');
+    ds.on('weather', () => { throw boom; }, { site: a });
+    await ds.ready();
+    await publish(P.control, a, 1);
+    await publish(P.control, b, 2);
+    await until('both', () => got.length === 2 && errors.length === 1);
+    ds.close();
+    const e = errors[0];
+    return { got, kind: e.kind, ok: e instanceof DS.DatastreamError && e instanceof Error && e.kind === 'callback' && e.cause === boom && e.site === a && got.join() === a + ',' + b };`,
+
+  'logging: debug/logger shows connects, subscribes, confirmations and closes': `
+    const site = unique('log');
+    const log = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', sites: [site], logger: (e, d) => log.push(e + ':' + (d.type ?? d.site ?? '')) });
+    await ds.ready();
+    ds.close();
+    const want = ['connect:', 'state:connected', 'subscribed:' + site, 'state:closed'];
+    return { log, ok: want.every((w) => log.includes(w)) };`,
+
+  'tokens: a static token connects; when it expires mid-session without refresh, the client ends with 3501': `
+    const site = unique('t1');
+    const t = await token([site], 2000);
+    const states = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', sites: [site], token: t, minReconnectDelay: 300, maxReconnectDelay: 1000 });
+    ds.onState((s) => states.push(s));
+    await ds.ready();
+    const got = [];
+    ds.on('weather', (d) => got.push(d));
+    await publish(P.jwtControl, site, 1);
+    await until('a publication', () => got.length === 1);
+    await until('the end', () => ds.state.type === 'closed', 20000);
+    const end = ds.state;
+    return { end, reconnects: states.filter((s) => s.type === 'reconnecting').length,
+      ok: end.code === 3501 && !end.reason.includes(t) && states.some((s) => s.type === 'reconnecting') };`,
+
+  'tokens: getToken refreshes in-band before exp: one connection throughout': `
+    const site = unique('t2');
+    let calls = 0;
+    const issued = [];
+    const log = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', sites: [site],
+      getToken: async () => { calls++; const t = await token([site], 3000); issued.push(t); return t; },
+      logger: (e, d) => log.push(JSON.stringify([e, d])) });
+    let connects = 0;
+    ds.onState((s) => { if (s.type === 'connected') connects++; });
+    const got = [];
+    ds.on('weather', (d) => got.push(d));
+    await ds.ready();
+    for (let i = 1; i <= 7; i++) { await publish(P.jwtControl, site, i); await sleep(1000); }
+    await until('every publication', () => got.length === 7);
+    const state = ds.state.type;
+    ds.close();
+    const leaked = issued.some((t) => log.some((l) => l.includes(t)));
+    return { calls, connects, got: got.length, state, leaked, ok: calls >= 3 && connects === 1 && state === 'connected' && !leaked };`,
+
+  'tokens: on 3002 (refresh failed) a fresh token reconnects and recovers the gap': `
+    const site = unique('t3');
+    let calls = 0;
+    const errors = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', sites: [site], minReconnectDelay: 5000, maxReconnectDelay: 10000,
+      getToken: async () => {
+        calls++;
+        if (calls === 2) throw new Error('offline');
+        // Published while the connection is down (closed at expiry, no token yet): recovered.
+        if (calls === 3) await publish(P.jwtControl, site, 2);
+        return token([site], 2000);
+      } });
+    ds.onError((e) => errors.push(e.kind));
+    let connects = 0;
+    ds.onState((s) => { if (s.type === 'connected') connects++; });
+    const got = [];
+    ds.on('weather', (d) => got.push(d));
+    await ds.ready();
+    await publish(P.jwtControl, site, 1);
+    await until('the second connection', () => connects === 2, 15000);
+    await publish(P.jwtControl, site, 3);
+    await until('every publication', () => got.length === 3);
+    ds.close();
+    return { calls, connects, errors, got, ok: calls === 3 && connects === 2 && errors.includes('token') && got.join() === '1,2,3' };`,
+
+  'tokens: a refresh that no longer grants a site ends that subscription (forbidden), the others go on': `
+    const [a, b] = [unique('ra'), unique('rb')];
+    let calls = 0;
+    const errors = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev',
+      getToken: async () => (++calls === 1 ? token([a, b], 2000) : token([a], 60000)) });
+    ds.onError((e) => errors.push(e));
+    const sa = ds.subscribe(a), sb = ds.subscribe(b);
+    await Promise.all([sa.ready, sb.ready]);
+    await until('the refusal of b', () => sb.state === 'refused', 10000);
+    const got = [];
+    sa.on('weather', (d) => got.push(d));
+    await publish(P.jwtControl, a, 1);
+    await until('a publication of a', () => got.length === 1);
+    ds.close();
+    const e = errors.find((x) => x.code === 'forbidden');
+    return { calls, stateA: sa.state, code: e?.code, site: e?.site, ok: e?.site === b && e instanceof DS.DatastreamError && got[0] === 1 };`,
+
+  'tokens: a token that stops verifying: invalid_token on refresh, then 3501 after one more getToken, terminal': `
+    const site = unique('t5');
+    let calls = 0;
+    const issued = [];
+    const errors = [];
+    const log = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', sites: [site],
+      getToken: async () => { const t = await token([site], 2000, ++calls > 1); issued.push(t); return t; },
+      logger: (e, d) => log.push(JSON.stringify([e, d])) });
+    ds.onError((e) => errors.push(e));
+    await ds.ready();
+    await until('the end', () => ds.state.type === 'closed', 20000);
+    const end = ds.state;
+    const texts = [...errors.map((e) => e.message), ...log, end.reason];
+    const leaked = issued.some((t) => texts.some((x) => x.includes(t)));
+    return { calls, end, errors: errors.map((e) => e.code), leaked,
+      ok: end.code === 3501 && calls === 4 && errors.some((e) => e.code === 'invalid_token') && !leaked };`,
+
+  'tokens: legacy mode sends the token as ?token=': `
+    const site = unique('t6');
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', protocol: 'legacy', sites: [site], token: await token([site], 60000) });
+    const got = [];
+    ds.on('weather', (d) => got.push(d));
+    const sub = ds.subscribe(site);
+    await sub.ready;
+    await ds.ready();
+    await publish(P.jwtControl, site, 7);
+    await until('a publication', () => got.length === 1);
+    ds.close();
+    return { got, ok: got[0] === 7 };`,
+};
+
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm' };
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://x');
+  if (url.pathname === '/test.html') {
+    return res
+      .writeHead(200, { 'content-type': 'text/html' })
+      .end('<!doctype html><script type="module">import * as DS from "/dist/index.js"; window.DS = DS; window.__loaded = true;</script>');
+  }
+  const file = path.join(dist, decodeURIComponent(url.pathname.replace(/^\/dist\//, '/')));
+  if (!file.startsWith(dist)) return res.writeHead(403).end();
+  let body;
+  try {
+    body = readFileSync(file);
+  } catch {
+    return res.writeHead(404).end();
+  }
+  res.writeHead(200, { 'content-type': types[path.extname(file)] ?? 'application/octet-stream' }).end(body);
+});
+await new Promise((r) => server.listen(0, '127.0.0.1', r));
+const base = `http://127.0.0.1:${server.address().port}`;
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run'],
+});
+try {
+  const only = process.env.SDK_TEST_ONLY;
+  for (const [name, body] of Object.entries(tests)) {
+    if (only && !name.includes(only)) continue;
+    const tab = await browser.newPage();
+    const errors = [];
+    tab.on('pageerror', (e) => errors.push(String(e)));
+    await tab.goto(`${base}/test.html`);
+    await tab.waitForFunction(() => window.__loaded === true, null, { timeout: 10_000 });
+    try {
+      const result = await tab.evaluate(`(async () => { ${prelude}\n${body} })()`);
+      check(result.ok === true && errors.length === 0, `${name} ${result.ok ? '' : JSON.stringify(result)} ${errors.join('; ')}`);
+    } catch (e) {
+      check(false, `${name}: ${e.message.split('\n')[0]}`);
+    }
+    await tab.close();
+  }
+} finally {
+  await browser.close();
+  server.close();
+}
+
+if (failures > 0) {
+  console.error(`${failures} SDK check(s) failed`);
+  process.exit(1);
+}
+console.log('SDK checks passed');
