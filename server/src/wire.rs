@@ -12,7 +12,7 @@ use std::{
     io,
     sync::{
         Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
 };
@@ -32,6 +32,9 @@ pub struct Wire {
     /// HTTP connections never take it.
     frames: AtomicBool,
     unsent: Mutex<Unsent>,
+    /// How many bytes `unsent` holds, readable without its lock: the byte budget reads it on
+    /// every delivery.
+    unsent_len: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +48,7 @@ struct Unsent {
 impl Wire {
     /// Wraps an accepted connection.
     pub fn new(stream: TcpStream) -> Self {
-        Wire { stream, frames: AtomicBool::new(false), unsent: Mutex::default() }
+        Wire { stream, frames: AtomicBool::new(false), unsent: Mutex::default(), unsent_len: AtomicUsize::new(0) }
     }
 
     fn locked(&self) -> MutexGuard<'_, Unsent> {
@@ -54,7 +57,7 @@ impl Wire {
 
     /// Bytes written but not yet taken by the kernel.
     pub fn unsent(&self) -> usize {
-        self.locked().bytes.len()
+        self.unsent_len.load(Ordering::Acquire)
     }
 
     /// Makes every later write whole. Call once the connection carries WebSocket frames and
@@ -95,6 +98,7 @@ impl Wire {
             0
         };
         unsent.bytes.extend_from_slice(&bytes[sent..]);
+        self.unsent_len.store(unsent.bytes.len(), Ordering::Release);
         Ok(())
     }
 
@@ -109,6 +113,7 @@ impl Wire {
                 match self.stream.try_write(&unsent.bytes) {
                     Ok(n) => {
                         unsent.bytes.advance(n);
+                        self.unsent_len.store(unsent.bytes.len(), Ordering::Release);
                         if unsent.bytes.is_empty() && unsent.bytes.capacity() > KEEP_UNSENT_CAPACITY {
                             unsent.bytes = BytesMut::new();
                         }

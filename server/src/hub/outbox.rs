@@ -151,14 +151,16 @@ impl Outbox {
             return true;
         }
         let len = publication.queued_len();
-        if queue.owed() + len > self.max_bytes && queue.owed() > 0 {
+        let owed = queue.owed();
+        if owed > 0 && owed + len > self.max_bytes {
             // Let the socket take what is queued before judging: a batch larger than the budget
             // is not a slow client.
             if queue.fanout && !queue.items.is_empty() {
                 let written = self.write_queued(&mut queue, &mut Vec::new(), metrics);
                 metrics.messages_out.inc_by(written as u64);
             }
-            if queue.owed() + len > self.max_bytes && queue.owed() > 0 {
+            let owed = queue.owed();
+            if owed > 0 && owed + len > self.max_bytes {
                 drop(queue);
                 self.overflowed.store(true, Ordering::Relaxed);
                 self.waker.wake();
