@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::{
     Extension, Json, Router,
     extract::{
-        ConnectInfo, DefaultBodyLimit, Query, State,
+        ConnectInfo, Query, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, StatusCode, header},
@@ -38,11 +38,11 @@ use crate::{
 /// Builds the router for `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let stage_path = format!("/{}", state.config.stage);
-    let body_limit = state.config.max_publish_body_bytes;
     let static_dir = state.config.static_dir.clone();
     let router = Router::new()
         .route(&stage_path, get(connect))
-        .route("/publish", post(ingest::http::publish).layer(DefaultBodyLimit::max(body_limit)))
+        // The handler reads the body itself, after the token, within the size limit and deadline.
+        .route("/publish", post(ingest::http::publish))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));

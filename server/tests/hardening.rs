@@ -366,3 +366,18 @@ async fn subscribing_to_random_sites_leaves_no_broker_state() {
     let datastream::broker::Broker::Memory(memory) = &s.state.broker else { panic!("memory broker") };
     assert_eq!(memory.site_count(), 0);
 }
+
+/// A chunked body (no `Content-Length`) over the limit is refused with 413 once it passes it.
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_refused() {
+    let s = TestServer::start(&["--max-publish-body-bytes", "1000", "--max-message-bytes", "1000"]).await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        s.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = "x".repeat(2000);
+    stream.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes()).await.unwrap();
+    assert_eq!(status_within(&mut stream, Duration::from_secs(5)).await, Some(413));
+}
