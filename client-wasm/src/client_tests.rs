@@ -84,8 +84,16 @@ fn publ(site: &str, topic: &str, epoch: &str, offset: u64) -> String {
 }
 
 fn subscribed(site: &str, id: u64, epoch: &str, offset: u64, recovered: Option<bool>, replayed: u32) -> String {
-    ServerFrame::Subscribed { id: Some(id), site: site.into(), epoch: epoch.into(), offset, recovered, replayed }
-        .to_json()
+    ServerFrame::Subscribed {
+        id: Some(id),
+        site: site.into(),
+        epoch: epoch.into(),
+        offset,
+        recovered,
+        replayed,
+        latest: None,
+    }
+    .to_json()
 }
 
 fn sends(actions: &[A]) -> Vec<serde_json::Value> {

@@ -58,7 +58,7 @@ impl Inbound {
     pub fn from_server_frame(frame: ServerFrame) -> Option<Self> {
         Some(match frame {
             ServerFrame::Hello { ping_interval_ms, .. } => Inbound::Hello { ping_interval_ms },
-            ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed } => {
+            ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed, .. } => {
                 Inbound::Subscribed { id, site, epoch, offset, recovered, replayed }
             }
             ServerFrame::Unsubscribed { .. } => Inbound::Unsubscribed,

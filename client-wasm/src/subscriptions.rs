@@ -4,7 +4,7 @@
 //!
 //! The app's wishes live here, not in the connection, which is why they survive reconnects.
 
-use datastream_protocol::v2::{ClientFrame, StreamPosition};
+use datastream_protocol::v2::{ClientFrame, LatestWanted, StreamPosition};
 
 use crate::stream::{Stream, Undo};
 
@@ -119,6 +119,7 @@ impl Subscriptions {
             topics,
             rewind: if recover.is_none() { sub.rewind } else { None },
             recover,
+            latest: LatestWanted::No,
         })
     }
 
@@ -236,7 +237,8 @@ mod tests {
                 site: "mrc".into(),
                 topics: vec!["weather".into()],
                 recover: None,
-                rewind: Some(20)
+                rewind: Some(20),
+                latest: LatestWanted::No,
             }
         );
         assert!(!subs.settled());
@@ -253,7 +255,8 @@ mod tests {
                 site: "mrc".into(),
                 topics: vec!["weather".into()],
                 recover: Some(StreamPosition { epoch: "e".into(), offset: 8 }),
-                rewind: None
+                rewind: None,
+                latest: LatestWanted::No,
             },
             "the rewind was done once; now the position is what matters"
         );

@@ -6,27 +6,20 @@
 //! two cannot drift apart.
 
 use datastream_protocol::legacy::UPDATE_SUBSCRIBER_SITE;
-use datastream_protocol::v2::ClientFrame;
+use datastream_protocol::v2::{ClientFrame, LatestWanted};
 
 /// The frame's JSON text, exactly as `serde_json::to_string` writes it.
 pub fn encode(frame: &ClientFrame) -> String {
     let mut out = String::with_capacity(64);
     match frame {
-        ClientFrame::Subscribe { id, site, topics, recover, rewind } => {
+        ClientFrame::Subscribe { id, site, topics, recover, rewind, latest } => {
             out.push_str(r#"{"type":"subscribe""#);
             push_id(&mut out, *id);
             push_key(&mut out, "site");
             push_string(&mut out, site);
             if !topics.is_empty() {
                 push_key(&mut out, "topics");
-                out.push('[');
-                for (i, topic) in topics.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    push_string(&mut out, topic);
-                }
-                out.push(']');
+                push_strings(&mut out, topics);
             }
             if let Some(position) = recover {
                 push_key(&mut out, "recover");
@@ -39,6 +32,14 @@ pub fn encode(frame: &ClientFrame) -> String {
             if let Some(rewind) = rewind {
                 push_key(&mut out, "rewind");
                 push_u64(&mut out, u64::from(*rewind));
+            }
+            match latest {
+                LatestWanted::No => {}
+                LatestWanted::Unseen => out.push_str(r#","latest":true"#),
+                LatestWanted::Topics(topics) => {
+                    push_key(&mut out, "latest");
+                    push_strings(&mut out, topics);
+                }
             }
         }
         ClientFrame::Unsubscribe { id, site } => {
@@ -102,6 +103,17 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
 }
 
 /// Appends `s` as a JSON string, escaped as serde_json escapes.
+fn push_strings(out: &mut String, strings: &[String]) {
+    out.push('[');
+    for (i, s) in strings.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_string(out, s);
+    }
+    out.push(']');
+}
+
 fn push_string(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
@@ -135,13 +147,21 @@ mod tests {
     fn matches_serde_json_for_every_frame_shape() {
         let nasty = "q\"b\\s\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é🌟";
         let frames = [
-            ClientFrame::Subscribe { id: None, site: "mrc".into(), topics: vec![], recover: None, rewind: None },
+            ClientFrame::Subscribe {
+                id: None,
+                site: "mrc".into(),
+                topics: vec![],
+                recover: None,
+                rewind: None,
+                latest: LatestWanted::No,
+            },
             ClientFrame::Subscribe {
                 id: Some(u64::MAX),
                 site: nasty.into(),
                 topics: vec!["a".into(), nasty.into()],
                 recover: Some(StreamPosition { epoch: nasty.into(), offset: 0 }),
                 rewind: Some(u32::MAX),
+                latest: LatestWanted::Unseen,
             },
             ClientFrame::Subscribe {
                 id: Some(0),
@@ -149,6 +169,7 @@ mod tests {
                 topics: vec!["t".into()],
                 recover: None,
                 rewind: Some(20),
+                latest: LatestWanted::Topics(vec!["t".into(), nasty.into()]),
             },
             ClientFrame::Subscribe {
                 id: Some(7),
@@ -156,6 +177,7 @@ mod tests {
                 topics: vec![],
                 recover: Some(StreamPosition { epoch: "9f3c".into(), offset: 1_234_567_890_123 }),
                 rewind: None,
+                latest: LatestWanted::No,
             },
             ClientFrame::Unsubscribe { id: Some(3), site: "saf".into() },
             ClientFrame::Unsubscribe { id: None, site: nasty.into() },

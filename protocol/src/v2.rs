@@ -27,6 +27,61 @@ pub struct StreamPosition {
     pub offset: u64,
 }
 
+/// Which topics' latest publications a subscribe asks for (its `latest` field).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "LatestField", into = "LatestField")]
+pub enum LatestWanted {
+    /// `false` or absent: none.
+    #[default]
+    No,
+    /// `true`: of every subscribed topic, those the client has not seen: with `recover`, only
+    /// publications after its position (it has the rest).
+    Unseen,
+    /// `["topic", …]`: of these topics (those the subscription receives), whatever the `recover`
+    /// position: the client says it does not hold them (say, a topic it just added).
+    Topics(Vec<String>),
+}
+
+impl LatestWanted {
+    /// Whether nothing is asked for.
+    pub fn is_no(&self) -> bool {
+        matches!(self, LatestWanted::No)
+    }
+}
+
+impl From<bool> for LatestWanted {
+    fn from(on: bool) -> Self {
+        if on { LatestWanted::Unseen } else { LatestWanted::No }
+    }
+}
+
+/// How [`LatestWanted`] is written: a boolean or a list of topics.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged, expecting = "a boolean or an array of topic names")]
+enum LatestField {
+    Flag(bool),
+    Topics(Vec<String>),
+}
+
+impl From<LatestField> for LatestWanted {
+    fn from(field: LatestField) -> Self {
+        match field {
+            LatestField::Flag(on) => on.into(),
+            LatestField::Topics(topics) => LatestWanted::Topics(topics),
+        }
+    }
+}
+
+impl From<LatestWanted> for LatestField {
+    fn from(wanted: LatestWanted) -> Self {
+        match wanted {
+            LatestWanted::No => LatestField::Flag(false),
+            LatestWanted::Unseen => LatestField::Flag(true),
+            LatestWanted::Topics(topics) => LatestField::Topics(topics),
+        }
+    }
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -48,6 +103,10 @@ pub enum ClientFrame {
         /// Without `recover`: send up to this many of the latest publications first.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rewind: Option<u32>,
+        /// Send first the latest publication of topics, however long ago it was published,
+        /// marked [`PubFrame::latest`]: see [`LatestWanted`].
+        #[serde(default, skip_serializing_if = "LatestWanted::is_no")]
+        latest: LatestWanted,
     },
     /// Stop receiving a site.
     Unsubscribe {
@@ -133,6 +192,10 @@ pub struct PubFrame {
     pub offset: u64,
     /// The publisher's data, verbatim.
     pub data: Box<RawValue>,
+    /// True for a topic's latest publication sent because the subscribe asked for `latest`: an
+    /// older publication than the subscription's position, which it does not move.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub latest: bool,
 }
 
 /// Frames the server sends. Decode with [`ServerFrame::parse`] (serde cannot buffer the raw
@@ -168,8 +231,13 @@ pub enum ServerFrame {
         /// replayed: the app should refetch current state.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
-        /// Number of publications (replayed or rewound) sent right after this frame.
+        /// Number of publications (replayed or rewound) sent right after this frame, after any
+        /// latest ones.
         replayed: u32,
+        /// With `latest`: the number of latest publications (marked `"latest": true`) sent right
+        /// after this frame, before any replayed ones.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latest: Option<u32>,
     },
     /// A subscription was removed.
     Unsubscribed {
@@ -237,6 +305,16 @@ impl ServerFrame {
 
 /// Encodes a publication frame. `data` is copied verbatim.
 pub fn encode_pub(site: &str, topic: &str, epoch: &str, offset: u64, data: &RawValue) -> String {
+    encode(site, topic, epoch, offset, data, false)
+}
+
+/// Encodes a topic's latest publication, sent because a subscribe asked for `latest`: a
+/// publication frame marked `"latest":true`.
+pub fn encode_latest(site: &str, topic: &str, epoch: &str, offset: u64, data: &RawValue) -> String {
+    encode(site, topic, epoch, offset, data, true)
+}
+
+fn encode(site: &str, topic: &str, epoch: &str, offset: u64, data: &RawValue, latest: bool) -> String {
     #[derive(Serialize)]
     struct Pub<'a> {
         #[serde(rename = "type")]
@@ -246,8 +324,10 @@ pub fn encode_pub(site: &str, topic: &str, epoch: &str, offset: u64, data: &RawV
         epoch: &'a str,
         offset: u64,
         data: &'a RawValue,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        latest: bool,
     }
-    serde_json::to_string(&Pub { kind: "pub", site, topic, epoch, offset, data }).unwrap_or_default()
+    serde_json::to_string(&Pub { kind: "pub", site, topic, epoch, offset, data, latest }).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -268,6 +348,7 @@ mod tests {
                 topics: vec!["sitestatus".into()],
                 recover: Some(StreamPosition { epoch: "e".into(), offset: 41 }),
                 rewind: None,
+                latest: LatestWanted::No,
             }
         );
         assert_eq!(ClientFrame::parse(r#"{"type":"pong"}"#).unwrap(), ClientFrame::Pong);
@@ -304,5 +385,32 @@ mod tests {
             .unwrap();
         assert!(matches!(&frames[0], ServerFrame::Pub(p) if p.offset == 7 && p.data.get() == r#"{"n":1.50}"#));
         assert!(matches!(frames[1], ServerFrame::Ping));
+    }
+
+    #[test]
+    fn latest_is_asked_for_and_marked() {
+        let f = ClientFrame::parse(r#"{"type":"subscribe","site":"mrc","topics":["a"],"latest":true}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Subscribe { latest: LatestWanted::Unseen, .. }));
+        let text = r#"{"type":"subscribe","site":"mrc","topics":["a","b"],"latest":["b"]}"#;
+        let f = ClientFrame::parse(text).unwrap();
+        assert!(matches!(&f, ClientFrame::Subscribe { latest: LatestWanted::Topics(t), .. } if t == &["b"]));
+        assert_eq!(serde_json::to_string(&f).unwrap(), text);
+        for absent in [r#"{"type":"subscribe","site":"mrc"}"#, r#"{"type":"subscribe","site":"mrc","latest":false}"#] {
+            let f = ClientFrame::parse(absent).unwrap();
+            assert!(matches!(f, ClientFrame::Subscribe { latest: LatestWanted::No, .. }));
+            assert!(!serde_json::to_string(&f).unwrap().contains("latest"), "absent when false");
+        }
+        for bad in [r#""yes""#, "1", r#"[1]"#, "null", r#"{"a":1}"#] {
+            let e = ClientFrame::parse(&format!(r#"{{"type":"subscribe","site":"mrc","latest":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidFrame, "{bad}");
+            assert!(e.message.contains("a boolean or an array of topic names"), "{bad}: {}", e.message);
+        }
+
+        let data = RawValue::from_string("1".into()).unwrap();
+        let text = encode_latest("mrc", "t", "ep", 3, &data);
+        assert_eq!(text, r#"{"type":"pub","site":"mrc","topic":"t","epoch":"ep","offset":3,"data":1,"latest":true}"#);
+        assert!(matches!(ServerFrame::parse(&text).unwrap(), ServerFrame::Pub(p) if p.latest && p.offset == 3));
+        let live = encode_pub("mrc", "t", "ep", 4, &data);
+        assert!(matches!(ServerFrame::parse(&live).unwrap(), ServerFrame::Pub(p) if !p.latest));
     }
 }

@@ -3,7 +3,7 @@
 
 use datastream_protocol::{
     legacy::LegacyClientFrame,
-    v2::{ClientFrame, StreamPosition},
+    v2::{ClientFrame, LatestWanted, StreamPosition},
 };
 use proptest::prelude::*;
 
@@ -66,6 +66,11 @@ proptest! {
         topics in prop::collection::vec("[a-z_]{1,10}", 0..4),
         recover in proptest::option::of(("[0-9a-f]{16}", any::<u64>())),
         rewind in proptest::option::of(any::<u32>()),
+        latest in prop_oneof![
+            Just(LatestWanted::No),
+            Just(LatestWanted::Unseen),
+            prop::collection::vec("[a-z_]{1,10}", 0..3).prop_map(LatestWanted::Topics),
+        ],
     ) {
         let frame = ClientFrame::Subscribe {
             id,
@@ -73,6 +78,7 @@ proptest! {
             topics,
             recover: recover.map(|(epoch, offset)| StreamPosition { epoch, offset }),
             rewind,
+            latest,
         };
         let text = serde_json::to_string(&frame).expect("encode");
         prop_assert_eq!(ClientFrame::parse(&text).expect("decode"), frame);
