@@ -15,6 +15,9 @@ use crate::client_addr::Cidr;
 /// Default largest message: SQS's own limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
 
+/// Most topics per site whose latest publication may be kept.
+pub const MAX_LATEST_TOPICS: usize = 1024;
+
 /// Paths the relay serves itself; the stage may not take one of these names.
 const RESERVED_PATHS: &[&str] = &["healthz", "readyz", "metrics", "publish"];
 
@@ -90,6 +93,16 @@ pub struct Config {
     /// How long a publication stays in history.
     #[arg(long, env = "DATASTREAM_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
+
+    /// Topics per site whose latest publication is kept (for `latest` subscriptions and
+    /// `GET /sites/<site>/latest`), whatever the history's size and age; past it, the topic
+    /// published least recently is dropped. 0 turns the feature off.
+    #[arg(long, env = "DATASTREAM_LATEST_TOPICS", default_value_t = 64)]
+    pub latest_topics: usize,
+
+    /// How long a topic's latest publication is kept after it was published.
+    #[arg(long, env = "DATASTREAM_LATEST_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub latest_ttl: Duration,
 
     /// Window in which a repeated SQS message id or idempotency key is dropped as a duplicate.
     #[arg(long, env = "DATASTREAM_DEDUPE_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -308,6 +321,15 @@ impl Config {
         }
         if self.body_timeout.is_zero() {
             return Err(bad("--body-timeout (DATASTREAM_BODY_TIMEOUT)", "must be positive"));
+        }
+        if self.latest_topics > MAX_LATEST_TOPICS {
+            return Err(bad(
+                "--latest-topics (DATASTREAM_LATEST_TOPICS)",
+                format!("must be at most {MAX_LATEST_TOPICS}"),
+            ));
+        }
+        if self.latest_ttl.is_zero() {
+            return Err(bad("--latest-ttl (DATASTREAM_LATEST_TTL)", "must be positive"));
         }
         if self.max_topics == 0 {
             return Err(bad("--max-topics (DATASTREAM_MAX_TOPICS)", "must be at least 1"));

@@ -1,4 +1,5 @@
-//! The HTTP surface: the WebSocket endpoint at `/<stage>`, `POST /publish`, `/healthz`,
+//! The HTTP surface: the WebSocket endpoint at `/<stage>`, `POST /publish`,
+//! `GET /sites/<site>/latest`, `/healthz`,
 //! `/readyz` and `/metrics`; with `DATASTREAM_STATIC_DIR`, static files (the demo dashboard) at
 //! every other path, else 404.
 
@@ -29,7 +30,7 @@ use crate::{
     broker::Broker,
     client_addr,
     hub::{Framing, Inbox},
-    ingest,
+    ingest, latest,
     limits::IpPermit,
     session::{self, Registration, Start, legacy::Legacy, v2::V2},
     wire::Wire,
@@ -43,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&stage_path, get(connect))
         // The handler reads the body itself, after the token, within the size limit and deadline.
         .route("/publish", post(ingest::http::publish))
+        .route("/sites/{site}/latest", get(latest::get).layer(latest::cors(&state.config)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -224,7 +226,7 @@ async fn setup_v2(
     let mut proto = V2;
     let mut greeting = vec![V2::hello(state)];
     for site in sites {
-        let checked = proto.check_subscribe(state, &reg, None, &site, &[], None, None);
+        let checked = proto.check_subscribe(state, &reg, None, &site, &[], None, None, v2::LatestWanted::No);
         match checked {
             Ok(req) => match proto.subscribe(req, &mut reg, state).await {
                 Ok(frames) => greeting.extend(frames),

@@ -4,10 +4,12 @@
 //! # Layout
 //! - [`config`]: every setting, from flags and `DATASTREAM_*` environment variables.
 //! - [`publication`]: validation of incoming messages, and the encoded-once publication.
-//! - [`broker`]: stream positions, history and dedupe; hands publications to the hub in order.
+//! - [`broker`]: stream positions, history, latest values and dedupe; hands publications to the hub
+//!   in order.
 //! - [`hub`]: local subscribers by site, per-connection byte-capped queues, fan-out.
 //! - [`session`]: one task per WebSocket connection.
 //! - [`ingest`]: where messages come from: SQS pollers and the HTTP publish endpoint.
+//! - [`latest`]: `GET /sites/<site>/latest`, the latest publication of each topic over plain HTTP.
 //! - [`http`]: the router: WebSocket upgrade, publish, health, readiness and metrics.
 //! - [`auth`]: optional JWT verification of clients, and what a token grants.
 //! - [`limits`]: per-address connection limits and per-connection frame rates.
@@ -32,6 +34,7 @@ pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod latest;
 pub mod limits;
 pub mod metrics;
 pub mod proxy_protocol;

@@ -229,6 +229,12 @@ impl Publication {
         })
     }
 
+    /// This publication as a topic's latest, for a subscribe that asked for it (sent once; not
+    /// kept).
+    pub fn latest_frame(&self) -> Utf8Bytes {
+        v2::encode_latest(&self.site, &self.topic, &self.position.epoch, self.position.offset, &self.data).into()
+    }
+
     /// Bytes this publication occupies in a subscriber's send queue (an upper bound of either
     /// frame's length).
     pub fn queued_len(&self) -> usize {

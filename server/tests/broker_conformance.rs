@@ -1,5 +1,6 @@
 //! One suite, run against every broker: positions, ordered delivery, bounded history, exact
-//! recovery, rewind, dedupe, expiry. The Redis runs use a real `redis-server`.
+//! recovery, rewind, dedupe, expiry, the latest publication of each topic. The Redis runs use a
+//! real `redis-server`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use common::procs::RedisServer;
 use datastream::{
-    broker::{Broker, HistoryOptions, MemoryBroker, PublishOutcome, RedisBroker},
+    broker::{Broker, HistoryOptions, Latest, MemoryBroker, PublishOutcome, RedisBroker, Snapshot},
     hub::{Event, Framing, Hub, Outbox, Subscriber},
     metrics::Metrics,
     publication::{Position, PublishRequest, Validator},
@@ -31,12 +32,31 @@ impl Drop for Backend {
 }
 
 fn options(size: usize, ttl: Duration) -> HistoryOptions {
-    HistoryOptions { size, ttl, dedupe_window: Duration::from_secs(60) }
+    HistoryOptions {
+        size,
+        ttl,
+        dedupe_window: Duration::from_secs(60),
+        latest_topics: 64,
+        latest_ttl: Duration::from_secs(600),
+    }
+}
+
+fn latest_options(topics: usize, ttl: Duration) -> HistoryOptions {
+    HistoryOptions { latest_topics: topics, latest_ttl: ttl, ..options(5, Duration::from_secs(600)) }
+}
+
+/// `(topic, offset, data)` of a snapshot's latest publications, in the order given.
+fn latest_of(snap: &Snapshot) -> Vec<(String, u64, String)> {
+    snap.latest.iter().map(|p| (p.topic.to_string(), p.position.offset, p.data.get().to_owned())).collect()
+}
+
+fn entry(topic: &str, offset: u64, n: u64) -> (String, u64, String) {
+    (topic.to_owned(), offset, format!(r#"{{"n":{n}}}"#))
 }
 
 async fn memory(options: HistoryOptions) -> Backend {
     let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
-    let broker = Broker::Memory(MemoryBroker::new(hub.clone(), options));
+    let broker = Broker::Memory(Box::new(MemoryBroker::new(hub.clone(), options)));
     Backend { broker, hub, _redis: None, stop: CancellationToken::new() }
 }
 
@@ -164,6 +184,64 @@ async fn history_expires_by_age(b: Backend) {
     assert!(snap.recover(&snap.epoch, 0, None).is_none());
 }
 
+async fn latest_outlives_history_and_drops_the_least_recently_published(b: Backend) {
+    let site: Arc<str> = "mrc".into();
+    publish(&b, "mrc", "phase", 0).await;
+    for n in 1..=20 {
+        publish(&b, "mrc", "weather", n).await;
+    }
+    let snap = b.broker.snapshot_with(&site, Latest::Of(None)).await.unwrap();
+    assert_eq!(snap.top, 21);
+    assert_eq!(snap.history.len(), 5, "history keeps its own bound");
+    assert_eq!(latest_of(&snap), vec![entry("phase", 1, 0), entry("weather", 21, 20)], "oldest first");
+    assert!(b.broker.snapshot(&site).await.unwrap().latest.is_empty(), "read only when asked");
+
+    // Limit 3: a fourth topic drops the one published least recently, then a republished topic
+    // moves to the back.
+    publish(&b, "mrc", "focus", 22).await;
+    publish(&b, "mrc", "dome", 23).await;
+    let snap = b.broker.snapshot_with(&site, Latest::Of(None)).await.unwrap();
+    assert_eq!(latest_of(&snap), vec![entry("weather", 21, 20), entry("focus", 22, 22), entry("dome", 23, 23)]);
+    publish(&b, "mrc", "weather", 24).await;
+    let snap = b.broker.snapshot_with(&site, Latest::Of(None)).await.unwrap();
+    assert_eq!(latest_of(&snap), vec![entry("focus", 22, 22), entry("dome", 23, 23), entry("weather", 24, 24)]);
+
+    // Filtered by topic; the reader's view (no subscription) is the same.
+    let topics: Vec<Arc<str>> = vec!["weather".into(), "phase".into(), "nothing".into()];
+    let snap = b.broker.snapshot_with(&site, Latest::Of(Some(&topics))).await.unwrap();
+    assert_eq!(latest_of(&snap), vec![entry("weather", 24, 24)]);
+    let read = b.broker.latest(&site, None).await.unwrap();
+    assert_eq!(
+        (read.top, &*read.epoch, latest_of(&read)),
+        (24, &*snap.epoch, latest_of(&b.broker.snapshot_with(&site, Latest::Of(None)).await.unwrap()))
+    );
+    assert!(read.history.is_empty());
+
+    // Other sites are their own.
+    publish(&b, "saf", "phase", 7).await;
+    let saf = b.broker.latest(&"saf".into(), None).await.unwrap();
+    assert_eq!(latest_of(&saf), vec![entry("phase", 1, 7)]);
+    let nobody = b.broker.latest(&"nobody".into(), None).await.unwrap();
+    assert_eq!((nobody.top, nobody.latest.len()), (0, 0), "a site never published has nothing");
+}
+
+async fn latest_expires_by_age(b: Backend) {
+    let site: Arc<str> = "mrc".into();
+    publish(&b, "mrc", "phase", 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    publish(&b, "mrc", "weather", 2).await;
+    b.broker.sweep().await;
+    let snap = b.broker.snapshot_with(&site, Latest::Of(None)).await.unwrap();
+    assert_eq!(latest_of(&snap), vec![entry("weather", 2, 2)]);
+    assert_eq!(latest_of(&b.broker.latest(&site, None).await.unwrap()), vec![entry("weather", 2, 2)]);
+}
+
+async fn latest_can_be_turned_off(b: Backend) {
+    publish(&b, "mrc", "phase", 1).await;
+    let snap = b.broker.snapshot_with(&"mrc".into(), Latest::Of(None)).await.unwrap();
+    assert_eq!((snap.top, snap.latest.len()), (1, 0));
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -195,6 +273,23 @@ macro_rules! conformance {
             #[tokio::test]
             async fn repeated_keys_publish_once() {
                 super::repeated_keys_publish_once(super::$backend(options(100, Duration::from_secs(600))).await).await;
+            }
+            #[tokio::test]
+            async fn latest_outlives_history_and_drops_the_least_recently_published() {
+                super::latest_outlives_history_and_drops_the_least_recently_published(
+                    super::$backend(latest_options(3, Duration::from_secs(600))).await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn latest_expires_by_age() {
+                super::latest_expires_by_age(super::$backend(latest_options(3, Duration::from_millis(300))).await)
+                    .await;
+            }
+            #[tokio::test]
+            async fn latest_can_be_turned_off() {
+                super::latest_can_be_turned_off(super::$backend(latest_options(0, Duration::from_secs(600))).await)
+                    .await;
             }
             #[tokio::test]
             async fn history_expires_by_age() {
@@ -233,4 +328,27 @@ async fn redis_a_site_watched_before_pubsub_connects_is_subscribed_when_it_does(
     };
     assert_eq!(p.data.get(), r#"{"n":7}"#);
     stop.cancel();
+}
+
+/// Latest values of an older epoch never surface in a newer one: a site whose position was lost
+/// (its `meta` key gone, say evicted) starts a new epoch with none.
+#[tokio::test]
+async fn redis_a_new_epoch_starts_without_the_old_latest_values() {
+    let b = redis(latest_options(64, Duration::from_secs(600))).await;
+    let site: Arc<str> = "mrc".into();
+    let old = publish(&b, "mrc", "phase", 1).await;
+    publish(&b, "mrc", "weather", 2).await;
+    let Some(server) = &b._redis else { unreachable!() };
+    let mut conn = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("DEL").arg("test:{mrc}:meta").query_async(&mut conn).await.unwrap();
+    let new = publish(&b, "mrc", "weather", 3).await;
+    assert_ne!(new.epoch, old.epoch);
+    assert_eq!(new.offset, 1);
+    let snap = b.broker.snapshot_with(&site, Latest::Of(None)).await.unwrap();
+    assert_eq!(latest_of(&snap), vec![entry("weather", 1, 3)]);
+    // The same when a reader draws the new epoch first.
+    publish(&b, "saf", "phase", 1).await;
+    let _: () = ::redis::cmd("DEL").arg("test:{saf}:meta").query_async(&mut conn).await.unwrap();
+    let snap = b.broker.snapshot_with(&"saf".into(), Latest::Of(None)).await.unwrap();
+    assert_eq!((snap.top, snap.latest.len()), (0, 0));
 }

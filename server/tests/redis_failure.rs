@@ -34,7 +34,13 @@ use tokio_util::sync::CancellationToken;
 const PREFIX: &str = "test";
 
 fn options() -> HistoryOptions {
-    HistoryOptions { size: 1000, ttl: Duration::from_secs(600), dedupe_window: Duration::from_secs(60) }
+    HistoryOptions {
+        size: 1000,
+        ttl: Duration::from_secs(600),
+        dedupe_window: Duration::from_secs(60),
+        latest_topics: 64,
+        latest_ttl: Duration::from_secs(600),
+    }
 }
 
 /// A node: a Redis broker with its reader running, and its hub.

@@ -3,6 +3,10 @@
 //! Each site has its own lock, held while a publication gets its offset, enters history and is
 //! queued to local subscribers, so subscribers see every site's publications in offset order. The
 //! epoch is drawn at start: a restart loses history, and the new epoch tells clients so.
+//!
+//! Beside its history, each site keeps the latest publication of each topic (the same shared
+//! [`Publication`], not a copy), ordered by offset: a republished topic moves to the back, and
+//! past [`HistoryOptions::latest_topics`] the front (least recently published) is dropped.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,9 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{HistoryOptions, PublishOutcome, Snapshot};
+use super::{HistoryOptions, Latest, PublishOutcome, Snapshot};
 use crate::{
-    hub::{Batch, Hub},
+    hub::{Batch, Hub, wants},
     publication::{Position, Publication, PublishRequest},
 };
 
@@ -22,6 +26,8 @@ struct SiteStream {
     offset: u64,
     /// Newest last; bounded by [`HistoryOptions`].
     history: VecDeque<Arc<Publication>>,
+    /// The latest publication of each topic, newest last; bounded by [`HistoryOptions`].
+    latest: VecDeque<Arc<Publication>>,
 }
 
 /// Keys seen within the dedupe window, with their expiry kept in arrival order.
@@ -76,7 +82,9 @@ impl MemoryBroker {
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
         sites
             .entry(site.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(SiteStream { offset: 0, history: VecDeque::new() })))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(SiteStream { offset: 0, history: VecDeque::new(), latest: VecDeque::new() }))
+            })
             .clone()
     }
 
@@ -104,6 +112,9 @@ impl MemoryBroker {
         let publication = Arc::new(Publication::new(&req, position.clone()));
         stream.history.push_back(publication.clone());
         trim(&mut stream.history, &self.options, now);
+        if self.options.latest_topics > 0 {
+            remember_latest(&mut stream.latest, &publication, self.options.latest_topics);
+        }
         // Delivering under the site lock keeps every subscriber's view in offset order.
         self.hub.deliver_to(&publication, batch);
         PublishOutcome::Published(position)
@@ -111,13 +122,34 @@ impl MemoryBroker {
 
     /// See [`super::Broker::snapshot`]. Reading a site that was never published leaves no state
     /// behind: subscribing to random names costs nothing lasting.
-    pub fn snapshot(&self, site: &Arc<str>) -> Snapshot {
+    pub fn snapshot(&self, site: &Arc<str>, latest: Latest<'_>) -> Snapshot {
+        self.read(site, true, latest)
+    }
+
+    /// See [`super::Broker::latest`].
+    pub fn latest(&self, site: &Arc<str>, topics: Option<&[Arc<str>]>) -> Snapshot {
+        self.read(site, false, Latest::Of(topics))
+    }
+
+    fn read(&self, site: &Arc<str>, with_history: bool, latest: Latest<'_>) -> Snapshot {
         let stream = self.sites.lock().unwrap_or_else(|e| e.into_inner()).get(site).cloned();
         let Some(stream) = stream else {
-            return Snapshot { epoch: self.epoch.clone(), top: 0, history: Vec::new() };
+            return Snapshot { epoch: self.epoch.clone(), top: 0, history: Vec::new(), latest: Vec::new() };
         };
         let stream = stream.lock().unwrap_or_else(|e| e.into_inner());
-        Snapshot { epoch: self.epoch.clone(), top: stream.offset, history: stream.history.iter().cloned().collect() }
+        let history = if with_history { stream.history.iter().cloned().collect() } else { Vec::new() };
+        let latest = match latest {
+            Latest::No => Vec::new(),
+            Latest::Of(topics) => {
+                let now = Instant::now();
+                let ttl = self.options.latest_ttl;
+                (stream.latest.iter())
+                    .filter(|p| wants(topics, &p.topic) && now.duration_since(p.published_at) <= ttl)
+                    .cloned()
+                    .collect()
+            }
+        };
+        Snapshot { epoch: self.epoch.clone(), top: stream.offset, history, latest }
     }
 
     /// Number of sites with a stream (published at least once).
@@ -130,9 +162,26 @@ impl MemoryBroker {
         let now = Instant::now();
         let streams: Vec<_> = self.sites.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for stream in streams {
-            trim(&mut stream.lock().unwrap_or_else(|e| e.into_inner()).history, &self.options, now);
+            let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
+            trim(&mut stream.history, &self.options, now);
+            let ttl = self.options.latest_ttl;
+            while stream.latest.front().is_some_and(|p| now.duration_since(p.published_at) > ttl) {
+                stream.latest.pop_front();
+            }
         }
         self.dedupe.lock().unwrap_or_else(|e| e.into_inner()).expire(self.options.dedupe_window, now);
+    }
+}
+
+/// Makes `publication` its topic's latest: replaces the topic's previous one and drops the least
+/// recently published topic past `limit`. Searched from the back, where busy topics are.
+fn remember_latest(latest: &mut VecDeque<Arc<Publication>>, publication: &Arc<Publication>, limit: usize) {
+    if let Some(i) = latest.iter().rposition(|p| p.topic == publication.topic) {
+        latest.remove(i);
+    }
+    latest.push_back(publication.clone());
+    if latest.len() > limit {
+        latest.pop_front();
     }
 }
 
@@ -164,7 +213,13 @@ mod tests {
 
     fn broker(size: usize, window: Duration) -> (MemoryBroker, Arc<Hub>) {
         let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
-        let options = HistoryOptions { size, ttl: Duration::from_secs(600), dedupe_window: window };
+        let options = HistoryOptions {
+            size,
+            ttl: Duration::from_secs(600),
+            dedupe_window: window,
+            latest_topics: 4,
+            latest_ttl: Duration::from_secs(600),
+        };
         (MemoryBroker::new(hub.clone(), options), hub)
     }
 
@@ -200,17 +255,22 @@ mod tests {
     #[test]
     fn history_expires_by_age_and_recovery_then_fails() {
         let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
-        let options =
-            HistoryOptions { size: 100, ttl: Duration::from_millis(30), dedupe_window: Duration::from_secs(60) };
+        let options = HistoryOptions {
+            size: 100,
+            ttl: Duration::from_millis(30),
+            dedupe_window: Duration::from_secs(60),
+            latest_topics: 4,
+            latest_ttl: Duration::from_secs(600),
+        };
         let b = MemoryBroker::new(hub, options);
         b.publish(request("a", 1, None));
         b.publish(request("a", 2, None));
         let site: Arc<str> = "a".into();
-        let snap = b.snapshot(&site);
+        let snap = b.snapshot(&site, Latest::No);
         assert_eq!(snap.recover(&snap.epoch, 0, None).map(|v| v.len()), Some(2));
         std::thread::sleep(Duration::from_millis(40));
         b.sweep();
-        let snap = b.snapshot(&site);
+        let snap = b.snapshot(&site, Latest::No);
         assert_eq!((snap.top, snap.history.len()), (2, 0), "offsets survive, history expired");
         assert!(snap.recover(&snap.epoch, 0, None).is_none(), "a gap that is no longer held is not recovered");
         assert_eq!(snap.recover(&snap.epoch, 2, None).map(|v| v.len()), Some(0), "up to date is fine");
@@ -228,7 +288,7 @@ mod tests {
     fn reading_a_never_published_site_leaves_nothing_behind() {
         let (b, _) = broker(10, Duration::from_secs(60));
         for n in 0..100 {
-            let snap = b.snapshot(&format!("random{n}").into());
+            let snap = b.snapshot(&format!("random{n}").into(), Latest::Of(None));
             assert_eq!((snap.top, snap.history.len()), (0, 0));
         }
         assert_eq!(b.site_count(), 0);

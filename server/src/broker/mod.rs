@@ -1,5 +1,6 @@
-//! Brokers give each publication its stream position, keep per-site history, drop duplicates,
-//! and hand publications to the local [`Hub`](crate::hub::Hub) in position order.
+//! Brokers give each publication its stream position, keep per-site history and the latest
+//! publication of each topic, drop duplicates, and hand publications to the local
+//! [`Hub`](crate::hub::Hub) in position order.
 //!
 //! [`Broker`] is the one type the rest of the relay talks to; each backend sits beside it
 //! (`memory`, the single-node default, and `redis`, for several nodes). Every backend passes the
@@ -27,6 +28,11 @@ pub struct HistoryOptions {
     pub ttl: Duration,
     /// Window in which a repeated idempotency key is dropped.
     pub dedupe_window: Duration,
+    /// Most topics per site whose latest publication is kept (the least recently published
+    /// goes first); 0: none.
+    pub latest_topics: usize,
+    /// Oldest latest publication kept.
+    pub latest_ttl: Duration,
 }
 
 /// What happened to a publish.
@@ -47,6 +53,9 @@ pub struct Snapshot {
     pub top: u64,
     /// Held publications, oldest first, with consecutive offsets ending at `top`.
     pub history: Vec<Arc<Publication>>,
+    /// The latest publication of each topic asked for (none unless asked), oldest first: at most
+    /// one per topic, every offset at most `top`.
+    pub latest: Vec<Arc<Publication>>,
 }
 
 impl Snapshot {
@@ -66,12 +75,30 @@ impl Snapshot {
         Some(self.history.iter().filter(|p| p.position.offset > offset && wants(topics, &p.topic)).cloned().collect())
     }
 
+    /// The latest publications a subscriber still needs besides `replay` (what it gets replayed or
+    /// rewound, oldest first): those after `seen` (the offset up to which it has everything in
+    /// this epoch; 0 if it has nothing) and older than the replay, which carries the newer ones
+    /// itself. Oldest first, so the client sees offsets only grow.
+    pub fn latest_after(&self, seen: u64, replay: &[Arc<Publication>]) -> Vec<Arc<Publication>> {
+        let before = replay.first().map_or(u64::MAX, |p| p.position.offset);
+        self.latest.iter().filter(|p| p.position.offset > seen && p.position.offset < before).cloned().collect()
+    }
+
     /// The latest `n` publications matching `topics`, oldest first.
     pub fn rewind(&self, n: usize, topics: Option<&[Arc<str>]>) -> Vec<Arc<Publication>> {
         let mut out: Vec<_> = self.history.iter().rev().filter(|p| wants(topics, &p.topic)).take(n).cloned().collect();
         out.reverse();
         out
     }
+}
+
+/// Which latest publications a snapshot carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Latest<'a> {
+    /// None.
+    No,
+    /// Those of these topics (`None`: every topic).
+    Of(Option<&'a [Arc<str>]>),
 }
 
 /// A publish that could not be carried out; the caller keeps the message (SQS does not delete it,
@@ -87,7 +114,7 @@ pub enum BrokerError {
 #[derive(Debug)]
 pub enum Broker {
     /// Single-node, in-process.
-    Memory(MemoryBroker),
+    Memory(Box<MemoryBroker>),
     /// Shared by every node through Redis.
     Redis(Arc<RedisBroker>),
 }
@@ -117,9 +144,26 @@ impl Broker {
     /// that lands in between is then both in the snapshot and queued, and the subscription's floor
     /// (`Outbox::set_floor`) drops the queued copy, so nothing is missed or doubled.
     pub async fn snapshot(&self, site: &Arc<str>) -> Result<Snapshot, BrokerError> {
+        self.snapshot_with(site, Latest::No).await
+    }
+
+    /// [`Broker::snapshot`], with the latest publication of each topic `latest` asks for, read in
+    /// the same step as the stream's position (so the floor rule holds for them too).
+    pub async fn snapshot_with(&self, site: &Arc<str>, latest: Latest<'_>) -> Result<Snapshot, BrokerError> {
         match self {
-            Broker::Memory(b) => Ok(b.snapshot(site)),
-            Broker::Redis(b) => b.snapshot(site).await,
+            Broker::Memory(b) => Ok(b.snapshot(site, latest)),
+            Broker::Redis(b) => b.snapshot(site, latest).await,
+        }
+    }
+
+    /// The latest publication of each topic in `topics` (all if `None`), with the site's
+    /// position, for a reader that does not subscribe (`GET /sites/<site>/latest`): creates
+    /// nothing, watches nothing. The history is left empty; the epoch is `""` if Redis never saw
+    /// the site.
+    pub async fn latest(&self, site: &Arc<str>, topics: Option<&[Arc<str>]>) -> Result<Snapshot, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.latest(site, topics)),
+            Broker::Redis(b) => b.latest(site, topics).await,
         }
     }
 

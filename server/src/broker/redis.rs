@@ -5,10 +5,15 @@
 //! - `<prefix>:{site}:stream` — a stream holding the history (MAXLEN = history size, trimmed by
 //!   age with MINID on every publish);
 //! - `<prefix>:{site}:dedupe:<key>` — `SET NX PX` marker of an idempotency key;
+//! - `<prefix>:{site}:latest` — hash: topic → its latest publication, `<offset>:<unix ms>:<data>`;
+//! - `<prefix>:{site}:latest:order` — sorted set: topic scored by that offset, to drop the least
+//!   recently published topic past the limit; both expire after the latest TTL without a publish;
 //! - channel `<prefix>:{site}:pub` — every publication, already encoded as a v2 frame.
 //!
-//! Publishing is one Lua script (dedupe, epoch, offset, XADD, trim, PUBLISH), so positions are
-//! assigned atomically cluster-wide. The epoch lives in Redis: a relay restart keeps it, a Redis
+//! Publishing is one Lua script (dedupe, epoch, offset, XADD, trim, latest, PUBLISH), so positions
+//! are assigned atomically cluster-wide, and a snapshot reads position, history and latest values
+//! in one script too. Whenever a site's epoch is drawn anew, its latest values (of an older epoch,
+//! if any survived) are deleted in the same script. The epoch lives in Redis: a relay restart keeps it, a Redis
 //! restart without persistence loses it and the next touch draws a new one, which tells clients
 //! that recovery is impossible. Reading a site never published to draws its epoch too (a client
 //! subscribing there is told one), but that `meta` key expires after the history TTL unless a
@@ -46,7 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{BrokerError, HistoryOptions, PublishOutcome, Snapshot};
+use super::{BrokerError, HistoryOptions, Latest, PublishOutcome, Snapshot};
 use crate::{
     hub::{Batch, Hub},
     metrics::Metrics,
@@ -75,7 +80,9 @@ const PUBLISH_LUA: &str = r#"
 if KEYS[3] ~= '' then
   if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[6]) then return {'dup', 0} end
 end
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5])
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5]) == 1 then
+  redis.call('DEL', KEYS[4], KEYS[5])
+end
 redis.call('PERSIST', KEYS[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
@@ -83,24 +90,76 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'o', offset, 't', ARGV[2], '
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XTRIM', KEYS[2], 'MINID', now_ms - tonumber(ARGV[7]))
+local keep = tonumber(ARGV[9])
+if keep > 0 then
+  redis.call('HSET', KEYS[4], ARGV[2], offset .. ':' .. now_ms .. ':' .. ARGV[3])
+  redis.call('ZADD', KEYS[5], offset, ARGV[2])
+  local excess = redis.call('ZCARD', KEYS[5]) - keep
+  if excess > 0 then
+    local gone = redis.call('ZPOPMIN', KEYS[5], excess)
+    for i = 1, #gone, 2 do redis.call('HDEL', KEYS[4], gone[i]) end
+  end
+  redis.call('PEXPIRE', KEYS[4], ARGV[10])
+  redis.call('PEXPIRE', KEYS[5], ARGV[10])
+end
 local frame = '{"type":"pub","site":"' .. ARGV[1] .. '","topic":"' .. ARGV[2] .. '","epoch":"' .. epoch ..
   '","offset":' .. offset .. ',"data":' .. ARGV[3] .. '}'
 redis.call('PUBLISH', ARGV[8], frame)
 return {epoch, offset}
 "#;
 
-/// A subscriber's view of a site: draws the epoch of a site never published to, with a TTL
-/// (the history TTL) that the first publication removes.
+/// Reads the latest values (`KEYS[3]`) of the topics `ARGV[6..]` (all if none; none at all if
+/// `ARGV[4]` is `'0'`) published within `ARGV[5]` ms of `now_ms`, as `{topic, value}` pairs.
+/// Shared by the scripts below.
+const READ_LATEST_LUA: &str = r#"
+local function read_latest(now_ms)
+  local out = {}
+  if ARGV[4] == '0' then return out end
+  local oldest = now_ms - tonumber(ARGV[5])
+  local function take(topic, value)
+    if value then
+      local ms = tonumber(string.match(value, '^%d+:(%d+):'))
+      if ms and ms >= oldest then out[#out + 1] = {topic, value} end
+    end
+  end
+  if #ARGV > 5 then
+    local topics = {}
+    for i = 6, #ARGV do topics[#topics + 1] = ARGV[i] end
+    local values = redis.call('HMGET', KEYS[3], unpack(topics))
+    for i = 1, #topics do take(topics[i], values[i]) end
+  else
+    local all = redis.call('HGETALL', KEYS[3])
+    for i = 1, #all, 2 do take(all[i], all[i + 1]) end
+  end
+  return out
+end
+"#;
+
+/// A subscriber's view of a site (position, history and, if asked, latest values): draws the
+/// epoch of a site never published to, with a TTL (the history TTL) that the first publication
+/// removes.
 const SNAPSHOT_LUA: &str = r#"
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3]) == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('DEL', KEYS[3], KEYS[4])
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local entries = redis.call('XREVRANGE', KEYS[2], '+', tostring(now_ms - tonumber(ARGV[2])), 'COUNT', ARGV[1])
-return {epoch, offset, entries}
+return {epoch, offset, entries, read_latest(now_ms)}
+"#;
+
+/// A reader's view of a site's latest values (`GET /sites/<site>/latest`): creates nothing; a
+/// site without an epoch reads as epoch `''` and nothing held.
+const LATEST_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return {'', 0, {}, {}} end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {epoch, offset, {}, read_latest(now_ms)}
 "#;
 
 /// The node's own read of a site's stream (to fill a gap): creates nothing; a site without an
@@ -118,6 +177,10 @@ return {epoch, offset, entries}
 /// One stream entry as Redis returns it: id and field/value pairs.
 type Entry = (String, Vec<(String, String)>);
 
+/// What the snapshot scripts return: epoch, offset, stream entries (newest first) and latest
+/// values as (topic, `<offset>:<ms>:<data>`).
+type Read = (String, u64, Vec<Entry>, Vec<(String, String)>);
+
 /// The Redis broker.
 #[derive(Debug)]
 pub struct RedisBroker {
@@ -129,6 +192,7 @@ pub struct RedisBroker {
     options: HistoryOptions,
     publish_script: Script,
     snapshot_script: Script,
+    latest_script: Script,
     history_script: Script,
     /// Watched sites and the pub/sub connection. Never held across a Redis call.
     watch: Mutex<Watch>,
@@ -221,7 +285,8 @@ impl RedisBroker {
             prefix: prefix.to_owned(),
             options,
             publish_script: Script::new(PUBLISH_LUA),
-            snapshot_script: Script::new(SNAPSHOT_LUA),
+            snapshot_script: Script::new(&format!("{READ_LATEST_LUA}{SNAPSHOT_LUA}")),
+            latest_script: Script::new(&format!("{READ_LATEST_LUA}{LATEST_LUA}")),
             history_script: Script::new(HISTORY_LUA),
             watch: Mutex::default(),
             healthy: AtomicBool::new(true),
@@ -264,6 +329,8 @@ impl RedisBroker {
             .key(self.key(site, "meta"))
             .key(self.key(site, "stream"))
             .key(dedupe)
+            .key(self.key(site, "latest"))
+            .key(self.key(site, "latest:order"))
             .arg(site)
             .arg(&*req.topic)
             .arg(req.data.get())
@@ -271,7 +338,9 @@ impl RedisBroker {
             .arg(Self::new_epoch())
             .arg(self.options.dedupe_window.as_millis() as u64)
             .arg(self.options.ttl.as_millis() as u64)
-            .arg(self.channel(site));
+            .arg(self.channel(site))
+            .arg(self.options.latest_topics)
+            .arg(self.options.latest_ttl.as_millis() as u64);
         let mut conn = self.conn.clone();
         let result: (String, u64) = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn))
             .await
@@ -448,11 +517,45 @@ impl RedisBroker {
     }
 
     /// See [`super::Broker::snapshot`].
-    pub async fn snapshot(&self, site: &Arc<str>) -> Result<Snapshot, BrokerError> {
+    pub async fn snapshot(&self, site: &Arc<str>, latest: Latest<'_>) -> Result<Snapshot, BrokerError> {
         self.watch(site).await?;
-        let (epoch, top, entries) = self.read_history(&self.snapshot_script, site).await?;
+        let (epoch, top, entries, values) = self.read_snapshot(&self.snapshot_script, site, latest).await?;
         let history = entries_to_publications(site, &epoch, entries);
-        Ok(Snapshot { epoch: epoch.into(), top, history })
+        let latest = values_to_publications(site, &epoch, values);
+        Ok(Snapshot { epoch: epoch.into(), top, history, latest })
+    }
+
+    /// See [`super::Broker::latest`].
+    pub async fn latest(&self, site: &Arc<str>, topics: Option<&[Arc<str>]>) -> Result<Snapshot, BrokerError> {
+        let (epoch, top, _, values) = self.read_snapshot(&self.latest_script, site, Latest::Of(topics)).await?;
+        let latest = values_to_publications(site, &epoch, values);
+        Ok(Snapshot { epoch: epoch.into(), top, history: Vec::new(), latest })
+    }
+
+    async fn read_snapshot(&self, script: &Script, site: &str, latest: Latest<'_>) -> Result<Read, BrokerError> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.key(site, "meta"))
+            .key(self.key(site, "stream"))
+            .key(self.key(site, "latest"))
+            .key(self.key(site, "latest:order"))
+            .arg(self.options.size)
+            .arg(self.options.ttl.as_millis() as u64)
+            .arg(Self::new_epoch())
+            .arg(if matches!(latest, Latest::Of(_)) && self.options.latest_topics > 0 { "1" } else { "0" })
+            .arg(self.options.latest_ttl.as_millis() as u64);
+        if let Latest::Of(Some(topics)) = latest {
+            for topic in topics {
+                invocation.arg(&**topic);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| self.failed("history", &"timed out"))?
+            .map_err(|e| self.failed("history", &e))?;
+        self.healthy.store(true, Ordering::Relaxed);
+        Ok(out)
     }
 
     async fn read_history(&self, script: &Script, site: &str) -> Result<(String, u64, Vec<Entry>), BrokerError> {
@@ -723,6 +826,24 @@ impl RedisBroker {
             Err(_) => drop(self.failed("ping", &"timed out")),
         }
     }
+}
+
+/// Latest values (`<offset>:<ms>:<data>` per topic) to publications, oldest first.
+fn values_to_publications(site: &Arc<str>, epoch: &str, values: Vec<(String, String)>) -> Vec<Arc<Publication>> {
+    let epoch: Arc<str> = epoch.into();
+    let mut out: Vec<_> = values
+        .into_iter()
+        .filter_map(|(topic, value)| {
+            let mut parts = value.splitn(3, ':');
+            let offset = parts.next()?.parse().ok()?;
+            let _published_ms = parts.next()?;
+            let data = serde_json::value::RawValue::from_string(parts.next()?.to_owned()).ok()?;
+            let position = Position { epoch: epoch.clone(), offset };
+            Some(Arc::new(Publication::from_parts(site.clone(), topic.into(), data, position)))
+        })
+        .collect();
+    out.sort_unstable_by_key(|p| p.position.offset);
+    out
 }
 
 /// Stream entries (newest first, as XREVRANGE returns them) to publications, oldest first.

@@ -2,7 +2,9 @@
 //! JSON line on stdout (`{"type":"pub","site",…,"epoch","offset","data"}`). On a lost connection
 //! it reconnects with backoff and resubscribes from the last position printed, so nothing is
 //! missed or printed twice; when the relay cannot fill the gap it says so on stderr
-//! (`{"event":"recovery_failed",…}`) and carries on from the current position.
+//! (`{"event":"recovery_failed",…}`) and carries on from the current position. With `--latest`,
+//! each site starts with the latest publication of every (matching) topic, printed as the relay
+//! marks it (`"latest":true`), however long ago it was published.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -46,6 +48,11 @@ pub struct TailArgs {
     /// Start with up to this many of each site's latest publications.
     #[arg(long)]
     pub rewind: Option<u32>,
+
+    /// Start with the latest publication of each topic (marked `"latest":true`), however old;
+    /// after a reconnect, only those not printed yet.
+    #[arg(long)]
+    pub latest: bool,
 
     /// Client token, when the relay requires one.
     #[arg(long, env = "DATASTREAM_TOKEN", hide_env_values = true)]
@@ -126,6 +133,7 @@ impl Follow {
                 topics: self.args.topic.clone(),
                 recover,
                 rewind,
+                latest: self.args.latest.into(),
             };
             let text = serde_json::to_string(&frame).unwrap_or_default();
             if ws.send(Message::text(text)).await.is_err() {
@@ -174,12 +182,16 @@ impl Follow {
                         }
                     }
                     Ok(ServerFrame::Pub(p)) => {
+                        // A latest publication is older than the subscription's position (and
+                        // sent only if not seen): printed, without moving the position.
                         let seen = self.positions.get(&p.site);
-                        if seen.is_some_and(|s| s.epoch == p.epoch && s.offset >= p.offset) {
+                        if !p.latest && seen.is_some_and(|s| s.epoch == p.epoch && s.offset >= p.offset) {
                             continue;
                         }
                         println!("{line}");
-                        self.positions.insert(p.site, StreamPosition { epoch: p.epoch, offset: p.offset });
+                        if !p.latest {
+                            self.positions.insert(p.site, StreamPosition { epoch: p.epoch, offset: p.offset });
+                        }
                         self.printed += 1;
                         if self.args.count.is_some_and(|c| self.printed >= c) {
                             let _ = ws.close(None).await;

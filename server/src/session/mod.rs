@@ -39,7 +39,7 @@ use tracing::debug;
 use crate::{
     AppState,
     auth::Grant,
-    broker::{Broker, BrokerError, Snapshot},
+    broker::{Broker, BrokerError, Latest, Snapshot},
     hub::{ConnId, Event, Framing, Hub, Inbox, Outbox, Subscriber, TopicFilter},
     limits::{FrameRate, IpPermit},
     metrics::Metrics,
@@ -97,12 +97,16 @@ pub struct Registration {
 }
 
 /// How a subscription starts ([`Registration::subscribe`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
     /// With what is published from now on (legacy).
     Live,
-    /// With the site's stream as it stands, for a replay or a position (v2).
-    Snapshot,
+    /// With the site's stream as it stands, for a replay or a position (v2), and the latest
+    /// publications `latest` asks for, read in the same step.
+    Snapshot {
+        /// Which latest publications to read.
+        latest: Latest<'a>,
+    },
 }
 
 impl Registration {
@@ -130,9 +134,10 @@ impl Registration {
     ///
     /// 1. register in the hub: from here on every publication of the site is queued;
     /// 2. make sure this node receives the site's publications (the broker's watch);
-    /// 3. with [`Start::Snapshot`], read the site's stream and set the floor at its top: what the
-    ///    snapshot covers (sent as a replay, or predating the subscription) is dropped from the
-    ///    queue and skipped if the broker hands it over later.
+    /// 3. with [`Start::Snapshot`], read the site's stream (and, if asked, its topics' latest
+    ///    publications) and set the floor at its top: what the snapshot covers (sent as a replay
+    ///    or as latest, or predating the subscription) is dropped from the queue and skipped if
+    ///    the broker hands it over later.
     ///
     /// A snapshot that cannot be read undoes the subscription. A watch that fails for
     /// [`Start::Live`] leaves the subscription local (the broker's reader subscribes to every
@@ -142,7 +147,7 @@ impl Registration {
         site: Arc<str>,
         topics: Option<TopicFilter>,
         broker: &Broker,
-        start: Start,
+        start: Start<'_>,
     ) -> Result<Option<Snapshot>, BrokerError> {
         self.add(site.clone(), topics);
         match start {
@@ -152,7 +157,7 @@ impl Registration {
                 }
                 Ok(None)
             }
-            Start::Snapshot => match broker.snapshot(&site).await {
+            Start::Snapshot { latest } => match broker.snapshot_with(&site, latest).await {
                 Ok(snapshot) => {
                     self.outbox.set_floor(&site, &snapshot.epoch, snapshot.top + 1);
                     Ok(Some(snapshot))

@@ -1,18 +1,22 @@
 //! A session speaking protocol v2 (`docs/PROTOCOL.md`): many sites per connection, each with an
-//! optional topic filter, stream positions, exact recovery, rewind, and application-level pings
-//! the browser SDK can see.
+//! optional topic filter, stream positions, exact recovery, rewind, the latest publication of each
+//! topic, and application-level pings the browser SDK can see.
 
 use std::{future::Future, sync::Arc, time::UNIX_EPOCH};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use datastream_protocol::{
     error::{ErrorCode, ErrorFrame},
-    v2::{ClientFrame, ServerFrame, StreamPosition},
+    v2::{ClientFrame, LatestWanted, ServerFrame, StreamPosition},
 };
 use tracing::warn;
 
 use super::{Protocol, Registration, Start};
-use crate::{AppState, hub::TopicFilter};
+use crate::{
+    AppState,
+    broker::Latest,
+    hub::{self, TopicFilter},
+};
 
 /// A v2 connection. Its sites live in the [`Registration`]; what a subscribe's snapshot covered is
 /// skipped by the outbox's floor.
@@ -32,6 +36,19 @@ pub struct SubscribeRequest {
     pub recover: Option<StreamPosition>,
     /// Publications to rewind.
     pub rewind: u32,
+    /// Which topics' latest publications to send first.
+    pub latest: WantLatest,
+}
+
+/// A subscribe's `latest`, validated.
+#[derive(Debug)]
+pub enum WantLatest {
+    /// None.
+    No,
+    /// Of every subscribed topic, those after the client's position.
+    Unseen,
+    /// Of these subscribed topics, whatever the client's position.
+    Topics(TopicFilter),
 }
 
 fn refuse(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> ErrorFrame {
@@ -50,6 +67,7 @@ impl V2 {
         topics: &[String],
         recover: Option<StreamPosition>,
         rewind: Option<u32>,
+        latest: LatestWanted,
     ) -> Result<SubscribeRequest, ErrorFrame> {
         let names = &state.validator.names;
         names.check_site(site).map_err(|e| refuse(id, ErrorCode::InvalidSite, e.to_string()))?;
@@ -76,19 +94,49 @@ impl V2 {
                 format!("at most {max} subscriptions per connection"),
             ));
         }
-        let topics = (!unique.is_empty()).then(|| unique.iter().map(|&t| Arc::from(t)).collect());
-        Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0) })
+        let topics: Option<TopicFilter> = (!unique.is_empty()).then(|| unique.iter().map(|&t| Arc::from(t)).collect());
+        let latest = match latest {
+            LatestWanted::No => WantLatest::No,
+            LatestWanted::Unseen => WantLatest::Unseen,
+            LatestWanted::Topics(asked) => {
+                let mut asked: Vec<&str> = asked.iter().map(String::as_str).collect();
+                asked.sort_unstable();
+                asked.dedup();
+                if asked.len() > max_topics {
+                    let message = format!("at most {max_topics} topics in \"latest\"");
+                    return Err(refuse(id, ErrorCode::TooManyTopics, message));
+                }
+                for topic in &asked {
+                    names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
+                }
+                // Only topics the subscription receives.
+                asked.retain(|t| hub::wants(topics.as_deref(), t));
+                if asked.is_empty() {
+                    WantLatest::No
+                } else {
+                    WantLatest::Topics(asked.into_iter().map(Arc::from).collect())
+                }
+            }
+        };
+        Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0), latest })
     }
 
     /// Subscribes ([`Registration::subscribe`]: nothing missed, nothing sent twice). Returns the
-    /// ack and any replay.
+    /// ack, then any latest publications, then any replay: offsets only grow along the way, and
+    /// live publications follow from the ack's offset on.
     pub async fn subscribe(
         &mut self,
         req: SubscribeRequest,
         reg: &mut Registration,
         state: &AppState,
     ) -> Result<Vec<Utf8Bytes>, ErrorFrame> {
-        let snapshot = match reg.subscribe(req.site.clone(), req.topics.clone(), &state.broker, Start::Snapshot).await {
+        let latest = match &req.latest {
+            WantLatest::No => Latest::No,
+            WantLatest::Unseen => Latest::Of(req.topics.as_deref()),
+            WantLatest::Topics(topics) => Latest::Of(Some(topics)),
+        };
+        let start = Start::Snapshot { latest };
+        let snapshot = match reg.subscribe(req.site.clone(), req.topics.clone(), &state.broker, start).await {
             Ok(Some(snapshot)) => snapshot,
             result => {
                 if let Err(e) = result {
@@ -105,6 +153,13 @@ impl V2 {
             },
             None => (None, snapshot.rewind(req.rewind as usize, topics)),
         };
+        // What the client already has in this epoch: nothing, or everything up to its position
+        // (except the topics it names in `latest`).
+        let seen = match (&req.recover, &req.latest) {
+            (Some(pos), WantLatest::Unseen) if pos.epoch == *snapshot.epoch && pos.offset <= snapshot.top => pos.offset,
+            _ => 0,
+        };
+        let latest = snapshot.latest_after(seen, &replay);
         let ack = ServerFrame::Subscribed {
             id: req.id,
             site: req.site.to_string(),
@@ -112,9 +167,11 @@ impl V2 {
             offset: snapshot.top,
             recovered,
             replayed: u32::try_from(replay.len()).unwrap_or(u32::MAX),
+            latest: (!matches!(req.latest, WantLatest::No)).then(|| u32::try_from(latest.len()).unwrap_or(u32::MAX)),
         };
-        let mut frames = Vec::with_capacity(replay.len() + 1);
+        let mut frames = Vec::with_capacity(latest.len() + replay.len() + 1);
         frames.push(ack.to_json().into());
+        frames.extend(latest.iter().map(|p| p.latest_frame()));
         frames.extend(replay.iter().map(|p| p.v2_frame().clone()));
         Ok(frames)
     }
@@ -170,8 +227,8 @@ impl Protocol for V2 {
         let frame = ClientFrame::parse(text).map_err(|e| ErrorFrame { id: e.id, code: e.code, message: e.message });
         async move {
             match frame? {
-                ClientFrame::Subscribe { id, site, topics, recover, rewind } => {
-                    let req = self.check_subscribe(state, reg, id, &site, &topics, recover, rewind)?;
+                ClientFrame::Subscribe { id, site, topics, recover, rewind, latest } => {
+                    let req = self.check_subscribe(state, reg, id, &site, &topics, recover, rewind, latest)?;
                     self.subscribe(req, reg, state).await
                 }
                 ClientFrame::Unsubscribe { id, site } => {

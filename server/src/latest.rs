@@ -1,0 +1,123 @@
+//! `GET /sites/<site>/latest[?topic=…]`: the latest publication of each topic of a site, for pages
+//! and scripts that hold no socket (the same values a v2 subscribe with `"latest": true` starts
+//! with).
+//!
+//! | outcome | status | body |
+//! |---|---|---|
+//! | read | 200 | `{"site","epoch","offset","latest":[{"topic","offset","data"},…]}` (oldest first) |
+//! | invalid site or topic, too many topics | 400 | `{"error": "..."}` |
+//! | auth on, token missing or invalid | 401 | `{"error": "..."}` |
+//! | the token does not grant the site; a page of an origin not allowed | 403 | `{"error": "..."}` |
+//! | the broker is unavailable | 503 | `{"error": "..."}` |
+//!
+//! A site never published to reads as an empty list (and leaves nothing behind). The token comes
+//! as `Authorization: Bearer <jwt>` (or a `token` query parameter), and grants what it grants a
+//! subscriber: its `sites` claim. Browsers may call it from the origins in
+//! `DATASTREAM_ALLOWED_ORIGINS` (any, when empty): CORS headers and preflights are answered here.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use serde_json::{json, value::RawValue};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{AppState, Config};
+
+/// One topic's latest publication.
+#[derive(Serialize)]
+struct Entry<'a> {
+    topic: &'a str,
+    offset: u64,
+    data: &'a RawValue,
+}
+
+/// The answer.
+#[derive(Serialize)]
+struct Body<'a> {
+    site: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    latest: Vec<Entry<'a>>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = Json(json!({ "error": message.into() }));
+    if status == StatusCode::UNAUTHORIZED {
+        return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+    }
+    (status, body).into_response()
+}
+
+/// The CORS rules of this endpoint: GET with an `Authorization` header, from the allowed origins.
+pub fn cors(config: &Config) -> CorsLayer {
+    let origins: Vec<HeaderValue> =
+        config.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET])
+        .allow_headers([header::AUTHORIZATION])
+        .max_age(Duration::from_secs(600));
+    if origins.is_empty() { layer.allow_origin(AllowOrigin::any()) } else { layer.allow_origin(origins) }
+}
+
+/// `GET /sites/<site>/latest`.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(site): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && !state.config.allowed_origins.is_empty()
+        && !state.config.allowed_origins.iter().any(|o| o == origin)
+    {
+        return error(StatusCode::FORBIDDEN, format!("origin {origin} is not allowed"));
+    }
+    let names = &state.validator.names;
+    if let Err(e) = names.check_site(&site) {
+        return error(StatusCode::BAD_REQUEST, format!("invalid site: {e}"));
+    }
+    let mut topics: Vec<&str> = query.iter().filter(|(k, _)| k == "topic").map(|(_, v)| v.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let max_topics = state.config.max_topics as usize;
+    if topics.len() > max_topics {
+        return error(StatusCode::BAD_REQUEST, format!("at most {max_topics} topics"));
+    }
+    for topic in &topics {
+        if let Err(e) = names.check_topic(topic) {
+            return error(StatusCode::BAD_REQUEST, format!("invalid topic: {e}"));
+        }
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let token = bearer.or_else(|| query.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str()));
+    let grant = match state.auth.verify(token).await {
+        Ok(grant) => grant,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
+    if !grant.allows(&site) {
+        return error(StatusCode::FORBIDDEN, format!("not allowed to read {site:?}"));
+    }
+    let site: Arc<str> = site.into();
+    let topics: Option<Vec<Arc<str>>> = (!topics.is_empty()).then(|| topics.into_iter().map(Arc::from).collect());
+    let snapshot = match state.broker.latest(&site, topics.as_deref()).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            tracing::warn!(%site, error = %e, "latest read failed");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "latest values unavailable; retry");
+        }
+    };
+    let latest =
+        (snapshot.latest.iter()).map(|p| Entry { topic: &p.topic, offset: p.position.offset, data: &p.data }).collect();
+    let body = Body { site: &site, epoch: &snapshot.epoch, offset: snapshot.top, latest };
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
