@@ -3,7 +3,8 @@
 //!
 //! Generic over the callback type so the logic is tested natively with plain values; in the
 //! browser a callback is a `js_sys::Function`. The registry also derives the topic filter sent to
-//! the server: a site's publications on topics nobody listens to are not transferred at all.
+//! the server: a site's publications on topics nobody listens to are not transferred at all; and
+//! whether the server is asked for each topic's latest publication (some listener wants it).
 
 /// Handle returned when a callback is registered; removes it again.
 pub type ListenerId = u32;
@@ -57,6 +58,8 @@ struct Listener<F> {
     /// `None`: every site.
     site: Option<String>,
     callback: F,
+    /// It wants each topic's latest publication first (`on(…, { latest: true })`).
+    latest: bool,
 }
 
 /// The kinds of client events an app can listen to.
@@ -103,10 +106,11 @@ impl<F: Clone + PartialEq> Callbacks<F> {
         id
     }
 
-    /// Adds a publication listener for `topic` (`*`: every topic) on `site` (`None`: every site).
-    pub fn add(&mut self, topic: TopicSelector, site: Option<String>, callback: F) -> ListenerId {
+    /// Adds a publication listener for `topic` (`*`: every topic) on `site` (`None`: every site);
+    /// with `latest`, it wants each topic's latest publication first.
+    pub fn add(&mut self, topic: TopicSelector, site: Option<String>, callback: F, latest: bool) -> ListenerId {
         let id = self.next_id();
-        self.listeners.push(Listener { id, topic, site, callback });
+        self.listeners.push(Listener { id, topic, site, callback, latest });
         self.changed();
         id
     }
@@ -152,11 +156,14 @@ impl<F: Clone + PartialEq> Callbacks<F> {
         self.version = self.version.wrapping_add(1) & 0x7fff_ffff;
     }
 
-    /// The callbacks for a publication, in registration order.
-    pub fn matching(&self, site: &str, topic: &str) -> Vec<F> {
+    /// The callbacks for a publication, in registration order; with `latest_only`, those of
+    /// listeners that want latest publications (the ones a relay's latest frame is for).
+    pub fn matching(&self, site: &str, topic: &str, latest_only: bool) -> Vec<F> {
         self.listeners
             .iter()
-            .filter(|l| l.topic.matches(topic) && l.site.as_deref().is_none_or(|s| s == site))
+            .filter(|l| {
+                (l.latest || !latest_only) && l.topic.matches(topic) && l.site.as_deref().is_none_or(|s| s == site)
+            })
             .map(|l| l.callback.clone())
             .collect()
     }
@@ -166,16 +173,19 @@ impl<F: Clone + PartialEq> Callbacks<F> {
         self.hooks.iter().filter(|h| h.1 == kind).map(|h| h.2.clone()).collect()
     }
 
-    /// The topics `site`'s listeners need. Until a listener concerns the site, every topic is
-    /// wanted, so a listener added later has nothing to wait for beyond a filter change.
-    pub fn filter_for(&self, site: &str) -> TopicFilter {
+    /// The topics `site`'s listeners need, and whether one of them wants latest publications
+    /// (its subscribes then ask the server for them). Until a listener concerns the site, every
+    /// topic is wanted, so a listener added later has nothing to wait for beyond a filter change.
+    pub fn filter_for(&self, site: &str) -> (TopicFilter, bool) {
         let mut topics: Vec<String> = Vec::new();
-        let mut relevant = false;
+        let (mut all, mut latest) = (true, false);
+        let mut any = false;
         for l in self.listeners.iter().filter(|l| l.site.as_deref().is_none_or(|s| s == site)) {
-            relevant = true;
+            latest |= l.latest;
             match &l.topic {
-                TopicSelector::Any => return TopicFilter::All,
+                TopicSelector::Any => any = true,
                 TopicSelector::Named(t) => {
+                    all = false;
                     // Kept sorted and unique by insertion: no sort routine in the bundle.
                     if let Err(i) = topics.binary_search(t) {
                         topics.insert(i, t.clone());
@@ -183,10 +193,7 @@ impl<F: Clone + PartialEq> Callbacks<F> {
                 }
             }
         }
-        if !relevant {
-            return TopicFilter::All;
-        }
-        TopicFilter::Only(topics)
+        (if all || any { TopicFilter::All } else { TopicFilter::Only(topics) }, latest)
     }
 }
 
@@ -201,26 +208,26 @@ mod tests {
     #[test]
     fn matching_by_topic_wildcard_and_site() {
         let mut c = Callbacks::default();
-        c.add(named("weather"), None, 'w');
-        c.add(TopicSelector::Any, None, '*');
-        c.add(named("sitestatus"), Some("mrc".into()), 'm');
-        assert_eq!(c.matching("mrc", "weather"), vec!['w', '*']);
-        assert_eq!(c.matching("saf", "sitestatus"), vec!['*']);
-        assert_eq!(c.matching("mrc", "sitestatus"), vec!['*', 'm']);
+        c.add(named("weather"), None, 'w', false);
+        c.add(TopicSelector::Any, None, '*', false);
+        c.add(named("sitestatus"), Some("mrc".into()), 'm', false);
+        assert_eq!(c.matching("mrc", "weather", false), vec!['w', '*']);
+        assert_eq!(c.matching("saf", "sitestatus", false), vec!['*']);
+        assert_eq!(c.matching("mrc", "sitestatus", false), vec!['*', 'm']);
     }
 
     #[test]
     fn removal_by_id_and_by_callback() {
         let mut c = Callbacks::default();
-        let a = c.add(named("weather"), None, 'a');
-        c.add(named("weather"), Some("mrc".into()), 'b');
-        c.add(named("weather"), Some("saf".into()), 'b');
-        c.add(named("jobs"), None, 'b');
+        let a = c.add(named("weather"), None, 'a', false);
+        c.add(named("weather"), Some("mrc".into()), 'b', false);
+        c.add(named("weather"), Some("saf".into()), 'b', false);
+        c.add(named("jobs"), None, 'b', false);
         assert!(c.remove(a));
         assert!(!c.remove(a), "already gone");
         assert_eq!(c.remove_callback(&named("weather"), &'b'), 2, "every site's registration of that topic");
-        assert_eq!(c.matching("mrc", "weather"), Vec::<char>::new());
-        assert_eq!(c.matching("mrc", "jobs"), vec!['b']);
+        assert_eq!(c.matching("mrc", "weather", false), Vec::<char>::new());
+        assert_eq!(c.matching("mrc", "jobs", false), vec!['b']);
     }
 
     #[test]
@@ -228,28 +235,46 @@ mod tests {
         let mut c = Callbacks::default();
         let s = c.add_hook(HookKind::State, 's');
         c.add_hook(HookKind::Error, 'e');
-        c.add(TopicSelector::Any, None, 'l');
+        c.add(TopicSelector::Any, None, 'l', false);
         assert_eq!(c.hooks(HookKind::State), vec!['s']);
         assert_eq!(c.hooks(HookKind::RecoveryFailed), Vec::<char>::new());
         assert!(c.remove(s));
         assert_eq!(c.hooks(HookKind::State), Vec::<char>::new());
-        assert_eq!(c.matching("x", "y"), vec!['l']);
+        assert_eq!(c.matching("x", "y", false), vec!['l']);
+    }
+
+    #[test]
+    fn latest_listeners_are_told_apart() {
+        let mut c = Callbacks::default();
+        assert!(!c.filter_for("mrc").1);
+        c.add(named("weather"), None, 'w', false);
+        c.add(named("weather"), Some("mrc".into()), 'l', true);
+        c.add(TopicSelector::Any, Some("saf".into()), 's', true);
+        assert_eq!(c.matching("mrc", "weather", false), vec!['w', 'l'], "live publications reach both");
+        assert_eq!(c.matching("mrc", "weather", true), vec!['l'], "latest ones only who asked");
+        assert_eq!(c.matching("saf", "weather", true), vec!['s']);
+        assert_eq!(c.matching("sro", "weather", true), Vec::<char>::new());
+        assert!(c.filter_for("mrc").1 && c.filter_for("saf").1 && !c.filter_for("sro").1);
+        let all = c.add(named("jobs"), None, 'a', true);
+        assert!(c.filter_for("sro").1, "a listener of every site concerns every site");
+        c.remove(all);
+        assert!(!c.filter_for("sro").1);
     }
 
     #[test]
     fn topic_filter_follows_the_listeners() {
         let mut c = Callbacks::default();
-        assert_eq!(c.filter_for("mrc"), TopicFilter::All, "no listener yet");
-        c.add(named("weather"), None, 1);
-        c.add(named("sitestatus"), Some("mrc".into()), 2);
-        c.add(named("weather"), Some("mrc".into()), 3);
-        assert_eq!(c.filter_for("mrc"), TopicFilter::Only(vec!["sitestatus".into(), "weather".into()]));
-        assert_eq!(c.filter_for("saf"), TopicFilter::Only(vec!["weather".into()]));
-        let star = c.add(TopicSelector::Any, Some("saf".into()), 4);
-        assert_eq!(c.filter_for("saf"), TopicFilter::All);
-        assert_eq!(c.filter_for("mrc").into_topics(), vec!["sitestatus".to_owned(), "weather".into()]);
+        assert_eq!(c.filter_for("mrc").0, TopicFilter::All, "no listener yet");
+        c.add(named("weather"), None, 1, false);
+        c.add(named("sitestatus"), Some("mrc".into()), 2, false);
+        c.add(named("weather"), Some("mrc".into()), 3, false);
+        assert_eq!(c.filter_for("mrc").0, TopicFilter::Only(vec!["sitestatus".into(), "weather".into()]));
+        assert_eq!(c.filter_for("saf").0, TopicFilter::Only(vec!["weather".into()]));
+        let star = c.add(TopicSelector::Any, Some("saf".into()), 4, false);
+        assert_eq!(c.filter_for("saf").0, TopicFilter::All);
+        assert_eq!(c.filter_for("mrc").0.into_topics(), vec!["sitestatus".to_owned(), "weather".into()]);
         c.remove(star);
-        assert_eq!(c.filter_for("saf").into_topics(), vec!["weather".to_owned()]);
+        assert_eq!(c.filter_for("saf").0.into_topics(), vec!["weather".to_owned()]);
         assert!(TopicFilter::All.into_topics().is_empty());
     }
 
@@ -263,9 +288,9 @@ mod tests {
             seen.push(v);
             fresh
         };
-        let a = c.add(named("weather"), None, 'a');
+        let a = c.add(named("weather"), None, 'a', false);
         assert!(changed(&c), "added");
-        c.add(named("weather"), None, 'b');
+        c.add(named("weather"), None, 'b', false);
         assert!(changed(&c), "added");
         let h = c.add_hook(HookKind::State, 'h');
         assert!(!changed(&c), "hooks do not concern publications");
@@ -275,14 +300,14 @@ mod tests {
         assert!(!changed(&c), "nothing removed");
         assert!(!c.remove(999));
         assert!(!changed(&c), "nothing removed");
-        c.matching("mrc", "weather");
+        c.matching("mrc", "weather", false);
         assert!(!changed(&c), "reading changes nothing");
         assert_eq!(c.remove_callback(&named("weather"), &'b'), 1);
         assert!(changed(&c), "removed by callback");
         assert!(c.remove(a));
         assert!(changed(&c), "removed by id");
         c.version = 0x7fff_ffff;
-        c.add(TopicSelector::Any, None, 'c');
+        c.add(TopicSelector::Any, None, 'c', false);
         assert_eq!(c.version(), 0, "wraps within 31 bits");
     }
 }

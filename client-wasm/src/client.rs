@@ -122,6 +122,17 @@ pub enum Event<D> {
     },
 }
 
+/// Whether a new listener wants latest publications, and whether the client holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latest {
+    /// Live publications only.
+    No,
+    /// Latest publications first; the client held what it needs (the browser handed it over).
+    Held,
+    /// Latest publications first, and the client does not hold them all: ask the server.
+    Ask,
+}
+
 /// What the error hooks are told.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClientError<D> {
@@ -265,7 +276,20 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     // ----- the app's calls -----
 
     /// Registers a publication listener for `topic` (`*`: every topic), on `site` only if given.
-    pub fn on(&mut self, topic: &str, site: Option<&str>, callback: F) -> Result<ListenerId, ConfigError> {
+    /// With `latest` other than [`Latest::No`] it wants each topic's latest publication first:
+    /// every subscribe of a site it concerns asks the server for them (v2), and they are handed
+    /// to it by [`Client::listeners`]. What the client already holds, the browser gives it at
+    /// once; with [`Latest::Ask`] (that did not cover it) the site is subscribed again now,
+    /// asking the server for `topic`'s by name (however old: the client says it lacks it) or, for
+    /// `*`, for what the client has not seen. Nothing is asked in the legacy protocol, nor for a
+    /// site not yet wanted (its first subscribe asks for every topic's).
+    pub fn on(
+        &mut self,
+        topic: &str,
+        site: Option<&str>,
+        callback: F,
+        latest: Latest,
+    ) -> Result<ListenerId, ConfigError> {
         let selector = TopicSelector::parse(topic);
         if selector != TopicSelector::Any {
             self.core.config.check_topic(topic)?;
@@ -273,7 +297,10 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         if let Some(site) = site {
             self.core.config.check_site(site)?;
         }
-        let id = self.core.callbacks.add(selector, site.map(str::to_owned), callback);
+        let id = self.core.callbacks.add(selector, site.map(str::to_owned), callback, latest != Latest::No);
+        if let (Latest::Ask, Machine::V2(v2)) = (latest, &mut self.rules) {
+            v2.lacks(site, topic);
+        }
         self.sync_subscriptions();
         Ok(id)
     }
@@ -446,6 +473,19 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         self.rules.accept_undoable(&self.core, link, site, epoch, offset)
     }
 
+    /// A latest publication of `site` in `epoch` (a `pub` frame marked `latest`) arrived on
+    /// `link`: whether it is for a wanted site's current stream, i.e. is to be handed to the
+    /// latest listeners of [`Client::listeners`] (unless the browser holds something as new). It
+    /// is older than the site's position and is not part of the stream: the position recovered
+    /// from and the replay still arriving are left as they are. A sign of life, like any frame.
+    pub fn accept_latest(&mut self, link: LinkId, site: &str, epoch: &str, now: f64) -> bool {
+        let Some(l) = self.link_mut(link) else { return false };
+        l.last_heard = now;
+        l.probe_sent = None;
+        // The original service has no latest publications.
+        matches!(&self.rules, Machine::V2(v2) if v2.latest(site, epoch))
+    }
+
     /// Forgets a publication of `site` recorded by [`Client::accept_undoable`] (the latest first):
     /// as if it had not arrived yet.
     pub fn undo_accept(&mut self, site: &str, undo: Option<Undo>) {
@@ -458,9 +498,10 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         Rules::<F, D>::position(&self.rules, site)
     }
 
-    /// The callbacks for a publication of `site` on `topic`, in registration order.
-    pub fn listeners(&self, site: &str, topic: &str) -> Vec<F> {
-        self.core.callbacks.matching(site, topic)
+    /// The callbacks for a publication of `site` on `topic`, in registration order; with
+    /// `latest`, for a latest publication: those of listeners that want latest publications.
+    pub fn listeners(&self, site: &str, topic: &str, latest: bool) -> Vec<F> {
+        self.core.callbacks.matching(site, topic, latest)
     }
 
     /// Changes whenever a listener is added or removed: what [`Client::listeners`] returned stays

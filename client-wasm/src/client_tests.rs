@@ -53,14 +53,19 @@ impl std::ops::Deref for Out {
 /// [`Client::accept`] and [`Client::listeners`], everything else to [`Client::received`].
 fn frame(c: &mut C, text: &str, now: f64) -> Out {
     let (mut actions, mut delivered) = (Vec::new(), Vec::new());
-    for f in ServerFrame::parse_packed(text) {
-        match f.unwrap() {
+    for line in text.split('\n') {
+        let latest = serde_json::from_str::<serde_json::Value>(line).unwrap()["latest"] == true;
+        match ServerFrame::parse(line).unwrap() {
             ServerFrame::Pub(p) => {
                 actions.extend(c.take_actions());
-                let accepted = c.accept(1, &p.site, Some((&p.epoch, p.offset)), now);
+                let accepted = if latest {
+                    c.accept_latest(1, &p.site, &p.epoch, now)
+                } else {
+                    c.accept(1, &p.site, Some((&p.epoch, p.offset)), now)
+                };
                 assert!(c.take_actions().is_empty(), "accept decides no action");
                 if accepted {
-                    let callbacks = c.listeners(&p.site, &p.topic);
+                    let callbacks = c.listeners(&p.site, &p.topic, latest);
                     if !callbacks.is_empty() {
                         delivered.push((p.site.clone(), p.offset, callbacks));
                     }
@@ -84,16 +89,26 @@ fn publ(site: &str, topic: &str, epoch: &str, offset: u64) -> String {
 }
 
 fn subscribed(site: &str, id: u64, epoch: &str, offset: u64, recovered: Option<bool>, replayed: u32) -> String {
-    ServerFrame::Subscribed {
-        id: Some(id),
-        site: site.into(),
-        epoch: epoch.into(),
-        offset,
-        recovered,
-        replayed,
-        latest: None,
-    }
-    .to_json()
+    subscribed_latest(site, id, epoch, offset, recovered, replayed, None)
+}
+
+fn subscribed_latest(
+    site: &str,
+    id: u64,
+    epoch: &str,
+    offset: u64,
+    recovered: Option<bool>,
+    replayed: u32,
+    latest: Option<u32>,
+) -> String {
+    let (site, epoch, id) = (site.into(), epoch.into(), Some(id));
+    ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed, latest }.to_json()
+}
+
+/// A latest publication: a `pub` frame marked `latest`, as the relay sends after `subscribed`.
+fn latest_publ(site: &str, topic: &str, epoch: &str, offset: u64) -> String {
+    let text = publ(site, topic, epoch, offset);
+    format!("{},\"latest\":true}}", &text[..text.len() - 1])
 }
 
 fn sends(actions: &[A]) -> Vec<serde_json::Value> {
@@ -141,8 +156,8 @@ fn connects_subscribes_with_the_listeners_topics_and_dispatches() {
         "one socket, sites in subscribe frames"
     );
     assert!(a.contains(&Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 10_000 }), "connect timeout");
-    c.on("weather", None, "w").unwrap();
-    c.on("sitestatus", Some("mrc"), "s").unwrap();
+    c.on("weather", None, "w", Latest::No).unwrap();
+    c.on("sitestatus", Some("mrc"), "s", Latest::No).unwrap();
     assert!(c.take_actions().is_empty(), "nothing is sent before the server's hello");
     c.opened(1, 5.0);
     assert_eq!(c.state(), &State::Connecting, "an open socket is not yet an accepted connection");
@@ -244,7 +259,7 @@ fn heartbeat_silence_and_connect_timeout_reconnect() {
 #[test]
 fn resubscribes_with_positions_and_delivers_each_publication_once() {
     let (mut c, _) = started(config(&["mrc"]));
-    c.on("*", None, "all").unwrap();
+    c.on("*", None, "all", Latest::No).unwrap();
     hello(&mut c, 0.0);
     frame(&mut c, &subscribed("mrc", 1, "e", 10, None, 0), 1.0);
     let a = frame(&mut c, &format!("{}\n{}", publ("mrc", "x", "e", 11), publ("mrc", "x", "e", 12)), 2.0);
@@ -287,16 +302,16 @@ fn resubscribes_with_positions_and_delivers_each_publication_once() {
 #[test]
 fn topic_filter_follows_listeners_while_connected() {
     let (mut c, _) = started(config(&["mrc"]));
-    let w = c.on("weather", None, "w").unwrap();
+    let w = c.on("weather", None, "w", Latest::No).unwrap();
     hello(&mut c, 0.0);
     frame(&mut c, &subscribed("mrc", 1, "e", 0, None, 0), 0.0);
-    let star = c.on("*", Some("mrc"), "star").unwrap();
+    let star = c.on("*", Some("mrc"), "star", Latest::No).unwrap();
     // Resubscribing from the position: the relay fills anything queued under the old filter.
     assert_eq!(
         sends(&c.take_actions())[0],
         serde_json::json!({"type":"subscribe","id":2,"site":"mrc","recover":{"epoch":"e","offset":0}})
     );
-    c.on("jobs", None, "j").unwrap();
+    c.on("jobs", None, "j", Latest::No).unwrap();
     assert!(c.take_actions().is_empty(), "already receiving every topic");
     c.off_id(star);
     assert_eq!(sends(&c.take_actions())[0]["topics"], serde_json::json!(["jobs", "weather"]));
@@ -305,14 +320,14 @@ fn topic_filter_follows_listeners_while_connected() {
     c.off_id(w);
     let a = c.take_actions();
     assert_eq!(sends(&a)[0].get("topics"), None, "no listener: every topic");
-    assert!(c.on("bad topic", None, "x").is_err());
-    assert!(c.on("ok", Some("bad/site"), "x").is_err());
+    assert!(c.on("bad topic", None, "x", Latest::No).is_err());
+    assert!(c.on("ok", Some("bad/site"), "x", Latest::No).is_err());
 }
 
 #[test]
 fn subscribe_rewind_and_unsubscribe() {
     let (mut c, _) = started(config(&[]));
-    c.on("*", None, "all").unwrap();
+    c.on("*", None, "all", Latest::No).unwrap();
     c.subscribe("saf", Some(20), 0.0).unwrap();
     assert!(c.take_actions().is_empty(), "sent once connected");
     assert!(!c.is_ready());
@@ -403,7 +418,7 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
         })
         .collect();
     assert_eq!(opens, vec!["ws://127.0.0.1:9/dev?site=mrc", "ws://127.0.0.1:9/dev?site=mrc2"]);
-    c.on("weather", None, "w").unwrap();
+    c.on("weather", None, "w", Latest::No).unwrap();
     assert!(c.take_actions().is_empty(), "legacy has no server-side filter");
     c.opened(1, 1.0);
     assert_eq!(c.state(), &State::Connecting);
@@ -413,7 +428,7 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
     assert!(has_event(&a, &Event::Ready));
     // A bare legacy publication on `link`: the callbacks it goes to.
     let bare = |c: &mut C, link: LinkId, site: &str| {
-        if c.accept(link, site, None, 2.0) { c.listeners(site, "weather") } else { Vec::new() }
+        if c.accept(link, site, None, 2.0) { c.listeners(site, "weather", false) } else { Vec::new() }
     };
     assert_eq!(bare(&mut c, 2, "mrc2"), vec!["w"]);
 
@@ -557,13 +572,13 @@ fn accept_is_a_sign_of_life_and_follows_the_legacy_links_site() {
 fn listeners_and_their_version() {
     let (mut c, _) = started(config(&["mrc"]));
     let v0 = c.listeners_version();
-    let w = c.on("weather", None, "w").unwrap();
+    let w = c.on("weather", None, "w", Latest::No).unwrap();
     let v1 = c.listeners_version();
     assert_ne!(v0, v1);
-    c.on("*", Some("mrc"), "m").unwrap();
-    assert_eq!(c.listeners("mrc", "weather"), vec!["w", "m"]);
-    assert_eq!(c.listeners("saf", "weather"), vec!["w"]);
-    assert_eq!(c.listeners("saf", "jobs"), Vec::<&str>::new());
+    c.on("*", Some("mrc"), "m", Latest::No).unwrap();
+    assert_eq!(c.listeners("mrc", "weather", false), vec!["w", "m"]);
+    assert_eq!(c.listeners("saf", "weather", false), vec!["w"]);
+    assert_eq!(c.listeners("saf", "jobs", false), Vec::<&str>::new());
     let v2 = c.listeners_version();
     c.hook(HookKind::State, "s");
     c.subscribe("saf", None, 0.0).unwrap();
@@ -573,7 +588,7 @@ fn listeners_and_their_version() {
     let v3 = c.listeners_version();
     c.off("*", &"m");
     assert_ne!(c.listeners_version(), v3);
-    assert!(c.listeners("mrc", "weather").is_empty());
+    assert!(c.listeners("mrc", "weather", false).is_empty());
 }
 
 fn opens(actions: &[A]) -> Vec<Option<String>> {
@@ -656,4 +671,167 @@ fn every_confirmation_is_reported_with_its_position() {
         !a.iter().any(|a| matches!(a, Action::Notify { event: Event::Subscribed { .. }, .. })),
         "not once unwanted"
     );
+}
+
+#[test]
+fn latest_publications_reach_latest_listeners_and_leave_the_position_alone() {
+    let (mut c, _) = started(config(&["mrc", "saf"]));
+    c.hook(HookKind::Subscribed, "subscribed");
+    c.on("weather", Some("mrc"), "w", Latest::Held).unwrap();
+    c.on("*", None, "all", Latest::No).unwrap();
+    let a = hello(&mut c, 0.0);
+    assert_eq!(
+        sends(&a),
+        vec![
+            serde_json::json!({"type":"subscribe","id":1,"site":"mrc","latest":true}),
+            serde_json::json!({"type":"subscribe","id":2,"site":"saf"}),
+        ],
+        "latest asked only where a latest listener concerns the site"
+    );
+    // A topic published once long ago (3), the other 500 times since (517 is its latest).
+    let text = [
+        subscribed_latest("mrc", 1, "e", 520, None, 0, Some(2)),
+        latest_publ("mrc", "enclosure", "e", 3),
+        latest_publ("mrc", "weather", "e", 517),
+        publ("mrc", "weather", "e", 521),
+    ]
+    .join("\n");
+    let a = frame(&mut c, &text, 1.0);
+    let want = Event::Subscribed { site: "mrc".into(), epoch: "e".into(), offset: 520, replayed: 0, recovered: None };
+    assert!(has_event(&a, &want));
+    assert_eq!(
+        delivered(&a),
+        vec![("mrc".into(), 517, vec!["w"]), ("mrc".into(), 521, vec!["w", "all"])],
+        "the latest weather to its latest listener only (nobody asked for the enclosure's), then live to both"
+    );
+    // A duplicate of a live publication, or one at the subscribe point, is still dropped.
+    assert!(delivered(&frame(&mut c, &publ("mrc", "weather", "e", 521), 2.0)).is_empty());
+    assert!(delivered(&frame(&mut c, &publ("mrc", "weather", "e", 520), 2.0)).is_empty());
+    // Latest publications of a stream that is not the current one, or of a site not wanted.
+    assert!(delivered(&frame(&mut c, &latest_publ("mrc", "weather", "old", 9), 2.0)).is_empty());
+    assert!(delivered(&frame(&mut c, &latest_publ("sro", "weather", "e", 9), 2.0)).is_empty());
+
+    // Reconnect: the position is the last live one, not a latest one; latest asked again (the
+    // relay sends only what the client has not seen: here a topic missed in a gap it could not
+    // recover).
+    c.socket_closed(1, 1006, String::new(), 3.0);
+    c.timer(1, TimerKind::Reconnect, 1000.0);
+    c.take_actions();
+    let a = hello(&mut c, 1001.0);
+    assert_eq!(
+        sends(&a)[0],
+        serde_json::json!({"type":"subscribe","id":3,"site":"mrc","recover":{"epoch":"e","offset":521},"latest":true})
+    );
+    let text = [
+        subscribed_latest("mrc", 3, "e", 900, Some(false), 0, Some(1)),
+        latest_publ("mrc", "weather", "e", 899),
+        publ("mrc", "weather", "e", 901),
+    ]
+    .join("\n");
+    let a = frame(&mut c, &text, 1002.0);
+    assert!(has_event(&a, &Event::RecoveryFailed(RecoveryFailure { site: "mrc".into(), reason: "history_trimmed" })));
+    assert_eq!(delivered(&a), vec![("mrc".into(), 899, vec!["w"]), ("mrc".into(), 901, vec!["w", "all"])]);
+    assert_eq!(sends(&c.take_actions()), Vec::<serde_json::Value>::new());
+
+    // A recovered gap with latest publications of topics outside it: the replay is counted
+    // without them, and the position ends at the subscribe point.
+    c.socket_closed(1, 1006, String::new(), 2000.0);
+    c.timer(1, TimerKind::Reconnect, 3000.0);
+    c.take_actions();
+    let a = hello(&mut c, 3001.0);
+    assert_eq!(sends(&a)[0]["recover"], serde_json::json!({"epoch":"e","offset":901}));
+    let text = [
+        subscribed_latest("mrc", 4, "e", 903, Some(true), 2, Some(1)),
+        latest_publ("mrc", "weather", "e", 850),
+        publ("mrc", "weather", "e", 902),
+        publ("mrc", "weather", "e", 903),
+        publ("mrc", "weather", "e", 903),
+    ]
+    .join("\n");
+    let offsets: Vec<u64> = delivered(&frame(&mut c, &text, 3002.0)).iter().map(|d| d.1).collect();
+    assert_eq!(offsets, vec![850, 902, 903]);
+    c.socket_closed(1, 1006, String::new(), 4000.0);
+    c.timer(1, TimerKind::Reconnect, 5000.0);
+    c.take_actions();
+    assert_eq!(sends(&hello(&mut c, 5001.0))[0]["recover"], serde_json::json!({"epoch":"e","offset":903}));
+}
+
+#[test]
+fn a_late_latest_listener_asks_for_what_the_client_lacks_by_name() {
+    let (mut c, _) = started(config(&["mrc", "saf"]));
+    c.on("weather", None, "w", Latest::No).unwrap();
+    hello(&mut c, 0.0);
+    frame(&mut c, &subscribed("mrc", 1, "e", 5, None, 0), 1.0);
+    frame(&mut c, &subscribed("saf", 2, "f", 9, None, 0), 1.0);
+    // A latest listener of a topic the client holds: the browser hands it over; nothing is sent.
+    c.on("weather", Some("mrc"), "held", Latest::Held).unwrap();
+    assert!(sends(&c.take_actions()).is_empty(), "same filter, nothing lacking: no subscribe");
+    // One of a topic it does not hold (never published since the subscribe): asked for by name,
+    // whatever the position.
+    c.on("weather", Some("mrc"), "late", Latest::Ask).unwrap();
+    assert_eq!(
+        sends(&c.take_actions()),
+        vec![serde_json::json!({
+            "type":"subscribe","id":3,"site":"mrc","topics":["weather"],"recover":{"epoch":"e","offset":5},"latest":["weather"]
+        })]
+    );
+    // A new topic: one subscribe changes the filter and asks for it.
+    c.on("enclosure", Some("mrc"), "enc", Latest::Ask).unwrap();
+    assert_eq!(
+        sends(&c.take_actions()),
+        vec![serde_json::json!({
+            "type":"subscribe","id":4,"site":"mrc","topics":["enclosure","weather"],"recover":{"epoch":"e","offset":5},
+            "latest":["weather","enclosure"]
+        })],
+        "the first ask is not confirmed yet: still lacking"
+    );
+    frame(&mut c, &subscribed_latest("mrc", 4, "e", 5, Some(true), 0, Some(1)), 2.0);
+    // Every site's, for a listener of every site; a site without a latest listener asks nothing.
+    c.on("jobs", Some("mrc"), "j", Latest::Ask).unwrap();
+    let sent = sends(&c.take_actions());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["latest"], serde_json::json!(["jobs"]), "what was asked and confirmed is not asked again");
+    c.on("phase", None, "p", Latest::Ask).unwrap();
+    let sent: Vec<(String, serde_json::Value)> = sends(&c.take_actions())
+        .iter()
+        .map(|f| (f["site"].as_str().unwrap().to_owned(), f["latest"].clone()))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![("mrc".into(), serde_json::json!(["jobs", "phase"])), ("saf".into(), serde_json::json!(["phase"]))]
+    );
+    // `*`: nothing to name, so what the client has not seen.
+    c.on("*", Some("saf"), "all", Latest::Ask).unwrap();
+    let sent = sends(&c.take_actions());
+    assert_eq!(
+        (sent.len(), sent[0]["site"].as_str(), &sent[0]["latest"]),
+        (1, Some("saf"), &serde_json::json!(["phase"]))
+    );
+    frame(&mut c, &subscribed("saf", 8, "f", 9, None, 0), 3.0);
+    c.on("*", Some("saf"), "all2", Latest::Ask).unwrap();
+    assert_eq!(sends(&c.take_actions())[0]["latest"], true);
+    // A site subscribed later asks for every topic's on its first subscribe (no position).
+    c.subscribe("sro", None, 4.0).unwrap();
+    assert_eq!(sends(&c.take_actions())[0]["latest"], true);
+    // Not a wanted site: nothing now; disconnected: the subscribes after hello ask.
+    c.on("x", Some("tst"), "t", Latest::Ask).unwrap();
+    assert!(sends(&c.take_actions()).is_empty());
+    c.socket_closed(1, 1006, String::new(), 5.0);
+    c.take_actions();
+    c.on("y", None, "y", Latest::Ask).unwrap();
+    assert!(sends(&c.take_actions()).is_empty());
+}
+
+#[test]
+fn legacy_mode_has_no_latest_publications() {
+    let mut cfg = config(&["mrc"]);
+    cfg.protocol = Protocol::Legacy;
+    let (mut c, _) = started(cfg);
+    c.on("weather", None, "w", Latest::Ask).unwrap();
+    c.opened(1, 1.0);
+    c.on("jobs", None, "j", Latest::Ask).unwrap();
+    assert!(sends(&c.take_actions()).is_empty(), "nothing to ask the original service");
+    assert!(!c.accept_latest(1, "mrc", "e", 2.0));
+    assert!(c.accept(1, "mrc", None, 2.0));
+    assert_eq!(c.listeners("mrc", "weather", false), vec!["w"], "a latest listener still gets live publications");
 }

@@ -29,7 +29,8 @@ pub enum Inbound {
         offset: u64,
         /// With `recover`: whether the gap was filled.
         recovered: Option<bool>,
-        /// Publications replayed right after this frame.
+        /// Publications replayed right after this frame (after any latest ones, which the
+        /// client does not count: they are marked).
         replayed: u32,
     },
     /// v2: a subscription was removed.

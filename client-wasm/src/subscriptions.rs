@@ -22,6 +22,9 @@ struct Subscription {
     pending: Option<u64>,
     /// The position sent with the latest subscribe's `recover`, to tell why a recovery failed.
     recover_sent: Option<StreamPosition>,
+    /// Topics whose latest publication a listener wants and the client does not hold: asked for
+    /// by name (whatever the position recovered from) until a subscribe asking is confirmed.
+    lacking: Vec<String>,
 }
 
 /// Why a site's missed publications could not be replayed.
@@ -99,9 +102,12 @@ impl Subscriptions {
     }
 
     /// The subscribe frame for `site` with filter `topics`, recovering from the last position
-    /// when there is one (a rewind the app asked for wins: it is a deliberate replay);
-    /// records it as sent.
-    pub fn subscribe_frame(&mut self, site: &str, topics: Vec<String>) -> Option<ClientFrame> {
+    /// when there is one (a rewind the app asked for wins: it is a deliberate replay); records it
+    /// as sent. With `latest` (a listener wants latest publications) it asks for them: by name
+    /// for the topics the client lacks when it recovers (the position says nothing of those),
+    /// else those the client has not seen (with `recover`: published after the position, i.e.
+    /// missed in a gap the server could not replay; without: every topic's).
+    pub fn subscribe_frame(&mut self, site: &str, topics: Vec<String>, latest: bool) -> Option<ClientFrame> {
         let i = self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)).ok()?;
         self.next_id += 1;
         let id = self.next_id;
@@ -109,6 +115,11 @@ impl Subscriptions {
         let recover = match (sub.rewind, &sub.stream) {
             (None, Some(stream)) => Some(stream.position()),
             _ => None,
+        };
+        let latest = match latest {
+            false => LatestWanted::No,
+            true if recover.is_some() && !sub.lacking.is_empty() => LatestWanted::Topics(sub.lacking.clone()),
+            true => LatestWanted::Unseen,
         };
         sub.sent_topics = Some(topics.clone());
         sub.pending = Some(id);
@@ -119,8 +130,30 @@ impl Subscriptions {
             topics,
             rewind: if recover.is_none() { sub.rewind } else { None },
             recover,
-            latest: LatestWanted::No,
+            latest,
         })
+    }
+
+    /// Makes the next [`Subscriptions::needs_subscribe`] of `site` (every wanted site when
+    /// `None`) true, though its filter did not change: a listener wants the latest publication of
+    /// `topic` (`*`: of every topic), which the client does not hold.
+    pub fn resend(&mut self, site: Option<&str>, topic: &str) {
+        for (name, sub) in &mut self.sites {
+            if site.is_none_or(|s| s == name) {
+                sub.sent_topics = None;
+                if topic != "*" && !sub.lacking.iter().any(|t| t == topic) {
+                    sub.lacking.push(topic.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Whether a latest publication of `site` in `epoch` (a `pub` frame marked `latest`, sent
+    /// after `subscribed`) is for a wanted site's current stream. It is older than the stream's
+    /// position and not part of it: nothing is recorded, so the position a resubscribe recovers
+    /// from, and the count of a replay still arriving, stay as they are.
+    pub fn accept_latest(&self, site: &str, epoch: &str) -> bool {
+        self.get(site).and_then(|sub| sub.stream.as_ref()).is_some_and(|stream| stream.epoch() == epoch)
     }
 
     /// Records a `subscribed` frame. Returns the failure to report when the server could not
@@ -140,6 +173,7 @@ impl Subscriptions {
         if id.is_some() && sub.pending == id {
             sub.pending = None;
             sub.rewind = None;
+            sub.lacking.clear();
         }
         if recovered == Some(false) {
             let reason = match &sub.recover_sent {
@@ -221,7 +255,7 @@ mod tests {
     use super::*;
 
     fn frame(subs: &mut Subscriptions, site: &str, topics: &[&str]) -> ClientFrame {
-        subs.subscribe_frame(site, topics.iter().map(|t| t.to_string()).collect()).unwrap()
+        subs.subscribe_frame(site, topics.iter().map(|t| t.to_string()).collect(), false).unwrap()
     }
 
     #[test]
@@ -291,7 +325,7 @@ mod tests {
         subs.add("mrc", None);
         let topics = vec!["a".to_string()];
         assert!(subs.needs_subscribe("mrc", &topics));
-        subs.subscribe_frame("mrc", topics.clone());
+        subs.subscribe_frame("mrc", topics.clone(), false);
         assert!(!subs.needs_subscribe("mrc", &topics));
         assert!(subs.needs_subscribe("mrc", &["a".into(), "b".into()]));
         assert!(!subs.needs_subscribe("saf", &topics), "not wanted: nothing to send");
@@ -327,5 +361,80 @@ mod tests {
         subs.confirmed(Some(2), "saf", "e", 10, None, 5);
         assert!((6..=10).all(|o| !subs.accept("saf", "e", o)));
         assert!(subs.accept("saf", "e", 11));
+    }
+
+    #[test]
+    fn latest_publications_leave_the_position_alone() {
+        let mut subs = Subscriptions::default();
+        subs.add("mrc", None);
+        assert!(!subs.accept_latest("mrc", "e"), "nothing confirmed yet");
+        let f = subs.subscribe_frame("mrc", vec![], true).unwrap();
+        let ClientFrame::Subscribe { latest, recover, .. } = f else { unreachable!() };
+        assert_eq!((latest, recover), (LatestWanted::Unseen, None), "the first subscribe: every topic's");
+        // 520 publications so far; 2 latest ones follow (offsets 3 and 17), then live ones.
+        subs.confirmed(Some(1), "mrc", "e", 520, None, 0);
+        assert!(subs.accept_latest("mrc", "e") && subs.accept_latest("mrc", "e"));
+        assert_eq!(subs.position("mrc"), Some(StreamPosition { epoch: "e".into(), offset: 520 }), "not moved back");
+        assert!(!subs.accept_latest("mrc", "other"), "not of the current stream");
+        assert!(!subs.accept_latest("saf", "e"), "not wanted");
+        assert!(subs.accept("mrc", "e", 521));
+
+        // With a replay: latest publications come first and are not counted in it.
+        subs.disconnected();
+        let ClientFrame::Subscribe { recover, latest, .. } = subs.subscribe_frame("mrc", vec![], true).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!((recover.map(|p| p.offset), latest), (Some(521), LatestWanted::Unseen), "what was missed");
+        subs.confirmed(Some(2), "mrc", "e", 523, Some(true), 2);
+        assert!(subs.accept_latest("mrc", "e"), "a latest one of a topic not in the replay");
+        assert_eq!(subs.position("mrc").unwrap().offset, 521, "until the replay is through");
+        assert!(subs.accept("mrc", "e", 522) && subs.accept("mrc", "e", 523));
+        assert_eq!(subs.position("mrc").unwrap().offset, 523, "both replayed ones counted, not the latest one");
+        assert!(!subs.accept("mrc", "e", 523) && subs.accept("mrc", "e", 524));
+        assert!(subs.remove("mrc"));
+        assert!(!subs.accept_latest("mrc", "e"), "unsubscribed");
+    }
+
+    #[test]
+    fn resend_asks_for_the_lacking_topics_by_name() {
+        let latest_of = |subs: &mut Subscriptions, site: &str, topics: &[String]| {
+            let ClientFrame::Subscribe { latest, .. } = subs.subscribe_frame(site, topics.to_vec(), true).unwrap()
+            else {
+                unreachable!()
+            };
+            latest
+        };
+        let mut subs = Subscriptions::default();
+        subs.add("mrc", None);
+        subs.add("saf", None);
+        let topics = vec!["a".to_string(), "b".to_string()];
+        // Before the first confirmation there is no position: every topic's latest is asked for.
+        subs.resend(Some("mrc"), "a");
+        assert_eq!(latest_of(&mut subs, "mrc", &topics), LatestWanted::Unseen);
+        subs.confirmed(Some(1), "mrc", "e", 10, None, 0);
+        subs.subscribe_frame("saf", topics.clone(), false);
+        subs.confirmed(Some(2), "saf", "f", 3, None, 0);
+        assert!(!subs.needs_subscribe("mrc", &topics) && !subs.needs_subscribe("saf", &topics));
+
+        // Same filter, a topic lacking: asked for again, by name (the position covers it).
+        subs.resend(Some("mrc"), "b");
+        assert!(subs.needs_subscribe("mrc", &topics) && !subs.needs_subscribe("saf", &topics));
+        subs.resend(None, "a");
+        subs.resend(None, "b");
+        assert!(subs.needs_subscribe("saf", &topics));
+        assert_eq!(latest_of(&mut subs, "mrc", &topics), LatestWanted::Topics(vec!["b".into(), "a".into()]));
+        assert_eq!(latest_of(&mut subs, "saf", &topics), LatestWanted::Topics(vec!["a".into(), "b".into()]));
+        // Asked until confirmed (a lost connection asks again), then no more.
+        subs.disconnected();
+        assert_eq!(latest_of(&mut subs, "mrc", &topics), LatestWanted::Topics(vec!["b".into(), "a".into()]));
+        subs.confirmed(Some(5), "mrc", "e", 12, Some(true), 0);
+        assert_eq!(latest_of(&mut subs, "mrc", &topics), LatestWanted::Unseen);
+        // `*`: nothing to name; what the client has not seen.
+        subs.confirmed(Some(6), "mrc", "e", 12, None, 0);
+        subs.resend(Some("mrc"), "*");
+        assert!(subs.needs_subscribe("mrc", &topics));
+        assert_eq!(latest_of(&mut subs, "mrc", &topics), LatestWanted::Unseen);
+        subs.resend(Some("sro"), "a");
+        assert!(!subs.needs_subscribe("sro", &topics), "not wanted");
     }
 }

@@ -91,7 +91,8 @@ pub(crate) trait Rules<F, D> {
 
 /// The protocol a client speaks, with its rules' state. An enum rather than a boxed trait
 /// object: each call is forwarded to one of two known types, which the compiler can inline (a
-/// boxed trait object made the WebAssembly 0.9 KB larger).
+/// boxed trait object made the WebAssembly 0.9 KB larger). What only v2 has (latest
+/// publications) the client asks `V2` itself.
 #[derive(Debug)]
 pub(crate) enum Machine {
     V2(v2::V2),

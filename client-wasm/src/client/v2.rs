@@ -22,6 +22,18 @@ impl V2 {
     fn live_link<F, D>(core: &Core<F, D>) -> Option<LinkId> {
         core.links.first().filter(|l| l.is_live()).map(|l| l.id)
     }
+
+    /// Whether a latest publication of `site` in `epoch` (a `pub` marked `latest`) is for a
+    /// wanted site's current stream; records nothing.
+    pub(crate) fn latest(&self, site: &str, epoch: &str) -> bool {
+        self.subs.accept_latest(site, epoch)
+    }
+
+    /// The client lacks the latest publication of `topic` (`*`: of every topic) of `site` (every
+    /// wanted site when `None`): the next sync subscribes it again, asking for it.
+    pub(crate) fn lacks(&mut self, site: Option<&str>, topic: &str) {
+        self.subs.resend(site, topic);
+    }
 }
 
 impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
@@ -59,9 +71,10 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
         let Some(link) = Self::live_link(core) else { return };
         let sites: Vec<String> = self.subs.sites().map(str::to_owned).collect();
         for site in sites {
-            let topics = core.callbacks.filter_for(&site).into_topics();
+            let (filter, latest) = core.callbacks.filter_for(&site);
+            let topics = filter.into_topics();
             if self.subs.needs_subscribe(&site, &topics)
-                && let Some(frame) = self.subs.subscribe_frame(&site, topics)
+                && let Some(frame) = self.subs.subscribe_frame(&site, topics, latest)
             {
                 core.out.push(Action::Send { link, text: encode(&frame) });
             }
