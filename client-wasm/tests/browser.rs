@@ -110,6 +110,8 @@ struct Got {
     epoch: Option<String>,
     offset: Option<u64>,
     data: String,
+    /// `meta.latest`: a latest publication, not a live one.
+    latest: bool,
 }
 
 type Log = Rc<RefCell<Vec<JsValue>>>;
@@ -160,6 +162,16 @@ impl Probe {
 
     /// [`Probe::listen`], with the listener's id.
     fn listen_id(&mut self, topic: &str, site: Option<&str>) -> (Rc<RefCell<Vec<Got>>>, u32) {
+        self.listen_with(topic, site, 0)
+    }
+
+    /// [`Probe::listen`] for a listener that wants latest publications, which the client does
+    /// not hold (the npm wrapper hands over what it holds itself): the relay is asked for them.
+    fn listen_latest(&mut self, topic: &str, site: Option<&str>) -> Rc<RefCell<Vec<Got>>> {
+        self.listen_with(topic, site, 2).0
+    }
+
+    fn listen_with(&mut self, topic: &str, site: Option<&str>, latest: u8) -> (Rc<RefCell<Vec<Got>>>, u32) {
         let got = Rc::new(RefCell::new(Vec::new()));
         let log = got.clone();
         let f = self.keep(move |data, meta| {
@@ -169,9 +181,10 @@ impl Probe {
                 epoch: get_str(&meta, "epoch"),
                 offset: Reflect::get(&meta, &"offset".into()).unwrap().as_f64().map(|n| n as u64),
                 data: JSON::stringify(&data).unwrap().into(),
+                latest: Reflect::get(&meta, &"latest".into()).unwrap() == JsValue::TRUE,
             })
         });
-        let id = self.core.on(topic, f, site.map(str::to_owned)).unwrap();
+        let id = self.core.on(topic, f, site.map(str::to_owned), latest).unwrap();
         (got, id)
     }
 
@@ -368,7 +381,7 @@ async fn a_throwing_callback_is_isolated_and_reported() {
     let _serial = Serial::acquire().await;
     let mut p = Probe::new(serde_json::json!({"url": relay_url(), "sites": [site("b-throw")]}));
     let thrower = Function::new_with_args("data, meta", "throw new Error('boom ' + data)");
-    p.core.on("t", thrower, None).unwrap();
+    p.core.on("t", thrower, None, 0).unwrap();
     let got = p.listen("t", None);
     p.ready().await;
     publish(&site("b-throw"), "t", serde_json::json!(1)).await;
@@ -417,8 +430,8 @@ async fn a_callback_that_closes_the_client_ends_the_dispatch() {
         closing.close();
     });
     let after = Closure::<dyn FnMut(JsValue, JsValue)>::new(move |_, _| c2.borrow_mut().push("after"));
-    core.on("t", closer.as_ref().unchecked_ref::<Function>().clone(), None).unwrap();
-    core.on("t", after.as_ref().unchecked_ref::<Function>().clone(), None).unwrap();
+    core.on("t", closer.as_ref().unchecked_ref::<Function>().clone(), None, 0).unwrap();
+    core.on("t", after.as_ref().unchecked_ref::<Function>().clone(), None, 0).unwrap();
     wait_until("ready", 10_000, || core.is_ready()).await;
     publish(&site("b-cbclose"), "t", serde_json::json!(1)).await;
     wait_until("the closing callback", 5_000, || !calls.borrow().is_empty()).await;
@@ -466,4 +479,111 @@ async fn close_is_final() {
     publish(&site("b-close"), "t", serde_json::json!(1)).await;
     sleep(300).await;
     assert!(got.borrow().is_empty());
+}
+
+/// `(offset, latest)` of each delivery.
+fn marks(got: &Rc<RefCell<Vec<Got>>>) -> Vec<(u64, bool)> {
+    got.borrow().iter().map(|g| (g.offset.unwrap_or(0), g.latest)).collect()
+}
+
+#[wasm_bindgen_test]
+async fn latest_publications_first_then_live_ones_once_each() {
+    let _serial = Serial::acquire().await;
+    let s = site("b-latest");
+    // A topic published once, then 500 publications of another on the same site.
+    publish(&s, "enclosure", serde_json::json!({"shutter": "open"})).await;
+    let many: Vec<serde_json::Value> =
+        (1..=500).map(|n| serde_json::json!({"site": s, "topic": "weather", "data": {"n": n}})).collect();
+    control("/publish", &serde_json::Value::Array(many).to_string()).await;
+    // A page opened afterwards: both latest values, marked, before anything new is published.
+    let mut p = Probe::new(serde_json::json!({"url": relay_url(), "sites": [s]}));
+    let enclosure = p.listen_latest("enclosure", Some(&s));
+    let weather = p.listen_latest("weather", None);
+    let live = p.listen("weather", None);
+    p.ready().await;
+    wait_until("both latest values", 5_000, || enclosure.borrow().len() == 1 && weather.borrow().len() == 1).await;
+    assert_eq!(marks(&enclosure), vec![(1, true)]);
+    assert_eq!(marks(&weather), vec![(501, true)]);
+    assert_eq!(enclosure.borrow()[0].data, r#"{"shutter":"open"}"#);
+    assert_eq!(weather.borrow()[0].data, r#"{"n":500}"#);
+    assert!(live.borrow().is_empty(), "a listener that did not ask gets live publications only");
+    // Then a live one, to everyone, once.
+    publish(&s, "weather", serde_json::json!({"n": 501})).await;
+    wait_until("the live publication", 5_000, || weather.borrow().len() == 2 && live.borrow().len() == 1).await;
+    sleep(300).await;
+    assert_eq!(marks(&weather), vec![(501, true), (502, false)]);
+    assert_eq!(marks(&live), vec![(502, false)]);
+    assert_eq!(marks(&enclosure), vec![(1, true)]);
+}
+
+#[wasm_bindgen_test]
+async fn a_late_latest_listener_of_a_topic_never_received_gets_it_from_the_relay() {
+    let _serial = Serial::acquire().await;
+    let s = site("b-late");
+    publish(&s, "enclosure", serde_json::json!("open")).await;
+    for n in 1..=3 {
+        publish(&s, "weather", serde_json::json!(n)).await;
+    }
+    let mut p = Probe::new(serde_json::json!({
+        "url": proxy_url(), "sites": [s], "minReconnectDelay": 100, "maxReconnectDelay": 200
+    }));
+    let weather = p.listen("weather", None);
+    p.ready().await;
+    publish(&s, "weather", serde_json::json!(4)).await;
+    wait_until("a live publication", 5_000, || weather.borrow().len() == 1).await;
+    // Mounted later, for a topic outside the filter, published before the subscription: asked
+    // for by name, though older than the position.
+    let enclosure = p.listen_latest("enclosure", Some(&s));
+    wait_until("the enclosure's latest", 5_000, || enclosure.borrow().len() == 1).await;
+    assert_eq!(marks(&enclosure), vec![(1, true)]);
+    // A reconnect that recovers asks again but gets nothing twice.
+    control("/cut", "").await;
+    wait_until("reconnecting", 5_000, || p.state() == "reconnecting").await;
+    p.ready().await;
+    publish(&s, "enclosure", serde_json::json!("closed")).await;
+    publish(&s, "weather", serde_json::json!(5)).await;
+    wait_until("live again", 5_000, || weather.borrow().len() == 2 && enclosure.borrow().len() == 2).await;
+    sleep(300).await;
+    assert_eq!(marks(&enclosure), vec![(1, true), (6, false)]);
+    assert_eq!(marks(&weather), vec![(5, false), (7, false)]);
+    assert!(p.recoveries.borrow().is_empty());
+}
+
+#[wasm_bindgen_test]
+async fn after_a_restart_latest_listeners_get_the_new_history_s_values() {
+    let _serial = Serial::acquire().await;
+    let s = site("b-latest-restart");
+    let mut p = Probe::new(serde_json::json!({
+        "url": proxy_url(), "sites": [s], "minReconnectDelay": 100, "maxReconnectDelay": 300
+    }));
+    let got = p.listen_latest("t", None);
+    p.ready().await;
+    publish(&s, "t", serde_json::json!(1)).await;
+    wait_until("a live publication", 5_000, || got.borrow().len() == 1).await;
+    // The relay restarts (in memory: a new epoch, nothing held) and gets a publication before the
+    // client is back: the gap cannot be recovered, the latest value fills it.
+    control("/refuse", "").await;
+    control("/restart", "").await;
+    publish(&s, "t", serde_json::json!(2)).await;
+    control("/accept", "").await;
+    wait_until("the failed-recovery event", 15_000, || !p.recoveries.borrow().is_empty()).await;
+    wait_until("the new history's latest value", 5_000, || got.borrow().len() == 2).await;
+    let g = got.borrow()[1].clone();
+    assert_eq!((g.offset, g.latest, g.data.as_str()), (Some(1), true, "2"));
+    assert_ne!(g.epoch, got.borrow()[0].epoch);
+}
+
+#[wasm_bindgen_test]
+async fn legacy_protocol_has_no_latest_publications() {
+    let _serial = Serial::acquire().await;
+    let s = site("b-leg-latest");
+    publish(&s, "t", serde_json::json!(1)).await;
+    let mut p = Probe::new(serde_json::json!({"url": relay_url(), "protocol": "legacy", "sites": [s]}));
+    let got = p.listen_latest("t", None);
+    p.ready().await;
+    sleep(300).await;
+    assert!(got.borrow().is_empty(), "the original service has none to send");
+    publish(&s, "t", serde_json::json!(2)).await;
+    wait_until("a live publication", 5_000, || got.borrow().len() == 1).await;
+    assert_eq!((got.borrow()[0].data.as_str(), got.borrow()[0].latest), ("2", false));
 }

@@ -10,6 +10,7 @@ use wasm_bindgen::prelude::*;
 use super::convert;
 use super::driver::{Driver, JsClient};
 use crate::callbacks::HookKind;
+use crate::client::Latest;
 
 /// A datastream client in the browser.
 #[wasm_bindgen]
@@ -33,15 +34,25 @@ impl DatastreamCore {
         let websocket = js_sys::Reflect::get(&options, &"WebSocket".into())?.dyn_into::<Function>().ok();
         let client =
             JsClient::new(config, Box::new(js_sys::Math::random)).map_err(|e| js_sys::Error::new(&e.message()))?;
-        Ok(DatastreamCore { driver: Driver::start(client, protocol, websocket) })
+        Ok(DatastreamCore { driver: Driver::start(client, protocol, websocket, &options) })
     }
 
     /// Calls `callback(data, meta)` for each publication on `topic` (`*`: every topic), of `site`
-    /// only when given. Returns an id for `offId`.
-    pub fn on(&self, topic: &str, callback: Function, site: Option<String>) -> Result<u32, JsValue> {
+    /// only when given. `latest` 0 (or absent): live publications only; 1: first with the latest
+    /// publication of each topic the relay
+    /// sends (`meta.latest` true; the caller hands it what the cache holds); 2: the same, and the
+    /// cache did not cover it: ask the relay now. Returns an id for `offId`.
+    pub fn on(&self, topic: &str, callback: Function, site: Option<String>, latest: u8) -> Result<u32, JsValue> {
         self.driver
-            .run(|c, _| c.on(topic, site.as_deref(), callback))
-            .map_err(|e| js_sys::Error::new(&e.message()).into())
+            .run(|c, _| {
+                let latest = match latest {
+                    0 => Latest::No,
+                    1 => Latest::Held,
+                    _ => Latest::Ask,
+                };
+                c.on(topic, site.as_deref(), callback, latest)
+            })
+            .map_err(|e: crate::config::ConfigError| js_sys::Error::new(&e.message()).into())
     }
 
     /// Removes every registration of `callback` for `topic`.

@@ -5,16 +5,21 @@
 
 /** Names, and cached routes, kept before starting over. */
 const LIMIT = 1000;
+/** Topics whose last publication is kept per site; the least recently updated goes first. */
+const KEEP = 64;
 
 /**
  * `accept(link, buf, from, to, now)` judges publications `from..to`, four numbers each in `buf`
- * (site, epoch, offset, then the answer it writes: the listeners' version, or -1 to drop it);
+ * (site, epoch — for a latest publication -1 - epoch —, offset, then the answer it writes: the
+ * listeners' version, or -1 to drop it);
  * `state`: [the publication being dispatched, whether the client was called since `accept`];
- * `ask(what, a, b, c)` for the rest, `what` as numbered in dispatch.rs.
+ * `ask(what, a, b, c)` for the rest, `what` as numbered in dispatch.rs; the options' `cache`: site →
+ * topic → the last publication received (the parsed frame), least recently updated first, filled
+ * here.
  */
-export function dispatcher(legacy, accept, ask, state) {
+export function dispatcher(legacy, accept, ask, state, { cache = new Map() }) {
   const intern = (name, first) => ask(0, name, first);
-  const route = (site, topic) => ask(1, site, topic);
+  const route = (site, topic, latest) => ask(1, site, topic, latest);
   const other = (link, frame) => ask(2, link, frame);
   const failed = (site, topic, error) => ask(3, site, topic, error);
 
@@ -26,6 +31,15 @@ export function dispatcher(legacy, accept, ask, state) {
   let routes, routed, version;
   // The last names and route looked up: a stream mostly repeats them.
   let lastSite, lastSiteId, lastEpoch, lastEpochId, routeSite, routeTopic, routeFns;
+
+  // Holds `f` as the last publication of its site and topic.
+  const remember = (s, topic, f) => {
+    let topics = cache.get(s);
+    if (!topics) cache.set(s, (topics = new Map()));
+    topics.delete(topic);
+    topics.set(topic, f);
+    if (topics.size > KEEP) topics.delete(topics.keys().next().value);
+  };
 
   const forgetRoutes = () => {
     routes = new Map();
@@ -77,18 +91,32 @@ export function dispatcher(legacy, accept, ask, state) {
       // Publications of the current frame waiting for `accept`: their lines' JSON values, and
       // four numbers each in `buf` (site, epoch, offset, then the client's answer).
       const items = [];
-      // One publication's callbacks; false once the socket is detached.
+      // One publication's callbacks; false once the socket is detached. A latest publication
+      // (from before the subscription) goes to the listeners that asked for one, unless something
+      // as new of its topic was received already (they got that).
       const deliver = (f, v, site) => {
         const s = f.site;
         const topic = f.topic;
-        const fns = v === version && site === routeSite && topic === routeTopic ? routeFns : callbacksFor(v, site, s, topic);
+        const latest = !legacy && f.latest === true;
+        if (latest) {
+          const held = cache.get(s)?.get(topic);
+          if (held && held.epoch === f.epoch && held.offset >= f.offset) return true;
+        }
+        remember(s, topic, f);
+        const fns = latest
+          ? route(s, topic, true)
+          : v === version && site === routeSite && topic === routeTopic
+            ? routeFns
+            : callbacksFor(v, site, s, topic);
         const n = fns.length;
         if (n === 0) return true;
-        const meta = legacy ? { site: s, topic } : { site: s, topic, epoch: f.epoch, offset: f.offset };
+        const m = legacy ? { site: s, topic } : { site: s, topic, epoch: f.epoch, offset: f.offset };
+        // A publication from before the listener asked (see the relay's `latest`).
+        if (latest) m.latest = true;
         const d = f.data;
         for (let j = 0; j < n; j++) {
           try {
-            fns[j].call(null, d, meta);
+            fns[j].call(null, d, m);
           } catch (error) {
             failed(s, topic, error);
           }
@@ -170,7 +198,8 @@ export function dispatcher(legacy, accept, ask, state) {
                 buf = bigger;
               }
               buf[4 * m] = lastSiteId;
-              buf[4 * m + 1] = legacy ? 0 : lastEpochId;
+              // A latest publication's epoch as -1 - its index.
+              buf[4 * m + 1] = legacy ? 0 : f.latest === true ? -1 - lastEpochId : lastEpochId;
               buf[4 * m + 2] = offset;
               items[m++] = f;
               continue;

@@ -32,6 +32,17 @@
 //!   detached (the client closed, maybe by a callback), nothing more is dispatched.
 //! - Every other frame, malformed ones included, goes to the client whole (`undefined` when the
 //!   text was not JSON), in order with the publications.
+//! - A latest publication (v2: a `pub` marked `latest: true`, from before the subscription, sent
+//!   after `subscribed`) is judged by
+//!   [`Client::accept_latest`](crate::client::Client::accept_latest) (its epoch index `i` crosses
+//!   as `-1 - i`), which records nothing. It goes to the callbacks of the listeners that asked for latest
+//!   publications (asked for each time: they are rare), with `latest: true` in `meta`, unless a
+//!   publication of its topic at least as new is held already.
+//! - The last publication received of each site and topic (live, replayed or latest) is held in
+//!   the options' `cache` given to [`Dispatch::new`], a `Map` of site → topic → the parsed frame, up to 64
+//!   topics per site (the least recently updated dropped first). The npm wrapper reads it (a new
+//!   latest listener gets what it holds at once; `latest(site, topic)`) and drops a site's when it
+//!   unsubscribes it. Publications' data stays in JavaScript.
 //!
 //! The name table and the cached callbacks start over past 1,000 entries, so names that never
 //! repeat cannot grow them without bound.
@@ -46,7 +57,13 @@ extern "C" {
     type Dispatcher;
 
     /// `accept(link, buf, from, to, now)`; `ask(what, a, b, c)`; `state`: see [`Dispatch::new`].
-    fn dispatcher(legacy: bool, accept: &Function, ask: &Function, state: &Float64Array) -> Dispatcher;
+    fn dispatcher(
+        legacy: bool,
+        accept: &Function,
+        ask: &Function,
+        state: &Float64Array,
+        options: &JsValue,
+    ) -> Dispatcher;
 
     #[wasm_bindgen(method)]
     fn attach(this: &Dispatcher, ws: &JsValue, link: LinkId) -> Function;
@@ -59,13 +76,14 @@ pub(crate) trait ClientSide: Clone + 'static {
     fn intern(&self, name: String, first: bool) -> u32;
     /// Whether each of publications `from..to` of a frame that arrived on `link` at `now` is new
     /// and wanted, judged in order as if each had been dispatched before the next. Each is four
-    /// numbers in `buf`: its site and epoch (indices in the table), its offset (-1 in the legacy
-    /// protocol: no position), then the answer, written there: the listeners' version (≥ 0) if
-    /// so, else -1. Until the client is next called, it can forget the ones after
-    /// `state[0]` (see [`Dispatch::state`]).
+    /// numbers in `buf`: its site and epoch (indices in the table; a latest publication's epoch
+    /// index `i` as `-1 - i`), its offset (-1 in the legacy protocol: no position), then the
+    /// answer, written there: the listeners' version (≥ 0) if so, else -1. Until the client is
+    /// next called, it can forget the ones after `state[0]` (see [`Dispatch::state`]).
     fn accept(&self, link: LinkId, buf: &Float64Array, from: u32, to: u32, now: f64);
-    /// The callbacks for a publication of `site` on `topic`, in order.
-    fn route(&self, site: &str, topic: &str) -> Array;
+    /// The callbacks for a publication of `site` on `topic`, in order; with `latest`, for a
+    /// latest publication (the listeners that want one).
+    fn route(&self, site: &str, topic: &str, latest: bool) -> Array;
     /// Any other frame arrived on `link`, parsed (`undefined`: not JSON).
     fn other(&self, link: LinkId, frame: JsValue);
     /// A callback for a publication of `site` on `topic` threw `error`.
@@ -96,17 +114,20 @@ impl Dispatch {
     /// `accept` is called once for each run of publications in a frame, with numbers only. The
     /// rarer requests share one
     /// function, `ask(what, a, b, c)` (one closure instead of four in the bundle, values passed
-    /// as they are): [`INTERN`] `(name, first)`, [`ROUTE`] `(site, topic)`, [`OTHER`]
+    /// as they are): [`INTERN`] `(name, first)`, [`ROUTE`] `(site, topic, latest)`, [`OTHER`]
     /// `(link, frame)`, [`FAILED`] `(site, topic, error)`.
-    pub(crate) fn new(legacy: bool, client: impl ClientSide) -> Dispatch {
+    ///
+    /// `options.cache` (a `Map`; a new one when absent) receives the last publication of each
+    /// site and topic; the app's side reads it, and drops a site's when unsubscribing it.
+    pub(crate) fn new(legacy: bool, client: impl ClientSide, options: &JsValue) -> Dispatch {
         let asked = client.clone();
         let accept = Closure::<dyn FnMut(LinkId, Float64Array, u32, u32, f64)>::new(move |link, buf, from, to, now| {
             client.accept(link, &buf, from, to, now)
         });
         let ask = Closure::<dyn FnMut(u32, JsValue, JsValue, JsValue) -> JsValue>::new(
-            move |what, a: JsValue, b: JsValue, c| match what {
+            move |what, a: JsValue, b: JsValue, c: JsValue| match what {
                 INTERN => asked.intern(text(&a), b.is_truthy()).into(),
-                ROUTE => asked.route(&text(&a), &text(&b)).into(),
+                ROUTE => asked.route(&text(&a), &text(&b), c.is_truthy()).into(),
                 OTHER => {
                     asked.other(a.as_f64().unwrap_or_default() as LinkId, b);
                     JsValue::UNDEFINED
@@ -119,7 +140,7 @@ impl Dispatch {
             },
         );
         let state = Float64Array::new_with_length(2);
-        let js = dispatcher(legacy, accept.as_ref().unchecked_ref(), ask.as_ref().unchecked_ref(), &state);
+        let js = dispatcher(legacy, accept.as_ref().unchecked_ref(), ask.as_ref().unchecked_ref(), &state, options);
         Dispatch { js, state, _accept: accept, _ask: ask }
     }
 
@@ -155,6 +176,8 @@ mod tests {
         wanted: Rc<Cell<bool>>,
         version: Rc<Cell<f64>>,
         callbacks: Rc<RefCell<Vec<Function>>>,
+        /// The callbacks for latest publications.
+        latest_callbacks: Rc<RefCell<Vec<Function>>>,
         /// Each `accept`'s range.
         batches: Rc<RefCell<Vec<(u32, u32)>>>,
     }
@@ -174,14 +197,17 @@ mod tests {
             self.batches.borrow_mut().push((from, to));
             for i in from..to {
                 let at = |j: u32| buf.get_index(4 * i + j);
-                let v = self.accept_one(link, at(0) as u32, at(1) as u32, at(2), now);
+                let (epoch, latest) = if at(1) < 0.0 { (-1.0 - at(1), true) } else { (at(1), false) };
+                let v = self.accept_one(link, at(0) as u32, epoch as u32, at(2), latest, now);
                 buf.set_index(4 * i + 3, v);
             }
         }
 
-        fn route(&self, site: &str, topic: &str) -> Array {
-            self.log.borrow_mut().push(format!("route {site} {topic}"));
-            self.callbacks.borrow().iter().collect()
+        fn route(&self, site: &str, topic: &str, latest: bool) -> Array {
+            let which = if latest { "latest " } else { "" };
+            self.log.borrow_mut().push(format!("route {which}{site} {topic}"));
+            let callbacks = if latest { &self.latest_callbacks } else { &self.callbacks };
+            callbacks.borrow().iter().collect()
         }
 
         fn other(&self, link: LinkId, frame: JsValue) {
@@ -196,11 +222,12 @@ mod tests {
     }
 
     impl Script {
-        fn accept_one(&self, link: LinkId, site: u32, epoch: u32, offset: f64, now: f64) -> f64 {
+        fn accept_one(&self, link: LinkId, site: u32, epoch: u32, offset: f64, latest: bool, now: f64) -> f64 {
             assert!(now > 1e12, "Date.now(): {now}");
             let names = self.names.borrow();
             let epoch = if offset < 0.0 { "-".to_owned() } else { names[epoch as usize].clone() };
-            self.log.borrow_mut().push(format!("accept {link} {} {epoch} {offset}", names[site as usize]));
+            let which = if latest { " latest" } else { "" };
+            self.log.borrow_mut().push(format!("accept {link} {} {epoch} {offset}{which}", names[site as usize]));
             if self.wanted.get() { self.version.get() } else { -1.0 }
         }
     }
@@ -209,6 +236,8 @@ mod tests {
     struct Fake {
         dispatch: Dispatch,
         script: Script,
+        /// What the dispatcher holds.
+        cache: js_sys::Map,
     }
 
     impl std::ops::Deref for Fake {
@@ -222,7 +251,10 @@ mod tests {
         fn new(legacy: bool) -> Fake {
             let script = Script::default();
             script.wanted.set(true);
-            Fake { dispatch: Dispatch::new(legacy, script.clone()), script }
+            let cache = js_sys::Map::new();
+            let options = Object::new();
+            Reflect::set(&options, &"cache".into(), &cache).unwrap();
+            Fake { dispatch: Dispatch::new(legacy, script.clone(), &options), script, cache }
         }
 
         /// A callback that records `[this, data, meta]` in `globalThis.dispatched`, then runs
@@ -230,6 +262,12 @@ mod tests {
         fn listen(&self, then: &str) {
             let body = format!("'use strict'; globalThis.dispatched.push([this, data, meta]); {then}");
             self.callbacks.borrow_mut().push(Function::new_with_args("data, meta", &body));
+        }
+
+        /// [`Fake::listen`] for latest publications; records `["latest", data, meta]`.
+        fn listen_latest(&self) {
+            let body = "globalThis.dispatched.push(['latest', data, meta])";
+            self.latest_callbacks.borrow_mut().push(Function::new_with_args("data, meta", body));
         }
 
         fn take(&self) -> Vec<String> {
@@ -473,5 +511,132 @@ mod tests {
         let routes = fake.take().into_iter().filter(|l| l.starts_with("route")).collect::<Vec<_>>();
         assert_eq!(routes.len(), 1002);
         assert_eq!(routes[1001], "route mrc t0", "t0 was forgotten, t1000 kept");
+    }
+
+    fn latest_frame(site: &str, topic: &str, epoch: &str, offset: u32, data: &str) -> String {
+        let text = pub_frame(site, topic, epoch, offset, data);
+        format!("{},\"latest\":true}}", &text[..text.len() - 1])
+    }
+
+    impl Fake {
+        /// The data of the publication held of `site` on `topic`, as JSON; `None` if none.
+        fn held(&self, site: &str, topic: &str) -> Option<String> {
+            let topics = self.cache.get(&site.into());
+            if topics.is_undefined() {
+                return None;
+            }
+            let frame = topics.unchecked_ref::<js_sys::Map>().get(&topic.into());
+            (!frame.is_undefined()).then(|| json(&Reflect::get(&frame, &"data".into()).unwrap()))
+        }
+
+        /// The topics held of `site`, least recently updated first.
+        fn held_topics(&self, site: &str) -> Vec<String> {
+            let topics = self.cache.get(&site.into());
+            if topics.is_undefined() {
+                return Vec::new();
+            }
+            js_sys::Array::from(&topics.unchecked_ref::<js_sys::Map>().keys().into())
+                .iter()
+                .map(|t| t.as_string().unwrap())
+                .collect()
+        }
+    }
+
+    #[wasm_bindgen_test]
+    fn latest_publications_go_to_latest_listeners_unless_something_as_new_is_held() {
+        dispatched();
+        let fake = Fake::new(false);
+        fake.listen("");
+        fake.listen_latest();
+        let (ws, _detach) = socket(&fake, 7);
+        // The answer to a subscribe with latest: a topic published long ago, another's latest,
+        // then live.
+        let text = [
+            latest_frame("mrc", "enc", "e", 3, r#""open""#),
+            latest_frame("mrc", "w", "e", 517, "1"),
+            pub_frame("mrc", "w", "e", 521, "2"),
+        ]
+        .join("\n");
+        message(&ws, &text.into());
+        assert_eq!(
+            fake.take(),
+            vec![
+                "intern mrc first",
+                "intern e",
+                "accept 7 mrc e 3 latest",
+                "accept 7 mrc e 517 latest",
+                "accept 7 mrc e 521",
+                "route latest mrc enc",
+                "route latest mrc w",
+                "route mrc w",
+            ],
+            "judged together, the latest ones marked"
+        );
+        assert_eq!(
+            dispatched(),
+            concat!(
+                r#"[["latest","open",{"site":"mrc","topic":"enc","epoch":"e","offset":3,"latest":true}],"#,
+                r#"["latest",1,{"site":"mrc","topic":"w","epoch":"e","offset":517,"latest":true}],"#,
+                r#"[null,2,{"site":"mrc","topic":"w","epoch":"e","offset":521}]]"#
+            ),
+            "latest ones to the latest listeners with latest: true; live ones as before"
+        );
+        assert_eq!(fake.held("mrc", "w").as_deref(), Some("2"));
+        assert_eq!(fake.held("mrc", "enc").as_deref(), Some(r#""open""#));
+        assert_eq!((fake.held("mrc", "x"), fake.held("saf", "w")), (None, None));
+
+        // Another subscribe's latest ones: what is held already is not handed out again.
+        let text = [latest_frame("mrc", "w", "e", 521, "2"), latest_frame("mrc", "enc", "e", 3, r#""open""#)];
+        message(&ws, &text.join("\n").into());
+        assert!(!fake.take().iter().any(|l| l.starts_with("route")));
+        assert_eq!(dispatched(), "[]");
+        // Newer than what is held (a gap that could not be recovered), or of a new epoch: handed out.
+        message(&ws, &latest_frame("mrc", "w", "e", 900, "3").into());
+        message(&ws, &latest_frame("mrc", "enc", "f", 1, r#""closed""#).into());
+        assert_eq!(dispatched_data(), vec![serde_json::json!(3), serde_json::json!("closed")]);
+        assert_eq!(fake.held("mrc", "enc").as_deref(), Some(r#""closed""#));
+        // Refused by the client (not of a wanted site's stream): neither handed out nor held.
+        fake.wanted.set(false);
+        message(&ws, &latest_frame("sro", "w", "e", 1, "4").into());
+        message(&ws, &pub_frame("sro", "w", "e", 2, "5").into());
+        assert_eq!(dispatched(), "[]");
+        assert_eq!(fake.held("sro", "w"), None);
+    }
+
+    #[wasm_bindgen_test]
+    fn what_is_held_is_bounded_per_site_least_recently_updated_first() {
+        dispatched();
+        let fake = Fake::new(false);
+        let (ws, _detach) = socket(&fake, 1);
+        message(&ws, &pub_frame("saf", "t0", "f", 1, "0").into());
+        for i in 0..64 {
+            message(&ws, &pub_frame("mrc", &format!("t{i}"), "e", i + 1, &i.to_string()).into());
+        }
+        assert_eq!(fake.held_topics("mrc"), (0..64).map(|i| format!("t{i}")).collect::<Vec<_>>(), "64 held");
+        assert_eq!(dispatched(), "[]", "nobody listens: held all the same");
+        // t0 updated: t1 is now the least recently updated, and goes with the 65th topic.
+        message(&ws, &pub_frame("mrc", "t0", "e", 65, "65").into());
+        message(&ws, &pub_frame("mrc", "t64", "e", 66, "66").into());
+        let topics = fake.held_topics("mrc");
+        assert_eq!(topics.len(), 64);
+        assert_eq!((topics[0].as_str(), topics[62].as_str(), topics[63].as_str()), ("t2", "t0", "t64"));
+        assert_eq!(fake.held("mrc", "t0").as_deref(), Some("65"));
+        assert_eq!(fake.held("mrc", "t1"), None);
+        message(&ws, &pub_frame("mrc", "t65", "e", 67, "67").into());
+        assert_eq!((fake.held("mrc", "t2"), fake.held("mrc", "t3").as_deref()), (None, Some("3")));
+        assert_eq!(fake.held_topics("saf"), vec!["t0"], "per site");
+    }
+
+    #[wasm_bindgen_test]
+    fn legacy_publications_are_held_and_never_latest() {
+        dispatched();
+        let fake = Fake::new(true);
+        fake.listen("");
+        fake.listen_latest();
+        let (ws, _detach) = socket(&fake, 3);
+        message(&ws, &r#"{"site":"mrc","topic":"w","data":1,"latest":true}"#.into());
+        assert_eq!(fake.take(), vec!["intern mrc first", "accept 3 mrc - -1", "route mrc w"]);
+        assert_eq!(dispatched(), r#"[[null,1,{"site":"mrc","topic":"w"}]]"#);
+        assert_eq!(fake.held("mrc", "w").as_deref(), Some("1"));
     }
 }

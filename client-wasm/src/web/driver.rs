@@ -61,15 +61,21 @@ fn now() -> f64 {
 }
 
 impl Driver {
-    /// Starts `client`: opens its sockets and listens to the browser's connectivity events.
-    pub(crate) fn start(client: JsClient, protocol: Protocol, websocket: Option<Function>) -> Rc<Driver> {
+    /// Starts `client`: opens its sockets and listens to the browser's connectivity events. The
+    /// last publication of each site and topic goes into `options.cache` (see [`Dispatch::new`]).
+    pub(crate) fn start(
+        client: JsClient,
+        protocol: Protocol,
+        websocket: Option<Function>,
+        options: &JsValue,
+    ) -> Rc<Driver> {
         let legacy = protocol == Protocol::Legacy;
         let driver = Rc::new_cyclic(|weak: &Weak<Driver>| Driver {
             client: RefCell::new(client),
             websocket,
             io: RefCell::new(Io::default()),
             legacy,
-            dispatch: Dispatch::new(legacy, weak.clone()),
+            dispatch: Dispatch::new(legacy, weak.clone(), options),
             names: RefCell::new(Vec::new()),
             batch_open: Default::default(),
             batch: RefCell::default(),
@@ -257,8 +263,13 @@ impl ClientSide for Weak<Driver> {
             batch.clear();
             d.batch_open.set(true);
             for (i, p) in (from..).zip(v.chunks_exact_mut(4)) {
-                let fresh = match (names.get(p[0] as usize), names.get(p[1] as usize)) {
+                // A latest publication's epoch index `i` comes as `-1 - i`.
+                let latest = p[1] < 0.0;
+                let epoch = if latest { -1.0 - p[1] } else { p[1] };
+                let fresh = match (names.get(p[0] as usize), names.get(epoch as usize)) {
                     (Some(site), _) if p[2] < 0.0 => client.accept(link, site, None, now),
+                    // A latest publication records nothing: there is nothing to undo.
+                    (Some(site), Some(epoch)) if latest => client.accept_latest(link, site, epoch, now),
                     (Some(site), Some(epoch)) => {
                         let (fresh, undo) = client.accept_undoable(link, site, epoch, p[2] as u64, now);
                         if let Some(undo) = undo {
@@ -276,8 +287,8 @@ impl ClientSide for Weak<Driver> {
         part.copy_from(&v);
     }
 
-    fn route(&self, site: &str, topic: &str) -> Array {
-        let callbacks = self.upgrade().map(|d| d.client.borrow().listeners(site, topic)).unwrap_or_default();
+    fn route(&self, site: &str, topic: &str, latest: bool) -> Array {
+        let callbacks = self.upgrade().map(|d| d.client.borrow().listeners(site, topic, latest)).unwrap_or_default();
         callbacks.iter().collect()
     }
 
@@ -337,7 +348,8 @@ mod tests {
             let options = serde_json::json!({"url": "ws://127.0.0.1:9/dev", "sites": sites});
             let config = convert::config(&JSON::parse(&options.to_string()).unwrap()).unwrap();
             let client = JsClient::new(config, Box::new(js_sys::Math::random)).unwrap();
-            Fixture { driver: Driver::start(client, Protocol::V2, None), got: Rc::default(), _keep: Vec::new() }
+            let driver = Driver::start(client, Protocol::V2, None, &js_sys::Object::new());
+            Fixture { driver, got: Rc::default(), _keep: Vec::new() }
         }
 
         /// A listener for topic `t` that records `"{name} {site} {offset}"`, then runs `act`.
@@ -352,7 +364,7 @@ mod tests {
                 }
             });
             let function: Function = f.as_ref().unchecked_ref::<Function>().clone();
-            self.driver.run(|c, _| c.on("t", None, function)).unwrap();
+            self.driver.run(|c, _| c.on("t", None, function, crate::client::Latest::No)).unwrap();
             self._keep.push(f);
         }
 
@@ -430,7 +442,7 @@ mod tests {
                     });
                     let function =
                         Function::new_with_args("data, meta", "globalThis.late = (globalThis.late || 0) + 1");
-                    d.run(|c, _| c.on("t", None, function)).unwrap();
+                    d.run(|c, _| c.on("t", None, function, crate::client::Latest::No)).unwrap();
                 }
             }),
         );
@@ -473,7 +485,7 @@ mod tests {
             "globalThis.thrown = (globalThis.thrown || 0) + 1; if (meta.offset === 2) throw new Error('boom')",
         );
         Reflect::set(&js_sys::global(), &"thrown".into(), &0.into()).unwrap();
-        f.driver.run(|c, _| c.on("t", None, thrower)).unwrap();
+        f.driver.run(|c, _| c.on("t", None, thrower, crate::client::Latest::No)).unwrap();
         f.listen("other", nothing());
         f.frame(&[("a", 1), ("a", 2), ("a", 3), ("a", 3), ("a", 4)]);
         assert_eq!(f.take(), ["other a 1", "other a 2", "other a 3", "other a 4"]);
