@@ -56,6 +56,18 @@ export interface Meta {
   epoch?: string;
   /** Position of the publication in the site's history (1, 2, 3…). */
   offset?: number;
+  /** Present (`true`) on a listener's latest value: the topic's last publication from before it
+   * listened (from the client's cache, or sent by the relay), not a live one. */
+  latest?: true;
+}
+
+/** Options of `on`. */
+export interface OnOptions {
+  /** Only this site's publications (or these sites'). */
+  site?: string | readonly string[];
+  /** First the latest publication of each topic (`meta.latest` true): at once if the client
+   * holds it, else from the relay (v2); then live ones. Each value reaches the callback once. */
+  latest?: boolean;
 }
 
 /** Where an error comes from. */
@@ -122,8 +134,9 @@ export class Subscription {
    * (`kind: 'server'`, `code` e.g. `forbidden`, `too_many_subscriptions`) when it refused it, or
    * (`kind: 'closed'`) when it ended first. */
   readonly ready: Promise<Subscribed>;
-  /** Listens to `topic` (`'*'`: every topic) of this site until `unsubscribe()`. */
-  on(topic: string, callback: Callback): Unsubscribe;
+  /** Listens to `topic` (`'*'`: every topic) of this site until `unsubscribe()`; with `latest`,
+   * first to the latest publication of each topic. */
+  on(topic: string, callback: Callback, options?: { latest?: boolean }): Unsubscribe;
   /** Releases this handle and its listeners. */
   unsubscribe(): void;
 }
@@ -140,8 +153,11 @@ export function load(source?: string | URL | Request | Response | BufferSource |
 export class Datastream {
   constructor(options: DatastreamOptions);
   /** Calls `callback(data, meta)` for each publication on `topic` (`'*'`: every topic), of
-   * `site` only if given (one or several). */
-  on(topic: string, callback: Callback, options?: { site?: string | readonly string[] }): Unsubscribe;
+   * `site` only if given (one or several); with `latest`, first with each topic's latest. */
+  on(topic: string, callback: Callback, options?: OnOptions): Unsubscribe;
+  /** The data of the last publication received of `site` on `topic` (live, replayed or latest),
+   * or `undefined`: up to 64 topics per site, held while the site is subscribed. */
+  latest<T = any>(site: string, topic: string): T | undefined;
   /** Removes every registration of `callback` for `topic`. */
   off(topic: string, callback: Callback): void;
   onState(callback: (state: State) => void): Unsubscribe;

@@ -15,6 +15,9 @@ export interface UseDatastreamOptions<T> {
   client?: Datastream;
   /** The value until the first publication. */
   initial?: T;
+  /** Start from the topic's latest publication (`meta.latest` true): at once when the client
+   * holds it, else as soon as the relay sends it. */
+  latest?: boolean;
 }
 
 /** Makes `client` the one `useDatastream` uses when none is provided or passed. */

@@ -86,6 +86,9 @@ export class Datastream {
   #final = null;
   /** Site → `{ held, handles, info }`: `held` counts the holders of its subscription. */
   #sites = new Map();
+  /** Site → topic → the last publication received (the parsed frame), least recently updated
+   * first; filled by the module's dispatcher (at most 64 topics per site). */
+  #cache = new Map();
   /** The app's `onError` listeners, and internal listeners for refusals (`ready()`). */
   #errorListeners = new Set();
   #refusalListeners = new Set();
@@ -149,7 +152,7 @@ export class Datastream {
   #start(token) {
     if (this.#closed) return;
     try {
-      this.#core = new DatastreamCore({ ...this.#options, token });
+      this.#core = new DatastreamCore({ ...this.#options, token, cache: this.#cache });
     } catch (error) {
       this.#fail(error);
       return;
@@ -254,6 +257,7 @@ export class Datastream {
       const entry = this.#sites.get(site);
       this.#sites.delete(site);
       for (const handle of entry.handles) handle._end('refused', e);
+      this.#cache.delete(site);
       this.#core?.unsubscribe(site);
     }
     this.#emitError(e);
@@ -320,25 +324,57 @@ export class Datastream {
     this.#sites.delete(site);
     for (const handle of entry?.handles ?? []) handle._end('unsubscribed');
     this.#log('unsubscribe', { site });
-    this.#call((core) => core.unsubscribe(site));
+    this.#call((core) => {
+      this.#cache.delete(site);
+      core.unsubscribe(site);
+    });
   }
 
   // ----- listeners -----
 
   /**
    * Calls `callback(data, meta)` for every publication on `topic` (`'*'`: every topic), of
-   * `options.site` only if given (one site or an array). Returns a function that removes it.
+   * `options.site` only if given (one site or an array). With `options.latest`, first with the
+   * latest publication of each topic, `meta.latest` true: what the client holds at once, the
+   * rest from the relay. Returns a function that removes it.
    */
   on(topic, callback, options) {
     if (topic !== '*') check('topic', topic);
     if (typeof callback !== 'function') throw new TypeError('on(topic, callback): callback must be a function');
     const site = options?.site;
+    const latest = options?.latest === true;
     if (Array.isArray(site)) {
-      const offs = site.map((s) => this.on(topic, callback, { site: s }));
+      const offs = site.map((s) => this.on(topic, callback, { site: s, latest }));
       return () => offs.forEach((off) => off());
     }
     if (site != null) check('site', site);
-    return this.#register((core) => core.on(topic, callback, site ?? undefined));
+    return this.#register((core) => {
+      // A latest listener gets what the client holds at once; the relay is asked unless that
+      // covers it (a topic of a site).
+      const held = [];
+      if (latest) {
+        for (const [s, topics] of this.#cache) {
+          if (site == null || s === site) for (const [t, f] of topics) if (topic === '*' || t === topic) held.push(f);
+        }
+      }
+      const id = core.on(topic, callback, site ?? undefined, latest ? (site != null && topic !== '*' && held.length ? 1 : 2) : 0);
+      for (const { site: s, topic: t, epoch, offset, data } of held) {
+        try {
+          callback(data, epoch === undefined ? { site: s, topic: t, latest } : { site: s, topic: t, epoch, offset, latest });
+        } catch (error) {
+          this.#emitError(new DatastreamError('callback', `a callback for topic ${t} of site ${s} threw`, { site: s, topic: t, cause: error, error }));
+        }
+      }
+      return id;
+    });
+  }
+
+  /**
+   * The data of the last publication received of `site` on `topic` (live, replayed or latest),
+   * or undefined: up to 64 topics per site are held while the site is subscribed.
+   */
+  latest(site, topic) {
+    return this.#cache.get(site)?.get(topic)?.data;
   }
 
   /** Removes every registration of `callback` for `topic`. */
@@ -466,10 +502,13 @@ export class Subscription {
     this.ready.catch(() => {});
   }
 
-  /** Listens to `topic` (`'*'`: every topic) of this site until `unsubscribe()`. */
-  on(topic, callback) {
+  /**
+   * Listens to `topic` (`'*'`: every topic) of this site until `unsubscribe()`; with
+   * `options.latest`, first to the latest publication of each topic.
+   */
+  on(topic, callback, options) {
     if (this.#release === null) throw new DatastreamError('closed', `the subscription to ${this.site} has ended`);
-    const off = this.#ds.on(topic, callback, { site: this.site });
+    const off = this.#ds.on(topic, callback, { site: this.site, latest: options?.latest });
     this.#offs.push(off);
     return off;
   }

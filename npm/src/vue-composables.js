@@ -31,12 +31,14 @@ export function composables({ getCurrentInstance, inject, isRef, onBeforeUnmount
    * Listens to `topic` (`'*'`: every topic) while the calling component is mounted and returns a
    * shallow ref holding the latest publication's data (`options.initial` until the first).
    *
-   *   useDatastream(topic, { site, client, initial })
-   *   useDatastream(topic, (data, meta) => {…}, { site, client })
+   *   useDatastream(topic, { site, client, initial, latest })
+   *   useDatastream(topic, (data, meta) => {…}, { site, client, latest })
    *
    * `site` is a site code, an array of them, a ref or a getter (the subscription follows it, e.g.
    * the route's site), or absent (every subscribed site, subscribing none). Each site is held
    * through a subscription handle while used and released on unmount or when `site` changes.
+   * With `latest`, the ref starts from the topic's latest publication: at once when the client
+   * holds it (before the component first renders), else as soon as the relay sends it.
    * Outside a component, release with `stopDatastream(ref)`.
    */
   function useDatastream(topic, callback, options) {
@@ -60,16 +62,17 @@ export function composables({ getCurrentInstance, inject, isRef, onBeforeUnmount
       latest.value = data;
       if (callback) callback(data, meta);
     };
+    const on = { latest: options.latest === true };
     const attach = (site) => {
       release();
       const sites = site == null ? [] : [].concat(site);
       if (sites.length === 0) {
-        held.push(client.on(topic, deliver));
+        held.push(client.on(topic, deliver, on));
         return;
       }
       for (const s of sites) {
         const sub = client.subscribe(s);
-        sub.on(topic, deliver);
+        sub.on(topic, deliver, on);
         held.push(() => sub.unsubscribe());
       }
     };

@@ -157,6 +157,18 @@ ds.onError((e: DatastreamError) => {
 });
 // @ts-expect-error subscribe's options are checked too
 ds.subscribe('mrc', { rewnd: 5 });
+// Latest values: on() and handles take the option, meta says which, latest() reads the cache.
+ds.on('weather', (data, meta) => { const snapshot: boolean = meta.latest === true; console.log(data, snapshot); }, { site: 'mrc', latest: true });
+sub.on('weather', () => {}, { latest: true });
+const held: { t: number } | undefined = ds.latest<{ t: number }>('mrc', 'weather');
+console.log(held);
+// @ts-expect-error a typo in on()'s options
+ds.on('weather', () => {}, { lastest: true });
+// @ts-expect-error latest is a boolean
+ds.on('weather', () => {}, { latest: 'yes' });
+useDatastream('weather', { site: 'mrc', client: ds, latest: true });
+// @ts-expect-error a typo in the composable's options
+useDatastream('weather', { site: 'mrc', client: ds, lates: true });
 const latest = useDatastream<{ t: number }>('weather', { site: 'mrc', client: ds });
 const t: number | undefined = latest.value?.t;
 useDatastream('weather', (data, meta) => console.log(data, meta.offset, t), { site: () => 'mrc' });

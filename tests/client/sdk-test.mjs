@@ -95,6 +95,79 @@ const tests = {
       readyRejected: r instanceof DS.DatastreamError && r.code === 'too_many_subscriptions',
       ok: refused.length === 1 && e.kind === 'server' && e.code === 'too_many_subscriptions' && e instanceof DS.DatastreamError && r instanceof Error };`,
 
+  'latest: a listener added late gets the held value at once, with no subscribe on the wire; latest() reads it': `
+    const site = unique('l1');
+    await publish(P.control, site, { n: 1 });
+    const sent = [];
+    class Recording extends WebSocket {
+      send(text) { sent.push(JSON.parse(text)); super.send(text); }
+    }
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', sites: [site], WebSocket: Recording });
+    const first = [];
+    ds.on('weather', (d, m) => first.push([d.n, m.latest ?? false]), { site, latest: true });
+    await ds.ready();
+    await until('the latest value from the relay', () => first.length === 1);
+    await publish(P.control, site, { n: 2 });
+    await until('a live one', () => first.length === 2);
+    const subscribes = () => sent.filter((f) => f.type === 'subscribe').length;
+    const before = subscribes();
+    const late = [];
+    ds.on('weather', (d, m) => late.push([d.n, m.latest ?? false, m.offset]), { site, latest: true });
+    const atOnce = JSON.stringify(late);
+    const sub = ds.subscribe(site);
+    const handle = [];
+    sub.on('weather', (d, m) => handle.push([d.n, m.latest ?? false]), { latest: true });
+    const handleAtOnce = JSON.stringify(handle);
+    const held = ds.latest(site, 'weather')?.n;
+    const none = ds.latest(site, 'nothing');
+    await sleep(300);
+    const after = subscribes();
+    await publish(P.control, site, { n: 3 });
+    await until('the next live one everywhere', () => first.length === 3 && late.length === 2 && handle.length === 2);
+    await sleep(200);
+    sub.unsubscribe();
+    const keptWhileHeld = ds.latest(site, 'weather')?.n;
+    ds.unsubscribe(site);
+    const dropped = ds.latest(site, 'weather');
+    ds.close();
+    const result = { first, late, handle, atOnce, handleAtOnce, held, none, before, after, keptWhileHeld, dropped };
+    return { ...result,
+      ok: JSON.stringify(first) === '[[1,true],[2,false],[3,false]]' && atOnce === '[[2,true,2]]' && JSON.stringify(late) === '[[2,true,2],[3,false,3]]'
+        && handleAtOnce === '[[2,true]]' && JSON.stringify(handle) === '[[2,true],[3,false]]' && held === 2 && none === undefined
+        && before === after && before >= 1 && sent[0].latest === true && keptWhileHeld === 3 && dropped === undefined };`,
+
+  'latest: a throwing latest callback is reported and the others still get the held value; legacy keeps only what it received': `
+    const site = unique('l2');
+    await publish(P.control, site, 'a');
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', sites: [site] });
+    const errors = [];
+    ds.onError((e) => errors.push(e));
+    const got = [];
+    ds.on('weather', (d) => got.push(d), { site, latest: true });
+    await until('the latest value', () => got.length === 1);
+    const boom = new Error('boom');
+    ds.on('weather', () => { throw boom; }, { latest: true });
+    const other = [];
+    ds.on('*', (d, m) => other.push([d, m.topic, m.latest]), { site, latest: true });
+    ds.close();
+    const e = errors[0];
+    const legacy = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', protocol: 'legacy', sites: [site] });
+    const lgot = [];
+    legacy.on('weather', (d, m) => lgot.push([d, m.latest ?? false]), { site, latest: true });
+    await legacy.ready();
+    await sleep(300);
+    const nothingYet = lgot.length;
+    await publish(P.control, site, 'b');
+    await until('a live one in legacy mode', () => lgot.length === 1);
+    const late = [];
+    legacy.on('weather', (d, m) => late.push([d, m.latest, m.epoch]), { site, latest: true });
+    const heldLegacy = legacy.latest(site, 'weather');
+    legacy.close();
+    return { got, other, kind: e?.kind, errors: errors.length, nothingYet, lgot, late, heldLegacy,
+      ok: got[0] === 'a' && errors.length === 1 && e instanceof DS.DatastreamError && e.kind === 'callback' && e.cause === boom && e.site === site
+        && JSON.stringify(other) === JSON.stringify([['a', 'weather', true]]) && nothingYet === 0
+        && JSON.stringify(lgot) === '[["b",false]]' && JSON.stringify(late) === '[["b",true,null]]' && heldLegacy === 'b' };`,
+
   'errors: invalid names throw synchronously before the module has loaded, as DatastreamError': `
     const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev' });
     const caught = [];

@@ -11,8 +11,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 
-/** Gzip bytes allowed for the wasm and the modern build together. */
-const BUDGET_GZIP = 42 * 1024;
+/**
+ * Gzip bytes allowed for the wasm and the modern build together: 42 KB, plus 0.25 KB for latest
+ * values (listeners' latest flag and the subscribes asking by name, latest publications judged
+ * apart from the stream, the cache of each topic's last publication and handing it to a late
+ * listener), which took ~1 KB before what could be saved elsewhere.
+ */
+const BUDGET_GZIP = 42.25 * 1024;
 
 const dir = path.resolve(process.argv[2] ?? path.join(path.dirname(fileURLToPath(import.meta.url)), '../../npm'));
 const counted = [
