@@ -1,7 +1,14 @@
 //! Demo publisher: plausible live streams for a few sites, so a fresh relay shows moving data at
-//! once (`DATASTREAM_DEMO=true`). Shapes follow the real Photon Ranch messages: `sitestatus`
-//! weather and enclosure status with `{val, timestamp}` leaves, `phase_status`, `userstatus` (with a
-//! string timestamp) and `jobs`. Publications go through the broker like any other.
+//! once (`DATASTREAM_DEMO=true`). Shapes follow the real Photon Ranch messages: weather and
+//! enclosure status with `{val, timestamp}` leaves, `phase_status`, `userstatus` (with a string
+//! timestamp) and `jobs`. Publications go through the broker like any other.
+//!
+//! Every kind is published once at start, then on its own schedule ([`due`]). The enclosure
+//! status changes rarely (every [`ENCLOSURE_EVERY`]), as a real enclosure's does: a page opened in
+//! between has only the relay's latest publication of its topic to show (`latest` in the SDK).
+//! Weather status goes out as `sitestatus` (the real topic); the enclosure status, same shape
+//! (`statusType: "enclosure"`), under its own topic `enclosure`, since the relay keeps one latest
+//! publication per topic and the frequent weather would otherwise always replace it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,8 +21,40 @@ use crate::{AppState, auth::now_unix};
 /// Sites the demo publishes for.
 pub const SITES: &[&str] = &["mrc", "mrc2", "saf", "sro", "tst"];
 
-/// How often each kind of message is published per site.
+/// How often weather is published per site: one tick of the schedule.
 const WEATHER_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the enclosure status is published per site (besides once at start).
+pub const ENCLOSURE_EVERY: Duration = Duration::from_secs(300);
+
+/// The topic of the enclosure status.
+pub const ENCLOSURE_TOPIC: &str = "enclosure";
+
+/// What is published at tick `n` (every [`WEATHER_EVERY`]) besides the weather: everything at
+/// start, then each kind on its own period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The enclosure status (every [`ENCLOSURE_EVERY`]).
+    pub enclosure: bool,
+    /// A `userstatus` message (every 3 ticks).
+    pub user: bool,
+    /// A `phase_status` message (every 8 ticks).
+    pub phase: bool,
+    /// A `jobs` message (every 10 ticks).
+    pub job: bool,
+}
+
+/// The schedule at tick `n`.
+pub fn due(n: u64) -> Due {
+    let enclosure_ticks = ENCLOSURE_EVERY.as_secs() / WEATHER_EVERY.as_secs();
+    let start = n == 0;
+    Due {
+        enclosure: n.is_multiple_of(enclosure_ticks),
+        user: start || n % 3 == 1,
+        phase: start || n % 8 == 2,
+        job: start || n % 10 == 4,
+    }
+}
 
 /// A slowly wandering value, so charts look like weather rather than noise.
 #[derive(Debug, Clone)]
@@ -153,21 +192,22 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let ms = now_unix() * 1000 + u64::from(rand::random::<u16>() % 1000);
+        let due = due(n);
         for s in &mut sites {
             let weather = s.weather(ms);
             publish(&state, s.site, "sitestatus", weather).await;
-            if n.is_multiple_of(5) {
+            if due.enclosure {
                 let enclosure = s.enclosure(ms);
-                publish(&state, s.site, "sitestatus", enclosure).await;
+                publish(&state, s.site, ENCLOSURE_TOPIC, enclosure).await;
             }
-            if n % 3 == 1 {
+            if due.user {
                 let user = s.user(ms);
                 publish(&state, s.site, "userstatus", user).await;
             }
-            if n % 8 == 2 {
+            if due.phase {
                 publish(&state, s.site, "phase_status", s.phase(ms)).await;
             }
-            if n % 10 == 4 {
+            if due.job {
                 publish(&state, s.site, "jobs", s.job(ms)).await;
             }
         }
@@ -192,6 +232,21 @@ mod tests {
         for _ in 0..10_000 {
             let t = s.temperature.next();
             assert!((-10.0..=35.0).contains(&t));
+        }
+    }
+
+    #[test]
+    fn everything_at_start_then_the_enclosure_rarely() {
+        let all = Due { enclosure: true, user: true, phase: true, job: true };
+        assert_eq!(due(0), all, "every kind once at start");
+        let ticks = ENCLOSURE_EVERY.as_secs() / WEATHER_EVERY.as_secs();
+        assert!(ENCLOSURE_EVERY >= Duration::from_secs(120), "rare: minutes apart");
+        let enclosures: Vec<u64> = (0..3 * ticks).filter(|&n| due(n).enclosure).collect();
+        assert_eq!(enclosures, vec![0, ticks, 2 * ticks]);
+        // The others keep coming every few ticks.
+        for n in 1..=10 {
+            let d = due(n);
+            assert_eq!((d.user, d.phase, d.job), (n % 3 == 1, n % 8 == 2, n % 10 == 4), "tick {n}");
         }
     }
 }

@@ -51,3 +51,29 @@ async fn demo_mode_publishes_live_streams_in_the_real_shapes() {
     }
     assert!(topics.contains("sitestatus") && topics.len() >= 2, "{topics:?}");
 }
+
+#[tokio::test]
+async fn demo_mode_publishes_every_topic_at_start_so_the_latest_of_each_is_there_at_once() {
+    let s = TestServer::start(&["--demo"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let topics = loop {
+        let (status, body) = get_text(&s.url("/sites/mrc/latest")).await;
+        assert_eq!(status, 200, "{body}");
+        let latest: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut topics: Vec<String> =
+            latest["latest"].as_array().unwrap().iter().map(|p| p["topic"].as_str().unwrap().to_owned()).collect();
+        topics.sort();
+        if topics.len() == 5 || tokio::time::Instant::now() > deadline {
+            let enclosure = latest["latest"].as_array().unwrap().iter().find(|p| p["topic"] == "enclosure");
+            if let Some(p) = enclosure {
+                assert_eq!(p["data"]["statusType"], "enclosure", "{p}");
+                assert!(p["data"]["status"]["enclosure"]["enclosure1"]["shutter_status"]["val"].is_string(), "{p}");
+            }
+            break topics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(topics, ["enclosure", "jobs", "phase_status", "sitestatus", "userstatus"]);
+    // The enclosure status is rare: the next one is minutes away.
+    assert!(datastream::demo::ENCLOSURE_EVERY >= Duration::from_secs(120));
+}
