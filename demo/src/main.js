@@ -90,41 +90,51 @@ function tile(container, site, key, title) {
   return el;
 }
 
-function setTile(container, site, key, title, value, ms) {
+// `latest`: the value is the topic's latest publication from before the page listened (the
+// relay's or the client's), shown with its own time, not a live one.
+function setTile(container, site, key, title, value, ms, latest) {
   const el = tile(container, site, key, title);
   const v = el.querySelector('.value');
   v.textContent = value;
   v.classList.remove('stale');
-  el.querySelector('.when').textContent = ms ? new Date(ms).toLocaleTimeString() : '';
+  el.querySelector('.when').textContent = ms ? `${latest ? 'as of ' : ''}${new Date(ms).toLocaleTimeString()}` : '';
   el.dataset.updated = String(Date.now());
+  el.dataset.latest = String(!!latest);
 }
 
 const fmt = (leaf, unit = '') =>
   leaf === undefined ? '–' : typeof leaf.val === 'number' ? `${leaf.val.toFixed(1)}${unit}` : String(leaf.val);
 
-ds.on('sitestatus', (data, meta) => {
+// Status messages (weather and enclosure status have the same shape). Every card listens with
+// `latest: true`: it is filled at once when the page opens with each topic's latest publication,
+// however long ago it was published (the enclosure status changes every few minutes), then
+// follows live ones.
+function status(data, meta) {
   if (!data || typeof data !== 'object') return;
+  const latest = meta.latest;
   if (data.statusType === 'weather') {
     const oc = Object.values(data.status?.observing_conditions ?? {})[0] ?? {};
     const w = $('weather');
-    setTile(w, meta.site, 'temp', 'temperature', fmt(oc.temperature_C, ' °C'), oc.temperature_C?.timestamp);
-    setTile(w, meta.site, 'hum', 'humidity', fmt(oc['humidity_%'], ' %'), oc['humidity_%']?.timestamp);
-    setTile(w, meta.site, 'wind', 'wind', fmt(oc.wind_m_s, ' m/s'), oc.wind_m_s?.timestamp);
-    setTile(w, meta.site, 'sky', 'sky temperature', fmt(oc.sky_temp_C, ' °C'), oc.sky_temp_C?.timestamp);
-    setTile(w, meta.site, 'wx', 'weather ok', fmt(oc.wx_ok), oc.wx_ok?.timestamp);
+    setTile(w, meta.site, 'temp', 'temperature', fmt(oc.temperature_C, ' °C'), oc.temperature_C?.timestamp, latest);
+    setTile(w, meta.site, 'hum', 'humidity', fmt(oc['humidity_%'], ' %'), oc['humidity_%']?.timestamp, latest);
+    setTile(w, meta.site, 'wind', 'wind', fmt(oc.wind_m_s, ' m/s'), oc.wind_m_s?.timestamp, latest);
+    setTile(w, meta.site, 'sky', 'sky temperature', fmt(oc.sky_temp_C, ' °C'), oc.sky_temp_C?.timestamp, latest);
+    setTile(w, meta.site, 'wx', 'weather ok', fmt(oc.wx_ok), oc.wx_ok?.timestamp, latest);
     if (typeof oc.temperature_C?.val === 'number') chartAdd(meta.site, oc.temperature_C.timestamp, oc.temperature_C.val);
   } else if (data.statusType === 'enclosure') {
     const enc = Object.values(data.status?.enclosure ?? {})[0] ?? {};
     const s = $('status');
-    setTile(s, meta.site, 'shutter', 'shutter', fmt(enc.shutter_status), enc.shutter_status?.timestamp);
-    setTile(s, meta.site, 'mode', 'enclosure mode', fmt(enc.enclosure_mode), enc.enclosure_mode?.timestamp);
-    setTile(s, meta.site, 'az', 'dome azimuth', fmt(enc.dome_azimuth, '°'), enc.dome_azimuth?.timestamp);
+    setTile(s, meta.site, 'shutter', 'shutter', fmt(enc.shutter_status), enc.shutter_status?.timestamp, latest);
+    setTile(s, meta.site, 'mode', 'enclosure mode', fmt(enc.enclosure_mode), enc.enclosure_mode?.timestamp, latest);
+    setTile(s, meta.site, 'az', 'dome azimuth', fmt(enc.dome_azimuth, '°'), enc.dome_azimuth?.timestamp, latest);
   }
-}, {});
+}
+ds.on('sitestatus', status, { latest: true });
+ds.on('enclosure', status, { latest: true });
 ds.on('phase_status', (data, meta) =>
-  setTile($('status'), meta.site, 'phase', 'phase', data?.message ?? '–', (data?.timestamp ?? 0) * 1000));
+  setTile($('status'), meta.site, 'phase', 'phase', data?.message ?? '–', (data?.timestamp ?? 0) * 1000, meta.latest), { latest: true });
 ds.on('userstatus', (data, meta) =>
-  setTile($('status'), meta.site, 'user', 'user status', data?.message ?? '–', Number(data?.timestamp) * 1000));
+  setTile($('status'), meta.site, 'user', 'user status', data?.message ?? '–', Number(data?.timestamp) * 1000, meta.latest), { latest: true });
 
 // ---- chart --------------------------------------------------------------------------------
 const series = new Map(); // site -> [[t], [v]]

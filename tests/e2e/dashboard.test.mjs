@@ -228,6 +228,45 @@ test('several sites, switching sites, and filtering the log by topic', async () 
   assert.deepEqual(errors, [], 'no console errors');
 });
 
+test('a page opened after the demo published shows every card at once, the rare enclosure status included', async () => {
+  const port = await freePort();
+  await startRelay(port, { DATASTREAM_DEMO: 'true' });
+  const sites = ['mrc', 'saf'];
+  // The demo publishes every kind once at start; the enclosure status next only minutes later.
+  const held = {};
+  await until('the start publications', async () => {
+    for (const site of sites) {
+      const body = await (await fetch(`http://127.0.0.1:${port}/sites/${site}/latest?topic=enclosure`)).json();
+      if (body.latest.length !== 1) return false;
+      held[site] = body.latest[0].data.status.enclosure.enclosure1;
+    }
+    return true;
+  });
+  const opened = Date.now();
+  const { page, errors } = await openDashboard(port, sites);
+  const ready = Date.now();
+  const keys = ['temp', 'hum', 'wind', 'sky', 'wx', 'shutter', 'mode', 'az', 'phase', 'user'];
+  const filled = () =>
+    page.$$eval('.tile', (tiles) => tiles.map((t) => [t.dataset.site, t.dataset.key, t.querySelector('.value').textContent, t.dataset.latest]));
+  let tiles;
+  await until('every card filled', async () => {
+    tiles = await filled();
+    return sites.every((site) => keys.every((key) => tiles.some(([s, k, v]) => s === site && k === key && v && v !== '–')));
+  }, 2_000);
+  const elapsed = Date.now() - ready;
+  // Within a round trip of the subscriptions' confirmation: the values came with them, not from a
+  // later publication (the enclosure status's next one is minutes away).
+  assert.ok(elapsed < 1_000, `every card filled ${elapsed} ms after ready (${ready - opened} ms to ready)`);
+  for (const site of sites) {
+    const shutter = tiles.find(([s, k]) => s === site && k === 'shutter');
+    assert.equal(shutter[2], held[site].shutter_status.val, `${site}: the relay's latest enclosure status`);
+    assert.equal(shutter[3], 'true', `${site}: marked as a latest value`);
+    assert.match(await page.textContent(`[data-site="${site}"][data-key="shutter"] .when`), /^as of /);
+  }
+  await page.screenshot({ path: path.join(ARTIFACTS, 'latest-at-open.png'), fullPage: true });
+  assert.deepEqual(errors, [], 'no console errors');
+});
+
 // A relay going away makes the browser log failed WebSocket connections; those are expected here.
 const unexpected = (errors) => errors.filter((e) => !/WebSocket connection to .* failed/.test(e));
 
