@@ -351,4 +351,9 @@ async fn redis_a_new_epoch_starts_without_the_old_latest_values() {
     let _: () = ::redis::cmd("DEL").arg("test:{saf}:meta").query_async(&mut conn).await.unwrap();
     let snap = b.broker.snapshot_with(&"saf".into(), Latest::Of(None)).await.unwrap();
     assert_eq!((snap.top, snap.latest.len()), (0, 0));
+    // A reader without a subscription creates nothing.
+    let read = b.broker.latest(&"nobody".into(), None).await.unwrap();
+    assert_eq!((&*read.epoch, read.top, read.latest.len()), ("", 0, 0));
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("test:{nobody}*").query_async(&mut conn).await.unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
 }
