@@ -210,6 +210,8 @@ async fn latest_outlives_history_and_drops_the_least_recently_published(b: Backe
     let topics: Vec<Arc<str>> = vec!["weather".into(), "phase".into(), "nothing".into()];
     let snap = b.broker.snapshot_with(&site, Latest::Of(Some(&topics))).await.unwrap();
     assert_eq!(latest_of(&snap), vec![entry("weather", 24, 24)]);
+    let none = b.broker.snapshot_with(&site, Latest::Of(Some(&[]))).await.unwrap();
+    assert!(none.latest.is_empty(), "no topic, no value");
     let read = b.broker.latest(&site, None).await.unwrap();
     assert_eq!(
         (read.top, &*read.epoch, latest_of(&read)),

@@ -543,7 +543,11 @@ impl RedisBroker {
             .arg(self.options.size)
             .arg(self.options.ttl.as_millis() as u64)
             .arg(Self::new_epoch())
-            .arg(if matches!(latest, Latest::Of(_)) && self.options.latest_topics > 0 { "1" } else { "0" })
+            .arg(match latest {
+                Latest::Of(Some([])) | Latest::No => "0",
+                Latest::Of(_) if self.options.latest_topics == 0 => "0",
+                Latest::Of(_) => "1",
+            })
             .arg(self.options.latest_ttl.as_millis() as u64);
         if let Latest::Of(Some(topics)) = latest {
             for topic in topics {
