@@ -139,6 +139,9 @@ struct IngestArgs {
     conns: usize,
     #[arg(long, default_value_t = 200)]
     size: usize,
+    /// Topics per site, published round robin (`bench0`, `bench1`, …); 1: the one topic `bench`.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
     #[arg(long, default_value = "")]
     label: String,
 }
@@ -409,13 +412,19 @@ async fn ingest_http(args: IngestArgs) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, mut p) in publishers.into_iter().enumerate() {
-        let (batch, size) = (args.batch.max(1), args.size);
+        let (batch, size, topics) = (args.batch.max(1), args.size, args.topics.max(1));
         tasks.push(tokio::task::spawn_local(async move {
             for r in 0..per_conn {
                 let msgs: Vec<Outgoing> = (0..batch)
                     .map(|i| {
-                        let site = format!("i{}", (c * per_conn + r + i) % 100);
-                        let json = payload::message(&site, 0, payload::now_ns(), size);
+                        let n = c * per_conn + r * batch + i;
+                        let site = format!("i{}", n % 100);
+                        let mut json = payload::message(&site, 0, payload::now_ns(), size);
+                        if topics > 1 {
+                            // Each site cycles through its topics (n / 100: the site's own count).
+                            let topic = format!(r#""topic":"bench{}""#, (n / 100) % topics);
+                            json = json.replacen(r#""topic":"bench""#, &topic, 1);
+                        }
                         Outgoing { site, json }
                     })
                     .collect();
@@ -437,6 +446,7 @@ async fn ingest_http(args: IngestArgs) -> anyhow::Result<Value> {
         "messages": sent,
         "batch": args.batch,
         "conns": args.conns,
+        "topics": args.topics,
         "secs": round(secs, 3),
         "messages_per_s": round(sent as f64 / secs, 0),
         "server_cpu_s": round(server_cpu, 2),

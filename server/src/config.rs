@@ -166,9 +166,9 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Browser origins allowed to open WebSockets (comma-separated, e.g.
-    /// `https://www.photonranch.org`). Empty: any. Requests without an `Origin` header (non-browser
-    /// clients) are not affected.
+    /// Browser origins allowed to open WebSockets and to read `GET /sites/<site>/latest`
+    /// (comma-separated, e.g. `https://www.photonranch.org`). Empty: any. Requests without an
+    /// `Origin` header (non-browser clients) are not affected.
     #[arg(long, env = "DATASTREAM_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 

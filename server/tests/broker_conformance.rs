@@ -210,6 +210,8 @@ async fn latest_outlives_history_and_drops_the_least_recently_published(b: Backe
     let topics: Vec<Arc<str>> = vec!["weather".into(), "phase".into(), "nothing".into()];
     let snap = b.broker.snapshot_with(&site, Latest::Of(Some(&topics))).await.unwrap();
     assert_eq!(latest_of(&snap), vec![entry("weather", 24, 24)]);
+    let none = b.broker.snapshot_with(&site, Latest::Of(Some(&[]))).await.unwrap();
+    assert!(none.latest.is_empty(), "no topic, no value");
     let read = b.broker.latest(&site, None).await.unwrap();
     assert_eq!(
         (read.top, &*read.epoch, latest_of(&read)),
@@ -351,4 +353,9 @@ async fn redis_a_new_epoch_starts_without_the_old_latest_values() {
     let _: () = ::redis::cmd("DEL").arg("test:{saf}:meta").query_async(&mut conn).await.unwrap();
     let snap = b.broker.snapshot_with(&"saf".into(), Latest::Of(None)).await.unwrap();
     assert_eq!((snap.top, snap.latest.len()), (0, 0));
+    // A reader without a subscription creates nothing.
+    let read = b.broker.latest(&"nobody".into(), None).await.unwrap();
+    assert_eq!((&*read.epoch, read.top, read.latest.len()), ("", 0, 0));
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("test:{nobody}*").query_async(&mut conn).await.unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
 }

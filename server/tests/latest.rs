@@ -180,6 +180,9 @@ async fn latest_with_recover_sends_what_the_client_has_not_seen() {
     let (ack, frames) = subscribe(&mut ws, fields).await;
     assert_eq!((ack["recovered"].as_bool(), ack["latest"].as_u64()), (Some(true), Some(1)), "dome is not subscribed");
     assert_eq!(summary(&frames), vec![row("phase", 1, true)]);
+    let fields = json!({"site": "mrc", "topics": ["weather"], "recover": recover, "latest": ["dome"]});
+    let (ack, frames) = subscribe(&mut ws, fields).await;
+    assert_eq!((ack["latest"].as_u64(), frames.len()), (Some(0), 0), "asked, none subscribed: {ack}");
 
     // Another epoch: everything is unseen.
     let recover = json!({"epoch": "0000", "offset": 23});

@@ -5,8 +5,8 @@
 //! epoch is drawn at start: a restart loses history, and the new epoch tells clients so.
 //!
 //! Beside its history, each site keeps the latest publication of each topic (the same shared
-//! [`Publication`], not a copy), ordered by offset: a republished topic moves to the back, and
-//! past [`HistoryOptions::latest_topics`] the front (least recently published) is dropped.
+//! [`Publication`], not a copy), by topic; past [`HistoryOptions::latest_topics`] the topic
+//! published least recently (lowest offset) is dropped. Readers get them ordered by offset.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -26,8 +26,8 @@ struct SiteStream {
     offset: u64,
     /// Newest last; bounded by [`HistoryOptions`].
     history: VecDeque<Arc<Publication>>,
-    /// The latest publication of each topic, newest last; bounded by [`HistoryOptions`].
-    latest: VecDeque<Arc<Publication>>,
+    /// The latest publication of each topic; bounded by [`HistoryOptions`].
+    latest: HashMap<Arc<str>, Arc<Publication>>,
 }
 
 /// Keys seen within the dedupe window, with their expiry kept in arrival order.
@@ -83,7 +83,7 @@ impl MemoryBroker {
         sites
             .entry(site.clone())
             .or_insert_with(|| {
-                Arc::new(Mutex::new(SiteStream { offset: 0, history: VecDeque::new(), latest: VecDeque::new() }))
+                Arc::new(Mutex::new(SiteStream { offset: 0, history: VecDeque::new(), latest: HashMap::new() }))
             })
             .clone()
     }
@@ -143,10 +143,12 @@ impl MemoryBroker {
             Latest::Of(topics) => {
                 let now = Instant::now();
                 let ttl = self.options.latest_ttl;
-                (stream.latest.iter())
+                let mut latest: Vec<_> = (stream.latest.values())
                     .filter(|p| wants(topics, &p.topic) && now.duration_since(p.published_at) <= ttl)
                     .cloned()
-                    .collect()
+                    .collect();
+                latest.sort_unstable_by_key(|p| p.position.offset);
+                latest
             }
         };
         Snapshot { epoch: self.epoch.clone(), top: stream.offset, history, latest }
@@ -165,23 +167,20 @@ impl MemoryBroker {
             let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
             trim(&mut stream.history, &self.options, now);
             let ttl = self.options.latest_ttl;
-            while stream.latest.front().is_some_and(|p| now.duration_since(p.published_at) > ttl) {
-                stream.latest.pop_front();
-            }
+            stream.latest.retain(|_, p| now.duration_since(p.published_at) <= ttl);
         }
         self.dedupe.lock().unwrap_or_else(|e| e.into_inner()).expire(self.options.dedupe_window, now);
     }
 }
 
-/// Makes `publication` its topic's latest: replaces the topic's previous one and drops the least
-/// recently published topic past `limit`. Searched from the back, where busy topics are.
-fn remember_latest(latest: &mut VecDeque<Arc<Publication>>, publication: &Arc<Publication>, limit: usize) {
-    if let Some(i) = latest.iter().rposition(|p| p.topic == publication.topic) {
-        latest.remove(i);
-    }
-    latest.push_back(publication.clone());
-    if latest.len() > limit {
-        latest.pop_front();
+/// Makes `publication` its topic's latest, and drops the least recently published topic past
+/// `limit` (a scan, only when a new topic overflows the set).
+fn remember_latest(latest: &mut HashMap<Arc<str>, Arc<Publication>>, publication: &Arc<Publication>, limit: usize) {
+    if latest.insert(publication.topic.clone(), publication.clone()).is_none() && latest.len() > limit {
+        let oldest = latest.values().min_by_key(|p| p.position.offset).map(|p| p.topic.clone());
+        if let Some(topic) = oldest {
+            latest.remove(&topic);
+        }
     }
 }
 

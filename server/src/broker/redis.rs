@@ -93,11 +93,12 @@ redis.call('XTRIM', KEYS[2], 'MINID', now_ms - tonumber(ARGV[7]))
 local keep = tonumber(ARGV[9])
 if keep > 0 then
   redis.call('HSET', KEYS[4], ARGV[2], offset .. ':' .. now_ms .. ':' .. ARGV[3])
-  redis.call('ZADD', KEYS[5], offset, ARGV[2])
-  local excess = redis.call('ZCARD', KEYS[5]) - keep
-  if excess > 0 then
-    local gone = redis.call('ZPOPMIN', KEYS[5], excess)
-    for i = 1, #gone, 2 do redis.call('HDEL', KEYS[4], gone[i]) end
+  if redis.call('ZADD', KEYS[5], offset, ARGV[2]) == 1 then
+    local excess = redis.call('ZCARD', KEYS[5]) - keep
+    if excess > 0 then
+      local gone = redis.call('ZPOPMIN', KEYS[5], excess)
+      for i = 1, #gone, 2 do redis.call('HDEL', KEYS[4], gone[i]) end
+    end
   end
   redis.call('PEXPIRE', KEYS[4], ARGV[10])
   redis.call('PEXPIRE', KEYS[5], ARGV[10])
@@ -542,7 +543,11 @@ impl RedisBroker {
             .arg(self.options.size)
             .arg(self.options.ttl.as_millis() as u64)
             .arg(Self::new_epoch())
-            .arg(if matches!(latest, Latest::Of(_)) && self.options.latest_topics > 0 { "1" } else { "0" })
+            .arg(match latest {
+                Latest::Of(Some([])) | Latest::No => "0",
+                Latest::Of(_) if self.options.latest_topics == 0 => "0",
+                Latest::Of(_) => "1",
+            })
             .arg(self.options.latest_ttl.as_millis() as u64);
         if let Latest::Of(Some(topics)) = latest {
             for topic in topics {

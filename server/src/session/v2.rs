@@ -47,7 +47,7 @@ pub enum WantLatest {
     No,
     /// Of every subscribed topic, those after the client's position.
     Unseen,
-    /// Of these subscribed topics, whatever the client's position.
+    /// Of these subscribed topics (maybe none), whatever the client's position.
     Topics(TopicFilter),
 }
 
@@ -109,13 +109,9 @@ impl V2 {
                 for topic in &asked {
                     names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
                 }
-                // Only topics the subscription receives.
+                // Only topics the subscription receives (possibly none: the answer says 0).
                 asked.retain(|t| hub::wants(topics.as_deref(), t));
-                if asked.is_empty() {
-                    WantLatest::No
-                } else {
-                    WantLatest::Topics(asked.into_iter().map(Arc::from).collect())
-                }
+                WantLatest::Topics(asked.into_iter().map(Arc::from).collect())
             }
         };
         Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0), latest })

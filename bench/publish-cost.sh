@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# What keeping each topic's latest publication costs a publish. HTTP ingest through one relay
+# (100 sites, 4 keep-alive connections, 100 messages per request), with the in-memory broker and
+# with Redis, for:
+#   off       DATASTREAM_LATEST_TOPICS=0: the publish path as it was before the feature;
+#   1 topic   the default (64 kept per site), every site publishing one topic;
+#   64 topics every site cycling through 64 topics: each publish replaces one of a full set;
+#   100 topics every site cycling through 100: each publish also drops the least recent topic;
+# and, with BENCH_BEFORE=path/to/an/older/datastream, that binary as "before". Then the Redis
+# publish script alone (redis-benchmark, pipelined, no relay), off and on. Each ingest runs
+# BENCH_REPEAT times (default 3); the table gives the median. About 3 minutes.
+#
+#   bench/publish-cost.sh
+#   BENCH_BEFORE=/path/to/datastream-before BENCH_REPEAT=5 bench/publish-cost.sh
+#
+# Writes bench/results/<time>-publish-cost/results.{jsonl,md}.
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+cd "$ROOT"
+
+REPEAT=${BENCH_REPEAT:-3}
+OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-publish-cost"
+mkdir -p "$OUT"
+JSONL="$OUT/results.jsonl"
+: >"$JSONL"
+
+step "build (release)"
+cargo build --quiet --release -p datastream -p datastream-bench
+RELAY="$CARGO_TARGET_DIR/release/datastream"
+LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
+source "$ROOT/bench/lib.sh"
+command -v redis-server >/dev/null || need_apt redis-server
+export DATASTREAM_LOG=warn DATASTREAM_PING_INTERVAL=5m DATASTREAM_CLIENT_TIMEOUT=10m
+
+# CPU seconds (user + system) of a process.
+cpu() { python3 -c 'import os, sys; f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))' "$1"; }
+
+REDIS_PORT=$(free_port)
+"${SERVER_CPU[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+wait_port "$REDIS_PORT"
+
+# ingest BROKER CASE BIN LATEST_TOPICS TOPICS MESSAGES: one relay, one ingest run per repeat.
+ingest() {
+    local broker=$1 case=$2 bin=$3 keep=$4 topics=$5 messages=$6 rep port pid r0 r1
+    for rep in $(seq 1 "$REPEAT"); do
+        redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+        port=$(free_port)
+        local env=(DATASTREAM_LISTEN="127.0.0.1:$port" DATASTREAM_LATEST_TOPICS="$keep")
+        [ "$broker" = memory ] || env+=(DATASTREAM_REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+        # An older binary does not know DATASTREAM_LATEST_TOPICS; it ignores the variable.
+        env "${env[@]}" "${SERVER_CPU[@]}" "$bin" serve >"$WORK/relay.log" 2>&1 &
+        pid=$!
+        wait_port "$port" || { cat "$WORK/relay.log" >&2; exit 1; }
+        r0=$(cpu "$REDIS_PID")
+        "${TOOL_CPU[@]}" "$LOADGEN" ingest-http --http "127.0.0.1:$port" --server-pid "$pid" \
+            --messages "$messages" --batch 100 --conns 4 --topics "$topics" --label "$case" >"$WORK/ingest.json"
+        r1=$(cpu "$REDIS_PID")
+        kill "$pid" && wait "$pid" 2>/dev/null || true
+        python3 - "$WORK/ingest.json" "$broker" "$case" "$r0" "$r1" >>"$JSONL" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+r["kind"], r["broker"], r["case"] = "ingest", sys.argv[2], sys.argv[3]
+r["redis_cpu_ms_per_1k"] = round(1000 * (float(sys.argv[5]) - float(sys.argv[4])) / (r["messages"] / 1000), 2)
+print(json.dumps(r))
+PY
+    done
+}
+
+for broker in memory redis; do
+    messages=$([ "$broker" = memory ] && echo 1000000 || echo 200000)
+    if [ -n "${BENCH_BEFORE:-}" ]; then
+        step "$broker: before"
+        ingest "$broker" before "$BENCH_BEFORE" 64 1 "$messages"
+    fi
+    step "$broker: off"
+    ingest "$broker" off "$RELAY" 0 1 "$messages"
+    for topics in 1 64 100; do
+        step "$broker: $topics topic(s) per site"
+        ingest "$broker" "$topics topic(s)" "$RELAY" 64 "$topics" "$messages"
+    done
+done
+
+step "the Redis publish script alone (redis-benchmark, 16 connections, pipeline 16)"
+sha=$(python3 - <<'PY' | redis-cli -p "$REDIS_PORT" -x SCRIPT LOAD
+src = open("server/src/broker/redis.rs").read()
+start = src.index('const PUBLISH_LUA: &str = r#"') + len('const PUBLISH_LUA: &str = r#"')
+print(src[start:src.index('"#;', start)], end="")
+PY
+)
+data=$(python3 -c 'print("{\"seq\":1,\"t\":1,\"pad\":\"" + "x" * 150 + "\"}")')
+for keep in 0 64; do
+    for rep in $(seq 1 "$REPEAT"); do
+        redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+        r0=$(cpu "$REDIS_PID")
+        "${TOOL_CPU[@]}" redis-benchmark -p "$REDIS_PORT" -n 200000 -c 16 -P 16 -r 100 -q \
+            EVALSHA "$sha" 5 'bench:{s__rand_int__}:meta' 'bench:{s__rand_int__}:stream' '' \
+            'bench:{s__rand_int__}:latest' 'bench:{s__rand_int__}:latest:order' \
+            site bench "$data" 100 0123456789abcdef 300000 600000 bench:pub "$keep" 86400000 >"$WORK/lua.txt"
+        r1=$(cpu "$REDIS_PID")
+        python3 - "$WORK/lua.txt" "$r0" "$r1" "$keep" >>"$JSONL" <<'PY'
+import json, re, sys
+rate = float(re.findall(r"([0-9.]+) requests per second", open(sys.argv[1]).read())[-1])
+cpu = float(sys.argv[3]) - float(sys.argv[2])
+print(json.dumps({"kind": "lua", "case": "off" if sys.argv[4] == "0" else "on", "publishes_per_s": round(rate),
+                  "redis_us_per_publish": round(1e6 * cpu / 200000, 2)}))
+PY
+    done
+done
+
+step "report"
+uptime
+python3 - "$JSONL" <<'PY' | tee "$OUT/results.md"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(xs): return statistics.median(xs)
+print("HTTP ingest through one relay: 100 sites, 4 connections, 100 messages per request (median of the runs).\n")
+print("| broker | case | messages/s | relay CPU ms per 1k | Redis CPU ms per 1k |")
+print("|---|---|---:|---:|---:|")
+cases = []
+for r in rows:
+    if r["kind"] == "ingest" and (r["broker"], r["case"]) not in cases:
+        cases.append((r["broker"], r["case"]))
+for broker, case in cases:
+    rs = [r for r in rows if r["kind"] == "ingest" and r["broker"] == broker and r["case"] == case]
+    redis = f"{med([r['redis_cpu_ms_per_1k'] for r in rs]):.2f}" if broker == "redis" else ""
+    print(f"| {broker} | {case} | {med([r['messages_per_s'] for r in rs]):,.0f} | "
+          f"{med([r['server_cpu_ms_per_1k'] for r in rs]):.2f} | {redis} |")
+lua = [r for r in rows if r["kind"] == "lua"]
+if lua:
+    print("\nThe Redis publish script alone (redis-benchmark, 100 sites, 16 connections, pipeline 16):\n")
+    print("| latest | publishes/s | Redis µs per publish |")
+    print("|---|---:|---:|")
+    for case in ("off", "on"):
+        rs = [r for r in lua if r["case"] == case]
+        print(f"| {case} | {med([r['publishes_per_s'] for r in rs]):,.0f} | {med([r['redis_us_per_publish'] for r in rs]):.2f} |")
+PY
+echo "results: $OUT"
