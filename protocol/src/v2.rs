@@ -9,6 +9,8 @@
 //! separated by `\n` (the server packs frames under load); clients split on `\n` before parsing.
 //! See `docs/PROTOCOL.md` for the whole exchange with examples.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -213,6 +215,11 @@ pub enum ServerFrame {
         ping_interval_ms: u64,
         /// Most sites one connection may subscribe to.
         max_subscriptions: u32,
+        /// Topics whose latest publication the server keeps per value of a top-level field of
+        /// their data (topic → field, e.g. `{"sitestatus": "statusType"}`): a `latest` subscribe
+        /// gets one such topic's latest publication for each value. Absent: none.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        latest_keys: BTreeMap<String, String>,
     },
     /// A subscription is in place.
     Subscribed {

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 use datastream_protocol::NameRules;
 
-use crate::client_addr::Cidr;
+use crate::{client_addr::Cidr, publication::LatestKeys};
 
 /// Default largest message: SQS's own limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
@@ -99,6 +99,12 @@ pub struct Config {
     /// published least recently is dropped. 0 turns the feature off.
     #[arg(long, env = "DATASTREAM_LATEST_TOPICS", default_value_t = 64)]
     pub latest_topics: usize,
+
+    /// Topics whose latest publication is kept per value of a top-level field of their data,
+    /// as comma-separated `topic=field` (the status service publishes weather, enclosure and
+    /// device status all as `sitestatus`, told apart by `statusType`). Empty: none.
+    #[arg(long, env = "DATASTREAM_LATEST_KEYS", value_delimiter = ',', default_value = "sitestatus=statusType")]
+    pub latest_keys: Vec<String>,
 
     /// How long a topic's latest publication is kept after it was published.
     #[arg(long, env = "DATASTREAM_LATEST_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -328,6 +334,20 @@ impl Config {
                 format!("must be at most {MAX_LATEST_TOPICS}"),
             ));
         }
+        for pair in self.latest_keys.iter().filter(|p| !p.trim().is_empty()) {
+            let ok = pair.split_once('=').is_some_and(|(topic, field)| {
+                self.name_rules().check_topic(topic.trim()).is_ok()
+                    && !field.trim().is_empty()
+                    && field.trim().len() <= 64
+                    && !field.chars().any(char::is_control)
+            });
+            if !ok {
+                return Err(bad(
+                    "--latest-keys (DATASTREAM_LATEST_KEYS)",
+                    format!("{pair:?} is not topic=field, e.g. sitestatus=statusType"),
+                ));
+            }
+        }
         if self.latest_ttl.is_zero() {
             return Err(bad("--latest-ttl (DATASTREAM_LATEST_TTL)", "must be positive"));
         }
@@ -360,6 +380,14 @@ impl Config {
             return Err(bad("--max-subscriptions (DATASTREAM_MAX_SUBSCRIPTIONS)", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// `--latest-keys` as `(topic, field)` pairs (after [`Config::validate`]).
+    pub fn latest_key_map(&self) -> LatestKeys {
+        LatestKeys::new(self.latest_keys.iter().filter_map(|pair| {
+            let (topic, field) = pair.split_once('=')?;
+            Some((topic.trim().to_owned(), field.trim().to_owned()))
+        }))
     }
 
     /// The name rules implied by this configuration.
@@ -411,6 +439,25 @@ mod tests {
         assert!(err.to_string().contains("DATASTREAM_PUBLISH_TOKEN"), "{err}");
         let err = parse(&["--sqs-wait", "21s"]).validate().unwrap_err();
         assert!(err.to_string().contains("DATASTREAM_SQS_WAIT"), "{err}");
+    }
+
+    #[test]
+    fn latest_settings_are_checked() {
+        let pairs = |c: &Config| c.latest_key_map().pairs().map(|(t, f)| format!("{t}={f}")).collect::<Vec<_>>();
+        assert_eq!(pairs(&parse(&[])), vec!["sitestatus=statusType"], "the status service's shape by default");
+        assert!(pairs(&parse(&["--latest-keys", ""])).is_empty(), "empty: none");
+        let c = parse(&["--latest-keys", "sitestatus=statusType, jobs = kind"]);
+        assert!(c.validate().is_ok());
+        assert_eq!(pairs(&c), vec!["sitestatus=statusType", "jobs=kind"]);
+        for bad in ["sitestatus", "a b=c", "t=", "=f"] {
+            let err = parse(&["--latest-keys", bad]).validate().unwrap_err();
+            assert!(err.to_string().contains("DATASTREAM_LATEST_KEYS"), "{bad}: {err}");
+        }
+        let err = parse(&["--latest-topics", "1025"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATASTREAM_LATEST_TOPICS"), "{err}");
+        let err = parse(&["--latest-ttl", "0s"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATASTREAM_LATEST_TTL"), "{err}");
+        assert!(parse(&["--latest-topics", "0"]).validate().is_ok(), "0 turns it off");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! | outcome | status | body |
 //! |---|---|---|
-//! | read | 200 | `{"site","epoch","offset","latest":[{"topic","offset","data"},…]}` (oldest first) |
+//! | read | 200 | `{"site","epoch","offset","latest":[{"topic","key"?,"offset","data"},…]}` (oldest first) |
 //! | invalid site or topic, too many topics | 400 | `{"error": "..."}` |
 //! | auth on, token missing or invalid | 401 | `{"error": "..."}` |
 //! | the token does not grant the site; a page of an origin not allowed | 403 | `{"error": "..."}` |
@@ -33,6 +33,9 @@ use crate::{AppState, Config};
 #[derive(Serialize)]
 struct Entry<'a> {
     topic: &'a str,
+    /// For a topic kept per value of a data field (`DATASTREAM_LATEST_KEYS`), this one's value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
     offset: u64,
     data: &'a RawValue,
 }
@@ -116,8 +119,9 @@ pub async fn get(
             return error(StatusCode::SERVICE_UNAVAILABLE, "latest values unavailable; retry");
         }
     };
-    let latest =
-        (snapshot.latest.iter()).map(|p| Entry { topic: &p.topic, offset: p.position.offset, data: &p.data }).collect();
+    let latest = (snapshot.latest.iter())
+        .map(|p| Entry { topic: &p.topic, key: p.latest_key.as_deref(), offset: p.position.offset, data: &p.data })
+        .collect();
     let body = Body { site: &site, epoch: &snapshot.epoch, offset: snapshot.top, latest };
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }

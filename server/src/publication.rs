@@ -157,6 +157,68 @@ fn string_field(name: &'static str, raw: Option<&RawValue>) -> Result<String, In
     serde_json::from_str::<String>(raw.get()).map_err(|_| InvalidMessage::NotAString(name))
 }
 
+/// Topics whose latest publication is kept per value of a top-level field of their data
+/// (`DATASTREAM_LATEST_KEYS`, by default `sitestatus=statusType`: the status service publishes
+/// weather, enclosure and device status all as `sitestatus`, told apart by `data.statusType`, and
+/// a page needs the latest of each). A publication whose data has no such string field (or one
+/// breaking the name rules) is kept under its topic alone.
+#[derive(Debug, Clone, Default)]
+pub struct LatestKeys(Arc<[(Box<str>, Box<str>)]>);
+
+impl LatestKeys {
+    /// From `(topic, field)` pairs.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        LatestKeys(pairs.into_iter().map(|(t, f)| (t.into_boxed_str(), f.into_boxed_str())).collect())
+    }
+
+    /// The `(topic, field)` pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(t, f)| (&**t, &**f))
+    }
+
+    /// The key `data` (published on `topic`) is kept under, if its topic has a field.
+    pub fn key_of(&self, topic: &str, data: &RawValue) -> Option<Arc<str>> {
+        let field = self.0.iter().find(|(t, _)| &**t == topic).map(|(_, f)| &**f)?;
+        let value = string_field_of(data, field)?;
+        NameRules::default().check_topic(&value).ok()?;
+        Some(value.into())
+    }
+}
+
+/// The string value of the top-level field `field` of `data`, if `data` is an object that has one.
+/// Skips every other value without building it, however large.
+fn string_field_of(data: &RawValue, field: &str) -> Option<String> {
+    use std::borrow::Cow;
+
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Find<'f>(&'f str);
+
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if found.is_none() && key == self.0 {
+                    let value: &'de RawValue = map.next_value()?;
+                    found = serde_json::from_str::<String>(value.get()).ok();
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(data.get());
+    de.deserialize_map(Find(field)).ok().flatten()
+}
+
 /// A stream position: publications to one site are numbered by `offset` (1, 2, 3, …) within an
 /// `epoch`; a new epoch means the history before it is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +247,9 @@ pub struct Publication {
     legacy_frame: OnceLock<Utf8Bytes>,
     /// The v2 frame `{"type":"pub",…}`, encoded on first use and shared by every subscriber.
     v2_frame: OnceLock<Utf8Bytes>,
+    /// For a topic whose latest publication is kept per value of a data field
+    /// ([`LatestKeys`]), this publication's value of it.
+    pub latest_key: Option<Arc<str>>,
 }
 
 /// Room taken in a queue by a frame's fixed parts (keys, punctuation, epoch, offset).
@@ -201,6 +266,7 @@ impl Publication {
             data: req.data.clone(),
             legacy_frame: OnceLock::new(),
             v2_frame: OnceLock::new(),
+            latest_key: None,
         }
     }
 
@@ -214,7 +280,14 @@ impl Publication {
             data,
             legacy_frame: OnceLock::new(),
             v2_frame: OnceLock::new(),
+            latest_key: None,
         }
+    }
+
+    /// The publication with its [`LatestKeys`] key.
+    pub fn with_latest_key(mut self, key: Option<Arc<str>>) -> Self {
+        self.latest_key = key;
+        self
     }
 
     /// The legacy frame, encoded on first use.
@@ -285,6 +358,33 @@ mod tests {
         let big = format!(r#"{{"site":"s","topic":"t","data":"{}"}}"#, "x".repeat(2000));
         assert!(matches!(v.parse(&big), Err(InvalidMessage::TooLarge { max: 1024, .. })));
         assert!(matches!(v.parse(r#"{"site":"a","site":"b","topic":"t","data":1}"#), Err(InvalidMessage::NotJson(_))));
+    }
+
+    #[test]
+    fn latest_keys_read_one_top_level_string_field() {
+        let keys = LatestKeys::new([("sitestatus".to_owned(), "statusType".to_owned())]);
+        let key = |topic: &str, data: &str| keys.key_of(topic, &RawValue::from_string(data.into()).unwrap());
+        let enclosure = r#"{"site":"mrc","statusType":"enclosure","status":{"statusType":"x","a":[1,{"b":2}]}}"#;
+        assert_eq!(key("sitestatus", enclosure).as_deref(), Some("enclosure"));
+        assert_eq!(
+            key("sitestatus", r#"{"status":{"statusType":"inner"},"statusType":"weather"}"#).as_deref(),
+            Some("weather")
+        );
+        assert_eq!(key("other", enclosure), None, "only the topics named");
+        for unkeyed in [
+            r#"{"status":{"statusType":"nested only"}}"#,
+            r#"{"statusType":3}"#,
+            r#"{"statusType":null}"#,
+            r#"{"statusType":"has space"}"#,
+            r#"{"statusType":""}"#,
+            r#""{\"statusType\": \"a JSON string\"}""#,
+            "[1,2]",
+            "42",
+        ] {
+            assert_eq!(key("sitestatus", unkeyed), None, "{unkeyed}");
+        }
+        let long = format!(r#"{{"statusType":"{}"}}"#, "x".repeat(65));
+        assert_eq!(key("sitestatus", &long), None, "longer than a name may be");
     }
 
     #[test]

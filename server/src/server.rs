@@ -67,6 +67,7 @@ impl Server {
             dedupe_window: config.dedupe_window,
             latest_topics: config.latest_topics,
             latest_ttl: config.latest_ttl,
+            latest_keys: config.latest_key_map(),
         };
         let broker = match &config.redis_url {
             Some(url) => Broker::Redis(

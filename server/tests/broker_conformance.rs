@@ -13,7 +13,7 @@ use datastream::{
     broker::{Broker, HistoryOptions, Latest, MemoryBroker, PublishOutcome, RedisBroker, Snapshot},
     hub::{Event, Framing, Hub, Outbox, Subscriber},
     metrics::Metrics,
-    publication::{Position, PublishRequest, Validator},
+    publication::{LatestKeys, Position, PublishRequest, Validator},
 };
 use datastream_protocol::NameRules;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,7 @@ fn options(size: usize, ttl: Duration) -> HistoryOptions {
         dedupe_window: Duration::from_secs(60),
         latest_topics: 64,
         latest_ttl: Duration::from_secs(600),
+        latest_keys: LatestKeys::new([("sitestatus".to_owned(), "statusType".to_owned())]),
     }
 }
 
@@ -227,6 +228,38 @@ async fn latest_outlives_history_and_drops_the_least_recently_published(b: Backe
     assert_eq!((nobody.top, nobody.latest.len()), (0, 0), "a site never published has nothing");
 }
 
+/// `sitestatus` (a topic of `latest_keys`) keeps one latest publication per `data.statusType`,
+/// and one for those without it; each counts toward the limit.
+async fn latest_of_a_keyed_topic_is_kept_per_key(b: Backend) {
+    let site: Arc<str> = "mrc".into();
+    let status = |kind: &str, n: u64| {
+        let v = Validator { names: NameRules::default(), max_message_bytes: 1 << 20 };
+        let data =
+            if kind.is_empty() { format!(r#"{{"n":{n}}}"#) } else { format!(r#"{{"statusType":"{kind}","n":{n}}}"#) };
+        v.parse(&format!(r#"{{"site":"mrc","topic":"sitestatus","data":{data}}}"#)).unwrap()
+    };
+    for (kind, n) in [("weather", 1), ("enclosure", 2), ("weather", 3), ("", 4), ("device", 5)] {
+        assert!(matches!(b.broker.publish(status(kind, n)).await.unwrap(), PublishOutcome::Published(_)));
+    }
+    let keyed = |snap: &Snapshot| {
+        snap.latest
+            .iter()
+            .map(|p| (p.latest_key.as_deref().unwrap_or("").to_owned(), p.position.offset))
+            .collect::<Vec<_>>()
+    };
+    let topics: Vec<Arc<str>> = vec!["sitestatus".into()];
+    let snap = b.broker.snapshot_with(&site, Latest::Of(Some(&topics))).await.unwrap();
+    let want: Vec<(String, u64)> =
+        vec![("enclosure".into(), 2), ("weather".into(), 3), ("".into(), 4), ("device".into(), 5)];
+    assert_eq!(keyed(&snap), want);
+    assert!(snap.latest.iter().all(|p| &*p.topic == "sitestatus"));
+    assert_eq!(keyed(&b.broker.latest(&site, None).await.unwrap()), want);
+    // Limit 4: a fifth slot drops the least recently published (enclosure, offset 2).
+    publish(&b, "mrc", "phase", 6).await;
+    let snap = b.broker.snapshot_with(&site, Latest::Of(None)).await.unwrap();
+    assert_eq!(snap.latest.iter().map(|p| p.position.offset).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+}
+
 async fn latest_expires_by_age(b: Backend) {
     let site: Arc<str> = "mrc".into();
     publish(&b, "mrc", "phase", 1).await;
@@ -280,6 +313,13 @@ macro_rules! conformance {
             async fn latest_outlives_history_and_drops_the_least_recently_published() {
                 super::latest_outlives_history_and_drops_the_least_recently_published(
                     super::$backend(latest_options(3, Duration::from_secs(600))).await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn latest_of_a_keyed_topic_is_kept_per_key() {
+                super::latest_of_a_keyed_topic_is_kept_per_key(
+                    super::$backend(latest_options(4, Duration::from_secs(600))).await,
                 )
                 .await;
             }

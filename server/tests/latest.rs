@@ -461,3 +461,46 @@ async fn tail_latest_prints_the_latest_values_first() {
     assert_eq!((live["offset"].as_u64(), live.get("latest")), (Some(7), None));
     assert_eq!(tail.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+fn fixture(name: &str) -> String {
+    fixtures().into_iter().find(|(n, _)| n == name).unwrap().1.trim().to_owned()
+}
+
+/// The status service's real shape: weather, enclosure and device status are all `sitestatus`,
+/// told apart by `data.statusType`. By default the relay keeps the latest of each, says so in its
+/// hello, and a page opened after an enclosure change and 500 weather updates gets both.
+#[tokio::test]
+async fn sitestatus_keeps_the_latest_of_each_status_type() {
+    let s = TestServer::start(&[]).await;
+    let (enclosure, weather) = (fixture("sitestatus-enclosure.json"), fixture("sitestatus-weather.json"));
+    let enclosure = enclosure.replace(r#""site": "mrc2""#, r#""site": "mrc""#);
+    assert_eq!(publish_raw(&s.url("/publish"), enclosure.clone(), None).await.0, 202);
+    let many = format!("[{}]", vec![weather.as_str(); 500].join(","));
+    assert_eq!(publish_raw(&s.url("/publish"), many, None).await.0, 202);
+
+    let mut req = s.ws_url("/dev").into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "datastream.v2".parse().unwrap());
+    let (ws, _) = within(tokio_tungstenite::connect_async(req)).await.unwrap();
+    let mut ws = Conn { ws, pending: VecDeque::new() };
+    let hello = ws.next().await;
+    assert_eq!(hello["latest_keys"], json!({"sitestatus": "statusType"}), "{hello}");
+    let (ack, frames) = subscribe(&mut ws, json!({"site": "mrc", "topics": ["sitestatus"], "latest": true})).await;
+    assert_eq!(ack["latest"], 2);
+    assert_eq!(summary(&frames), vec![row("sitestatus", 1, true), row("sitestatus", 501, true)]);
+    let sent: Value = serde_json::from_str(&enclosure).unwrap();
+    assert_eq!(frames[0]["data"], sent["data"]);
+    assert_eq!(frames[1]["data"]["statusType"], "weather");
+
+    let (_, _, body) = get(&s.url("/sites/mrc/latest?topic=sitestatus"), &[]).await;
+    let keys: Vec<_> =
+        body["latest"].as_array().unwrap().iter().map(|e| (e["key"].clone(), e["offset"].clone())).collect();
+    assert_eq!(keys, vec![(json!("enclosure"), json!(1)), (json!("weather"), json!(501))]);
+
+    // Without the setting, one per topic: the weather replaced the enclosure.
+    let plain = TestServer::start(&["--latest-keys", ""]).await;
+    assert_eq!(publish_raw(&plain.url("/publish"), enclosure, None).await.0, 202);
+    assert_eq!(publish_raw(&plain.url("/publish"), weather, None).await.0, 202);
+    let (_, _, body) = get(&plain.url("/sites/mrc/latest"), &[]).await;
+    assert_eq!(body["latest"].as_array().unwrap().len(), 1);
+    assert!(body["latest"][0].get("key").is_none());
+}

@@ -25,7 +25,7 @@ use datastream::{
     broker::{Broker, HistoryOptions, PublishOutcome, RedisBroker},
     hub::{Event, Framing, Hub, Inbox, Outbox, Subscriber},
     metrics::Metrics,
-    publication::{PublishRequest, Validator},
+    publication::{LatestKeys, PublishRequest, Validator},
 };
 use datastream_protocol::NameRules;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,6 +40,7 @@ fn options() -> HistoryOptions {
         dedupe_window: Duration::from_secs(60),
         latest_topics: 64,
         latest_ttl: Duration::from_secs(600),
+        latest_keys: LatestKeys::new([("sitestatus".to_owned(), "statusType".to_owned())]),
     }
 }
 

@@ -86,7 +86,11 @@ async fn negotiation_hello_and_sites_in_the_url() {
     let s = TestServer::start(&["--max-subscriptions", "7"]).await;
     let mut ws = connect_v2(&s, "?site=mrc&site=saf").await;
     let hello = next_json(&mut ws).await;
-    assert_eq!(hello, json!({"type": "hello", "version": 2, "ping_interval_ms": 25000, "max_subscriptions": 7}));
+    assert_eq!(
+        hello,
+        json!({"type": "hello", "version": 2, "ping_interval_ms": 25000, "max_subscriptions": 7,
+               "latest_keys": {"sitestatus": "statusType"}})
+    );
     for site in ["mrc", "saf"] {
         let ack = next_json(&mut ws).await;
         assert_eq!(

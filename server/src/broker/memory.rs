@@ -5,8 +5,9 @@
 //! epoch is drawn at start: a restart loses history, and the new epoch tells clients so.
 //!
 //! Beside its history, each site keeps the latest publication of each topic (the same shared
-//! [`Publication`], not a copy), by topic; past [`HistoryOptions::latest_topics`] the topic
-//! published least recently (lowest offset) is dropped. Readers get them ordered by offset.
+//! [`Publication`], not a copy), by topic (and key, for the topics of
+//! [`HistoryOptions::latest_keys`]); past [`HistoryOptions::latest_topics`] the one published
+//! least recently (lowest offset) is dropped. Readers get them ordered by offset.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -20,14 +21,18 @@ use crate::{
     publication::{Position, Publication, PublishRequest},
 };
 
+/// Where a topic's latest publication is kept: its topic, and its key for a topic of
+/// [`HistoryOptions::latest_keys`].
+type Slot = (Arc<str>, Option<Arc<str>>);
+
 #[derive(Debug)]
 struct SiteStream {
     /// Offset of the last publication; 0 before the first.
     offset: u64,
     /// Newest last; bounded by [`HistoryOptions`].
     history: VecDeque<Arc<Publication>>,
-    /// The latest publication of each topic; bounded by [`HistoryOptions`].
-    latest: HashMap<Arc<str>, Arc<Publication>>,
+    /// The latest publication of each topic (and key); bounded by [`HistoryOptions`].
+    latest: HashMap<Slot, Arc<Publication>>,
 }
 
 /// Keys seen within the dedupe window, with their expiry kept in arrival order.
@@ -109,10 +114,12 @@ impl MemoryBroker {
         let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
         stream.offset += 1;
         let position = Position { epoch: self.epoch.clone(), offset: stream.offset };
-        let publication = Arc::new(Publication::new(&req, position.clone()));
+        let keep_latest = self.options.latest_topics > 0;
+        let key = if keep_latest { self.options.latest_keys.key_of(&req.topic, &req.data) } else { None };
+        let publication = Arc::new(Publication::new(&req, position.clone()).with_latest_key(key));
         stream.history.push_back(publication.clone());
         trim(&mut stream.history, &self.options, now);
-        if self.options.latest_topics > 0 {
+        if keep_latest {
             remember_latest(&mut stream.latest, &publication, self.options.latest_topics);
         }
         // Delivering under the site lock keeps every subscriber's view in offset order.
@@ -175,11 +182,12 @@ impl MemoryBroker {
 
 /// Makes `publication` its topic's latest, and drops the least recently published topic past
 /// `limit` (a scan, only when a new topic overflows the set).
-fn remember_latest(latest: &mut HashMap<Arc<str>, Arc<Publication>>, publication: &Arc<Publication>, limit: usize) {
-    if latest.insert(publication.topic.clone(), publication.clone()).is_none() && latest.len() > limit {
-        let oldest = latest.values().min_by_key(|p| p.position.offset).map(|p| p.topic.clone());
-        if let Some(topic) = oldest {
-            latest.remove(&topic);
+fn remember_latest(latest: &mut HashMap<Slot, Arc<Publication>>, publication: &Arc<Publication>, limit: usize) {
+    let slot = (publication.topic.clone(), publication.latest_key.clone());
+    if latest.insert(slot, publication.clone()).is_none() && latest.len() > limit {
+        let oldest = latest.iter().min_by_key(|(_, p)| p.position.offset).map(|(slot, _)| slot.clone());
+        if let Some(slot) = oldest {
+            latest.remove(&slot);
         }
     }
 }
@@ -218,6 +226,7 @@ mod tests {
             dedupe_window: window,
             latest_topics: 4,
             latest_ttl: Duration::from_secs(600),
+            latest_keys: Default::default(),
         };
         (MemoryBroker::new(hub.clone(), options), hub)
     }
@@ -260,6 +269,7 @@ mod tests {
             dedupe_window: Duration::from_secs(60),
             latest_topics: 4,
             latest_ttl: Duration::from_secs(600),
+            latest_keys: Default::default(),
         };
         let b = MemoryBroker::new(hub, options);
         b.publish(request("a", 1, None));

@@ -16,11 +16,11 @@ pub use redis::RedisBroker;
 
 use crate::{
     hub::{Batch, wants},
-    publication::{Position, Publication, PublishRequest},
+    publication::{LatestKeys, Position, Publication, PublishRequest},
 };
 
 /// How much history a broker keeps per site.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HistoryOptions {
     /// Most publications kept per site.
     pub size: usize,
@@ -33,6 +33,8 @@ pub struct HistoryOptions {
     pub latest_topics: usize,
     /// Oldest latest publication kept.
     pub latest_ttl: Duration,
+    /// Topics whose latest publication is kept per value of a data field.
+    pub latest_keys: LatestKeys,
 }
 
 /// What happened to a publish.
@@ -54,7 +56,8 @@ pub struct Snapshot {
     /// Held publications, oldest first, with consecutive offsets ending at `top`.
     pub history: Vec<Arc<Publication>>,
     /// The latest publication of each topic asked for (none unless asked), oldest first: at most
-    /// one per topic, every offset at most `top`.
+    /// one per topic (per topic and key, for a topic of [`LatestKeys`]), every offset at most
+    /// `top`.
     pub latest: Vec<Arc<Publication>>,
 }
 

@@ -5,9 +5,12 @@
 //! - `<prefix>:{site}:stream` — a stream holding the history (MAXLEN = history size, trimmed by
 //!   age with MINID on every publish);
 //! - `<prefix>:{site}:dedupe:<key>` — `SET NX PX` marker of an idempotency key;
-//! - `<prefix>:{site}:latest` — hash: topic → its latest publication, `<offset>:<unix ms>:<data>`;
-//! - `<prefix>:{site}:latest:order` — sorted set: topic scored by that offset, to drop the least
-//!   recently published topic past the limit; both expire after the latest TTL without a publish;
+//! - `<prefix>:{site}:latest` — hash: topic (`<topic>\n<key>` for a topic of
+//!   [`LatestKeys`](crate::publication::LatestKeys)) → its latest publication,
+//!   `<offset>:<unix ms>:<data>`;
+//! - `<prefix>:{site}:latest:order` — sorted set: the same fields scored by that offset, to drop
+//!   the least recently published past the limit; both expire after the latest TTL without a
+//!   publish;
 //! - channel `<prefix>:{site}:pub` — every publication, already encoded as a v2 frame.
 //!
 //! Publishing is one Lua script (dedupe, epoch, offset, XADD, trim, latest, PUBLISH), so positions
@@ -92,8 +95,8 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XTRIM', KEYS[2], 'MINID', now_ms - tonumber(ARGV[7]))
 local keep = tonumber(ARGV[9])
 if keep > 0 then
-  redis.call('HSET', KEYS[4], ARGV[2], offset .. ':' .. now_ms .. ':' .. ARGV[3])
-  if redis.call('ZADD', KEYS[5], offset, ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[4], ARGV[11], offset .. ':' .. now_ms .. ':' .. ARGV[3])
+  if redis.call('ZADD', KEYS[5], offset, ARGV[11]) == 1 then
     local excess = redis.call('ZCARD', KEYS[5]) - keep
     if excess > 0 then
       local gone = redis.call('ZPOPMIN', KEYS[5], excess)
@@ -110,27 +113,27 @@ return {epoch, offset}
 "#;
 
 /// Reads the latest values (`KEYS[3]`) of the topics `ARGV[6..]` (all if none; none at all if
-/// `ARGV[4]` is `'0'`) published within `ARGV[5]` ms of `now_ms`, as `{topic, value}` pairs.
-/// Shared by the scripts below.
+/// `ARGV[4]` is `'0'`) published within `ARGV[5]` ms of `now_ms`, as `{field, value}` pairs (a
+/// field is a topic, or `<topic>\n<key>`). The hash holds at most the latest-topics limit of
+/// fields. Shared by the scripts below.
 const READ_LATEST_LUA: &str = r#"
 local function read_latest(now_ms)
   local out = {}
   if ARGV[4] == '0' then return out end
   local oldest = now_ms - tonumber(ARGV[5])
-  local function take(topic, value)
-    if value then
-      local ms = tonumber(string.match(value, '^%d+:(%d+):'))
-      if ms and ms >= oldest then out[#out + 1] = {topic, value} end
-    end
-  end
+  local wanted = nil
   if #ARGV > 5 then
-    local topics = {}
-    for i = 6, #ARGV do topics[#topics + 1] = ARGV[i] end
-    local values = redis.call('HMGET', KEYS[3], unpack(topics))
-    for i = 1, #topics do take(topics[i], values[i]) end
-  else
-    local all = redis.call('HGETALL', KEYS[3])
-    for i = 1, #all, 2 do take(all[i], all[i + 1]) end
+    wanted = {}
+    for i = 6, #ARGV do wanted[ARGV[i]] = true end
+  end
+  local all = redis.call('HGETALL', KEYS[3])
+  for i = 1, #all, 2 do
+    local field, value = all[i], all[i + 1]
+    local topic = string.match(field, '^[^\n]*')
+    if wanted == nil or wanted[topic] then
+      local ms = tonumber(string.match(value, '^%d+:(%d+):'))
+      if ms and ms >= oldest then out[#out + 1] = {field, value} end
+    end
   end
   return out
 end
@@ -325,6 +328,11 @@ impl RedisBroker {
     pub async fn publish(&self, req: PublishRequest) -> Result<PublishOutcome, BrokerError> {
         let site = &*req.site;
         let dedupe = req.idempotency_key.as_deref().map(|k| self.key(site, &format!("dedupe:{k}"))).unwrap_or_default();
+        // A topic cannot hold a newline, so `<topic>\n<key>` names one topic's key unambiguously.
+        let slot = match self.options.latest_keys.key_of(&req.topic, &req.data) {
+            Some(key) if self.options.latest_topics > 0 => format!("{}\n{key}", req.topic),
+            _ => req.topic.to_string(),
+        };
         let mut invocation = self.publish_script.prepare_invoke();
         invocation
             .key(self.key(site, "meta"))
@@ -341,7 +349,8 @@ impl RedisBroker {
             .arg(self.options.ttl.as_millis() as u64)
             .arg(self.channel(site))
             .arg(self.options.latest_topics)
-            .arg(self.options.latest_ttl.as_millis() as u64);
+            .arg(self.options.latest_ttl.as_millis() as u64)
+            .arg(slot);
         let mut conn = self.conn.clone();
         let result: (String, u64) = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn))
             .await
@@ -833,18 +842,23 @@ impl RedisBroker {
     }
 }
 
-/// Latest values (`<offset>:<ms>:<data>` per topic) to publications, oldest first.
+/// Latest values (`<offset>:<ms>:<data>` per topic, or `<topic>\n<key>`) to publications, oldest
+/// first.
 fn values_to_publications(site: &Arc<str>, epoch: &str, values: Vec<(String, String)>) -> Vec<Arc<Publication>> {
     let epoch: Arc<str> = epoch.into();
     let mut out: Vec<_> = values
         .into_iter()
-        .filter_map(|(topic, value)| {
+        .filter_map(|(field, value)| {
+            let (topic, key) = match field.split_once('\n') {
+                Some((topic, key)) => (topic, Some(Arc::from(key))),
+                None => (field.as_str(), None),
+            };
             let mut parts = value.splitn(3, ':');
             let offset = parts.next()?.parse().ok()?;
             let _published_ms = parts.next()?;
             let data = serde_json::value::RawValue::from_string(parts.next()?.to_owned()).ok()?;
             let position = Position { epoch: epoch.clone(), offset };
-            Some(Arc::new(Publication::from_parts(site.clone(), topic.into(), data, position)))
+            Some(Arc::new(Publication::from_parts(site.clone(), topic.into(), data, position).with_latest_key(key)))
         })
         .collect();
     out.sort_unstable_by_key(|p| p.position.offset);

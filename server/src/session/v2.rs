@@ -203,6 +203,11 @@ impl V2 {
             version: 2,
             ping_interval_ms: u64::try_from(state.config.ping_interval.as_millis()).unwrap_or(u64::MAX),
             max_subscriptions: state.config.max_subscriptions,
+            latest_keys: if state.config.latest_topics > 0 {
+                state.config.latest_key_map().pairs().map(|(t, f)| (t.to_owned(), f.to_owned())).collect()
+            } else {
+                Default::default()
+            },
         }
         .to_json()
         .into()
