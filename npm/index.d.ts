@@ -30,6 +30,10 @@ export interface DatastreamOptions {
   debug?: boolean;
   /** Receives what `debug` would log instead. Tokens are never part of it. */
   logger?: (event: LogEvent, detail: Record<string, unknown>) => void;
+  /** Topics whose latest value is kept per kind of state: topic → the top-level data field
+   * telling the kinds apart, e.g. `{ sitestatus: 'statusType' }`. Default: what the relay
+   * announces (v2); none in legacy mode. */
+  latestKeys?: Record<string, string>;
 }
 
 /** What `debug` logs and `logger` receives. */
@@ -56,8 +60,9 @@ export interface Meta {
   epoch?: string;
   /** Position of the publication in the site's history (1, 2, 3…). */
   offset?: number;
-  /** Present (`true`) on a listener's latest value: the topic's last publication from before it
-   * listened (from the client's cache, or sent by the relay), not a live one. */
+  /** Present (`true`) on a listener's latest value: the topic's last publication (of one kind,
+   * for a topic kept per kind of state) from before it listened (from the client's cache, or sent
+   * by the relay), not a live one. */
   latest?: true;
 }
 
@@ -65,8 +70,9 @@ export interface Meta {
 export interface OnOptions {
   /** Only this site's publications (or these sites'). */
   site?: string | readonly string[];
-  /** First the latest publication of each topic (`meta.latest` true): at once if the client
-   * holds it, else from the relay (v2); then live ones. Each value reaches the callback once. */
+  /** First the latest publication of each topic (of each kind, for a topic kept per kind of
+   * state such as `sitestatus`), oldest first, `meta.latest` true: at once if the client holds
+   * it, else from the relay (v2); then live ones. Each value reaches the callback once. */
   latest?: boolean;
 }
 
@@ -156,8 +162,10 @@ export class Datastream {
    * `site` only if given (one or several); with `latest`, first with each topic's latest. */
   on(topic: string, callback: Callback, options?: OnOptions): Unsubscribe;
   /** The data of the last publication received of `site` on `topic` (live, replayed or latest),
-   * or `undefined`: up to 64 topics per site, held while the site is subscribed. */
-  latest<T = any>(site: string, topic: string): T | undefined;
+   * or `undefined`: up to 64 per site, held while the site is subscribed. For a topic kept per
+   * kind of state (`sitestatus`, by `statusType`), `key` names the kind (e.g. `'enclosure'`);
+   * without it, the most recent of any kind. */
+  latest<T = any>(site: string, topic: string, key?: string): T | undefined;
   /** Removes every registration of `callback` for `topic`. */
   off(topic: string, callback: Callback): void;
   onState(callback: (state: State) => void): Unsubscribe;

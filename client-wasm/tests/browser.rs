@@ -131,7 +131,16 @@ fn get_str(v: &JsValue, key: &str) -> Option<String> {
 
 impl Probe {
     fn new(options: serde_json::Value) -> Probe {
+        Probe::with(options, &JsValue::UNDEFINED)
+    }
+
+    /// [`Probe::new`], the dispatcher holding the last publication of each slot in `cache` (a
+    /// `Map`, as the npm wrapper passes it) when given.
+    fn with(options: serde_json::Value, cache: &JsValue) -> Probe {
         let options = JSON::parse(&options.to_string()).unwrap();
+        if !cache.is_undefined() {
+            Reflect::set(&options, &"cache".into(), cache).unwrap();
+        }
         let mut p = Probe {
             core: DatastreamCore::new(options).unwrap(),
             states: Log::default(),
@@ -586,4 +595,57 @@ async fn legacy_protocol_has_no_latest_publications() {
     publish(&s, "t", serde_json::json!(2)).await;
     wait_until("a live publication", 5_000, || got.borrow().len() == 1).await;
     assert_eq!((got.borrow()[0].data.as_str(), got.borrow()[0].latest), ("2", false));
+}
+
+/// The slots `cache` holds of `site` (`topic`, or `topic:key`), least recently updated first.
+fn slots(cache: &js_sys::Map, site: &str) -> Vec<String> {
+    let held = cache.get(&site.into());
+    if held.is_undefined() {
+        return Vec::new();
+    }
+    js_sys::Array::from(&held.unchecked_ref::<js_sys::Map>().keys().into())
+        .iter()
+        .map(|k| k.as_string().unwrap().replace('\n', ":"))
+        .collect()
+}
+
+#[wasm_bindgen_test]
+async fn latest_per_kind_a_rare_enclosure_status_survives_500_weather_ones() {
+    let _serial = Serial::acquire().await;
+    let s = site("b-kinds");
+    // The status service's shape: every kind on `sitestatus`, told apart by `statusType`. The
+    // enclosure's once, then 500 weather ones.
+    publish(&s, "sitestatus", serde_json::json!({"statusType": "enclosure", "shutter": "open"})).await;
+    let many: Vec<serde_json::Value> = (1..=500)
+        .map(|n| serde_json::json!({"site": s, "topic": "sitestatus", "data": {"statusType": "weather", "n": n}}))
+        .collect();
+    control("/publish", &serde_json::Value::Array(many).to_string()).await;
+    // A page opened afterwards gets both, marked, oldest first; then a live one once.
+    let cache = js_sys::Map::new();
+    let mut p = Probe::with(serde_json::json!({"url": relay_url(), "sites": [s]}), &cache);
+    let status = p.listen_latest("sitestatus", Some(&s));
+    let live = p.listen("sitestatus", None);
+    p.ready().await;
+    wait_until("both kinds", 5_000, || status.borrow().len() == 2).await;
+    assert_eq!(marks(&status), vec![(1, true), (501, true)]);
+    let data = |i: usize| serde_json::from_str::<serde_json::Value>(&status.borrow()[i].data).unwrap();
+    assert_eq!(data(0), serde_json::json!({"statusType": "enclosure", "shutter": "open"}));
+    assert_eq!(data(1), serde_json::json!({"statusType": "weather", "n": 500}));
+    assert!(live.borrow().is_empty(), "a listener that did not ask gets live publications only");
+    assert_eq!(slots(&cache, &s), ["sitestatus:enclosure", "sitestatus:weather"], "a slot per kind");
+    publish(&s, "sitestatus", serde_json::json!({"statusType": "weather", "n": 501})).await;
+    wait_until("the live publication", 5_000, || status.borrow().len() == 3 && live.borrow().len() == 1).await;
+    // A later latest listener asks the relay again (the npm wrapper hands it the held kinds
+    // itself): both kinds come back and are dropped as held, so nobody gets one twice.
+    let late = p.listen_latest("sitestatus", Some(&s));
+    sleep(500).await;
+    assert!(late.borrow().is_empty(), "{:?}", late.borrow());
+    assert_eq!(marks(&status), vec![(1, true), (501, true), (502, false)]);
+    assert_eq!(marks(&live), vec![(502, false)]);
+    // The enclosure changes: its kind's slot is replaced, everyone gets it once.
+    publish(&s, "sitestatus", serde_json::json!({"statusType": "enclosure", "shutter": "closed"})).await;
+    wait_until("the enclosure's change", 5_000, || late.borrow().len() == 1 && status.borrow().len() == 4).await;
+    sleep(200).await;
+    assert_eq!(marks(&late), vec![(503, false)]);
+    assert_eq!(slots(&cache, &s), ["sitestatus:weather", "sitestatus:enclosure"]);
 }

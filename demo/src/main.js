@@ -105,10 +105,11 @@ function setTile(container, site, key, title, value, ms, latest) {
 const fmt = (leaf, unit = '') =>
   leaf === undefined ? '–' : typeof leaf.val === 'number' ? `${leaf.val.toFixed(1)}${unit}` : String(leaf.val);
 
-// Status messages (weather and enclosure status have the same shape). Every card listens with
-// `latest: true`: it is filled at once when the page opens with each topic's latest publication,
-// however long ago it was published (the enclosure status changes every few minutes), then
-// follows live ones.
+// Status messages: weather and enclosure status both come as `sitestatus`, told apart by
+// `statusType`. Every card listens with `latest: true`: it is filled at once when the page opens
+// with the latest publication of each topic — of each kind for `sitestatus`, which the relay keeps
+// per `statusType` — however long ago it was published (the enclosure status changes every few
+// minutes, the weather every few seconds), then follows live ones.
 function status(data, meta) {
   if (!data || typeof data !== 'object') return;
   const latest = meta.latest;
@@ -130,7 +131,6 @@ function status(data, meta) {
   }
 }
 ds.on('sitestatus', status, { latest: true });
-ds.on('enclosure', status, { latest: true });
 ds.on('phase_status', (data, meta) =>
   setTile($('status'), meta.site, 'phase', 'phase', data?.message ?? '–', (data?.timestamp ?? 0) * 1000, meta.latest), { latest: true });
 ds.on('userstatus', (data, meta) =>

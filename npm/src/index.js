@@ -56,7 +56,7 @@ function check(what, name) {
 }
 
 const OPTIONS = new Set(
-  'url sites protocol minReconnectDelay maxReconnectDelay heartbeatGrace connectTimeout token getToken WebSocket wasmUrl debug logger'.split(
+  'url sites protocol minReconnectDelay maxReconnectDelay heartbeatGrace connectTimeout token getToken WebSocket wasmUrl debug logger latestKeys'.split(
     ' ',
   ),
 );
@@ -86,9 +86,13 @@ export class Datastream {
   #final = null;
   /** Site → `{ held, handles, info }`: `held` counts the holders of its subscription. */
   #sites = new Map();
-  /** Site → topic → the last publication received (the parsed frame), least recently updated
-   * first; filled by the module's dispatcher (at most 64 topics per site). */
+  /** Site → slot (`topic`, or `topic\nkey` for a topic kept per kind of state) → the last
+   * publication received (the parsed frame), least recently updated first; filled by the
+   * module's dispatcher (at most 64 slots per site). */
   #cache = new Map();
+  /** Topic → the data field telling its kinds of state apart: `latestKeys`, else the relay's
+   * announcement; filled by the dispatcher. */
+  #keys = new Map();
   /** The app's `onError` listeners, and internal listeners for refusals (`ready()`). */
   #errorListeners = new Set();
   #refusalListeners = new Set();
@@ -106,6 +110,8 @@ export class Datastream {
     }
     const sites = options.sites ? [...options.sites] : [];
     sites.forEach((s) => check('site', s));
+    const keys = options.latestKeys;
+    if (keys !== undefined && Object(keys) !== keys) throw new TypeError('new Datastream(options): options.latestKeys must be an object');
     if (options.getToken !== undefined && typeof options.getToken !== 'function') {
       throw new TypeError('new Datastream(options): options.getToken must be a function');
     }
@@ -152,7 +158,7 @@ export class Datastream {
   #start(token) {
     if (this.#closed) return;
     try {
-      this.#core = new DatastreamCore({ ...this.#options, token, cache: this.#cache });
+      this.#core = new DatastreamCore({ ...this.#options, token, cache: this.#cache, keys: this.#keys });
     } catch (error) {
       this.#fail(error);
       return;
@@ -335,8 +341,9 @@ export class Datastream {
   /**
    * Calls `callback(data, meta)` for every publication on `topic` (`'*'`: every topic), of
    * `options.site` only if given (one site or an array). With `options.latest`, first with the
-   * latest publication of each topic, `meta.latest` true: what the client holds at once, the
-   * rest from the relay. Returns a function that removes it.
+   * latest publication of each topic (of each kind, for a topic kept per kind of state),
+   * `meta.latest` true, oldest first: what the client holds at once, the rest from the relay.
+   * Returns a function that removes it.
    */
   on(topic, callback, options) {
     if (topic !== '*') check('topic', topic);
@@ -349,15 +356,19 @@ export class Datastream {
     }
     if (site != null) check('site', site);
     return this.#register((core) => {
-      // A latest listener gets what the client holds at once; the relay is asked unless that
-      // covers it (a topic of a site).
+      // A latest listener gets what the client holds at once, oldest first. The relay is asked
+      // unless that covers it: a topic of a site, held, and not kept per kind (the client cannot
+      // know it holds every kind; the relay's answer brings those it lacks, the others are
+      // dropped as held).
       const held = [];
       if (latest) {
-        for (const [s, topics] of this.#cache) {
-          if (site == null || s === site) for (const [t, f] of topics) if (topic === '*' || t === topic) held.push(f);
+        for (const [s, slots] of this.#cache) {
+          if (site == null || s === site) for (const f of slots.values()) if (topic === '*' || f.topic === topic) held.push(f);
         }
+        held.sort((a, b) => (a.site === b.site && a.epoch === b.epoch ? a.offset - b.offset : 0));
       }
-      const id = core.on(topic, callback, site ?? undefined, latest ? (site != null && topic !== '*' && held.length ? 1 : 2) : 0);
+      const covered = site != null && topic !== '*' && held.length && !this.#keys.has(topic);
+      const id = core.on(topic, callback, site ?? undefined, latest ? (covered ? 1 : 2) : 0);
       for (const { site: s, topic: t, epoch, offset, data } of held) {
         try {
           callback(data, epoch === undefined ? { site: s, topic: t, latest } : { site: s, topic: t, epoch, offset, latest });
@@ -371,10 +382,17 @@ export class Datastream {
 
   /**
    * The data of the last publication received of `site` on `topic` (live, replayed or latest),
-   * or undefined: up to 64 topics per site are held while the site is subscribed.
+   * or undefined: up to 64 per site are held while the site is subscribed. For a topic kept per
+   * kind of state (`sitestatus`, by `statusType`), `key` names the kind; without it, the most
+   * recent of every kind.
    */
-  latest(site, topic) {
-    return this.#cache.get(site)?.get(topic)?.data;
+  latest(site, topic, key) {
+    const slots = this.#cache.get(site);
+    if (key !== undefined) return slots?.get(`${topic}\n${key}`)?.data;
+    let last;
+    // Least recently updated first: the newest by offset, unless a later one is of another epoch.
+    for (const f of slots?.values() ?? []) if (f.topic === topic && (!last || f.epoch !== last.epoch || !(f.offset <= last.offset))) last = f;
+    return last?.data;
   }
 
   /** Removes every registration of `callback` for `topic`. */

@@ -5,10 +5,11 @@
 //!
 //! Every kind is published once at start, then on its own schedule ([`due`]). The enclosure
 //! status changes rarely (every [`ENCLOSURE_EVERY`]), as a real enclosure's does: a page opened in
-//! between has only the relay's latest publication of its topic to show (`latest` in the SDK).
-//! Weather status goes out as `sitestatus` (the real topic); the enclosure status, same shape
-//! (`statusType: "enclosure"`), under its own topic `enclosure`, since the relay keeps one latest
-//! publication per topic and the frequent weather would otherwise always replace it.
+//! between has only the relay's latest publication of it to show (`latest` in the SDK). Both go
+//! out as the real status service sends them, on the topic `sitestatus`, told apart by
+//! `statusType` (`"weather"`, `"enclosure"`): the relay keeps the latest of each kind
+//! (`DATASTREAM_LATEST_KEYS`, by default `sitestatus=statusType`), so the frequent weather does not
+//! replace the enclosure's.
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,9 +27,6 @@ const WEATHER_EVERY: Duration = Duration::from_secs(2);
 
 /// How often the enclosure status is published per site (besides once at start).
 pub const ENCLOSURE_EVERY: Duration = Duration::from_secs(300);
-
-/// The topic of the enclosure status.
-pub const ENCLOSURE_TOPIC: &str = "enclosure";
 
 /// What is published at tick `n` (every [`WEATHER_EVERY`]) besides the weather: everything at
 /// start, then each kind on its own period.
@@ -198,7 +196,7 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
             publish(&state, s.site, "sitestatus", weather).await;
             if due.enclosure {
                 let enclosure = s.enclosure(ms);
-                publish(&state, s.site, ENCLOSURE_TOPIC, enclosure).await;
+                publish(&state, s.site, "sitestatus", enclosure).await;
             }
             if due.user {
                 let user = s.user(ms);

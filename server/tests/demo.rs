@@ -53,27 +53,58 @@ async fn demo_mode_publishes_live_streams_in_the_real_shapes() {
 }
 
 #[tokio::test]
-async fn demo_mode_publishes_every_topic_at_start_so_the_latest_of_each_is_there_at_once() {
+async fn demo_mode_publishes_every_kind_at_start_so_the_latest_of_each_is_there_at_once() {
     let s = TestServer::start(&["--demo"]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let topics = loop {
+    // The latest entries of mrc, as (topic, key) → the entry.
+    let read = || async {
         let (status, body) = get_text(&s.url("/sites/mrc/latest")).await;
         assert_eq!(status, 200, "{body}");
         let latest: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let mut topics: Vec<String> =
-            latest["latest"].as_array().unwrap().iter().map(|p| p["topic"].as_str().unwrap().to_owned()).collect();
-        topics.sort();
-        if topics.len() == 5 || tokio::time::Instant::now() > deadline {
-            let enclosure = latest["latest"].as_array().unwrap().iter().find(|p| p["topic"] == "enclosure");
-            if let Some(p) = enclosure {
-                assert_eq!(p["data"]["statusType"], "enclosure", "{p}");
-                assert!(p["data"]["status"]["enclosure"]["enclosure1"]["shutter_status"]["val"].is_string(), "{p}");
-            }
-            break topics;
+        latest["latest"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| ((p["topic"].as_str().unwrap().to_owned(), p["key"].as_str().map(str::to_owned)), p.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let kind = |topic: &str, key: Option<&str>| (topic.to_owned(), key.map(str::to_owned));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        let entries = read().await;
+        if entries.len() == 5 || tokio::time::Instant::now() > deadline {
+            break entries;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(topics, ["enclosure", "jobs", "phase_status", "sitestatus", "userstatus"]);
-    // The enclosure status is rare: the next one is minutes away.
+    let kinds: Vec<_> = first.keys().cloned().collect();
+    assert_eq!(
+        kinds,
+        [
+            kind("jobs", None),
+            kind("phase_status", None),
+            kind("sitestatus", Some("enclosure")),
+            kind("sitestatus", Some("weather")),
+            kind("userstatus", None),
+        ]
+    );
+    // The enclosure status has the real shape, on the real topic.
+    let enclosure = &first[&kind("sitestatus", Some("enclosure"))];
+    assert_eq!(enclosure["data"]["statusType"], "enclosure", "{enclosure}");
+    assert!(enclosure["data"]["status"]["enclosure"]["enclosure1"]["shutter_status"]["val"].is_string(), "{enclosure}");
+    // The weather goes on (every 2 s) and does not replace it: the next enclosure status is
+    // minutes away.
     assert!(datastream::demo::ENCLOSURE_EVERY >= Duration::from_secs(120));
+    let weather_at = |entries: &std::collections::BTreeMap<_, serde_json::Value>| {
+        entries[&kind("sitestatus", Some("weather"))]["offset"].as_u64().unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let later = loop {
+        let entries = read().await;
+        if weather_at(&entries) > weather_at(&first) {
+            break entries;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new weather");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(later[&kind("sitestatus", Some("enclosure"))], *enclosure, "the enclosure's kept");
 }

@@ -162,6 +162,13 @@ ds.on('weather', (data, meta) => { const snapshot: boolean = meta.latest === tru
 sub.on('weather', () => {}, { latest: true });
 const held: { t: number } | undefined = ds.latest<{ t: number }>('mrc', 'weather');
 console.log(held);
+// Per kind of state: latest() takes the kind; the option names the topics kept per kind.
+const enclosure: { statusType: string } | undefined = ds.latest<{ statusType: string }>('mrc', 'sitestatus', 'enclosure');
+console.log(enclosure, new Datastream({ url: 'ws://x', protocol: 'legacy', latestKeys: { sitestatus: 'statusType' } }));
+// @ts-expect-error a kind is a string
+ds.latest('mrc', 'sitestatus', 1);
+// @ts-expect-error latestKeys maps topics to field names
+new Datastream({ url: 'ws://x', latestKeys: { sitestatus: true } });
 // @ts-expect-error a typo in on()'s options
 ds.on('weather', () => {}, { lastest: true });
 // @ts-expect-error latest is a boolean

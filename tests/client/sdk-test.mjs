@@ -168,6 +168,75 @@ const tests = {
         && JSON.stringify(other) === JSON.stringify([['a', 'weather', true]]) && nothingYet === 0
         && JSON.stringify(lgot) === '[["b",false]]' && JSON.stringify(late) === '[["b",true,null]]' && heldLegacy === 'b' };`,
 
+  'latest per kind: each kind of sitestatus held and handed over oldest first, a late listener asks for the kinds it lacks; latest(site, topic, key); latestKeys': `
+    const site = unique('l3');
+    const status = (statusType, n) => post(P.control, '/publish', JSON.stringify({ site, topic: 'sitestatus', data: { statusType, n } }));
+    await status('enclosure', 1);
+    for (let n = 2; n <= 21; n++) await status('weather', n);
+    const sent = [];
+    class Recording extends WebSocket {
+      send(text) { sent.push(JSON.parse(text)); super.send(text); }
+    }
+    const url = 'ws://127.0.0.1:' + P.proxy + '/dev';
+    const ds = new DS.Datastream({ url, sites: [site], WebSocket: Recording });
+    const mark = (into) => (d, m) => into.push([d.statusType, d.n, m.latest ?? false]);
+    const first = [];
+    ds.on('sitestatus', mark(first), { site, latest: true });
+    await ds.ready();
+    await until('both kinds', () => first.length === 2);
+    const reads = [ds.latest(site, 'sitestatus', 'enclosure')?.n, ds.latest(site, 'sitestatus', 'weather')?.n,
+      ds.latest(site, 'sitestatus')?.n, ds.latest(site, 'sitestatus', 'device')];
+    await status('weather', 22);
+    await until('a live one', () => first.length === 3);
+    const subscribes = () => sent.filter((f) => f.type === 'subscribe').length;
+    const before = subscribes();
+    const late = [];
+    ds.on('sitestatus', mark(late), { site, latest: true });
+    const atOnce = JSON.stringify(late);
+    await until('the relay asked by name', () => subscribes() === before + 1);
+    const asked = sent.filter((f) => f.type === 'subscribe').at(-1).latest;
+    await sleep(300);
+    ds.close();
+
+    // A page whose first listener did not want latest values holds the weather only: a latest
+    // listener added then gets it at once, and the enclosure's from the relay.
+    const plain = new DS.Datastream({ url, sites: [site] });
+    plain.on('sitestatus', () => {}, { site });
+    await plain.ready();
+    await status('weather', 23);
+    await until('the weather held', () => plain.latest(site, 'sitestatus', 'weather')?.n === 23);
+    const third = [];
+    plain.on('sitestatus', mark(third), { site, latest: true });
+    const thirdAtOnce = JSON.stringify(third);
+    await until('the enclosure from the relay', () => third.length === 2);
+    await sleep(200);
+    // Held in the order received (the weather first); handed over oldest first.
+    const fifth = [];
+    plain.on('sitestatus', mark(fifth), { site, latest: true });
+    const fifthAtOnce = JSON.stringify(fifth);
+    plain.close();
+
+    // The app's rule wins over the relay's: no kinds, one slot per topic.
+    const own = new DS.Datastream({ url, sites: [site], latestKeys: {} });
+    const fourth = [];
+    own.on('sitestatus', mark(fourth), { site, latest: true });
+    await until('both latest frames', () => fourth.length === 2);
+    const ownReads = [own.latest(site, 'sitestatus', 'enclosure'), own.latest(site, 'sitestatus')?.n];
+    own.close();
+    let thrown = null;
+    try { new DS.Datastream({ url, latestKeys: 'sitestatus' }); } catch (e) { thrown = e instanceof TypeError && e.message; }
+
+    const result = { first, reads, late, atOnce, asked, thirdAtOnce, third, fifthAtOnce, fourth, ownReads, thrown };
+    return { ...result,
+      ok: JSON.stringify(first) === '[["enclosure",1,true],["weather",21,true],["weather",22,false]]'
+        && JSON.stringify(reads) === '[1,21,21,null]'
+        && atOnce === '[["enclosure",1,true],["weather",22,true]]' && JSON.stringify(asked) === '["sitestatus"]'
+        && late.length === 2 && first.length === 3
+        && thirdAtOnce === '[["weather",23,true]]' && JSON.stringify(third) === '[["weather",23,true],["enclosure",1,true]]'
+        && fifthAtOnce === '[["enclosure",1,true],["weather",23,true]]'
+        && JSON.stringify(fourth) === '[["enclosure",1,true],["weather",23,true]]'
+        && JSON.stringify(ownReads) === '[null,23]' && typeof thrown === 'string' && thrown.includes('latestKeys') };`,
+
   'errors: invalid names throw synchronously before the module has loaded, as DatastreamError': `
     const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev' });
     const caught = [];

@@ -15,9 +15,11 @@ import { gzipSync } from 'node:zlib';
  * Gzip bytes allowed for the wasm and the modern build together: 42 KB, plus 0.25 KB for latest
  * values (listeners' latest flag and the subscribes asking by name, latest publications judged
  * apart from the stream, the cache of each topic's last publication and handing it to a late
- * listener), which took ~1 KB before what could be saved elsewhere.
+ * listener), which took ~1 KB before what could be saved elsewhere, plus 0.3 KB for latest values
+ * per kind of state (the hello's `latest_keys` or the `latestKeys` option, each publication's
+ * slot, the kinds held handed to a late listener oldest first, `latest(site, topic, key)`).
  */
-const BUDGET_GZIP = 42.25 * 1024;
+const BUDGET_GZIP = 42.55 * 1024;
 
 const dir = path.resolve(process.argv[2] ?? path.join(path.dirname(fileURLToPath(import.meta.url)), '../../npm'));
 const counted = [

@@ -232,16 +232,19 @@ test('a page opened after the demo published shows every card at once, the rare 
   const port = await freePort();
   await startRelay(port, { DATASTREAM_DEMO: 'true' });
   const sites = ['mrc', 'saf'];
-  // The demo publishes every kind once at start; the enclosure status next only minutes later.
+  // The demo publishes every kind once at start (5 publications per site), the enclosure status
+  // next only minutes later, the weather every 2 s, all status on `sitestatus`. Wait for the
+  // second round, so the weather is newer than the enclosure's: a relay keeping one latest
+  // publication per topic would now hold the weather alone, and the enclosure card stay empty.
   const held = {};
-  await until('the start publications', async () => {
+  await until('the start publications, then the weather again', async () => {
     for (const site of sites) {
-      const body = await (await fetch(`http://127.0.0.1:${port}/sites/${site}/latest?topic=enclosure`)).json();
-      if (body.latest.length !== 1) return false;
-      held[site] = body.latest[0].data.status.enclosure.enclosure1;
+      const body = await (await fetch(`http://127.0.0.1:${port}/sites/${site}/latest?topic=sitestatus`)).json();
+      if (!(body.offset > 5)) return false;
+      held[site] = body.latest.find((e) => e.key === 'enclosure')?.data.status.enclosure.enclosure1;
     }
     return true;
-  });
+  }, 10_000);
   const opened = Date.now();
   const { page, errors } = await openDashboard(port, sites);
   const ready = Date.now();
@@ -259,6 +262,7 @@ test('a page opened after the demo published shows every card at once, the rare 
   assert.ok(elapsed < 1_000, `every card filled ${elapsed} ms after ready (${ready - opened} ms to ready)`);
   for (const site of sites) {
     const shutter = tiles.find(([s, k]) => s === site && k === 'shutter');
+    assert.ok(held[site], `${site}: the relay holds the enclosure status beside the weather`);
     assert.equal(shutter[2], held[site].shutter_status.val, `${site}: the relay's latest enclosure status`);
     assert.equal(shutter[3], 'true', `${site}: marked as a latest value`);
     assert.match(await page.textContent(`[data-site="${site}"][data-key="shutter"] .when`), /^as of /);

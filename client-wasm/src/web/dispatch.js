@@ -5,8 +5,10 @@
 
 /** Names, and cached routes, kept before starting over. */
 const LIMIT = 1000;
-/** Topics whose last publication is kept per site; the least recently updated goes first. */
+/** Slots whose last publication is kept per site; the least recently updated goes first. */
 const KEEP = 64;
+/** What a key must be (the relay's name rules), else the publication is kept under its topic. */
+const NAME = /^[\w.:-]{1,64}$/;
 
 /**
  * `accept(link, buf, from, to, now)` judges publications `from..to`, four numbers each in `buf`
@@ -14,10 +16,11 @@ const KEEP = 64;
  * listeners' version, or -1 to drop it);
  * `state`: [the publication being dispatched, whether the client was called since `accept`];
  * `ask(what, a, b, c)` for the rest, `what` as numbered in dispatch.rs; the options' `cache`: site →
- * topic → the last publication received (the parsed frame), least recently updated first, filled
- * here.
+ * slot → the last publication received (the parsed frame), least recently updated first, filled
+ * here; `keys`: topic → the data field telling its kinds of state apart, from `latestKeys` if
+ * given, else from each `hello` (its `latest_keys`), filled here.
  */
-export function dispatcher(legacy, accept, ask, state, { cache = new Map() }) {
+export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys = new Map(), latestKeys }) {
   const intern = (name, first) => ask(0, name, first);
   const route = (site, topic, latest) => ask(1, site, topic, latest);
   const other = (link, frame) => ask(2, link, frame);
@@ -32,13 +35,25 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map() }) {
   // The last names and route looked up: a stream mostly repeats them.
   let lastSite, lastSiteId, lastEpoch, lastEpochId, routeSite, routeTopic, routeFns;
 
-  // Holds `f` as the last publication of its site and topic.
-  const remember = (s, topic, f) => {
-    let topics = cache.get(s);
-    if (!topics) cache.set(s, (topics = new Map()));
-    topics.delete(topic);
-    topics.set(topic, f);
-    if (topics.size > KEEP) topics.delete(topics.keys().next().value);
+  const setKeys = (o) => {
+    keys.clear();
+    for (const t in o) keys.set(t, o[t]);
+  };
+  setKeys(latestKeys);
+  // A publication's slot: its topic, and for a topic of `keys` whose data (an object) has a
+  // string field of that name following the name rules, `topic\nvalue` (the relay's rule).
+  const slot = (topic, d) => {
+    const field = keys.get(topic);
+    const k = field !== undefined && d && typeof d === 'object' && !Array.isArray(d) ? d[field] : undefined;
+    return typeof k === 'string' && NAME.test(k) ? `${topic}\n${k}` : topic;
+  };
+  // Holds `f` as the last publication of its site and slot `k`.
+  const remember = (s, k, f) => {
+    let slots = cache.get(s);
+    if (!slots) cache.set(s, (slots = new Map()));
+    slots.delete(k);
+    slots.set(k, f);
+    if (slots.size > KEEP) slots.delete(slots.keys().next().value);
   };
 
   const forgetRoutes = () => {
@@ -93,16 +108,17 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map() }) {
       const items = [];
       // One publication's callbacks; false once the socket is detached. A latest publication
       // (from before the subscription) goes to the listeners that asked for one, unless something
-      // as new of its topic was received already (they got that).
+      // as new of its slot was received already (they got that).
       const deliver = (f, v, site) => {
         const s = f.site;
         const topic = f.topic;
         const latest = !legacy && f.latest === true;
+        const k = slot(topic, f.data);
         if (latest) {
-          const held = cache.get(s)?.get(topic);
+          const held = cache.get(s)?.get(k);
           if (held && held.epoch === f.epoch && held.offset >= f.offset) return true;
         }
-        remember(s, topic, f);
+        remember(s, k, f);
         const fns = latest
           ? route(s, topic, true)
           : v === version && site === routeSite && topic === routeTopic
@@ -210,6 +226,8 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map() }) {
             m = 0;
           }
           if (i < end) {
+            // The relay's rule for slots, unless the app gave its own.
+            if (f?.type === 'hello' && !latestKeys) setKeys(f.latest_keys);
             other(link, f);
             if (!socket.live) return;
           }

@@ -35,14 +35,22 @@
 //! - A latest publication (v2: a `pub` marked `latest: true`, from before the subscription, sent
 //!   after `subscribed`) is judged by
 //!   [`Client::accept_latest`](crate::client::Client::accept_latest) (its epoch index `i` crosses
-//!   as `-1 - i`), which records nothing. It goes to the callbacks of the listeners that asked for latest
-//!   publications (asked for each time: they are rare), with `latest: true` in `meta`, unless a
-//!   publication of its topic at least as new is held already.
-//! - The last publication received of each site and topic (live, replayed or latest) is held in
-//!   the options' `cache` given to [`Dispatch::new`], a `Map` of site → topic → the parsed frame, up to 64
-//!   topics per site (the least recently updated dropped first). The npm wrapper reads it (a new
-//!   latest listener gets what it holds at once; `latest(site, topic)`) and drops a site's when it
-//!   unsubscribes it. Publications' data stays in JavaScript.
+//!   as `-1 - i`), which records nothing. It goes to the callbacks of the listeners that asked for
+//!   latest publications (asked for each time: they are rare), with `latest: true` in `meta`,
+//!   unless a publication of its slot at least as new is held already.
+//! - A publication's slot is its topic; for a topic the relay keeps per kind of state (the
+//!   `hello` frame's `latest_keys`, topic → field, e.g. `sitestatus` → `statusType`), its topic
+//!   and the value of that top-level field of its data, when the data is an object whose field is
+//!   a string following the name rules (1–64 ASCII letters, digits, `_ - . :`), as the relay
+//!   does. The options' `latestKeys` (an object topic → field), when given, is used instead of
+//!   what the relay announces (the legacy protocol announces nothing). The options' `keys` (a
+//!   `Map`; a new one when absent) receives the rule in force.
+//! - The last publication received of each site and slot (live, replayed or latest) is held in
+//!   the options' `cache` given to [`Dispatch::new`], a `Map` of site → slot (`topic`, or
+//!   `topic\nkey`) → the parsed frame, up to 64 slots per site (the least recently updated
+//!   dropped first). The npm wrapper reads it (a new latest listener gets what it holds at once;
+//!   `latest(site, topic, key)`) and drops a site's when it unsubscribes it. Publications' data
+//!   stays in JavaScript.
 //!
 //! The name table and the cached callbacks start over past 1,000 entries, so names that never
 //! repeat cannot grow them without bound.
@@ -118,7 +126,9 @@ impl Dispatch {
     /// `(link, frame)`, [`FAILED`] `(site, topic, error)`.
     ///
     /// `options.cache` (a `Map`; a new one when absent) receives the last publication of each
-    /// site and topic; the app's side reads it, and drops a site's when unsubscribing it.
+    /// site and slot; the app's side reads it, and drops a site's when unsubscribing it.
+    /// `options.keys` (a `Map`) receives the topics kept per kind of state (topic → field), from
+    /// `options.latestKeys` when given, else from the relay's `hello`.
     pub(crate) fn new(legacy: bool, client: impl ClientSide, options: &JsValue) -> Dispatch {
         let asked = client.clone();
         let accept = Closure::<dyn FnMut(LinkId, Float64Array, u32, u32, f64)>::new(move |link, buf, from, to, now| {
@@ -249,11 +259,19 @@ mod tests {
 
     impl Fake {
         fn new(legacy: bool) -> Fake {
+            Fake::with_keys(legacy, None)
+        }
+
+        /// A dispatcher given `latestKeys` (JSON) when `Some`.
+        fn with_keys(legacy: bool, latest_keys: Option<&str>) -> Fake {
             let script = Script::default();
             script.wanted.set(true);
             let cache = js_sys::Map::new();
             let options = Object::new();
             Reflect::set(&options, &"cache".into(), &cache).unwrap();
+            if let Some(keys) = latest_keys {
+                Reflect::set(&options, &"latestKeys".into(), &JSON::parse(keys).unwrap()).unwrap();
+            }
             Fake { dispatch: Dispatch::new(legacy, script.clone(), &options), script, cache }
         }
 
@@ -529,7 +547,8 @@ mod tests {
             (!frame.is_undefined()).then(|| json(&Reflect::get(&frame, &"data".into()).unwrap()))
         }
 
-        /// The topics held of `site`, least recently updated first.
+        /// The slots held of `site` (`topic`, or `topic:key` for a keyed one), least recently
+        /// updated first.
         fn held_topics(&self, site: &str) -> Vec<String> {
             let topics = self.cache.get(&site.into());
             if topics.is_undefined() {
@@ -537,7 +556,7 @@ mod tests {
             }
             js_sys::Array::from(&topics.unchecked_ref::<js_sys::Map>().keys().into())
                 .iter()
-                .map(|t| t.as_string().unwrap())
+                .map(|t| t.as_string().unwrap().replace('\n', ":"))
                 .collect()
         }
     }
@@ -638,5 +657,154 @@ mod tests {
         assert_eq!(fake.take(), vec!["intern mrc first", "accept 3 mrc - -1", "route mrc w"]);
         assert_eq!(dispatched(), r#"[[null,1,{"site":"mrc","topic":"w"}]]"#);
         assert_eq!(fake.held("mrc", "w").as_deref(), Some("1"));
+    }
+
+    /// A `sitestatus`-like publication of kind `kind` (a JSON value) with payload `n`.
+    fn status(kind: &str, n: u32) -> String {
+        format!(r#"{{"statusType":{kind},"n":{n}}}"#)
+    }
+
+    const HELLO: &str = r#"{"type":"hello","version":2,"ping_interval_ms":25000,"max_subscriptions":10,"latest_keys":{"s":"statusType"}}"#;
+
+    #[wasm_bindgen_test]
+    fn a_keyed_topic_is_held_per_kind_by_the_rule_the_hello_announces() {
+        dispatched();
+        let fake = Fake::new(false);
+        let (ws, _detach) = socket(&fake, 1);
+        // Before the relay said anything: one slot per topic.
+        message(&ws, &pub_frame("mrc", "s", "e", 1, &status(r#""enclosure""#, 1)).into());
+        assert_eq!(fake.held_topics("mrc"), ["s"]);
+        message(&ws, &HELLO.into());
+        assert!(
+            fake.take().iter().any(|l| l.starts_with("other 1 {\"type\":\"hello\"")),
+            "the client still gets the hello"
+        );
+        let mut offset = 1;
+        let mut publish = |topic: &str, data: &str| {
+            offset += 1;
+            message(&ws, &pub_frame("mrc", topic, "e", offset, data).into());
+        };
+        publish("s", &status(r#""enclosure""#, 2));
+        publish("s", &status(r#""weather""#, 3));
+        publish("s", &status(r#""weather""#, 4));
+        publish("s", &status(r#""device:1.a-b_c""#, 5));
+        assert_eq!(fake.held_topics("mrc"), ["s", "s:enclosure", "s:weather", "s:device:1.a-b_c"]);
+        assert_eq!(fake.held("mrc", "s\nweather").as_deref(), Some(&*status(r#""weather""#, 4)));
+        assert_eq!(fake.held("mrc", "s\nenclosure").as_deref(), Some(&*status(r#""enclosure""#, 2)));
+        // Kept under the topic alone: no such field, not a string, not a name, not an object, or
+        // the field only nested.
+        let long = format!(r#""{}""#, "x".repeat(65));
+        for (i, unkeyed) in [
+            r#"{"n":6}"#.to_owned(),
+            status("3", 7),
+            status("null", 8),
+            status(r#""has space""#, 9),
+            status(r#""""#, 10),
+            status(&long, 11),
+            status(r#"["weather"]"#, 12),
+            r#"["weather"]"#.to_owned(),
+            r#""weather""#.to_owned(),
+            "null".to_owned(),
+            r#"{"status":{"statusType":"weather"}}"#.to_owned(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            publish("s", &unkeyed);
+            assert_eq!(fake.held("mrc", "s").as_deref(), Some(unkeyed.as_str()), "case {i}");
+            assert_eq!(fake.held_topics("mrc").len(), 4, "case {i}: no new slot");
+        }
+        let long_ok = format!(r#""{}""#, "x".repeat(64));
+        publish("s", &status(&long_ok, 13));
+        // Another topic's field of that name means nothing.
+        publish("t", &status(r#""weather""#, 14));
+        assert_eq!(fake.held_topics("mrc").len(), 6);
+        assert_eq!(fake.held("mrc", "t").as_deref(), Some(&*status(r#""weather""#, 14)));
+        // A relay that announces no rule (a later connection): one slot per topic again.
+        message(&ws, &r#"{"type":"hello","version":2,"ping_interval_ms":25000,"max_subscriptions":10}"#.into());
+        message(&ws, &pub_frame("mrc", "s", "e", 100, &status(r#""rain""#, 15)).into());
+        assert_eq!(fake.held("mrc", "s").as_deref(), Some(&*status(r#""rain""#, 15)));
+        assert_eq!(fake.held("mrc", "s\nrain"), None);
+    }
+
+    #[wasm_bindgen_test]
+    fn a_latest_publication_is_dropped_only_if_its_own_kind_is_held_as_new() {
+        dispatched();
+        let fake = Fake::new(false);
+        fake.listen("");
+        fake.listen_latest();
+        let (ws, _detach) = socket(&fake, 1);
+        message(&ws, &HELLO.into());
+        // Weather received live at 500; the enclosure's latest, published at 12, still comes.
+        message(&ws, &pub_frame("mrc", "s", "e", 500, &status(r#""weather""#, 1)).into());
+        assert_eq!(dispatched_data(), [serde_json::json!({"statusType": "weather", "n": 1})]);
+        let text = [
+            latest_frame("mrc", "s", "e", 12, &status(r#""enclosure""#, 2)),
+            latest_frame("mrc", "s", "e", 500, &status(r#""weather""#, 1)),
+            latest_frame("mrc", "s", "e", 499, &status(r#""weather""#, 0)),
+        ]
+        .join("\n");
+        message(&ws, &text.into());
+        assert_eq!(
+            dispatched(),
+            r#"[["latest",{"statusType":"enclosure","n":2},{"site":"mrc","topic":"s","epoch":"e","offset":12,"latest":true}]]"#,
+            "the enclosure's, not the weather held already"
+        );
+        // Asked again (another listener): both held, nothing handed out twice.
+        let text = [
+            latest_frame("mrc", "s", "e", 12, &status(r#""enclosure""#, 2)),
+            latest_frame("mrc", "s", "e", 500, &status(r#""weather""#, 1)),
+        ];
+        message(&ws, &text.join("\n").into());
+        assert_eq!(dispatched(), "[]");
+        // A newer one of a kind (a gap not recovered) is handed out; the other kind is left alone.
+        message(&ws, &latest_frame("mrc", "s", "e", 600, &status(r#""enclosure""#, 3)).into());
+        assert_eq!(dispatched_data(), [serde_json::json!({"statusType": "enclosure", "n": 3})]);
+        assert_eq!(fake.held("mrc", "s\nweather").as_deref(), Some(&*status(r#""weather""#, 1)));
+        // Without keys (a topic not in the rule), the weather held hides the older enclosure.
+        message(&ws, &pub_frame("mrc", "u", "e", 700, &status(r#""weather""#, 4)).into());
+        dispatched();
+        message(&ws, &latest_frame("mrc", "u", "e", 13, &status(r#""enclosure""#, 5)).into());
+        assert_eq!(dispatched(), "[]");
+    }
+
+    #[wasm_bindgen_test]
+    fn the_bound_counts_slots_least_recently_updated_first() {
+        dispatched();
+        let fake = Fake::new(false);
+        let (ws, _detach) = socket(&fake, 1);
+        message(&ws, &HELLO.into());
+        message(&ws, &pub_frame("mrc", "t", "e", 1, "0").into());
+        for i in 1..64 {
+            message(&ws, &pub_frame("mrc", "s", "e", i + 1, &status(&format!(r#""k{i}""#), i)).into());
+        }
+        let slots = fake.held_topics("mrc");
+        assert_eq!((slots.len(), slots[0].as_str(), slots[63].as_str()), (64, "t", "s:k63"));
+        // t updated, then a 65th slot: the least recently updated (k1) goes.
+        message(&ws, &pub_frame("mrc", "t", "e", 65, "1").into());
+        message(&ws, &pub_frame("mrc", "s", "e", 66, &status(r#""k64""#, 64)).into());
+        let slots = fake.held_topics("mrc");
+        assert_eq!(slots.len(), 64);
+        assert_eq!((slots[0].as_str(), slots[62].as_str(), slots[63].as_str()), ("s:k2", "t", "s:k64"));
+        assert_eq!(fake.held("mrc", "s\nk1"), None);
+    }
+
+    #[wasm_bindgen_test]
+    fn keys_given_by_the_app_win_over_the_relays_and_serve_the_legacy_protocol() {
+        dispatched();
+        let fake = Fake::with_keys(false, Some(r#"{"s":"kind"}"#));
+        let (ws, _detach) = socket(&fake, 1);
+        message(&ws, &HELLO.into());
+        message(&ws, &pub_frame("mrc", "s", "e", 1, r#"{"kind":"a","statusType":"weather"}"#).into());
+        message(&ws, &pub_frame("mrc", "s", "e", 2, r#"{"kind":"b","statusType":"weather"}"#).into());
+        assert_eq!(fake.held_topics("mrc"), ["s:a", "s:b"]);
+
+        let legacy = Fake::with_keys(true, Some(r#"{"sitestatus":"statusType"}"#));
+        let (ws, _detach) = socket(&legacy, 2);
+        for kind in ["enclosure", "weather", "weather"] {
+            let frame = format!(r#"{{"site":"mrc","topic":"sitestatus","data":{{"statusType":"{kind}"}}}}"#);
+            message(&ws, &frame.into());
+        }
+        assert_eq!(legacy.held_topics("mrc"), ["sitestatus:enclosure", "sitestatus:weather"]);
     }
 }
