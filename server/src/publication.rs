@@ -186,7 +186,8 @@ impl LatestKeys {
 }
 
 /// The string value of the top-level field `field` of `data`, if `data` is an object that has one.
-/// Skips every other value without building it, however large.
+/// Skips every other value without building it, however large. A repeated field counts by its
+/// last value, as a browser's `JSON.parse` reads it.
 fn string_field_of(data: &RawValue, field: &str) -> Option<String> {
     use std::borrow::Cow;
 
@@ -204,7 +205,7 @@ fn string_field_of(data: &RawValue, field: &str) -> Option<String> {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut found = None;
             while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                if found.is_none() && key == self.0 {
+                if key == self.0 {
                     let value: &'de RawValue = map.next_value()?;
                     found = serde_json::from_str::<String>(value.get()).ok();
                 } else {
@@ -371,6 +372,12 @@ mod tests {
             Some("weather")
         );
         assert_eq!(key("other", enclosure), None, "only the topics named");
+        assert_eq!(
+            key("sitestatus", r#"{"statusType":"a","statusType":"b"}"#).as_deref(),
+            Some("b"),
+            "the last, as JSON.parse"
+        );
+        assert_eq!(key("sitestatus", r#"{"statusType":"a","statusType":1}"#), None);
         for unkeyed in [
             r#"{"status":{"statusType":"nested only"}}"#,
             r#"{"statusType":3}"#,
