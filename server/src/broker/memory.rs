@@ -31,8 +31,9 @@ struct SiteStream {
     offset: u64,
     /// Newest last; bounded by [`HistoryOptions`].
     history: VecDeque<Arc<Publication>>,
-    /// The latest publication of each topic (and key); bounded by [`HistoryOptions`].
-    latest: HashMap<Slot, Arc<Publication>>,
+    /// The latest publication of each topic (and key), with its offset at hand for the scan
+    /// for the least recent; bounded by [`HistoryOptions`].
+    latest: HashMap<Slot, (u64, Arc<Publication>)>,
 }
 
 /// Keys seen within the dedupe window, with their expiry kept in arrival order.
@@ -150,7 +151,7 @@ impl MemoryBroker {
             Latest::Of(topics) => {
                 let now = Instant::now();
                 let ttl = self.options.latest_ttl;
-                let mut latest: Vec<_> = (stream.latest.values())
+                let mut latest: Vec<_> = (stream.latest.values().map(|(_, p)| p))
                     .filter(|p| wants(topics, &p.topic) && now.duration_since(p.published_at) <= ttl)
                     .cloned()
                     .collect();
@@ -174,7 +175,7 @@ impl MemoryBroker {
             let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
             trim(&mut stream.history, &self.options, now);
             let ttl = self.options.latest_ttl;
-            stream.latest.retain(|_, p| now.duration_since(p.published_at) <= ttl);
+            stream.latest.retain(|_, (_, p)| now.duration_since(p.published_at) <= ttl);
         }
         self.dedupe.lock().unwrap_or_else(|e| e.into_inner()).expire(self.options.dedupe_window, now);
     }
@@ -182,10 +183,11 @@ impl MemoryBroker {
 
 /// Makes `publication` its topic's latest, and drops the least recently published topic past
 /// `limit` (a scan, only when a new topic overflows the set).
-fn remember_latest(latest: &mut HashMap<Slot, Arc<Publication>>, publication: &Arc<Publication>, limit: usize) {
+fn remember_latest(latest: &mut HashMap<Slot, (u64, Arc<Publication>)>, publication: &Arc<Publication>, limit: usize) {
     let slot = (publication.topic.clone(), publication.latest_key.clone());
-    if latest.insert(slot, publication.clone()).is_none() && latest.len() > limit {
-        let oldest = latest.iter().min_by_key(|(_, p)| p.position.offset).map(|(slot, _)| slot.clone());
+    let entry = (publication.position.offset, publication.clone());
+    if latest.insert(slot, entry).is_none() && latest.len() > limit {
+        let oldest = latest.iter().min_by_key(|(_, (offset, _))| *offset).map(|(slot, _)| slot.clone());
         if let Some(slot) = oldest {
             latest.remove(&slot);
         }
