@@ -122,6 +122,7 @@ pub async fn get(
     let latest = (snapshot.latest.iter())
         .map(|p| Entry { topic: &p.topic, key: p.latest_key.as_deref(), offset: p.position.offset, data: &p.data })
         .collect();
+    state.metrics.latest_sent("http", snapshot.latest.len());
     let body = Body { site: &site, epoch: &snapshot.epoch, offset: snapshot.top, latest };
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }

@@ -42,6 +42,11 @@ struct TaskLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ViaLabel {
+    via: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabel {
     protocol: &'static str,
 }
@@ -93,6 +98,7 @@ pub struct Metrics {
     /// Publications a node delivered from a site's Redis stream because its channel missed them
     /// (a gap, or a pub/sub reconnect).
     pub redis_filled: Counter,
+    latest_sent: Family<ViaLabel, Counter>,
     task_restarts: Family<TaskLabel, Counter>,
     /// Seconds from a publication's acceptance until it sat in every local subscriber's queue.
     pub fanout_seconds: Histogram,
@@ -160,6 +166,12 @@ impl Metrics {
             "Publications delivered from a Redis stream because the channel missed them",
             redis_filled.clone(),
         );
+        let latest_sent = Family::<ViaLabel, Counter>::default();
+        registry.register(
+            "latest_sent",
+            "Topics' latest publications sent, by way: a v2 subscribe (\"subscribe\") or GET /sites/<site>/latest (\"http\")",
+            latest_sent.clone(),
+        );
         let task_restarts = Family::<TaskLabel, Counter>::default();
         registry.register(
             "task_restarts",
@@ -197,6 +209,7 @@ impl Metrics {
             redis_errors,
             redis_reconnects,
             redis_filled,
+            latest_sent,
             task_restarts,
             fanout_seconds,
             delivery_seconds,
@@ -241,6 +254,11 @@ impl Metrics {
     /// Counts a failed Redis call.
     pub fn redis_error(&self, op: &'static str) {
         self.redis_errors.get_or_create(&OpLabel { op }).inc();
+    }
+
+    /// Counts `n` latest publications sent `via` a subscribe or HTTP.
+    pub fn latest_sent(&self, via: &'static str, n: usize) {
+        self.latest_sent.get_or_create(&ViaLabel { via }).inc_by(n as u64);
     }
 
     /// Counts a restart of a background task.

@@ -115,6 +115,8 @@ async fn a_latest_subscribe_gets_every_topics_latest_first_then_live() {
     assert_eq!(frames[1]["data"], json!({"n": 500}));
     assert_eq!(frames[0]["epoch"], ack["epoch"]);
 
+    let (_, metrics) = get_text(&s.url("/metrics")).await;
+    assert_eq!(metric(&metrics, r#"datastream_latest_sent_total{via="subscribe"}"#), 2.0, "{metrics}");
     publish(&s, "mrc", "weather", json!({"n": 501})).await;
     let live = ws.next().await;
     assert_eq!((live["offset"].as_u64(), live.get("latest")), (Some(502), None), "live, unmarked: {live}");
@@ -310,6 +312,8 @@ async fn get_latest_answers_json_with_filters_and_clear_errors() {
     }
     let (status, headers, body) = get(&s.url("/sites/mrc/latest"), &[]).await;
     assert_eq!(status, 200, "{body}");
+    let (_, metrics) = get_text(&s.url("/metrics")).await;
+    assert_eq!(metric(&metrics, r#"datastream_latest_sent_total{via="http"}"#), 2.0);
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(headers["cache-control"], "no-store");
     let epoch = body["epoch"].as_str().unwrap();
@@ -503,4 +507,22 @@ async fn sitestatus_keeps_the_latest_of_each_status_type() {
     let (_, _, body) = get(&plain.url("/sites/mrc/latest"), &[]).await;
     assert_eq!(body["latest"].as_array().unwrap().len(), 1);
     assert!(body["latest"][0].get("key").is_none());
+}
+
+/// `DATASTREAM_LATEST_TOPICS=0` turns the feature off: nothing kept, nothing announced, and a
+/// `latest` subscribe is answered with none.
+#[tokio::test]
+async fn latest_topics_zero_turns_it_off() {
+    let s = TestServer::start(&["--latest-topics", "0"]).await;
+    publish(&s, "mrc", "phase", json!("open")).await;
+    let mut req = s.ws_url("/dev").into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "datastream.v2".parse().unwrap());
+    let (ws, _) = within(tokio_tungstenite::connect_async(req)).await.unwrap();
+    let mut ws = Conn { ws, pending: VecDeque::new() };
+    let hello = ws.next().await;
+    assert!(hello.get("latest_keys").is_none(), "{hello}");
+    let (ack, frames) = subscribe(&mut ws, json!({"site": "mrc", "latest": true})).await;
+    assert_eq!((ack["offset"].as_u64(), ack["latest"].as_u64(), frames.len()), (Some(1), Some(0), 0));
+    let (status, _, body) = get(&s.url("/sites/mrc/latest"), &[]).await;
+    assert_eq!((status, body["offset"].as_u64(), body["latest"].clone()), (200, Some(1), json!([])));
 }

@@ -156,6 +156,7 @@ impl V2 {
             _ => 0,
         };
         let latest = snapshot.latest_after(seen, &replay);
+        state.metrics.latest_sent("subscribe", latest.len());
         let ack = ServerFrame::Subscribed {
             id: req.id,
             site: req.site.to_string(),
