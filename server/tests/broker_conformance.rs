@@ -399,3 +399,22 @@ async fn redis_a_new_epoch_starts_without_the_old_latest_values() {
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("test:{nobody}*").query_async(&mut conn).await.unwrap();
     assert!(keys.is_empty(), "{keys:?}");
 }
+
+/// A site that stops publishing leaves no history behind in Redis once it is too old to replay:
+/// the stream expires after the history TTL; the position (`meta`) stays.
+#[tokio::test]
+async fn redis_a_quiet_sites_history_expires_and_its_position_stays() {
+    let b = redis(options(100, Duration::from_millis(300))).await;
+    publish(&b, "mrc", "t", 1).await;
+    let Some(server) = &b._redis else { unreachable!() };
+    let mut conn = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = ::redis::cmd("PTTL").arg("test:{mrc}:stream").query_async(&mut conn).await.unwrap();
+    assert!((1..=300).contains(&ttl), "stream TTL {ttl} ms");
+    let ttl: i64 = ::redis::cmd("PTTL").arg("test:{mrc}:meta").query_async(&mut conn).await.unwrap();
+    assert_eq!(ttl, -1, "the position is kept");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let exists: i64 = ::redis::cmd("EXISTS").arg("test:{mrc}:stream").query_async(&mut conn).await.unwrap();
+    assert_eq!(exists, 0);
+    let next = publish(&b, "mrc", "t", 2).await;
+    assert_eq!(next.offset, 2, "offsets go on in the same epoch");
+}

@@ -3,7 +3,8 @@
 //! Per site, with `{site}` as the cluster hash tag so one script touches one slot:
 //! - `<prefix>:{site}:meta` — hash with the site's `epoch` and last `offset`;
 //! - `<prefix>:{site}:stream` — a stream holding the history (MAXLEN = history size, trimmed by
-//!   age with MINID on every publish);
+//!   age with MINID on every publish, and expiring after the history TTL without a publish: what a
+//!   site that went quiet held is too old to replay by then);
 //! - `<prefix>:{site}:dedupe:<key>` — `SET NX PX` marker of an idempotency key;
 //! - `<prefix>:{site}:latest` — hash: topic (`<topic>\n<key>` for a topic of
 //!   [`LatestKeys`](crate::publication::LatestKeys)) → its latest publication,
@@ -93,6 +94,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'o', offset, 't', ARGV[2], '
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XTRIM', KEYS[2], 'MINID', now_ms - tonumber(ARGV[7]))
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
 local keep = tonumber(ARGV[9])
 if keep > 0 then
   redis.call('HSET', KEYS[4], ARGV[11], offset .. ':' .. now_ms .. ':' .. ARGV[3])
