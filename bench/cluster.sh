@@ -37,9 +37,6 @@ trap 'cluster_down; bench_cleanup' EXIT
 # Heartbeats every 5 minutes, as in bench/run.sh: none falls in a measured phase.
 export DATASTREAM_PING_INTERVAL=5m DATASTREAM_CLIENT_TIMEOUT=10m DATASTREAM_LOG=warn
 
-# CPU seconds (user + system) of a process.
-cpu() { python3 -c 'import os, sys; f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))' "$1"; }
-
 # record KIND LABEL FILE: appends the load tool's report with its kind and label.
 record() {
     python3 - "$1" "$2" "$3" >>"$JSONL" <<'PY'
@@ -103,12 +100,7 @@ print(json.dumps(r))
 PY
 
 step "what one Redis sustains with the publish script alone (redis-benchmark, 3 channel subscribers)"
-sha=$(python3 - <<'PY' | redis-cli -p "$CL_REDIS_PORT" -x SCRIPT LOAD
-src = open("server/src/broker/redis.rs").read()
-start = src.index('const PUBLISH_LUA: &str = r#"') + len('const PUBLISH_LUA: &str = r#"')
-print(src[start:src.index('"#;', start)], end="")
-PY
-)
+sha=$(load_publish_script "$CL_REDIS_PORT")
 for _ in 1 2 3; do
     redis-cli -p "$CL_REDIS_PORT" SUBSCRIBE bench:pub >/dev/null 2>&1 &
     PIDS+=($!)

@@ -4,7 +4,7 @@
 #                          on the machine disturbs the figures less
 #   WORK                   a scratch directory, removed at exit
 #   PIDS                   processes to stop at exit (append with PIDS+=("$!"))
-# and defines free_port and wait_port PORT.
+# and defines free_port, wait_port PORT, cpu PID and load_publish_script PORT.
 
 NICE=(nice -n "${BENCH_NICE:--10}")
 if [ "$(nproc)" -ge 2 ]; then
@@ -35,4 +35,17 @@ wait_port() {
     done
     echo "nothing listens on port $1" >&2
     return 1
+}
+
+# CPU seconds (user + system) of a process.
+cpu() { python3 -c 'import os, sys; f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))' "$1"; }
+
+# Loads the relay's Redis publish script (as in server/src/broker/redis.rs) into the Redis on PORT;
+# prints its SHA for EVALSHA.
+load_publish_script() {
+    python3 - <<'PY' | redis-cli -p "$1" -x SCRIPT LOAD
+src = open("server/src/broker/redis.rs").read()
+start = src.index('const PUBLISH_LUA: &str = r#"') + len('const PUBLISH_LUA: &str = r#"')
+print(src[start:src.index('"#;', start)], end="")
+PY
 }

@@ -31,9 +31,6 @@ source "$ROOT/bench/lib.sh"
 command -v redis-server >/dev/null || need_apt redis-server
 export DATASTREAM_LOG=warn DATASTREAM_PING_INTERVAL=5m DATASTREAM_CLIENT_TIMEOUT=10m
 
-# CPU seconds (user + system) of a process.
-cpu() { python3 -c 'import os, sys; f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))' "$1"; }
-
 REDIS_PORT=$(free_port)
 "${SERVER_CPU[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$WORK" >"$WORK/redis.log" 2>&1 &
@@ -83,12 +80,7 @@ for broker in memory redis; do
 done
 
 step "the Redis publish script alone (redis-benchmark, 16 connections, pipeline 16)"
-sha=$(python3 - <<'PY' | redis-cli -p "$REDIS_PORT" -x SCRIPT LOAD
-src = open("server/src/broker/redis.rs").read()
-start = src.index('const PUBLISH_LUA: &str = r#"') + len('const PUBLISH_LUA: &str = r#"')
-print(src[start:src.index('"#;', start)], end="")
-PY
-)
+sha=$(load_publish_script "$REDIS_PORT")
 data=$(python3 -c 'print("{\"seq\":1,\"t\":1,\"pad\":\"" + "x" * 150 + "\"}")')
 for keep in 0 64; do
     for rep in $(seq 1 "$REPEAT"); do

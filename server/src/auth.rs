@@ -32,6 +32,13 @@ use tracing::{debug, info, warn};
 
 use crate::Config;
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case, RFC 7235).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Least time between two JWKS fetches triggered by unknown key ids.
 const MIN_REFETCH: Duration = Duration::from_secs(30);
 
@@ -323,6 +330,21 @@ mod tests {
         Arc,
         atomic::{AtomicUsize, Ordering},
     };
+
+    #[test]
+    fn bearer_reads_the_token_whatever_the_schemes_case() {
+        let with = |value: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            bearer(&h).map(str::to_owned)
+        };
+        assert_eq!(with("Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(with("bearer abc").as_deref(), Some("abc"));
+        assert_eq!(with("BEARER  abc ").as_deref(), Some("abc"));
+        assert_eq!(with("Basic abc"), None);
+        assert_eq!(with("Bearerabc"), None);
+        assert_eq!(bearer(&axum::http::HeaderMap::new()), None);
+    }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef-unit";
     const ES256_PEM: &[u8] = include_bytes!("../../tests/keys/es256-test-private.pem");

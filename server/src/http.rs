@@ -25,7 +25,7 @@ use tower_http::services::ServeDir;
 use tracing::debug;
 
 use crate::{
-    AppState,
+    AppState, Config,
     auth::Grant,
     broker::Broker,
     client_addr,
@@ -53,6 +53,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         None => router.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }),
     };
     router.with_state(state)
+}
+
+/// Whether a browser request's `Origin` is one of `DATASTREAM_ALLOWED_ORIGINS` (any, when empty);
+/// the refused origin otherwise. Requests without one (not from a web page) pass.
+pub(crate) fn origin_allowed<'h>(config: &Config, headers: &'h HeaderMap) -> Result<(), &'h str> {
+    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some(origin) if !config.allowed_origins.is_empty() && !config.allowed_origins.iter().any(|o| o == origin) => {
+            Err(origin)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -117,10 +128,7 @@ async fn connect(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
-        && !state.config.allowed_origins.is_empty()
-        && !state.config.allowed_origins.iter().any(|o| o == origin)
-    {
+    if let Err(origin) = origin_allowed(&state.config, &headers) {
         return refuse(StatusCode::FORBIDDEN, "origin", format!("origin {origin} is not allowed\n"));
     }
     if state.is_draining() {

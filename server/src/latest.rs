@@ -27,7 +27,11 @@ use serde::Serialize;
 use serde_json::{json, value::RawValue};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::{AppState, Config};
+use crate::{
+    AppState, Config, auth,
+    http::origin_allowed,
+    hub::{TopicsError, distinct_topics},
+};
 
 /// One topic's latest publication.
 #[derive(Serialize)]
@@ -75,34 +79,20 @@ pub async fn get(
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
-        && !state.config.allowed_origins.is_empty()
-        && !state.config.allowed_origins.iter().any(|o| o == origin)
-    {
+    if let Err(origin) = origin_allowed(&state.config, &headers) {
         return error(StatusCode::FORBIDDEN, format!("origin {origin} is not allowed"));
     }
     let names = &state.validator.names;
     if let Err(e) = names.check_site(&site) {
         return error(StatusCode::BAD_REQUEST, format!("invalid site: {e}"));
     }
-    let mut topics: Vec<&str> = query.iter().filter(|(k, _)| k == "topic").map(|(_, v)| v.as_str()).collect();
-    topics.sort_unstable();
-    topics.dedup();
-    let max_topics = state.config.max_topics as usize;
-    if topics.len() > max_topics {
-        return error(StatusCode::BAD_REQUEST, format!("at most {max_topics} topics"));
-    }
-    for topic in &topics {
-        if let Err(e) = names.check_topic(topic) {
-            return error(StatusCode::BAD_REQUEST, format!("invalid topic: {e}"));
-        }
-    }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    let token = bearer.or_else(|| query.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str()));
+    let asked = query.iter().filter(|(k, _)| k == "topic").map(|(_, v)| v.as_str());
+    let topics = match distinct_topics(names, state.config.max_topics as usize, asked) {
+        Ok(topics) => topics,
+        Err(TopicsError::TooMany(max)) => return error(StatusCode::BAD_REQUEST, format!("at most {max} topics")),
+        Err(TopicsError::Invalid(e)) => return error(StatusCode::BAD_REQUEST, format!("invalid topic: {e}")),
+    };
+    let token = auth::bearer(&headers).or_else(|| query.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str()));
     let grant = match state.auth.verify(token).await {
         Ok(grant) => grant,
         Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),

@@ -80,6 +80,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Open connections per address.
     pub ip_limiter: Arc<IpLimiter>,
+    /// The v2 hello frame, the same for every connection.
+    pub v2_hello: axum::extract::ws::Utf8Bytes,
 }
 
 impl AppState {

@@ -36,6 +36,7 @@ use crate::{
     proxy_protocol::Listener,
     publication::Validator,
     serve::serve,
+    session::v2::V2,
     supervise::{Supervisor, until_stopped},
 };
 
@@ -81,6 +82,7 @@ impl Server {
         let ip_limiter = IpLimiter::new(config.max_connections_per_ip);
         let state = AppState {
             validator: Validator { names: config.name_rules(), max_message_bytes: config.max_message_bytes },
+            v2_hello: V2::hello_frame(&config),
             readiness: Readiness {
                 sqs_enabled: config.sqs_queue.is_some(),
                 sqs_ok: AtomicBool::new(false),

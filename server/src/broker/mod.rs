@@ -19,7 +19,7 @@ use crate::{
     publication::{LatestKeys, Position, Publication, PublishRequest},
 };
 
-/// How much history a broker keeps per site.
+/// What a broker keeps per site: history, idempotency keys, and each topic's latest publication.
 #[derive(Debug, Clone)]
 pub struct HistoryOptions {
     /// Most publications kept per site.

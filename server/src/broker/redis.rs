@@ -39,6 +39,7 @@
 //! left waiting for one to reveal its gap.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     fmt,
     sync::{
@@ -331,9 +332,9 @@ impl RedisBroker {
         let site = &*req.site;
         let dedupe = req.idempotency_key.as_deref().map(|k| self.key(site, &format!("dedupe:{k}"))).unwrap_or_default();
         // A topic cannot hold a newline, so `<topic>\n<key>` names one topic's key unambiguously.
-        let slot = match self.options.latest_keys.key_of(&req.topic, &req.data) {
-            Some(key) if self.options.latest_topics > 0 => format!("{}\n{key}", req.topic),
-            _ => req.topic.to_string(),
+        let slot: Cow<'_, str> = match self.options.latest_keys.key_of(&req.topic, &req.data) {
+            Some(key) if self.options.latest_topics > 0 => format!("{}\n{key}", req.topic).into(),
+            _ => Cow::Borrowed(&req.topic),
         };
         let mut invocation = self.publish_script.prepare_invoke();
         invocation
@@ -352,7 +353,7 @@ impl RedisBroker {
             .arg(self.channel(site))
             .arg(self.options.latest_topics)
             .arg(self.options.latest_ttl.as_millis() as u64)
-            .arg(slot);
+            .arg(&*slot);
         let mut conn = self.conn.clone();
         let result: (String, u64) = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn))
             .await

@@ -38,6 +38,8 @@ pub use inbox::{Empty, Event, Inbox};
 pub use outbox::Outbox;
 pub use writers::Batch;
 
+use datastream_protocol::{NameError, NameRules};
+
 use crate::{metrics::Metrics, publication::Publication};
 use writers::Writer;
 
@@ -68,6 +70,34 @@ impl Subscriber {
 /// Whether a subscription with filter `topics` wants `topic`.
 pub fn wants(topics: Option<&[Arc<str>]>, topic: &str) -> bool {
     topics.is_none_or(|t| t.iter().any(|x| &**x == topic))
+}
+
+/// Why a list of topics (a subscribe's `topics` or `latest`, a `?topic=` query) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicsError {
+    /// More distinct names than the limit.
+    TooMany(usize),
+    /// A name breaking the rules.
+    Invalid(NameError),
+}
+
+/// `topics` without repeats (which count once), sorted, each checked against the name rules. The
+/// limit is checked before any name, so a huge list costs little.
+pub fn distinct_topics<'a>(
+    names: &NameRules,
+    max: usize,
+    topics: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<&'a str>, TopicsError> {
+    let mut unique: Vec<&str> = topics.into_iter().collect();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() > max {
+        return Err(TopicsError::TooMany(max));
+    }
+    for topic in &unique {
+        names.check_topic(topic).map_err(TopicsError::Invalid)?;
+    }
+    Ok(unique)
 }
 
 type Shard = RwLock<HashMap<Arc<str>, HashMap<ConnId, Subscriber>>>;

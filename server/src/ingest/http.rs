@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::{
-    AppState, Config,
+    AppState, Config, auth,
     broker::PublishOutcome,
     metrics::Source,
     publication::{InvalidMessage, PublishRequest},
@@ -107,11 +107,7 @@ impl IntoResponse for PublishError {
 fn authorize(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Result<(), PublishError> {
     match &config.publish_token {
         Some(token) => {
-            let presented = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
+            let presented = auth::bearer(headers).unwrap_or("");
             if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
                 Ok(())
             } else {

@@ -6,6 +6,7 @@ use std::{future::Future, sync::Arc, time::UNIX_EPOCH};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use datastream_protocol::{
+    NameRules,
     error::{ErrorCode, ErrorFrame},
     v2::{ClientFrame, LatestWanted, ServerFrame, StreamPosition},
 };
@@ -13,9 +14,9 @@ use tracing::warn;
 
 use super::{Protocol, Registration, Start};
 use crate::{
-    AppState,
+    AppState, Config,
     broker::Latest,
-    hub::{self, TopicFilter},
+    hub::{self, TopicFilter, TopicsError},
 };
 
 /// A v2 connection. Its sites live in the [`Registration`]; what a subscribe's snapshot covered is
@@ -51,6 +52,20 @@ pub enum WantLatest {
     Topics(TopicFilter),
 }
 
+/// A subscribe's list of topics, checked ([`hub::distinct_topics`]), or the error frame refusing it.
+fn check_topics<'a>(
+    names: &NameRules,
+    max: usize,
+    id: Option<u64>,
+    list: &'a [String],
+    what: &str,
+) -> Result<Vec<&'a str>, ErrorFrame> {
+    hub::distinct_topics(names, max, list.iter().map(String::as_str)).map_err(|e| match e {
+        TopicsError::TooMany(max) => refuse(id, ErrorCode::TooManyTopics, format!("at most {max} topics {what}")),
+        TopicsError::Invalid(e) => refuse(id, ErrorCode::InvalidTopic, e.to_string()),
+    })
+}
+
 fn refuse(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> ErrorFrame {
     ErrorFrame { id, code, message: message.into() }
 }
@@ -71,17 +86,8 @@ impl V2 {
     ) -> Result<SubscribeRequest, ErrorFrame> {
         let names = &state.validator.names;
         names.check_site(site).map_err(|e| refuse(id, ErrorCode::InvalidSite, e.to_string()))?;
-        // Repeats count once; the limit is checked before any name, so a huge list costs little.
-        let mut unique: Vec<&str> = topics.iter().map(String::as_str).collect();
-        unique.sort_unstable();
-        unique.dedup();
         let max_topics = state.config.max_topics as usize;
-        if unique.len() > max_topics {
-            return Err(refuse(id, ErrorCode::TooManyTopics, format!("at most {max_topics} topics per subscription")));
-        }
-        for topic in &unique {
-            names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
-        }
+        let unique = check_topics(names, max_topics, id, topics, "per subscription")?;
         if !reg.grant.allows(site) {
             return Err(refuse(id, ErrorCode::Forbidden, format!("not allowed to subscribe to {site:?}")));
         }
@@ -99,16 +105,7 @@ impl V2 {
             LatestWanted::No => WantLatest::No,
             LatestWanted::Unseen => WantLatest::Unseen,
             LatestWanted::Topics(asked) => {
-                let mut asked: Vec<&str> = asked.iter().map(String::as_str).collect();
-                asked.sort_unstable();
-                asked.dedup();
-                if asked.len() > max_topics {
-                    let message = format!("at most {max_topics} topics in \"latest\"");
-                    return Err(refuse(id, ErrorCode::TooManyTopics, message));
-                }
-                for topic in &asked {
-                    names.check_topic(topic).map_err(|e| refuse(id, ErrorCode::InvalidTopic, e.to_string()))?;
-                }
+                let mut asked = check_topics(names, max_topics, id, &asked, "in \"latest\"")?;
                 // Only topics the subscription receives (possibly none: the answer says 0).
                 asked.retain(|t| hub::wants(topics.as_deref(), t));
                 WantLatest::Topics(asked.into_iter().map(Arc::from).collect())
@@ -198,14 +195,19 @@ impl V2 {
         Ok(frames)
     }
 
-    /// The connection's first frame.
+    /// The connection's first frame (encoded once, at start: [`V2::hello_frame`]).
     pub fn hello(state: &AppState) -> Utf8Bytes {
+        state.v2_hello.clone()
+    }
+
+    /// Encodes the hello frame `config` implies.
+    pub fn hello_frame(config: &Config) -> Utf8Bytes {
         ServerFrame::Hello {
             version: 2,
-            ping_interval_ms: u64::try_from(state.config.ping_interval.as_millis()).unwrap_or(u64::MAX),
-            max_subscriptions: state.config.max_subscriptions,
-            latest_keys: if state.config.latest_topics > 0 {
-                state.config.latest_key_map().pairs().map(|(t, f)| (t.to_owned(), f.to_owned())).collect()
+            ping_interval_ms: u64::try_from(config.ping_interval.as_millis()).unwrap_or(u64::MAX),
+            max_subscriptions: config.max_subscriptions,
+            latest_keys: if config.latest_topics > 0 {
+                config.latest_key_map().pairs().map(|(t, f)| (t.to_owned(), f.to_owned())).collect()
             } else {
                 Default::default()
             },
