@@ -128,7 +128,8 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
-    /// A connection from which nothing (not even a pong) was heard for this long is closed.
+    /// A connection from which nothing (not even a pong) was heard for this long is closed; so
+    /// is one whose writes (a WebSocket's, or an HTTP response's) make no progress for this long.
     #[arg(long, env = "DATASTREAM_CLIENT_TIMEOUT", default_value = "35s", value_parser = humantime::parse_duration)]
     pub client_timeout: Duration,
 
@@ -164,6 +165,13 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_JWKS_REFRESH", default_value = "10m", value_parser = humantime::parse_duration)]
     pub jwks_refresh: Duration,
 
+    /// Sites a client without a token may read while client tokens are on (comma-separated site
+    /// codes, or `*` for every site): public pages next to logged-in users on one relay. A token
+    /// grants these too. Empty: every client needs a token. Only with `--jwt-secret` or `--jwks`
+    /// (without them every site is open anyway).
+    #[arg(long, env = "DATASTREAM_ANONYMOUS_SITES", value_delimiter = ',')]
+    pub anonymous_sites: Vec<String>,
+
     /// Required `aud` claim of client tokens, if set.
     #[arg(long, env = "DATASTREAM_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -188,6 +196,18 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
     pub max_connections_per_ip: usize,
 
+    /// Most open plain HTTP connections (publish, latest values, metrics, health, the demo's
+    /// files, WebSocket handshakes until they are upgraded); further connections are answered 503
+    /// and closed at once.
+    #[arg(long, env = "DATASTREAM_MAX_HTTP_CONNECTIONS", default_value_t = 4096)]
+    pub max_http_connections: usize,
+
+    /// Most open plain HTTP connections from one address, IPv6 per /64 (0: no limit); further
+    /// ones are answered 429 and closed at once. Connections from `--trusted-proxies` count only
+    /// toward the total (they carry many clients).
+    #[arg(long, env = "DATASTREAM_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_http_connections_per_ip: usize,
+
     /// Address ranges of the load balancers / reverse proxies in front of the relay
     /// (comma-separated CIDRs, e.g. `10.0.0.0/8,fd00::/8`). A request from one of them names its
     /// client in `X-Forwarded-For` (the rightmost entry that is not itself a trusted proxy), used
@@ -202,8 +222,9 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_PROXY_PROTOCOL", default_value_t = false)]
     pub proxy_protocol: bool,
 
-    /// Time allowed for a client to send its HTTP request headers (including the WebSocket
-    /// handshake) after connecting.
+    /// Time allowed for a client to send its first request's headers (including the WebSocket
+    /// handshake, and a PROXY header before them) after connecting; also the longest an idle
+    /// keep-alive HTTP connection is kept, and the time each later request's headers have.
     #[arg(long, env = "DATASTREAM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
@@ -318,6 +339,22 @@ impl Config {
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 32) {
             return Err(bad("--jwt-secret (DATASTREAM_JWT_SECRET)", "must be at least 32 bytes"));
+        }
+        let anonymous: Vec<&str> = self.anonymous_sites.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+        if !anonymous.is_empty() && self.jwt_secret.is_none() && self.jwks.is_none() {
+            return Err(bad(
+                "--anonymous-sites (DATASTREAM_ANONYMOUS_SITES)",
+                "has no effect without --jwt-secret or --jwks: every site is open to anyone then",
+            ));
+        }
+        if let Some(site) = anonymous.iter().find(|s| **s != "*" && self.name_rules().check_site(s).is_err()) {
+            return Err(bad(
+                "--anonymous-sites (DATASTREAM_ANONYMOUS_SITES)",
+                format!("{site:?} is not a site code (or *)"),
+            ));
+        }
+        if self.max_http_connections == 0 {
+            return Err(bad("--max-http-connections (DATASTREAM_MAX_HTTP_CONNECTIONS)", "must be at least 1"));
         }
         if self.max_connections == 0 {
             return Err(bad("--max-connections (DATASTREAM_MAX_CONNECTIONS)", "must be at least 1"));
@@ -458,6 +495,21 @@ mod tests {
         let err = parse(&["--latest-ttl", "0s"]).validate().unwrap_err();
         assert!(err.to_string().contains("DATASTREAM_LATEST_TTL"), "{err}");
         assert!(parse(&["--latest-topics", "0"]).validate().is_ok(), "0 turns it off");
+    }
+
+    #[test]
+    fn anonymous_sites_need_tokens_on_and_valid_names() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        assert!(parse(&["--jwt-secret", secret, "--anonymous-sites", "mrc,sro"]).validate().is_ok());
+        assert!(parse(&["--jwt-secret", secret, "--anonymous-sites", "*"]).validate().is_ok());
+        assert!(parse(&["--anonymous-sites", ""]).validate().is_ok(), "empty: none");
+        let err = parse(&["--anonymous-sites", "mrc"]).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("DATASTREAM_ANONYMOUS_SITES") && err.to_string().contains("no effect"),
+            "{err}"
+        );
+        let err = parse(&["--jwt-secret", secret, "--anonymous-sites", "mrc,a b"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATASTREAM_ANONYMOUS_SITES"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{AppState, auth::now_unix};
+use crate::{auth::now_unix, state::AppState};
 
 /// Sites the demo publishes for.
 pub const SITES: &[&str] = &["mrc", "mrc2", "saf", "sro", "tst"];

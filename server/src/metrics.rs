@@ -77,6 +77,8 @@ pub struct Metrics {
     pub connections_legacy: Gauge,
     /// Open v2 WebSocket connections.
     pub connections_v2: Gauge,
+    /// Open plain HTTP connections (not, or not yet, a WebSocket).
+    pub http_connections: Gauge,
     /// Subscriptions (connection × site) across all connections.
     pub subscriptions: Gauge,
     /// Sites with at least one local subscriber.
@@ -118,6 +120,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("datastream");
         let connections = Family::<ProtocolLabel, Gauge>::default();
         registry.register("connections", "Open WebSocket connections", connections.clone());
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Open plain HTTP connections (not, or not yet, a WebSocket)",
+            http_connections.clone(),
+        );
         let subscriptions = Gauge::default();
         registry.register("subscriptions", "Site subscriptions across all connections", subscriptions.clone());
         let sites = Gauge::default();
@@ -194,6 +202,7 @@ impl Metrics {
         Metrics {
             connections_legacy: connections.get_or_create_owned(&ProtocolLabel { protocol: "legacy" }),
             connections_v2: connections.get_or_create_owned(&ProtocolLabel { protocol: "v2" }),
+            http_connections,
             registry,
             subscriptions,
             sites,

@@ -17,8 +17,9 @@ use std::{
 
 use super::{HistoryOptions, Latest, PublishOutcome, Snapshot};
 use crate::{
-    hub::{Batch, Hub, wants},
+    hub::{Batch, Hub},
     publication::{Position, Publication, PublishRequest},
+    topics::wants,
 };
 
 /// Where a topic's latest publication is kept: its topic, and its key for a topic of

@@ -15,8 +15,9 @@ pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
 use crate::{
-    hub::{Batch, wants},
+    hub::Batch,
     publication::{LatestKeys, Position, Publication, PublishRequest},
+    topics::wants,
 };
 
 /// What a broker keeps per site: history, idempotency keys, and each topic's latest publication.

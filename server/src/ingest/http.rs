@@ -30,10 +30,12 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::{
-    AppState, Config, auth,
+    auth,
     broker::PublishOutcome,
+    config::Config,
     metrics::Source,
     publication::{InvalidMessage, PublishRequest},
+    state::AppState,
 };
 
 /// A refused publish request. The body never carries internal details.

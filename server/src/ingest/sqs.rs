@@ -23,7 +23,7 @@ use datastream_protocol::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::{AppState, broker::PublishOutcome, hub::Batch, metrics::Source};
+use crate::{broker::PublishOutcome, hub::Batch, metrics::Source, state::AppState};
 
 /// Retry delays after an SQS error.
 const RETRY: Backoff = Backoff { min: Duration::from_millis(200), max: Duration::from_secs(20) };
