@@ -4,7 +4,11 @@
 // DIR` wrote; checks every result (Fossil and VCDIFF: the published text; merge patch: equal
 // values) before timing. Prints Markdown tables.
 //
-//   node bench/delta/apply.mjs --data DIR [--rounds 7]
+//   node bench/delta/apply.mjs --data DIR [--rounds 7] [--wasm DIR]
+//
+// --wasm DIR: the wasm-bindgen output (--target web, wasm-opt'd to applier.wasm) of
+// bench/delta/wasm, and baseline.wasm, the same module applying nothing (bench/delta.sh builds
+// both): the applier's own bytes are their difference, and its calls are timed too.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -17,6 +21,7 @@ const args = process.argv.slice(2);
 const opt = (n, d) => { const i = args.indexOf(n); return i >= 0 ? args[i + 1] : d; };
 const dataDir = opt('--data');
 const rounds = Number(opt('--rounds', '7'));
+const wasmDir = opt('--wasm');
 if (!dataDir) throw new Error('--data DIR (written by deltabench --out DIR) is required');
 
 // esbuild and playwright-core: the copies the project's tools directory already has
@@ -44,6 +49,16 @@ for (const [name, entry] of Object.entries(ENTRIES)) {
   const code = await bundle(entry);
   sizes.push([name, Buffer.byteLength(code), gzipSync(code, { level: 9 }).length]);
 }
+let wasm = null;
+if (wasmDir) {
+  const gz = (f) => gzipSync(readFileSync(path.join(wasmDir, f)), { level: 9 }).length;
+  const [a, b] = [gz('applier.wasm'), gz('baseline.wasm')];
+  sizes.push([`Fossil, fossil-delta crate in WebAssembly (applier ${a} B gzip − same module applying nothing ${b} B)`, '–', a - b]);
+  wasm = {
+    glue: readFileSync(path.join(wasmDir, 'datastream_delta_wasm.js'), 'utf8'),
+    bytes: readFileSync(path.join(wasmDir, 'applier.wasm')).toString('base64'),
+  };
+}
 console.log('\n### What each applier adds to the SDK bundle\n');
 console.log('| applier | minified bytes | gzip -9 bytes |\n|---|---:|---:|');
 for (const [n, raw, gz] of sizes) console.log(`| ${n} | ${raw} | ${gz} |`);
@@ -64,11 +79,16 @@ try {
     const page = await browser.newPage();
     await page.setContent('<!doctype html><meta charset="utf-8"><title>delta apply</title>');
     await page.addScriptTag({ content: pageCode });
-    const result = await page.evaluate(({ texts, fossil, patches, vcdiff, rounds }) => {
+    const result = await page.evaluate(async ({ texts, fossil, patches, vcdiff, rounds, wasm }) => {
       const enc = new TextEncoder();
       const dec = new TextDecoder();
       const n = fossil.length;
       const b64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+      let W = null;
+      if (wasm) {
+        W = await import(URL.createObjectURL(new Blob([wasm.glue], { type: 'text/javascript' })));
+        W.initSync({ module: b64(wasm.bytes) });
+      }
       // Each run goes through the whole stream, each delta applied to the previous result.
       const runs = {
         'JSON.parse of the full data (what every publication costs today)': () => {
@@ -87,6 +107,14 @@ try {
           for (let i = 0; i < n; i++) x = JSON.parse(t = A.fossilApply(t, fossil[i]));
           return [x];
         },
+        ...(W ? {
+          'Fossil, fossil-delta crate in WebAssembly: apply (strings in and out)': () => {
+            const out = [];
+            let t = texts[0];
+            for (let i = 0; i < n; i++) out.push(t = W.fossilApply(t, fossil[i]));
+            return out;
+          },
+        } : {}),
         'Fossil, fossil-delta applyDelta on UTF-8 bytes: apply + decode': () => {
           const out = [];
           let b = enc.encode(texts[0]);
@@ -141,7 +169,7 @@ try {
       const times = {};
       for (const name of Object.keys(runs)) times[name] = (best[name] / n) * 1000;
       return { checks, times };
-    }, { texts: data.texts, fossil: data.fossil, patches: data.patches, vcdiff: data.vcdiff, rounds });
+    }, { texts: data.texts, fossil: data.fossil, patches: data.patches, vcdiff: data.vcdiff, rounds, wasm });
     await page.close();
     console.log(`\n### Applying in headless Chromium: ${data.stream} (${data.fossil.length} publications, µs per publication, best of ${rounds})\n`);
     console.log('| what | µs per publication | result checked |\n|---|---:|---|');
