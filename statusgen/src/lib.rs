@@ -23,6 +23,27 @@
 //! 32-bit generator (mulberry32) in the same order and format numbers with integer arithmetic
 //! only, so the same seed gives byte-identical streams: `digests.txt` holds a digest of the first
 //! publications of both streams, which the tests of both implementations check.
+//!
+//! # Use
+//!
+//! From a crate's tests (the relay's: `datastream-statusgen = { path = "../statusgen" }` under
+//! `[dev-dependencies]`) or the benchmarks:
+//!
+//! ```
+//! use datastream_statusgen::StatusStream;
+//!
+//! let mut device = StatusStream::device("mrc", 1);
+//! let data = device.next_data(); // the initial state, then a few seconds later each time
+//! let body = StatusStream::publication("mrc", &data); // {"site", "topic", "data"} for POST /publish
+//! assert!(body.len() > 18_000);
+//! let next: Vec<String> = device.take(10).collect(); // or as an iterator
+//! assert_eq!(next.len(), 10);
+//! ```
+//!
+//! From JavaScript (Node; in a page through a bundler, or hand it texts made in Node):
+//! `import { StatusStream } from '<root>/statusgen/statusgen.mjs'`, the same API in camel case
+//! (`StatusStream.device(site, seed).nextData()`, `.take(n)`, `StatusStream.publication(site,
+//! data)`); its tests run with `node --test statusgen/`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

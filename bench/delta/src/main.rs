@@ -16,7 +16,7 @@
 //! `--out DIR` also writes each stream with its encodings as JSON, for the browser half
 //! (`bench/delta/apply.mjs`), which measures applying them in Chromium.
 //!
-//!   deltabench [--count 500] [--rounds 5] [--seed 1] [--site mrc] [--out DIR]
+//!   deltabench [--count 500] [--rounds 5] [--seed 1] [--site mrc] [--out DIR] [--vcdiff on|off]
 
 mod deflate;
 mod merge;
@@ -39,10 +39,12 @@ struct Args {
     seed: u32,
     site: String,
     out: Option<PathBuf>,
+    /// Whether to run `xdelta3` (slow: one process per delta).
+    vcdiff: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args { count: 500, rounds: 5, seed: 1, site: "mrc".into(), out: None };
+    let mut a = Args { count: 500, rounds: 5, seed: 1, site: "mrc".into(), out: None, vcdiff: true };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -52,6 +54,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seed" => a.seed = v.parse()?,
             "--site" => a.site = v,
             "--out" => a.out = Some(v.into()),
+            "--vcdiff" => a.vcdiff = v == "on",
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -229,8 +232,11 @@ fn measure(args: &Args, title: &str, kind: Kind, restamp: bool, dir: &std::path:
     let vc_dir = dir.join(format!("vcdiff-{key}-{restamp}"));
     std::fs::create_dir_all(&vc_dir)?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let vcdiff: Option<Vec<String>> =
-        (1..=n).map(|i| vcdiff::delta(&vc_dir, &texts[i - 1], &texts[i]).map(|d| b64.encode(d))).collect();
+    let vcdiff: Option<Vec<String>> = if args.vcdiff {
+        (1..=n).map(|i| vcdiff::delta(&vc_dir, &texts[i - 1], &texts[i]).map(|d| b64.encode(d))).collect()
+    } else {
+        None
+    };
     if let Some(v) = &vcdiff {
         rows.push(Row {
             name: "VCDIFF (xdelta3 -9), base64",
