@@ -14,9 +14,9 @@
 //! - [`Kind::Weather`]: the weather station's status (22 leaves, about 1.4 KB) every 5–15 s, about
 //!   8 readings changing each time.
 //!
-//! A leaf's `timestamp` moves only when its value changes (as the brief for the delta work
-//! describes the real service); [`StatusStream::restamp_all`] makes every leaf's timestamp move on
-//! every publication instead, the worst case for any difference-based encoding.
+//! A leaf's `timestamp` moves only when its value changes; [`StatusStream::restamp_all`] makes
+//! every leaf's timestamp move on every publication instead (whether the real status service does
+//! that is not known here), the worst case for any difference-based encoding.
 //!
 //! The devices and fields are data (`schema.json`, shared with the JavaScript twin); what changes
 //! between publications is code, written the same way in both languages. Both draw from the same
