@@ -89,7 +89,7 @@ for keep in 0 64; do
         "${TOOL_CPU[@]}" redis-benchmark -p "$REDIS_PORT" -n 200000 -c 16 -P 16 -r 100 -q \
             EVALSHA "$sha" 5 'bench:{s__rand_int__}:meta' 'bench:{s__rand_int__}:stream' '' \
             'bench:{s__rand_int__}:latest' 'bench:{s__rand_int__}:latest:order' \
-            site bench "$data" 100 0123456789abcdef 300000 600000 bench:pub "$keep" 86400000 bench >"$WORK/lua.txt"
+            bench "$data" 100 0123456789abcdef 300000 600000 bench:pub "$keep" 86400000 bench 86400000 >"$WORK/lua.txt"
         r1=$(cpu "$REDIS_PID")
         python3 - "$WORK/lua.txt" "$r0" "$r1" "$keep" >>"$JSONL" <<'PY'
 import json, re, sys

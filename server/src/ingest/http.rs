@@ -196,29 +196,22 @@ pub async fn publish(
             state.metrics.malformed(Source::Http, error.reason());
         }
     })?;
-    let (mut accepted, mut duplicates) = (0usize, 0usize);
-    // One write per subscriber for the whole body, when it is flushed (or dropped, on an error).
-    let mut batch = state.hub.batch();
-    for req in requests {
-        if state.is_draining() {
-            return Err(PublishError::Unavailable { accepted });
-        }
-        match state.broker.publish_to(req, &mut batch).await {
-            Ok(PublishOutcome::Published(_)) => {
-                accepted += 1;
-                state.metrics.message_in(Source::Http);
-            }
-            Ok(PublishOutcome::Duplicate) => {
-                duplicates += 1;
-                state.metrics.duplicates.inc();
-            }
-            Err(e) => {
-                warn!(error = %e, "publish failed");
-                return Err(PublishError::Unavailable { accepted });
-            }
-        }
+    if state.is_draining() {
+        return Err(PublishError::Unavailable { accepted: 0 });
     }
-    batch.flush();
+    // The broker publishes the body as one batch: one write per subscriber for all of it.
+    let (outcomes, failure) = match state.broker.publish_all(&requests).await {
+        Ok(outcomes) => (outcomes, None),
+        Err(partial) => (partial.outcomes, Some(partial.cause)),
+    };
+    let duplicates = outcomes.iter().filter(|o| matches!(o, PublishOutcome::Duplicate)).count();
+    let accepted = outcomes.len() - duplicates;
+    state.metrics.messages_in(Source::Http, accepted);
+    state.metrics.duplicates.inc_by(duplicates as u64);
+    if let Some(e) = failure {
+        warn!(error = %e, accepted, "publish failed");
+        return Err(PublishError::Unavailable { accepted });
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted, "duplicates": duplicates }))).into_response())
 }
 
