@@ -487,3 +487,25 @@ async fn redis_a_quiet_sites_history_expires_and_its_position_stays() {
     let next = publish(&b, "mrc", "t", 2).await;
     assert_eq!(next.offset, 2, "offsets go on in the same epoch");
 }
+
+/// Redis forgetting the scripts (a restart without persistence, `SCRIPT FLUSH`, a failover) costs
+/// a batch nothing: the pipeline's calls are sent again once the script is loaded, in order.
+#[tokio::test]
+async fn redis_a_batch_survives_redis_forgetting_the_script() {
+    let b = redis(options(100, Duration::from_secs(600))).await;
+    publish(&b, "mrc", "t", 0).await;
+    let Some(server) = &b._redis else { unreachable!() };
+    let mut conn = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    let batch: Vec<_> = (1..=20).map(|n| request("mrc", "t", n, None)).collect();
+    let offsets: Vec<u64> = (b.broker.publish_all(&batch).await.unwrap().iter())
+        .map(|o| match o {
+            PublishOutcome::Published(p) => p.offset,
+            PublishOutcome::Duplicate => 0,
+        })
+        .collect();
+    assert_eq!(offsets, (2..=21).collect::<Vec<u64>>());
+    let snap = b.broker.snapshot(&"mrc".into()).await.unwrap();
+    let data: Vec<String> = snap.history.iter().skip(1).map(|p| p.data.get().to_owned()).collect();
+    assert_eq!(data, (1..=20).map(|n| format!(r#"{{"n":{n}}}"#)).collect::<Vec<_>>(), "in order");
+}
