@@ -114,6 +114,8 @@ impl RedisBroker {
         }
         batch.flush();
         self.state().caught_up = true;
+        // Redis answered this connection: reachable again, without waiting for the next call.
+        self.answered.store(true, std::sync::atomic::Ordering::Relaxed);
         // What has arrived already is delivered as one batch (one write per subscriber the
         // fan-out writes to), flushed before waiting for more.
         let mut batched = 0;
