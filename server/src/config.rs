@@ -10,7 +10,11 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 use datastream_protocol::NameRules;
 
-use crate::{client_addr::Cidr, publication::LatestKeys};
+use crate::{
+    broker::{RedisSettings, RedisSettingsError},
+    client_addr::Cidr,
+    publication::LatestKeys,
+};
 
 /// Default largest message: SQS's own limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
@@ -55,6 +59,19 @@ pub struct Config {
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     #[arg(long, env = "DATASTREAM_REDIS_PREFIX", default_value = "datastream")]
     pub redis_prefix: String,
+
+    /// Longest a Redis command may take (the Redis client's own response and connect timeout
+    /// too): a Redis stall shorter than this delays publishes and subscribes; a longer one fails
+    /// them (503, `unavailable`).
+    #[arg(long, env = "DATASTREAM_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// PEM file of the CA(s) that signed the Redis server's certificate, for a `rediss://` URL
+    /// served with a private CA; trusted instead of the system's roots. Unset: the system's
+    /// roots (enough for ElastiCache, whose certificates public CAs sign). Certificates are
+    /// always verified.
+    #[arg(long, env = "DATASTREAM_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Concurrent SQS long-poll loops.
     #[arg(long, env = "DATASTREAM_SQS_POLLERS", default_value_t = 2)]
@@ -113,6 +130,12 @@ pub struct Config {
     /// Window in which a repeated SQS message id or idempotency key is dropped as a duplicate.
     #[arg(long, env = "DATASTREAM_DEDUPE_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
     pub dedupe_window: Duration,
+
+    /// Most idempotency keys the in-memory broker remembers (all sites together); past it the
+    /// oldest is forgotten before its window ends, so a very late repeat of it publishes again.
+    /// With Redis each key expires after the dedupe window instead.
+    #[arg(long, env = "DATASTREAM_DEDUPE_KEYS", default_value_t = 100_000)]
+    pub dedupe_keys: usize,
 
     /// Per-connection cap, in bytes, on what waits to be sent (queued, or written but not yet taken
     /// by the socket); a client that falls further behind is disconnected (close code 3000) so it
@@ -288,6 +311,21 @@ impl Config {
         }
         if matches!(&self.sqs_queue, Some(q) if q.trim().is_empty()) {
             return Err(bad("--sqs-queue (DATASTREAM_SQS_QUEUE)", "is set but empty; unset it to disable SQS"));
+        }
+        if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(60) {
+            return Err(bad("--redis-timeout (DATASTREAM_REDIS_TIMEOUT)", "must be between 1ms and 60s"));
+        }
+        if let Some(redis) = RedisSettings::from_config(self) {
+            match redis.client() {
+                Ok(_) => {}
+                Err(RedisSettingsError::Url(e)) => return Err(bad("--redis-url (DATASTREAM_REDIS_URL)", e)),
+                Err(RedisSettingsError::CaFile(e)) => return Err(bad("--redis-ca-file (DATASTREAM_REDIS_CA_FILE)", e)),
+            }
+        } else if self.redis_ca_file.is_some() {
+            return Err(bad("--redis-ca-file (DATASTREAM_REDIS_CA_FILE)", "is set without --redis-url"));
+        }
+        if self.dedupe_keys == 0 {
+            return Err(bad("--dedupe-keys (DATASTREAM_DEDUPE_KEYS)", "must be at least 1"));
         }
         if self.sqs_pollers == 0 || self.sqs_pollers > 64 {
             return Err(bad("--sqs-pollers (DATASTREAM_SQS_POLLERS)", "must be between 1 and 64"));

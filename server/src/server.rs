@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     auth::Auth,
-    broker::{Broker, HistoryOptions, MemoryBroker, RedisBroker},
+    broker::{Broker, HistoryOptions, MemoryBroker, RedisBroker, RedisSettings},
     config::Config,
     http,
     hub::Hub,
@@ -64,21 +64,14 @@ impl Server {
             .with_context(|| format!("cannot listen on {} (DATASTREAM_LISTEN)", config.listen))?;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let options = HistoryOptions {
-            size: config.history_size,
-            ttl: config.history_ttl,
-            dedupe_window: config.dedupe_window,
-            latest_topics: config.latest_topics,
-            latest_ttl: config.latest_ttl,
-            latest_keys: config.latest_key_map(),
-        };
-        let broker = match &config.redis_url {
-            Some(url) => Broker::Redis(
-                RedisBroker::connect(url, &config.redis_prefix, hub.clone(), metrics.clone(), options)
+        let options = HistoryOptions::from_config(&config);
+        let broker = match RedisSettings::from_config(&config) {
+            Some(redis) => Broker::Redis(
+                RedisBroker::connect(&redis, hub.clone(), metrics.clone(), options)
                     .await
                     .context("DATASTREAM_REDIS_URL")?,
             ),
-            None => Broker::Memory(Box::new(MemoryBroker::new(hub.clone(), options))),
+            None => Broker::Memory(Box::new(MemoryBroker::new(hub.clone(), metrics.clone(), options))),
         };
         let auth = Auth::from_config(&config).await?;
         let ip_limiter = IpLimiter::new(config.max_connections_per_ip);

@@ -4,6 +4,7 @@
 
 pub mod procs;
 pub mod raw;
+pub mod tls;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
