@@ -10,11 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 use datastream_protocol::NameRules;
 
-use crate::{
-    broker::{RedisSettings, RedisSettingsError},
-    client_addr::Cidr,
-    publication::LatestKeys,
-};
+use crate::{client_addr::Cidr, publication::LatestKeys};
 
 /// Default largest message: SQS's own limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
@@ -315,13 +311,7 @@ impl Config {
         if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(60) {
             return Err(bad("--redis-timeout (DATASTREAM_REDIS_TIMEOUT)", "must be between 1ms and 60s"));
         }
-        if let Some(redis) = RedisSettings::from_config(self) {
-            match redis.client() {
-                Ok(_) => {}
-                Err(RedisSettingsError::Url(e)) => return Err(bad("--redis-url (DATASTREAM_REDIS_URL)", e)),
-                Err(RedisSettingsError::CaFile(e)) => return Err(bad("--redis-ca-file (DATASTREAM_REDIS_CA_FILE)", e)),
-            }
-        } else if self.redis_ca_file.is_some() {
+        if self.redis_url.is_none() && self.redis_ca_file.is_some() {
             return Err(bad("--redis-ca-file (DATASTREAM_REDIS_CA_FILE)", "is set without --redis-url"));
         }
         if self.dedupe_keys == 0 {

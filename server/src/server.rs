@@ -65,7 +65,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
         let options = HistoryOptions::from_config(&config);
-        let broker = match RedisSettings::from_config(&config) {
+        let broker = match RedisSettings::from_config(&config)? {
             Some(redis) => Broker::Redis(
                 RedisBroker::connect(&redis, hub.clone(), metrics.clone(), options)
                     .await

@@ -50,7 +50,11 @@ use redis::{
 };
 
 use super::{BrokerError, HistoryOptions};
-use crate::{Config, hub::Hub, metrics::Metrics};
+use crate::{
+    config::{Config, ConfigError},
+    hub::Hub,
+    metrics::Metrics,
+};
 use keys::Keys;
 use scripts::Scripts;
 use watch::Watch;
@@ -79,15 +83,27 @@ impl RedisSettings {
         RedisSettings { url: url.to_owned(), prefix: prefix.to_owned(), timeout: DEFAULT_TIMEOUT, ca_file: None }
     }
 
-    /// The configured Redis, if any.
-    pub fn from_config(config: &Config) -> Option<Self> {
-        let url = config.redis_url.as_deref()?;
-        Some(RedisSettings {
+    /// The configured Redis, if any, checked without connecting (the URL parses, the CA file
+    /// holds certificates and goes with a `rediss://` URL): an error names the setting at fault.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = config.redis_url.as_deref() else {
+            return Ok(None);
+        };
+        let settings = RedisSettings {
             url: url.to_owned(),
             prefix: config.redis_prefix.clone(),
             timeout: config.redis_timeout,
             ca_file: config.redis_ca_file.clone(),
-        })
+        };
+        match settings.client() {
+            Ok(_) => Ok(Some(settings)),
+            Err(SettingsError::Url(reason)) => {
+                Err(ConfigError { setting: "--redis-url (DATASTREAM_REDIS_URL)", reason })
+            }
+            Err(SettingsError::CaFile(reason)) => {
+                Err(ConfigError { setting: "--redis-ca-file (DATASTREAM_REDIS_CA_FILE)", reason })
+            }
+        }
     }
 
     /// A client for these settings, without connecting: checks the URL and reads the CA file.
