@@ -9,9 +9,9 @@
 #                         finds the .wasm beside itself with new URL(…, import.meta.url);
 #        dist/legacy.js   ES2017 module without import.meta or private fields: webpack 4 (which
 #                         reads the `module` field), e.g. Vue CLI 3 apps, with no step or config:
-#                         the module comes as base64 from dist/datastream_bg.wasm.js, which it
-#                         imports dynamically (webpack 4 makes it an async chunk of its own);
-#                         stamp.mjs writes it;
+#                         the module comes deflated in base64 from dist/datastream_bg.wasm.js,
+#                         which it imports dynamically (webpack 4 makes it an async chunk of its
+#                         own); stamp.mjs writes it;
 #        dist/index.cjs   CommonJS, ES2018: `require` (Jest, older Node tools);
 #      and the Vue entries (npm/src/vue.js for Vue 3 and 2.7, npm/src/vue-composition-api.js for
 #      Vue 2.6 with @vue/composition-api) as dist/vue*.js and dist/vue*.cjs, Vue left external.

@@ -17,7 +17,7 @@ let loading = null;
 /** The module's bytes, or where to fetch them, when `load` is not told. */
 async function defaultSource() {
   // webpack 4 (dist/legacy.js) cannot emit a .wasm: the module travels in a chunk of its own,
-  // as base64, loaded when a client starts (npm/stamp.mjs writes it).
+  // deflated in base64, loaded when a client starts (npm/stamp.mjs writes it).
   if (INLINE_WASM) return (await import('./datastream_bg.wasm.js')).default();
   const url = new URL('datastream_bg.wasm', import.meta.url);
   // Node (SSR, tests, tools): `fetch` cannot read files.

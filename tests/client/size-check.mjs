@@ -29,7 +29,7 @@ const counted = [
 ];
 const listed = [
   ['dist/legacy.js', 'the same, ES2017, for webpack 4'],
-  ['dist/datastream_bg.wasm.js', 'the WebAssembly in base64, webpack 4\'s async chunk'],
+  ['dist/datastream_bg.wasm.js', 'the WebAssembly deflated in base64, webpack 4\'s async chunk'],
   ['dist/index.cjs', 'the same, CommonJS'],
   ['dist/vue.js', 'the Vue entry (separate)'],
 ];
