@@ -166,9 +166,10 @@ export type Unsubscribe = () => void;
 
 /**
  * Loads and compiles the WebAssembly module (once). `new Datastream()` calls it; await it first
- * to load the module from elsewhere.
+ * to load the module from elsewhere. Rejects with a `DatastreamError` of kind `version` when the
+ * module is not of this package's version.
  */
-export function load(source?: string | URL | Request | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
+export function load(source?: string | URL | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
 
 export class Datastream {
   constructor(options: DatastreamOptions);
@@ -181,7 +182,8 @@ export class Datastream {
    * kind of state (`sitestatus`, by `statusType`), `key` names the kind (e.g. `'enclosure'`);
    * without it, the most recent of any kind. */
   latest<T = any>(site: string, topic: string, key?: string): T | undefined;
-  /** Removes every registration of `callback` for `topic`. */
+  /** Removes every registration of `callback` for `topic` made by `on` (releasing the sites
+   * they held); a handle's listeners go with the handle. */
   off(topic: string, callback: Callback): void;
   onState(callback: (state: State) => void): Unsubscribe;
   onError(callback: (error: DatastreamError) => void): Unsubscribe;
