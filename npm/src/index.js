@@ -234,7 +234,8 @@ export class Datastream {
         this.#log('token', { needed: true, code, reason });
         this.#getToken().then(
           (token) => {
-            this.#core?.setToken(token ?? '');
+            if (!this.#core) return;
+            this.#core.setToken(token ?? '');
             if (token) this.#scheduleRefresh(token);
           },
           (error) => {
