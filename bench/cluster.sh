@@ -111,7 +111,7 @@ t0=$(date +%s.%N)
 "${TOOL_CPU[@]}" redis-benchmark -p "$CL_REDIS_PORT" -n 200000 -c 16 -P 16 -r $SITES -q \
     EVALSHA "$sha" 5 'bench:{s__rand_int__}:meta' 'bench:{s__rand_int__}:stream' '' \
     'bench:{s__rand_int__}:latest' 'bench:{s__rand_int__}:latest:order' \
-    site bench "$data" 100 0123456789abcdef 300000 600000 bench:pub 64 86400000 bench >"$WORK/lua.txt"
+    bench "$data" 100 0123456789abcdef 300000 600000 bench:pub 64 86400000 bench 86400000 >"$WORK/lua.txt"
 t1=$(date +%s.%N)
 r1=$(cpu "$CL_REDIS_PID")
 python3 - "$WORK/lua.txt" "$r0" "$r1" "$t0" "$t1" >>"$JSONL" <<'PY'

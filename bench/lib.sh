@@ -40,12 +40,10 @@ wait_port() {
 # CPU seconds (user + system) of a process.
 cpu() { python3 -c 'import os, sys; f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))' "$1"; }
 
-# Loads the relay's Redis publish script (as in server/src/broker/redis.rs) into the Redis on PORT;
-# prints its SHA for EVALSHA.
+# Loads the relay's Redis publish script into the Redis on PORT, as the relay compiles it in (the
+# clock helper, then the script: server/src/broker/redis/lua/); prints its SHA for EVALSHA. Its
+# keys and arguments are listed at the top of publish.lua.
 load_publish_script() {
-    python3 - <<'PY' | redis-cli -p "$1" -x SCRIPT LOAD
-src = open("server/src/broker/redis.rs").read()
-start = src.index('const PUBLISH_LUA: &str = r#"') + len('const PUBLISH_LUA: &str = r#"')
-print(src[start:src.index('"#;', start)], end="")
-PY
+    cat server/src/broker/redis/lua/now.lua server/src/broker/redis/lua/publish.lua |
+        redis-cli -p "$1" -x SCRIPT LOAD
 }

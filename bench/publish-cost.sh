@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# What keeping each topic's latest publication costs a publish. HTTP ingest through one relay
-# (100 sites, 4 keep-alive connections, 100 messages per request), with the in-memory broker and
-# with Redis, for:
-#   off       DATASTREAM_LATEST_TOPICS=0: the publish path as it was before the feature;
+# What a publish costs. HTTP ingest through one relay (100 sites, 4 keep-alive connections, 100
+# messages per request), with the in-memory broker, with Redis and with Redis over TLS
+# (`rediss://`, a TLS-only redis-server with a CA made for the run), for:
+#   off       DATASTREAM_LATEST_TOPICS=0: the publish path without latest values;
 #   1 topic   the default (64 kept per site), every site publishing one topic;
 #   64 topics every site cycling through 64 topics: each publish replaces one of a full set;
 #   100 topics every site cycling through 100: each publish also drops the least recent topic;
 # and, with BENCH_BEFORE=path/to/an/older/datastream, that binary as "before". Then the Redis
 # publish script alone (redis-benchmark, pipelined, no relay), off and on. Each ingest runs
-# BENCH_REPEAT times (default 3); the table gives the median. About 3 minutes.
+# BENCH_REPEAT times (default 3); the table gives the median. About 4 minutes.
 #
 #   bench/publish-cost.sh
+#   BENCH_BROKERS="redis redis-tls" BENCH_CASES="1" bench/publish-cost.sh   # what TLS costs, alone
 #   BENCH_BEFORE=/path/to/datastream-before BENCH_REPEAT=5 bench/publish-cost.sh
 #
-# Writes bench/results/<time>-publish-cost/results.{jsonl,md}.
+# BENCH_BROKERS (default "memory redis redis-tls") and BENCH_CASES (topics per site, default
+# "off 1 64 100") narrow a run; BENCH_BATCH (default 100) sets the messages per request (1: each
+# message its own publish, as most publishers send them). Writes bench/results/<time>-publish-cost/results.{jsonl,md}.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 cd "$ROOT"
 
 REPEAT=${BENCH_REPEAT:-3}
+BROKERS=${BENCH_BROKERS:-"memory redis redis-tls"}
+CASES=${BENCH_CASES:-"off 1 64 100"}
+BATCH=${BENCH_BATCH:-100}
 OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-publish-cost"
 mkdir -p "$OUT"
 JSONL="$OUT/results.jsonl"
@@ -38,22 +44,50 @@ REDIS_PID=$!
 PIDS+=("$REDIS_PID")
 wait_port "$REDIS_PORT"
 
+# The same Redis over TLS only: a CA and a certificate for 127.0.0.1 made for the run.
+if [[ " $BROKERS " == *" redis-tls "* ]]; then
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$WORK/ca.key" -out "$WORK/ca.crt" -days 1 -subj "/CN=bench CA" 2>/dev/null
+    openssl req "${ec[@]}" -keyout "$WORK/tls.key" -out "$WORK/tls.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+    echo "subjectAltName=IP:127.0.0.1" >"$WORK/san.ext"
+    openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial -days 1 \
+        -extfile "$WORK/san.ext" -out "$WORK/tls.crt" 2>/dev/null
+    TLS_PORT=$(free_port)
+    "${SERVER_CPU[@]}" redis-server --port 0 --tls-port "$TLS_PORT" --tls-cert-file "$WORK/tls.crt" \
+        --tls-key-file "$WORK/tls.key" --tls-ca-cert-file "$WORK/ca.crt" --tls-auth-clients no \
+        --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis-tls.log" 2>&1 &
+    TLS_PID=$!
+    PIDS+=("$TLS_PID")
+    wait_port "$TLS_PORT"
+fi
+
 # ingest BROKER CASE BIN LATEST_TOPICS TOPICS MESSAGES: one relay, one ingest run per repeat.
 ingest() {
-    local broker=$1 case=$2 bin=$3 keep=$4 topics=$5 messages=$6 rep port pid r0 r1
+    local broker=$1 case=$2 bin=$3 keep=$4 topics=$5 messages=$6 rep port pid r0 r1 redis_pid
     for rep in $(seq 1 "$REPEAT"); do
-        redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
         port=$(free_port)
         local env=(DATASTREAM_LISTEN="127.0.0.1:$port" DATASTREAM_LATEST_TOPICS="$keep")
-        [ "$broker" = memory ] || env+=(DATASTREAM_REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+        case "$broker" in
+        redis)
+            redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+            redis_pid=$REDIS_PID
+            env+=(DATASTREAM_REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+            ;;
+        redis-tls)
+            redis-cli --tls --cacert "$WORK/ca.crt" -p "$TLS_PORT" FLUSHALL >/dev/null
+            redis_pid=$TLS_PID
+            env+=(DATASTREAM_REDIS_URL="rediss://127.0.0.1:$TLS_PORT" DATASTREAM_REDIS_CA_FILE="$WORK/ca.crt")
+            ;;
+        *) redis_pid=$REDIS_PID ;;
+        esac
         # An older binary does not know DATASTREAM_LATEST_TOPICS; it ignores the variable.
         env "${env[@]}" "${SERVER_CPU[@]}" "$bin" serve >"$WORK/relay.log" 2>&1 &
         pid=$!
         wait_port "$port" || { cat "$WORK/relay.log" >&2; exit 1; }
-        r0=$(cpu "$REDIS_PID")
+        r0=$(cpu "$redis_pid")
         "${TOOL_CPU[@]}" "$LOADGEN" ingest-http --http "127.0.0.1:$port" --server-pid "$pid" \
-            --messages "$messages" --batch 100 --conns 4 --topics "$topics" --label "$case" >"$WORK/ingest.json"
-        r1=$(cpu "$REDIS_PID")
+            --messages "$messages" --batch "$BATCH" --conns 4 --topics "$topics" --label "$case" >"$WORK/ingest.json"
+        r1=$(cpu "$redis_pid")
         kill "$pid" && wait "$pid" 2>/dev/null || true
         python3 - "$WORK/ingest.json" "$broker" "$case" "$r0" "$r1" >>"$JSONL" <<'PY'
 import json, sys
@@ -65,31 +99,37 @@ PY
     done
 }
 
-for broker in memory redis; do
+for broker in $BROKERS; do
     messages=$([ "$broker" = memory ] && echo 1000000 || echo 200000)
-    if [ -n "${BENCH_BEFORE:-}" ]; then
+    [ "$BATCH" -ge 100 ] || messages=$((messages / 10))
+    if [ -n "${BENCH_BEFORE:-}" ] && [ "$broker" != redis-tls ]; then
         step "$broker: before"
         ingest "$broker" before "$BENCH_BEFORE" 64 1 "$messages"
     fi
-    step "$broker: off"
-    ingest "$broker" off "$RELAY" 0 1 "$messages"
-    for topics in 1 64 100; do
-        step "$broker: $topics topic(s) per site"
-        ingest "$broker" "$topics topic(s)" "$RELAY" 64 "$topics" "$messages"
+    for c in $CASES; do
+        if [ "$c" = off ]; then
+            step "$broker: off"
+            ingest "$broker" off "$RELAY" 0 1 "$messages"
+        else
+            step "$broker: $c topic(s) per site"
+            ingest "$broker" "$c topic(s)" "$RELAY" 64 "$c" "$messages"
+        fi
     done
 done
 
 step "the Redis publish script alone (redis-benchmark, 16 connections, pipeline 16)"
 sha=$(load_publish_script "$REDIS_PORT")
 data=$(python3 -c 'print("{\"seq\":1,\"t\":1,\"pad\":\"" + "x" * 150 + "\"}")')
-for keep in 0 64; do
+# Only when plain Redis is among the brokers measured.
+[[ " $BROKERS " == *" redis "* ]] || SCRIPT_CASES=""
+for keep in ${SCRIPT_CASES-0 64}; do
     for rep in $(seq 1 "$REPEAT"); do
         redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
         r0=$(cpu "$REDIS_PID")
         "${TOOL_CPU[@]}" redis-benchmark -p "$REDIS_PORT" -n 200000 -c 16 -P 16 -r 100 -q \
             EVALSHA "$sha" 5 'bench:{s__rand_int__}:meta' 'bench:{s__rand_int__}:stream' '' \
             'bench:{s__rand_int__}:latest' 'bench:{s__rand_int__}:latest:order' \
-            site bench "$data" 100 0123456789abcdef 300000 600000 bench:pub "$keep" 86400000 bench >"$WORK/lua.txt"
+            bench "$data" 100 0123456789abcdef 300000 600000 bench:pub "$keep" 86400000 bench 86400000 >"$WORK/lua.txt"
         r1=$(cpu "$REDIS_PID")
         python3 - "$WORK/lua.txt" "$r0" "$r1" "$keep" >>"$JSONL" <<'PY'
 import json, re, sys
@@ -103,11 +143,11 @@ done
 
 step "report"
 uptime
-python3 - "$JSONL" <<'PY' | tee "$OUT/results.md"
+python3 - "$JSONL" "$BATCH" <<'PY' | tee "$OUT/results.md"
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(xs): return statistics.median(xs)
-print("HTTP ingest through one relay: 100 sites, 4 connections, 100 messages per request (median of the runs).\n")
+print(f"HTTP ingest through one relay: 100 sites, 4 connections, {sys.argv[2]} message(s) per request (median of the runs).\n")
 print("| broker | case | messages/s | relay CPU ms per 1k | Redis CPU ms per 1k |")
 print("|---|---|---:|---:|---:|")
 cases = []
@@ -116,7 +156,7 @@ for r in rows:
         cases.append((r["broker"], r["case"]))
 for broker, case in cases:
     rs = [r for r in rows if r["kind"] == "ingest" and r["broker"] == broker and r["case"] == case]
-    redis = f"{med([r['redis_cpu_ms_per_1k'] for r in rs]):.2f}" if broker == "redis" else ""
+    redis = f"{med([r['redis_cpu_ms_per_1k'] for r in rs]):.2f}" if broker != "memory" else ""
     print(f"| {broker} | {case} | {med([r['messages_per_s'] for r in rs]):,.0f} | "
           f"{med([r['server_cpu_ms_per_1k'] for r in rs]):.2f} | {redis} |")
 lua = [r for r in rows if r["kind"] == "lua"]

@@ -7,6 +7,7 @@
 #   BENCH_TARGETS="relay nats" bench/run.sh   # of: relay relay-v2 nats mosquitto node floor
 #   BENCH_SCENARIOS="5k max" bench/run.sh    # of: 5k overload sites 10k max ingest client
 #   BENCH_RELAY=path/to/datastream bench/run.sh   # another build of the relay (before/after)
+#   BENCH_REDIS=1 bench/run.sh         # the relay targets on the Redis broker (a Redis on the server's core)
 #   BENCH_REPEAT=3 bench/run.sh        # the delivery scenarios 3 times (labels sites#1, sites#2…), with
 #                                      # each ratio's range and median over the runs in the report
 #
@@ -49,6 +50,19 @@ trap cleanup EXIT
 
 NEXT_PORT=${BENCH_BASE_PORT:-21000}
 
+# With BENCH_REDIS=1 the relay runs on the Redis broker: one Redis, on the servers' core, shared by
+# every relay start (its keys flushed before each).
+RELAY_REDIS=()
+if [ "${BENCH_REDIS:-0}" = 1 ]; then
+    command -v redis-server >/dev/null || need_apt redis-server
+    BENCH_REDIS_PORT=$(free_port)
+    "${SERVER_CPU[@]}" redis-server --port "$BENCH_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+    PIDS+=("$!")
+    wait_port "$BENCH_REDIS_PORT"
+    RELAY_REDIS=(DATASTREAM_REDIS_URL="redis://127.0.0.1:$BENCH_REDIS_PORT/")
+fi
+
 # start_server TARGET: starts it on fresh ports; sets SPID, WS (subscriber address) and PUB
 # (publisher address). Fresh ports for every start keep TIME_WAIT sockets of the previous
 # scenario out of the way.
@@ -57,9 +71,10 @@ start_server() {
     NEXT_PORT=$((NEXT_PORT + 10))
     case "$1" in
     relay | relay-v2)
+        if [ -n "${BENCH_REDIS_PORT:-}" ]; then redis-cli -p "$BENCH_REDIS_PORT" FLUSHALL >/dev/null; fi
         # Heartbeats every 5 minutes, like nats below: no server's heartbeat falls in a measured
         # phase (their cost is measured on its own, see BENCHMARKS.md).
-        DATASTREAM_LISTEN="127.0.0.1:$p" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
+        env "${RELAY_REDIS[@]}" DATASTREAM_LISTEN="127.0.0.1:$p" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \
             DATASTREAM_PING_INTERVAL=5m DATASTREAM_CLIENT_TIMEOUT=10m \
             "${SERVER_CPU[@]}" "$RELAY" serve >"$WORK/server.log" 2>&1 &
         SPID=$!

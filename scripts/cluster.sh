@@ -7,6 +7,7 @@
 #   scripts/cluster.sh                    # build (release), start, print the URLs; Ctrl-C stops all
 #   CLUSTER_NODES=2 scripts/cluster.sh    # 1-3 nodes behind the balancer
 #   CLUSTER_REDIS_AOF=no                  # Redis without persistence
+#   CLUSTER_REDIS_TLS=yes                 # Redis over TLS only (rediss://, a CA made for the run)
 #   CLUSTER_PROFILE=debug                 # a debug build of the relay
 #   CLUSTER_SECS=30                       # stop by itself after 30 s
 #
@@ -27,6 +28,7 @@
 CL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CL_NODES=${CLUSTER_NODES:-3}
 CL_AOF=${CLUSTER_REDIS_AOF:-yes}
+CL_TLS=${CLUSTER_REDIS_TLS:-no}
 CL_PROFILE=${CLUSTER_PROFILE:-release}
 CL_DIR=""
 CL_BIN=""
@@ -71,11 +73,28 @@ cluster_prepare() {
     fi
 }
 
+# With CL_TLS=yes: a CA and a certificate for 127.0.0.1 it signed, made with openssl in CL_DIR/tls
+# (the nodes trust the CA with DATASTREAM_REDIS_CA_FILE).
+cl_tls_files() {
+    local d="$CL_DIR/tls" ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    mkdir -p "$d"
+    openssl req -x509 "${ec[@]}" -keyout "$d/ca.key" -out "$d/ca.crt" -days 2 -subj "/CN=datastream cluster CA" 2>/dev/null
+    openssl req "${ec[@]}" -keyout "$d/redis.key" -out "$d/redis.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+    echo "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$d/san.ext"
+    openssl x509 -req -in "$d/redis.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/san.ext" -out "$d/redis.crt" 2>/dev/null
+}
+
 redis_start() {
     mkdir -p "$CL_DIR/redis"
+    local listen=(--port "$CL_REDIS_PORT")
+    if [ "$CL_TLS" = yes ]; then
+        listen=(--port 0 --tls-port "$CL_REDIS_PORT" --tls-cert-file "$CL_DIR/tls/redis.crt"
+            --tls-key-file "$CL_DIR/tls/redis.key" --tls-ca-cert-file "$CL_DIR/tls/ca.crt" --tls-auth-clients no)
+    fi
     # AOF fsync'd every second, Redis's default: a graceful restart (SIGTERM) loses nothing, a
     # crash of Redis itself up to the last second (`appendfsync always` closes that gap).
-    "${CLUSTER_REDIS_PREFIX[@]}" redis-server --port "$CL_REDIS_PORT" --bind 127.0.0.1 --dir "$CL_DIR/redis" --save '' \
+    "${CLUSTER_REDIS_PREFIX[@]}" redis-server "${listen[@]}" --bind 127.0.0.1 --dir "$CL_DIR/redis" --save '' \
         --appendonly "$CL_AOF" --appendfsync everysec >>"$CL_DIR/redis.log" 2>&1 &
     CL_REDIS_PID=$!
     cl_wait "Redis on port $CL_REDIS_PORT" cl_port_open "$CL_REDIS_PORT"
@@ -96,11 +115,14 @@ redis_restart() {
 # node_start N: starts relay node N (1-based) on its port and waits until it is ready.
 node_start() {
     local n=$1
+    local redis=(DATASTREAM_REDIS_URL="redis://127.0.0.1:$CL_REDIS_PORT/")
+    if [ "$CL_TLS" = yes ]; then
+        redis=(DATASTREAM_REDIS_URL="rediss://127.0.0.1:$CL_REDIS_PORT/" DATASTREAM_REDIS_CA_FILE="$CL_DIR/tls/ca.crt")
+    fi
     # Per-address cap off: on loopback every client has the address 127.0.0.1 (also as the relay
     # reads it from HAProxy's X-Forwarded-For), so the default 200 per address would refuse the
     # load tests' 2,000 subscribers.
-    DATASTREAM_LISTEN="127.0.0.1:${CL_NODE_PORT[$n]}" \
-        DATASTREAM_REDIS_URL="redis://127.0.0.1:$CL_REDIS_PORT/" \
+    env "${redis[@]}" DATASTREAM_LISTEN="127.0.0.1:${CL_NODE_PORT[$n]}" \
         DATASTREAM_PUBLISH_TOKEN="$CL_TOKEN" \
         DATASTREAM_TRUSTED_PROXIES="127.0.0.1/32" \
         DATASTREAM_MAX_CONNECTIONS_PER_IP=0 \
@@ -164,6 +186,7 @@ cluster_up() {
     CL_LB_PORT=$(cl_free_port)
     CL_STATS_PORT=$(cl_free_port)
     for n in $(seq 1 "$CL_NODES"); do CL_NODE_PORT[n]=$(cl_free_port); done
+    if [ "$CL_TLS" = yes ]; then cl_tls_files; fi
     redis_start
     for n in $(seq 1 "$CL_NODES"); do node_start "$n"; done
     lb_start
@@ -193,14 +216,14 @@ cluster_print() {
     local n
     cat <<EOF
 
-datastream cluster: Redis (AOF $CL_AOF), $CL_NODES relay node(s), HAProxy
+datastream cluster: Redis (AOF $CL_AOF, TLS $CL_TLS), $CL_NODES relay node(s), HAProxy
 
   subscribe   ws://127.0.0.1:$CL_LB_PORT/dev?site=mrc        (protocol v2: subprotocol datastream.v2)
   publish     curl -H 'Authorization: Bearer $CL_TOKEN' \\
                    -d '{"site":"mrc","topic":"weather","data":{"temperature_C":11.7}}' \\
                    http://127.0.0.1:$CL_LB_PORT/publish
   HAProxy     http://127.0.0.1:$CL_STATS_PORT/   (status page)
-  Redis       redis://127.0.0.1:$CL_REDIS_PORT/   (pid $CL_REDIS_PID)
+  Redis       $([ "$CL_TLS" = yes ] && echo rediss || echo redis)://127.0.0.1:$CL_REDIS_PORT/   (pid $CL_REDIS_PID)
 EOF
     for n in $(seq 1 "$CL_NODES"); do
         echo "  node $n      http://127.0.0.1:${CL_NODE_PORT[$n]}/readyz   (pid ${CL_NODE_PID[$n]})"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the relay's test suite needs, skipping what is already there:
 #   - Debian packages: redis-server, podman + runc (container test), musl-tools (static build),
-#     haproxy and curl (the load balancer of the cluster tests and its checks);
+#     haproxy and curl (the load balancer of the cluster tests and its checks), openssl (the
+#     CA and certificates of the Redis-over-TLS tests);
 #   - the Rust target x86_64-unknown-linux-musl and cargo-deny;
 #   - a Python venv with moto[server] (a local SQS server), boto3 and cfn-lint (the AWS template).
 # Safe to run again; a warm run takes seconds.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 
-need_apt redis-server podman runc musl-tools ca-certificates haproxy curl
+need_apt redis-server podman runc musl-tools ca-certificates haproxy curl openssl
 
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   step "rustup target add x86_64-unknown-linux-musl"

@@ -24,6 +24,9 @@ cargo deny --locked check bans licenses sources
 step "cargo test"
 cargo test --workspace --locked
 
+step "status stream generator: the JavaScript twin gives the Rust one's streams byte for byte"
+node --test statusgen/
+
 step "AWS template (cfn-lint and the relay's settings, offline)"
 bash tests/cluster/aws-template.sh
 

@@ -10,6 +10,11 @@
 pub enum CloseCode {
     /// The server is shutting down or draining; reconnect (to this or another node).
     GoingAway = 1001,
+    /// The client broke the WebSocket framing rules (RFC 6455 §7.4.1): a reserved bit or opcode,
+    /// an unmasked or fragmented control frame, …
+    ProtocolError = 1002,
+    /// A text frame that is not valid UTF-8 (RFC 6455 §8.1).
+    InvalidPayload = 1007,
     /// An unexpected server-side failure; reconnect.
     ServerError = 1011,
     /// The client fell too far behind (its send queue passed the byte cap); reconnect and recover.

@@ -67,6 +67,10 @@ pub struct ErrorFrame {
     pub id: Option<u64>,
     /// Machine-readable reason.
     pub code: ErrorCode,
+    /// The site the refusal is about, when it is about one (`forbidden`: which subscription was
+    /// refused or ended), so a client need not parse the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     /// Human-readable detail.
     pub message: String,
 }
@@ -74,7 +78,12 @@ pub struct ErrorFrame {
 impl ErrorFrame {
     /// An error frame without a request id.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorFrame { id: None, code, message: message.into() }
+        ErrorFrame { id: None, code, site: None, message: message.into() }
+    }
+
+    /// The same frame, about `site`.
+    pub fn about(self, site: impl Into<String>) -> Self {
+        ErrorFrame { site: Some(site.into()), ..self }
     }
 
     /// Encodes the frame as JSON text.
@@ -93,6 +102,9 @@ mod tests {
         assert_eq!(f.to_json(), r#"{"type":"error","code":"invalid_site","message":"bad"}"#);
         let f = ErrorFrame { id: Some(4), ..f };
         assert_eq!(f.to_json(), r#"{"type":"error","id":4,"code":"invalid_site","message":"bad"}"#);
+        assert_eq!(serde_json::from_str::<ErrorFrame>(&f.to_json()).unwrap(), f);
+        let f = ErrorFrame::new(ErrorCode::Forbidden, "no").about("mrc");
+        assert_eq!(f.to_json(), r#"{"type":"error","code":"forbidden","site":"mrc","message":"no"}"#);
         assert_eq!(serde_json::from_str::<ErrorFrame>(&f.to_json()).unwrap(), f);
     }
 }

@@ -2,16 +2,26 @@
 //!
 //! With neither `DATASTREAM_JWT_SECRET` nor `DATASTREAM_JWKS` configured, every client is
 //! anonymous and may subscribe to any site (the original service's behaviour). With either, a
-//! client must present a token; its `sites` claim lists the sites it may subscribe to (`"*"`: all)
+//! client presents a token; its `sites` claim lists the sites it may subscribe to (`"*"`: all)
 //! and its `exp` claim ends the connection's rights (v2 clients can refresh without reconnecting).
+//! A client without a token may read the sites of `DATASTREAM_ANONYMOUS_SITES` (none by default):
+//! public pages next to logged-in users on one relay. A token grants those sites too (logging in
+//! never takes a public site away); a token that is present but invalid is refused, never read as
+//! anonymity.
 //!
 //! - HS256 with a shared secret, or RS256/ES256 with public keys from a JWKS file or URL. A URL is
 //!   fetched at start and every `DATASTREAM_JWKS_REFRESH`, and again (at most every 30 s) when a
 //!   token names a key id the cached set does not hold, so key rotation needs no restart. One fetch
 //!   runs at a time: tokens with unknown key ids arriving together wait for it rather than each
 //!   starting their own.
-//! - `exp` is required and `nbf` honoured, both with a few seconds' leeway for clock skew; an `exp`
-//!   more than [`MAX_TOKEN_HORIZON`] ahead is refused rather than turned into a deadline.
+//! - `exp` is required and `nbf` honoured; `nbf` with a few seconds' leeway for clock skew (a token
+//!   minted by an issuer whose clock runs slightly ahead is usable at once). `exp` has none: a
+//!   token whose `exp` has passed is refused at once ([`AuthError::Expired`]) rather than accepted
+//!   for the leeway's few seconds and then cut off — the client would get its acknowledgements
+//!   and latest values only to lose them, where a refusal makes it fetch a fresh token at once.
+//!   An `exp` more than [`MAX_TOKEN_HORIZON`] ahead is refused rather than turned into a deadline.
+//! - A configured audience or issuer is required: a token without an `aud` (or `iss`) claim is
+//!   refused like one with a wrong value.
 //! - A refused token gets a short, fixed reason ([`AuthError`]): the client is not authenticated
 //!   yet, so the library's own message (which may quote the token's contents) is only logged, at
 //!   debug level.
@@ -30,7 +40,7 @@ use jsonwebtoken::{
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
-use crate::Config;
+use crate::config::Config;
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case, RFC 7235).
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
@@ -42,7 +52,7 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// Least time between two JWKS fetches triggered by unknown key ids.
 const MIN_REFETCH: Duration = Duration::from_secs(30);
 
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+/// Clock skew tolerated on `nbf`, in seconds (`exp` has none: see the module docs).
 const LEEWAY_SECS: u64 = 5;
 
 /// Latest `exp` accepted, from now. A token valid for longer is a minting mistake or an attack,
@@ -53,7 +63,7 @@ pub const MAX_TOKEN_HORIZON: Duration = Duration::from_secs(10 * 366 * 24 * 3600
 /// and without details of the token or the verifying library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// Authentication is on and no token was given.
+    /// Authentication is on and no token was given (and the site is not anonymous).
     #[error("a token is required")]
     Missing,
     /// Not a well-formed JWT, or a claim of the wrong type.
@@ -131,19 +141,50 @@ pub struct JwksError {
 pub struct Grant {
     /// `None`: every site.
     sites: Option<HashSet<String>>,
-    /// When the rights end (the token's `exp`); `None`: never (anonymous).
+    /// When the rights end (the token's `exp`, which every token has); `None`: never (anonymous).
     pub expires: Option<SystemTime>,
 }
 
 impl Grant {
-    /// Anonymous access: every site, no expiry.
+    /// Anonymous access with authentication off: every site, no expiry.
     pub fn anonymous() -> Self {
         Grant { sites: None, expires: None }
+    }
+
+    /// Whether it came from a token (every token has an expiry): a site refused to a holder
+    /// without one is answered "a token is required" (401), to a holder of one "not allowed" (403).
+    pub fn has_token(&self) -> bool {
+        self.expires.is_some()
     }
 
     /// Whether the holder may subscribe to `site`.
     pub fn allows(&self, site: &str) -> bool {
         self.sites.as_ref().is_none_or(|s| s.contains(site))
+    }
+}
+
+/// The sites a client without a token may read (`DATASTREAM_ANONYMOUS_SITES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Anonymous {
+    /// None: a token is required.
+    None,
+    /// These sites.
+    Sites(HashSet<String>),
+    /// Every site (`*`): tokens only add an expiry and in-band refresh.
+    All,
+}
+
+impl Anonymous {
+    fn from_config(sites: &[String]) -> Self {
+        let sites: HashSet<String> =
+            sites.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        if sites.contains("*") {
+            Anonymous::All
+        } else if sites.is_empty() {
+            Anonymous::None
+        } else {
+            Anonymous::Sites(sites)
+        }
     }
 }
 
@@ -225,6 +266,7 @@ pub struct Auth {
     keys: Option<Keys>,
     audience: Option<String>,
     issuer: Option<String>,
+    anonymous: Anonymous,
 }
 
 impl Auth {
@@ -239,13 +281,25 @@ impl Auth {
         } else {
             None
         };
-        Ok(Auth { keys, audience: config.jwt_audience.clone(), issuer: config.jwt_issuer.clone() })
+        Ok(Auth {
+            keys,
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+            anonymous: Anonymous::from_config(&config.anonymous_sites),
+        })
     }
 
-    /// Verifies `token` (or admits anonymously when authentication is off).
+    /// Verifies `token` (or admits anonymously when authentication is off, or to the anonymous
+    /// sites when no token is given).
     pub async fn verify(&self, token: Option<&str>) -> Result<Grant, AuthError> {
         let Some(keys) = &self.keys else { return Ok(Grant::anonymous()) };
-        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return match &self.anonymous {
+                Anonymous::None => Err(AuthError::Missing),
+                Anonymous::Sites(sites) => Ok(Grant { sites: Some(sites.clone()), expires: None }),
+                Anonymous::All => Ok(Grant::anonymous()),
+            };
+        };
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::from_jwt(&e))?;
         let (key, alg) = match keys {
             Keys::Secret(key) => (key.clone(), Algorithm::HS256),
@@ -261,22 +315,43 @@ impl Auth {
         let mut validation = Validation::new(alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured audience or issuer is required, not only checked when present.
+        let mut required = vec!["exp"];
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| AuthError::from_jwt(&e))?;
         let claims = data.claims;
+        let now = now_unix();
         let expires = match claims.exp {
-            Some(exp) => Some(expiry(exp, now_unix())?),
-            None => None,
+            // The library allowed the leeway; `exp` gets none (see the module docs).
+            Some(exp) if exp <= now => {
+                debug!(exp, now, "token refused: expired");
+                return Err(AuthError::Expired);
+            }
+            Some(exp) => expiry(exp, now)?,
+            // `exp` is a required claim: the library refused its absence already.
+            None => return Err(AuthError::MissingClaim),
         };
-        let sites = if claims.sites.iter().any(|s| s == "*") { None } else { Some(claims.sites.into_iter().collect()) };
-        Ok(Grant { sites, expires })
+        let sites = if claims.sites.iter().any(|s| s == "*") || self.anonymous == Anonymous::All {
+            None
+        } else {
+            let mut sites: HashSet<String> = claims.sites.into_iter().collect();
+            if let Anonymous::Sites(public) = &self.anonymous {
+                sites.extend(public.iter().cloned());
+            }
+            Some(sites)
+        };
+        Ok(Grant { sites, expires: Some(expires) })
     }
 
     /// Refreshes a JWKS source; called periodically. No-op without one.
@@ -426,6 +501,12 @@ mod tests {
             (Some(with("exp", json!(in_secs(-600)))), AuthError::Expired),
             (Some(with("exp", json!("tomorrow"))), AuthError::Malformed),
             (Some(without("exp")), AuthError::MissingClaim),
+            // Configured, so required: a token without the claim is no better than a wrong one.
+            (Some(without("aud")), AuthError::MissingClaim),
+            (Some(without("iss")), AuthError::MissingClaim),
+            // Expired a moment ago: within the library's leeway, but `exp` gets none.
+            (Some(with("exp", json!(in_secs(-2)))), AuthError::Expired),
+            (Some(with("exp", json!(now_unix()))), AuthError::Expired),
             (Some(with("aud", json!("someone-else"))), AuthError::Audience),
             (Some(with("iss", json!("https://evil.example"))), AuthError::Issuer),
             (Some(es256("k1", good.clone())), AuthError::Algorithm),
@@ -437,6 +518,45 @@ mod tests {
             assert!(text.len() <= 100, "{text}");
             assert!(!text.contains(['{', ':', '(']) && !text.contains("Error"), "no library detail: {text}");
         }
+    }
+
+    #[tokio::test]
+    async fn without_an_audience_or_issuer_configured_none_is_required() {
+        let auth = secret_auth(&[]).await;
+        let bare = hs256(json!({"sites": ["*"], "exp": in_secs(600)}));
+        assert!(auth.verify(Some(&bare)).await.is_ok());
+        let any = hs256(json!({"sites": ["*"], "exp": in_secs(600), "aud": "x", "iss": "y"}));
+        assert!(auth.verify(Some(&any)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn anonymous_sites_are_granted_without_a_token_and_added_to_a_tokens() {
+        let auth = secret_auth(&["--anonymous-sites", "mrc, sro"]).await;
+        for token in [None, Some("")] {
+            let grant = auth.verify(token).await.unwrap();
+            assert!(grant.allows("mrc") && grant.allows("sro") && !grant.allows("saf"), "{token:?}");
+            assert!(!grant.has_token());
+        }
+        let saf = hs256(json!({"sites": ["saf"], "exp": in_secs(600)}));
+        let grant = auth.verify(Some(&saf)).await.unwrap();
+        assert!(grant.has_token());
+        assert!(
+            grant.allows("saf") && grant.allows("mrc") && !grant.allows("tst"),
+            "logging in never takes a public site away"
+        );
+        // A token that is present but invalid is refused, not read as anonymity.
+        assert_eq!(auth.verify(Some("not a token")).await, Err(AuthError::Malformed));
+        let expired = hs256(json!({"sites": ["saf"], "exp": in_secs(-600)}));
+        assert_eq!(auth.verify(Some(&expired)).await, Err(AuthError::Expired));
+
+        let all = secret_auth(&["--anonymous-sites", "*"]).await;
+        let grant = all.verify(None).await.unwrap();
+        assert!(grant.allows("anything") && !grant.has_token());
+        let grant = all.verify(Some(&saf)).await.unwrap();
+        assert!(grant.allows("anything") && grant.has_token());
+
+        let none = secret_auth(&[]).await;
+        assert_eq!(none.verify(None).await, Err(AuthError::Missing));
     }
 
     /// A key server that counts its requests and answers slowly, so concurrent fetches overlap.
@@ -471,6 +591,7 @@ mod tests {
             keys: Some(Keys::Jwks(Jwks::new(url, JwkSet { keys: Vec::new() }, stale))),
             audience: None,
             issuer: None,
+            anonymous: Anonymous::None,
         });
         let claims = json!({"sites": ["*"], "exp": in_secs(600)});
         let mut tasks = tokio::task::JoinSet::new();

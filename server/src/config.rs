@@ -10,7 +10,11 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, ValueEnum};
 use datastream_protocol::NameRules;
 
-use crate::{client_addr::Cidr, publication::LatestKeys};
+use crate::{
+    broker::{RedisSettings, RedisSettingsError},
+    client_addr::Cidr,
+    publication::LatestKeys,
+};
 
 /// Default largest message: SQS's own limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
@@ -55,6 +59,19 @@ pub struct Config {
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     #[arg(long, env = "DATASTREAM_REDIS_PREFIX", default_value = "datastream")]
     pub redis_prefix: String,
+
+    /// Longest a Redis command may take (the Redis client's own response and connect timeout
+    /// too): a Redis stall shorter than this delays publishes and subscribes; a longer one fails
+    /// them (503, `unavailable`).
+    #[arg(long, env = "DATASTREAM_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// PEM file of the CA(s) that signed the Redis server's certificate, for a `rediss://` URL
+    /// served with a private CA; trusted instead of the system's roots. Unset: the system's
+    /// roots (enough for ElastiCache, whose certificates public CAs sign). Certificates are
+    /// always verified.
+    #[arg(long, env = "DATASTREAM_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Concurrent SQS long-poll loops.
     #[arg(long, env = "DATASTREAM_SQS_POLLERS", default_value_t = 2)]
@@ -114,6 +131,12 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_DEDUPE_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
     pub dedupe_window: Duration,
 
+    /// Most idempotency keys the in-memory broker remembers (all sites together); past it the
+    /// oldest is forgotten before its window ends, so a very late repeat of it publishes again.
+    /// With Redis each key expires after the dedupe window instead.
+    #[arg(long, env = "DATASTREAM_DEDUPE_KEYS", default_value_t = 100_000)]
+    pub dedupe_keys: usize,
+
     /// Per-connection cap, in bytes, on what waits to be sent (queued, or written but not yet taken
     /// by the socket); a client that falls further behind is disconnected (close code 3000) so it
     /// cannot hold memory or delay others.
@@ -128,7 +151,8 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
-    /// A connection from which nothing (not even a pong) was heard for this long is closed.
+    /// A connection from which nothing (not even a pong) was heard for this long is closed; so
+    /// is one whose writes (a WebSocket's, or an HTTP response's) make no progress for this long.
     #[arg(long, env = "DATASTREAM_CLIENT_TIMEOUT", default_value = "35s", value_parser = humantime::parse_duration)]
     pub client_timeout: Duration,
 
@@ -164,6 +188,13 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_JWKS_REFRESH", default_value = "10m", value_parser = humantime::parse_duration)]
     pub jwks_refresh: Duration,
 
+    /// Sites a client without a token may read while client tokens are on (comma-separated site
+    /// codes, or `*` for every site): public pages next to logged-in users on one relay. A token
+    /// grants these too. Empty: every client needs a token. Only with `--jwt-secret` or `--jwks`
+    /// (without them every site is open anyway).
+    #[arg(long, env = "DATASTREAM_ANONYMOUS_SITES", value_delimiter = ',')]
+    pub anonymous_sites: Vec<String>,
+
     /// Required `aud` claim of client tokens, if set.
     #[arg(long, env = "DATASTREAM_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -188,6 +219,18 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
     pub max_connections_per_ip: usize,
 
+    /// Most open plain HTTP connections (publish, latest values, metrics, health, the demo's
+    /// files, WebSocket handshakes until they are upgraded); further connections are answered 503
+    /// and closed at once.
+    #[arg(long, env = "DATASTREAM_MAX_HTTP_CONNECTIONS", default_value_t = 4096)]
+    pub max_http_connections: usize,
+
+    /// Most open plain HTTP connections from one address, IPv6 per /64 (0: no limit); further
+    /// ones are answered 429 and closed at once. Connections from `--trusted-proxies` count only
+    /// toward the total (they carry many clients).
+    #[arg(long, env = "DATASTREAM_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_http_connections_per_ip: usize,
+
     /// Address ranges of the load balancers / reverse proxies in front of the relay
     /// (comma-separated CIDRs, e.g. `10.0.0.0/8,fd00::/8`). A request from one of them names its
     /// client in `X-Forwarded-For` (the rightmost entry that is not itself a trusted proxy), used
@@ -202,8 +245,9 @@ pub struct Config {
     #[arg(long, env = "DATASTREAM_PROXY_PROTOCOL", default_value_t = false)]
     pub proxy_protocol: bool,
 
-    /// Time allowed for a client to send its HTTP request headers (including the WebSocket
-    /// handshake) after connecting.
+    /// Time allowed for a client to send its first request's headers (including the WebSocket
+    /// handshake, and a PROXY header before them) after connecting; also the longest an idle
+    /// keep-alive HTTP connection is kept, and the time each later request's headers have.
     #[arg(long, env = "DATASTREAM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
@@ -268,6 +312,21 @@ impl Config {
         if matches!(&self.sqs_queue, Some(q) if q.trim().is_empty()) {
             return Err(bad("--sqs-queue (DATASTREAM_SQS_QUEUE)", "is set but empty; unset it to disable SQS"));
         }
+        if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(60) {
+            return Err(bad("--redis-timeout (DATASTREAM_REDIS_TIMEOUT)", "must be between 1ms and 60s"));
+        }
+        if let Some(redis) = RedisSettings::from_config(self) {
+            match redis.client() {
+                Ok(_) => {}
+                Err(RedisSettingsError::Url(e)) => return Err(bad("--redis-url (DATASTREAM_REDIS_URL)", e)),
+                Err(RedisSettingsError::CaFile(e)) => return Err(bad("--redis-ca-file (DATASTREAM_REDIS_CA_FILE)", e)),
+            }
+        } else if self.redis_ca_file.is_some() {
+            return Err(bad("--redis-ca-file (DATASTREAM_REDIS_CA_FILE)", "is set without --redis-url"));
+        }
+        if self.dedupe_keys == 0 {
+            return Err(bad("--dedupe-keys (DATASTREAM_DEDUPE_KEYS)", "must be at least 1"));
+        }
         if self.sqs_pollers == 0 || self.sqs_pollers > 64 {
             return Err(bad("--sqs-pollers (DATASTREAM_SQS_POLLERS)", "must be between 1 and 64"));
         }
@@ -318,6 +377,22 @@ impl Config {
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 32) {
             return Err(bad("--jwt-secret (DATASTREAM_JWT_SECRET)", "must be at least 32 bytes"));
+        }
+        let anonymous: Vec<&str> = self.anonymous_sites.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+        if !anonymous.is_empty() && self.jwt_secret.is_none() && self.jwks.is_none() {
+            return Err(bad(
+                "--anonymous-sites (DATASTREAM_ANONYMOUS_SITES)",
+                "has no effect without --jwt-secret or --jwks: every site is open to anyone then",
+            ));
+        }
+        if let Some(site) = anonymous.iter().find(|s| **s != "*" && self.name_rules().check_site(s).is_err()) {
+            return Err(bad(
+                "--anonymous-sites (DATASTREAM_ANONYMOUS_SITES)",
+                format!("{site:?} is not a site code (or *)"),
+            ));
+        }
+        if self.max_http_connections == 0 {
+            return Err(bad("--max-http-connections (DATASTREAM_MAX_HTTP_CONNECTIONS)", "must be at least 1"));
         }
         if self.max_connections == 0 {
             return Err(bad("--max-connections (DATASTREAM_MAX_CONNECTIONS)", "must be at least 1"));
@@ -458,6 +533,21 @@ mod tests {
         let err = parse(&["--latest-ttl", "0s"]).validate().unwrap_err();
         assert!(err.to_string().contains("DATASTREAM_LATEST_TTL"), "{err}");
         assert!(parse(&["--latest-topics", "0"]).validate().is_ok(), "0 turns it off");
+    }
+
+    #[test]
+    fn anonymous_sites_need_tokens_on_and_valid_names() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        assert!(parse(&["--jwt-secret", secret, "--anonymous-sites", "mrc,sro"]).validate().is_ok());
+        assert!(parse(&["--jwt-secret", secret, "--anonymous-sites", "*"]).validate().is_ok());
+        assert!(parse(&["--anonymous-sites", ""]).validate().is_ok(), "empty: none");
+        let err = parse(&["--anonymous-sites", "mrc"]).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("DATASTREAM_ANONYMOUS_SITES") && err.to_string().contains("no effect"),
+            "{err}"
+        );
+        let err = parse(&["--jwt-secret", secret, "--anonymous-sites", "mrc,a b"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATASTREAM_ANONYMOUS_SITES"), "{err}");
     }
 
     #[test]

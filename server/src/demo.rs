@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{AppState, auth::now_unix};
+use crate::{auth::now_unix, publication::PublishRequest, state::AppState};
 
 /// Sites the demo publishes for.
 pub const SITES: &[&str] = &["mrc", "mrc2", "saf", "sro", "tst"];
@@ -165,14 +165,11 @@ impl SiteState {
     }
 }
 
-async fn publish(state: &AppState, site: &str, topic: &str, data: Value) {
+/// Adds a demo message to `batch`.
+fn add(state: &AppState, batch: &mut Vec<PublishRequest>, site: &str, topic: &str, data: Value) {
     let text = json!({ "site": site, "topic": topic, "data": data }).to_string();
     match state.validator.parse(&text) {
-        Ok(req) => {
-            if let Err(e) = state.broker.publish(req).await {
-                warn!(error = %e, "demo publish failed");
-            }
-        }
+        Ok(req) => batch.push(req),
         Err(e) => warn!(error = %e, "demo message invalid"),
     }
 }
@@ -191,23 +188,28 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
         }
         let ms = now_unix() * 1000 + u64::from(rand::random::<u16>() % 1000);
         let due = due(n);
+        // A tick's messages are published as one batch, as a publish body would be.
+        let mut batch = Vec::new();
         for s in &mut sites {
             let weather = s.weather(ms);
-            publish(&state, s.site, "sitestatus", weather).await;
+            add(&state, &mut batch, s.site, "sitestatus", weather);
             if due.enclosure {
                 let enclosure = s.enclosure(ms);
-                publish(&state, s.site, "sitestatus", enclosure).await;
+                add(&state, &mut batch, s.site, "sitestatus", enclosure);
             }
             if due.user {
                 let user = s.user(ms);
-                publish(&state, s.site, "userstatus", user).await;
+                add(&state, &mut batch, s.site, "userstatus", user);
             }
             if due.phase {
-                publish(&state, s.site, "phase_status", s.phase(ms)).await;
+                add(&state, &mut batch, s.site, "phase_status", s.phase(ms));
             }
             if due.job {
-                publish(&state, s.site, "jobs", s.job(ms)).await;
+                add(&state, &mut batch, s.site, "jobs", s.job(ms));
             }
+        }
+        if let Err(e) = state.broker.publish_all(&batch).await {
+            warn!(error = %e, "demo publish failed");
         }
         n += 1;
     }

@@ -9,13 +9,17 @@
 //! - [`hub`]: local subscribers by site, per-connection byte-capped queues, fan-out.
 //! - [`session`]: one task per WebSocket connection.
 //! - [`ingest`]: where messages come from: SQS pollers and the HTTP publish endpoint.
-//! - [`latest`]: `GET /sites/<site>/latest`, the latest publication of each topic over plain HTTP.
-//! - [`http`]: the router: WebSocket upgrade, publish, health, readiness and metrics.
+//! - [`http`]: the router, the WebSocket handshake, `GET /sites/<site>/latest` (the latest
+//!   publication of each topic over plain HTTP), health, readiness and metrics.
+//! - [`topics`]: topic filters, checked once for subscribes, latest reads and deliveries.
+//! - [`state`]: what every handler and session shares, and the upstreams' health.
 //! - [`auth`]: optional JWT verification of clients, and what a token grants.
-//! - [`limits`]: per-address connection limits and per-connection frame rates.
+//! - [`limits`]: connection caps (WebSockets, plain HTTP; total and per address) and
+//!   per-connection frame rates.
 //! - [`client_addr`]: the client's address behind trusted proxies (`X-Forwarded-For`).
 //! - [`proxy_protocol`]: the PROXY protocol v2 header (AWS NLB), read before HTTP when enabled.
-//! - [`serve`]: the HTTP accept loop (header deadline, TCP_NODELAY, graceful stop).
+//! - [`serve`]: the HTTP accept loop (one handshake deadline, connection caps, write deadlines,
+//!   TCP_NODELAY, graceful stop).
 //! - [`wire`]: a connection's TCP stream, shared by its session and the fan-out's direct writes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`demo`]: the demo publisher (plausible live streams for a few sites).
@@ -34,7 +38,6 @@ pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod ingest;
-pub mod latest;
 pub mod limits;
 pub mod metrics;
 pub mod proxy_protocol;
@@ -42,79 +45,11 @@ pub mod publication;
 pub mod serve;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod supervise;
+pub mod topics;
 pub mod wire;
-
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
-
-use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 pub use server::Server;
-
-use crate::{auth::Auth, broker::Broker, hub::Hub, limits::IpLimiter, metrics::Metrics, publication::Validator};
-
-/// State shared by every request handler and session.
-#[derive(Debug)]
-pub struct AppState {
-    /// The validated configuration.
-    pub config: Config,
-    /// Message validation limits, derived from the configuration.
-    pub validator: Validator,
-    /// Local subscribers.
-    pub hub: Arc<Hub>,
-    /// Positions, history and delivery.
-    pub broker: Broker,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    /// Tracks every WebSocket session, which axum does not do once a connection is upgraded.
-    pub sessions: TaskTracker,
-    /// Set once shutdown began: new connections and publishes are refused with 503.
-    pub draining: AtomicBool,
-    /// Upstream health, for `/readyz`.
-    pub readiness: Readiness,
-    /// Client token verification.
-    pub auth: Auth,
-    /// Open connections per address.
-    pub ip_limiter: Arc<IpLimiter>,
-    /// The v2 hello frame, the same for every connection.
-    pub v2_hello: axum::extract::ws::Utf8Bytes,
-}
-
-impl AppState {
-    /// Whether shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-}
-
-/// Health of the relay's upstreams, reported by `/readyz`.
-#[derive(Debug)]
-pub struct Readiness {
-    /// Whether SQS ingest is configured at all.
-    pub sqs_enabled: bool,
-    /// Whether the last SQS call succeeded.
-    pub sqs_ok: AtomicBool,
-    /// Which background tasks run, and which wait to be restarted after a failure.
-    pub tasks: Arc<supervise::Tasks>,
-}
-
-impl Readiness {
-    /// Records the outcome of an SQS call.
-    pub fn set_sqs(&self, ok: bool) {
-        self.sqs_ok.store(ok, Ordering::Relaxed);
-    }
-
-    /// Whether SQS is healthy (or not in use).
-    pub fn sqs(&self) -> bool {
-        !self.sqs_enabled || self.sqs_ok.load(Ordering::Relaxed)
-    }
-
-    /// Names of the background tasks not running (waiting to be restarted).
-    pub fn tasks_down(&self) -> Vec<String> {
-        self.tasks.down()
-    }
-}
+pub use state::{AppState, Readiness};

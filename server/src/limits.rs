@@ -4,9 +4,13 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 /// Counts open connections per IP address (per /64 for IPv6).
@@ -66,6 +70,70 @@ impl Drop for IpPermit {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+/// Counts open plain HTTP connections, in total and per address (WebSockets are counted by their
+/// sessions once upgraded). A connection takes its place when accepted, before a byte is read, and
+/// gives it back when it closes or becomes a WebSocket.
+#[derive(Debug)]
+pub struct HttpConnections {
+    open: AtomicUsize,
+    max: usize,
+    per_ip: Arc<IpLimiter>,
+    gauge: Gauge,
+}
+
+/// Why a connection was refused a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// The relay holds its most plain HTTP connections.
+    Total,
+    /// The client's address holds its most.
+    PerAddress,
+}
+
+/// One plain HTTP connection's place; released on drop.
+#[derive(Debug)]
+pub struct HttpPermit {
+    conns: Arc<HttpConnections>,
+    _ip: Option<IpPermit>,
+}
+
+impl HttpConnections {
+    /// `max` connections in all, `max_per_ip` per address (0: no limit), counted in `gauge`.
+    pub fn new(max: usize, max_per_ip: usize, gauge: Gauge) -> Arc<Self> {
+        Arc::new(HttpConnections { open: AtomicUsize::new(0), max, per_ip: IpLimiter::new(max_per_ip), gauge })
+    }
+
+    /// Takes a place in the total.
+    pub fn admit(self: &Arc<Self>) -> Result<HttpPermit, HttpRefusal> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(HttpRefusal::Total);
+        }
+        self.gauge.inc();
+        Ok(HttpPermit { conns: self.clone(), _ip: None })
+    }
+
+    /// Open connections.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl HttpPermit {
+    /// Takes the client's place in its address's count too.
+    pub fn for_client(mut self, ip: IpAddr) -> Result<Self, HttpRefusal> {
+        self._ip = Some(self.conns.per_ip.try_acquire(ip).ok_or(HttpRefusal::PerAddress)?);
+        Ok(self)
+    }
+}
+
+impl Drop for HttpPermit {
+    fn drop(&mut self) {
+        self.conns.open.fetch_sub(1, Ordering::Relaxed);
+        self.conns.gauge.dec();
     }
 }
 
@@ -134,6 +202,23 @@ mod tests {
         let _d = limiter.try_acquire(ip("192.0.2.1")).unwrap();
         assert!(limiter.try_acquire(ip("192.0.2.1")).is_none());
         assert!(limiter.try_acquire(ip("::ffff:192.0.2.2")).is_some());
+    }
+
+    #[test]
+    fn http_connections_are_capped_in_total_and_per_address() {
+        let gauge = Gauge::default();
+        let conns = HttpConnections::new(3, 2, gauge.clone());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let a = conns.admit().unwrap().for_client(ip).unwrap();
+        let _b = conns.admit().unwrap().for_client(ip).unwrap();
+        assert_eq!(conns.admit().unwrap().for_client(ip).unwrap_err(), HttpRefusal::PerAddress);
+        assert_eq!(conns.open(), 2, "a refused connection gives its place back");
+        let _c = conns.admit().unwrap();
+        assert_eq!(conns.admit().unwrap_err(), HttpRefusal::Total);
+        assert_eq!(gauge.get(), 3);
+        drop(a);
+        assert_eq!((conns.open(), gauge.get()), (2, 2));
+        assert!(conns.admit().unwrap().for_client(ip).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub connections_legacy: Gauge,
     /// Open v2 WebSocket connections.
     pub connections_v2: Gauge,
+    /// Open plain HTTP connections (not, or not yet, a WebSocket).
+    pub http_connections: Gauge,
     /// Subscriptions (connection × site) across all connections.
     pub subscriptions: Gauge,
     /// Sites with at least one local subscriber.
@@ -99,6 +101,15 @@ pub struct Metrics {
     /// (a gap, or a pub/sub reconnect).
     pub redis_filled: Counter,
     latest_sent: Family<ViaLabel, Counter>,
+    /// Sites whose state the in-memory broker holds (published within the history or latest
+    /// TTL, or subscribed to).
+    pub broker_sites: Gauge,
+    /// Sites whose state the in-memory broker removed once it held nothing and had no subscriber.
+    pub broker_sites_removed: Counter,
+    /// Idempotency keys the in-memory broker holds (at most `DATASTREAM_DEDUPE_KEYS`).
+    pub dedupe_keys: Gauge,
+    /// Idempotency keys forgotten before their window ended, to stay within the cap.
+    pub dedupe_evicted: Counter,
     task_restarts: Family<TaskLabel, Counter>,
     /// Seconds from a publication's acceptance until it sat in every local subscriber's queue.
     pub fanout_seconds: Histogram,
@@ -118,6 +129,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("datastream");
         let connections = Family::<ProtocolLabel, Gauge>::default();
         registry.register("connections", "Open WebSocket connections", connections.clone());
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Open plain HTTP connections (not, or not yet, a WebSocket)",
+            http_connections.clone(),
+        );
         let subscriptions = Gauge::default();
         registry.register("subscriptions", "Site subscriptions across all connections", subscriptions.clone());
         let sites = Gauge::default();
@@ -172,6 +189,26 @@ impl Metrics {
             "Topics' latest publications sent, by way: a v2 subscribe (\"subscribe\") or GET /sites/<site>/latest (\"http\")",
             latest_sent.clone(),
         );
+        let broker_sites = Gauge::default();
+        registry.register(
+            "broker_sites",
+            "Sites whose state the in-memory broker holds (published within the history or latest TTL, or subscribed to)",
+            broker_sites.clone(),
+        );
+        let broker_sites_removed = Counter::default();
+        registry.register(
+            "broker_sites_removed",
+            "Sites whose state the in-memory broker removed after it expired with no subscriber left (their next publication starts a new epoch)",
+            broker_sites_removed.clone(),
+        );
+        let dedupe_keys = Gauge::default();
+        registry.register("dedupe_keys", "Idempotency keys the in-memory broker holds", dedupe_keys.clone());
+        let dedupe_evicted = Counter::default();
+        registry.register(
+            "dedupe_evicted",
+            "Idempotency keys forgotten before their window ended because DATASTREAM_DEDUPE_KEYS was reached",
+            dedupe_evicted.clone(),
+        );
         let task_restarts = Family::<TaskLabel, Counter>::default();
         registry.register(
             "task_restarts",
@@ -194,6 +231,7 @@ impl Metrics {
         Metrics {
             connections_legacy: connections.get_or_create_owned(&ProtocolLabel { protocol: "legacy" }),
             connections_v2: connections.get_or_create_owned(&ProtocolLabel { protocol: "v2" }),
+            http_connections,
             registry,
             subscriptions,
             sites,
@@ -210,6 +248,10 @@ impl Metrics {
             redis_reconnects,
             redis_filled,
             latest_sent,
+            broker_sites,
+            broker_sites_removed,
+            dedupe_keys,
+            dedupe_evicted,
             task_restarts,
             fanout_seconds,
             delivery_seconds,
@@ -218,7 +260,12 @@ impl Metrics {
 
     /// Counts a message accepted from `source`.
     pub fn message_in(&self, source: Source) {
-        self.messages_in.get_or_create(&SourceLabel { source: source.label() }).inc();
+        self.messages_in(source, 1);
+    }
+
+    /// Counts `n` messages accepted from `source`.
+    pub fn messages_in(&self, source: Source, n: usize) {
+        self.messages_in.get_or_create(&SourceLabel { source: source.label() }).inc_by(n as u64);
     }
 
     /// Counts a malformed message from `source`.

@@ -7,10 +7,13 @@
 //! (the specification forbids guessing, which would let a direct client pass as anyone). A
 //! `LOCAL` header (the balancer's own health checks) keeps the real peer. Headers are read off the
 //! accept loop, each within the handshake deadline, so a slow or silent connection delays no other.
+//! That deadline covers the whole handshake: the time spent on the PROXY header is not given
+//! again for the HTTP request that follows it.
 
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,7 +22,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::mpsc,
     task::JoinHandle,
+    time::Instant,
 };
+
+use crate::limits::{HttpConnections, HttpPermit};
 use tracing::{debug, warn};
 
 /// The fixed start of every v2 header.
@@ -128,6 +134,21 @@ pub async fn read_header(stream: &mut TcpStream, peer: SocketAddr) -> Result<Soc
     Ok(source(fixed, &block)?.unwrap_or(peer))
 }
 
+/// A connection the listener accepted: its stream, its client's address, when it was accepted
+/// (the handshake deadline runs from there, whatever was read before HTTP), and, once its PROXY
+/// header was read, its place among the HTTP connections.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The TCP stream, positioned after any PROXY header.
+    pub stream: TcpStream,
+    /// The client's address (the TCP peer, or what the PROXY header names).
+    pub peer: SocketAddr,
+    /// When the TCP connection was accepted.
+    pub at: Instant,
+    /// Taken while the PROXY header was read, so that connections still sending theirs count too.
+    pub permit: Option<HttpPermit>,
+}
+
 /// The relay's listener: plain, or reading a PROXY header from each connection before handing it
 /// on with the client's address as its peer.
 #[derive(Debug)]
@@ -137,7 +158,7 @@ pub enum Listener {
     /// Connections whose header was read, from a task that accepts and reads them.
     Proxied {
         /// Connections ready to serve, with the client's address.
-        ready: mpsc::Receiver<(TcpStream, SocketAddr)>,
+        ready: mpsc::Receiver<Accepted>,
         /// Accepts and reads headers; aborted (and the socket closed) when the listener is dropped.
         task: JoinHandle<()>,
     },
@@ -145,20 +166,23 @@ pub enum Listener {
 
 impl Listener {
     /// Wraps `listener`; with `proxy_protocol`, each connection must send a header within
-    /// `deadline`.
-    pub fn new(listener: TcpListener, proxy_protocol: bool, deadline: Duration) -> Self {
+    /// `deadline`, holding a place among `http`'s connections meanwhile.
+    pub fn new(listener: TcpListener, proxy_protocol: bool, deadline: Duration, http: Arc<HttpConnections>) -> Self {
         if !proxy_protocol {
             return Listener::Plain(listener);
         }
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let task = tokio::spawn(accept_proxied(listener, tx, deadline));
+        let task = tokio::spawn(accept_proxied(listener, tx, deadline, http));
         Listener::Proxied { ready, task }
     }
 
     /// The next connection and its client's address.
-    pub async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+    pub async fn accept(&mut self) -> io::Result<Accepted> {
         match self {
-            Listener::Plain(listener) => listener.accept().await,
+            Listener::Plain(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                Ok(Accepted { stream, peer, at: Instant::now(), permit: None })
+            }
             Listener::Proxied { ready, .. } => {
                 ready.recv().await.ok_or_else(|| io::Error::other("PROXY protocol accept task ended"))
             }
@@ -174,7 +198,12 @@ impl Drop for Listener {
     }
 }
 
-async fn accept_proxied(listener: TcpListener, ready: mpsc::Sender<(TcpStream, SocketAddr)>, deadline: Duration) {
+async fn accept_proxied(
+    listener: TcpListener,
+    ready: mpsc::Sender<Accepted>,
+    deadline: Duration,
+    http: Arc<HttpConnections>,
+) {
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -184,12 +213,19 @@ async fn accept_proxied(listener: TcpListener, ready: mpsc::Sender<(TcpStream, S
                 continue;
             }
         };
+        let at = Instant::now();
+        // Counted before its header is read: a flood of connections that send none cannot grow
+        // past the cap. No HTTP yet, so a refusal is a plain close.
+        let Ok(permit) = http.admit() else {
+            debug!(%peer, "connection refused: too many HTTP connections");
+            continue;
+        };
         let ready = ready.clone();
         tokio::spawn(async move {
-            let header = tokio::time::timeout(deadline, read_header(&mut stream, peer)).await;
+            let header = tokio::time::timeout_at(at + deadline, read_header(&mut stream, peer)).await;
             match header.unwrap_or(Err(ProxyHeaderError::Timeout)) {
                 Ok(client) => {
-                    let _ = ready.send((stream, client)).await;
+                    let _ = ready.send(Accepted { stream, peer: client, at, permit: Some(permit) }).await;
                 }
                 // One connection's problem: it is closed, as the specification requires.
                 Err(e) => debug!(%peer, error = %e, "connection refused: PROXY header"),

@@ -256,6 +256,14 @@ pub struct Publication {
 /// Room taken in a queue by a frame's fixed parts (keys, punctuation, epoch, offset).
 const FRAME_OVERHEAD: usize = 96;
 
+/// A frame's text as a publication keeps it, for as long as history holds the publication:
+/// without the spare capacity the encoder grew while writing it (up to as much again as its
+/// length).
+fn kept(mut text: String) -> Utf8Bytes {
+    text.shrink_to_fit();
+    text.into()
+}
+
 impl Publication {
     /// Builds a publication; its frames are encoded when first needed.
     pub fn new(req: &PublishRequest, position: Position) -> Self {
@@ -293,13 +301,13 @@ impl Publication {
 
     /// The legacy frame, encoded on first use.
     pub fn legacy_frame(&self) -> &Utf8Bytes {
-        self.legacy_frame.get_or_init(|| legacy::encode_publication(&self.site, &self.topic, &self.data).into())
+        self.legacy_frame.get_or_init(|| kept(legacy::encode_publication(&self.site, &self.topic, &self.data)))
     }
 
     /// The v2 publication frame, encoded on first use.
     pub fn v2_frame(&self) -> &Utf8Bytes {
         self.v2_frame.get_or_init(|| {
-            v2::encode_pub(&self.site, &self.topic, &self.position.epoch, self.position.offset, &self.data).into()
+            kept(v2::encode_pub(&self.site, &self.topic, &self.position.epoch, self.position.offset, &self.data))
         })
     }
 

@@ -25,18 +25,20 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
-    AppState, Config, Readiness,
     auth::Auth,
-    broker::{Broker, HistoryOptions, MemoryBroker, RedisBroker},
+    broker::{Broker, HistoryOptions, MemoryBroker, RedisBroker, RedisSettings},
+    config::Config,
     http,
     hub::Hub,
     ingest,
-    limits::IpLimiter,
+    limits::{HttpConnections, IpLimiter},
     metrics::Metrics,
     proxy_protocol::Listener,
     publication::Validator,
-    serve::serve,
+    serve::{ServeLimits, serve},
     session::v2::V2,
+    state::AppState,
+    state::Readiness,
     supervise::{Supervisor, until_stopped},
 };
 
@@ -62,24 +64,22 @@ impl Server {
             .with_context(|| format!("cannot listen on {} (DATASTREAM_LISTEN)", config.listen))?;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let options = HistoryOptions {
-            size: config.history_size,
-            ttl: config.history_ttl,
-            dedupe_window: config.dedupe_window,
-            latest_topics: config.latest_topics,
-            latest_ttl: config.latest_ttl,
-            latest_keys: config.latest_key_map(),
-        };
-        let broker = match &config.redis_url {
-            Some(url) => Broker::Redis(
-                RedisBroker::connect(url, &config.redis_prefix, hub.clone(), metrics.clone(), options)
+        let options = HistoryOptions::from_config(&config);
+        let broker = match RedisSettings::from_config(&config) {
+            Some(redis) => Broker::Redis(
+                RedisBroker::connect(&redis, hub.clone(), metrics.clone(), options)
                     .await
                     .context("DATASTREAM_REDIS_URL")?,
             ),
-            None => Broker::Memory(Box::new(MemoryBroker::new(hub.clone(), options))),
+            None => Broker::Memory(Box::new(MemoryBroker::new(hub.clone(), metrics.clone(), options))),
         };
         let auth = Auth::from_config(&config).await?;
         let ip_limiter = IpLimiter::new(config.max_connections_per_ip);
+        let http_connections = HttpConnections::new(
+            config.max_http_connections,
+            config.max_http_connections_per_ip,
+            metrics.http_connections.clone(),
+        );
         let state = AppState {
             validator: Validator { names: config.name_rules(), max_message_bytes: config.max_message_bytes },
             v2_hello: V2::hello_frame(&config),
@@ -96,6 +96,7 @@ impl Server {
             draining: AtomicBool::new(false),
             auth,
             ip_limiter,
+            http_connections,
         };
         Ok(Server { listener, state: Arc::new(state) })
     }
@@ -189,14 +190,17 @@ impl Server {
 
         let stop_http = CancellationToken::new();
         let router = http::router(state.clone());
-        let listener = Listener::new(listener, state.config.proxy_protocol, state.config.handshake_timeout);
-        let mut http_task = tokio::spawn(serve(
-            listener,
-            router,
-            state.config.handshake_timeout,
-            stop_http.clone(),
-            state.config.shutdown_timeout,
-        ));
+        let limits = ServeLimits {
+            handshake_timeout: state.config.handshake_timeout,
+            write_timeout: state.config.client_timeout,
+            http: state.http_connections.clone(),
+            trusted_proxies: state.config.trusted_proxies.clone(),
+            metrics: state.metrics.clone(),
+        };
+        let listener =
+            Listener::new(listener, state.config.proxy_protocol, state.config.handshake_timeout, limits.http.clone());
+        let mut http_task =
+            tokio::spawn(serve(listener, router, limits, stop_http.clone(), state.config.shutdown_timeout));
         info!(%addr, stage = %state.config.stage, sqs = state.config.sqs_queue.is_some(), "listening");
 
         tokio::select! {

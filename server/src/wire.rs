@@ -7,6 +7,14 @@
 //! is kept, in order, as the wire's *unsent* bytes, and a write never returns half done. They are
 //! sent by [`Wire::poll_flush`], which the session drives (its socket's flush, or its inbox's
 //! [`Unsent`](crate::hub::Event::Unsent) event), and they count in the connection's byte budget.
+//!
+//! The budget holds for the session's own writes too — replies, replays, heartbeats, close frames,
+//! and the pongs the WebSocket layer sends by itself for every ping a client sends: a write that
+//! would take the unsent bytes past the budget waits until the socket has taken enough (the
+//! WebSocket layer then keeps what it could not write, and answers only the latest of the pings
+//! that arrive meanwhile, as RFC 6455 §5.5.3 allows). The fan-out checks the budget itself
+//! before it writes ([`crate::hub::Outbox`]). A connection that owes nothing takes any one write,
+//! whatever its size: a publication larger than the budget still reaches a client that reads.
 
 use std::{
     io,
@@ -31,6 +39,9 @@ pub struct Wire {
     /// Writes are whole (see the module doc). Read without the lock on every write, so plain
     /// HTTP connections never take it.
     frames: AtomicBool,
+    /// Most unsent bytes the session's writes may leave (the connection's byte budget); set with
+    /// `frames`.
+    budget: AtomicUsize,
     unsent: Mutex<Unsent>,
     /// How many bytes `unsent` holds, readable without its lock: the byte budget reads it on
     /// every delivery.
@@ -48,7 +59,13 @@ struct Unsent {
 impl Wire {
     /// Wraps an accepted connection.
     pub fn new(stream: TcpStream) -> Self {
-        Wire { stream, frames: AtomicBool::new(false), unsent: Mutex::default(), unsent_len: AtomicUsize::new(0) }
+        Wire {
+            stream,
+            frames: AtomicBool::new(false),
+            budget: AtomicUsize::new(usize::MAX),
+            unsent: Mutex::default(),
+            unsent_len: AtomicUsize::new(0),
+        }
     }
 
     fn locked(&self) -> MutexGuard<'_, Unsent> {
@@ -60,10 +77,17 @@ impl Wire {
         self.unsent_len.load(Ordering::Acquire)
     }
 
-    /// Makes every later write whole. Call once the connection carries WebSocket frames and
-    /// before a second writer (the fan-out) may write.
-    pub fn set_frames(&self) {
+    /// Makes every later write whole, and the session's writes wait while the unsent bytes would
+    /// pass `budget`. Call once the connection carries WebSocket frames and before a second
+    /// writer (the fan-out) may write.
+    pub fn set_frames(&self, budget: usize) {
+        self.budget.store(budget, Ordering::Relaxed);
         self.frames.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection carries WebSocket frames ([`Wire::set_frames`]).
+    pub fn carries_frames(&self) -> bool {
+        self.frames.load(Ordering::Relaxed)
     }
 
     /// Waits for the first bytes and reads them without taking them.
@@ -107,25 +131,33 @@ impl Wire {
         loop {
             {
                 let mut unsent = self.locked();
+                self.send_unsent(&mut unsent)?;
                 if unsent.bytes.is_empty() {
                     return Poll::Ready(Ok(()));
-                }
-                match self.stream.try_write(&unsent.bytes) {
-                    Ok(n) => {
-                        unsent.bytes.advance(n);
-                        self.unsent_len.store(unsent.bytes.len(), Ordering::Release);
-                        if unsent.bytes.is_empty() && unsent.bytes.capacity() > KEEP_UNSENT_CAPACITY {
-                            unsent.bytes = BytesMut::new();
-                        }
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
                 }
             }
             // Outside the lock: the fan-out may add to the unsent bytes meanwhile.
             ready!(self.stream.poll_write_ready(cx))?;
         }
+    }
+
+    /// Gives the kernel as much of the unsent bytes as it takes now.
+    fn send_unsent(&self, unsent: &mut Unsent) -> io::Result<()> {
+        while !unsent.bytes.is_empty() {
+            match self.stream.try_write(&unsent.bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    unsent.bytes.advance(n);
+                    self.unsent_len.store(unsent.bytes.len(), Ordering::Release);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if unsent.bytes.is_empty() && unsent.bytes.capacity() > KEEP_UNSENT_CAPACITY {
+            unsent.bytes = BytesMut::new();
+        }
+        Ok(())
     }
 
     /// Reads into `buf` (the `AsyncRead` contract).
@@ -144,14 +176,29 @@ impl Wire {
         }
     }
 
-    /// Writes from `bufs` (the `AsyncWrite` contract). Whole once [`Wire::set_frames`] was called.
+    /// Writes from `bufs` (the `AsyncWrite` contract). Once [`Wire::set_frames`] was called, whole,
+    /// and pending while they would take the unsent bytes past the budget (module doc).
     pub fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         if self.frames.load(Ordering::Acquire) {
-            let mut unsent = self.locked();
-            for buf in bufs {
-                self.write_locked(&mut unsent, buf)?;
+            let len: usize = bufs.iter().map(|b| b.len()).sum();
+            let budget = self.budget.load(Ordering::Relaxed);
+            loop {
+                {
+                    let mut unsent = self.locked();
+                    if unsent.bytes.is_empty() || unsent.bytes.len().saturating_add(len) <= budget {
+                        for buf in bufs {
+                            self.write_locked(&mut unsent, buf)?;
+                        }
+                        return Poll::Ready(Ok(len));
+                    }
+                    // Over the budget: let the socket take what it can before waiting for it.
+                    self.send_unsent(&mut unsent)?;
+                    if unsent.bytes.is_empty() || unsent.bytes.len() + len <= budget {
+                        continue;
+                    }
+                }
+                ready!(self.stream.poll_write_ready(cx))?;
             }
-            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
         loop {
             ready!(self.stream.poll_write_ready(cx))?;

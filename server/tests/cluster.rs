@@ -78,18 +78,24 @@ async fn both_nodes_consume_sqs_and_each_message_is_delivered_once() {
     wait_readyz(&a, 200).await;
     wait_readyz(&b, 200).await;
     let mut ws = connect(&a.ws_url("/dev?site=tst")).await;
-    for n in 0..20 {
-        boto3_publish(
-            &moto.endpoint,
-            "datastreamIncomingQueue-dev",
-            &["--site", "tst", "--topic", "t", "--data", &n.to_string()],
-        );
-    }
+    // Published off the test's thread: the subscriber keeps reading (and answering the relay's
+    // heartbeat) however long the 20 boto3 runs take on a busy machine.
+    let endpoint = moto.endpoint.clone();
+    let publisher = tokio::task::spawn_blocking(move || {
+        for n in 0..20 {
+            boto3_publish(
+                &endpoint,
+                "datastreamIncomingQueue-dev",
+                &["--site", "tst", "--topic", "t", "--data", &n.to_string()],
+            );
+        }
+    });
     let mut seen = HashSet::new();
     for _ in 0..20 {
         let got = tokio::time::timeout(Duration::from_secs(30), next_json(&mut ws)).await.expect("delivered");
         assert!(seen.insert(got["data"].as_u64().unwrap()), "duplicate: {got}");
     }
+    publisher.await.unwrap();
     expect_silence(&mut ws, Duration::from_millis(500)).await;
     let (_, ma) = get_text(&a.url("/metrics")).await;
     let (_, mb) = get_text(&b.url("/metrics")).await;

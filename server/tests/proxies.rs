@@ -159,3 +159,58 @@ async fn the_proxy_protocol_source_is_the_client() {
     assert_eq!(publish("203.0.113.9:5000".parse().unwrap()).await, "403");
     assert_eq!(publish("127.0.0.1:5000".parse().unwrap()).await, "202");
 }
+
+/// How long the relay keeps a connection that sends `first` after `after` and then dribbles
+/// `dribble` a byte at a time, one every 100 ms, never finishing: until it closes it.
+async fn held_for(s: &TestServer, after: std::time::Duration, first: &[u8], dribble: &[u8]) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(after).await;
+    stream.write_all(first).await.unwrap();
+    let mut buf = [0u8; 256];
+    let mut bytes = dribble.iter().cycle();
+    within(async {
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                    if let Some(&byte) = bytes.next()
+                        && stream.write_all(&[byte]).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+/// One deadline for the whole handshake, from the TCP accept: time spent on the PROXY header (or
+/// on the first bytes) is not given again for the HTTP request, nor is the request given a fresh
+/// deadline once its first bytes are in.
+#[tokio::test]
+async fn the_handshake_deadline_runs_from_the_accept_whatever_comes_first() {
+    use std::time::Duration;
+    let deadline = Duration::from_millis(1200);
+    let s = TestServer::start(&["--proxy-protocol", "--handshake-timeout", "1200ms"]).await;
+    let header = proxy_header(Some("203.0.113.1:40000".parse().unwrap()));
+    // A valid header late in the deadline, then silence.
+    let held = held_for(&s, Duration::from_millis(900), &header, b"").await;
+    assert!(held >= deadline - Duration::from_millis(50) && held < deadline + Duration::from_millis(600), "{held:?}");
+    // A valid header, then a request dribbled byte by byte.
+    let request = [header.clone(), b"GET /healthz HTTP/1.1\r\n".to_vec()].concat();
+    let held = held_for(&s, Duration::from_millis(900), &request, b"X-Slow: aaaaaaaaaaaaaaa\r\n").await;
+    assert!(held < deadline + Duration::from_millis(600), "{held:?}");
+
+    let s = TestServer::start(&["--handshake-timeout", "1200ms"]).await;
+    let held = held_for(&s, Duration::from_millis(900), b"GET /healthz HTTP/1.1\r\n", b"X-Slow: aaaaaaaaa\r\n").await;
+    assert!(held < deadline + Duration::from_millis(600), "plain HTTP: {held:?}");
+    // A request that completes in time is served as before.
+    let (status, _) = get_text(&s.url("/healthz")).await;
+    assert_eq!(status, 200);
+}

@@ -22,7 +22,7 @@ use common::{
     procs::{RedisServer, Relay},
 };
 use datastream::{
-    broker::{Broker, HistoryOptions, PublishOutcome, RedisBroker},
+    broker::{Broker, HistoryOptions, PublishOutcome, RedisBroker, RedisSettings},
     hub::{Event, Framing, Hub, Inbox, Outbox, Subscriber},
     metrics::Metrics,
     publication::{LatestKeys, PublishRequest, Validator},
@@ -38,6 +38,7 @@ fn options() -> HistoryOptions {
         size: 1000,
         ttl: Duration::from_secs(600),
         dedupe_window: Duration::from_secs(60),
+        dedupe_keys: 100_000,
         latest_topics: 64,
         latest_ttl: Duration::from_secs(600),
         latest_keys: LatestKeys::new([("sitestatus".to_owned(), "statusType".to_owned())]),
@@ -57,7 +58,9 @@ impl Node {
     async fn start(url: &str) -> Node {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let redis = RedisBroker::connect(url, PREFIX, hub.clone(), metrics.clone(), options()).await.unwrap();
+        let redis = RedisBroker::connect(&RedisSettings::new(url, PREFIX), hub.clone(), metrics.clone(), options())
+            .await
+            .unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(redis.clone().run_reader(stop.clone()));
         assert!(redis.wait_connected(WAIT).await, "pub/sub connected");
@@ -91,7 +94,9 @@ impl Publisher {
     async fn start(url: &str) -> Publisher {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        Publisher(Broker::Redis(RedisBroker::connect(url, PREFIX, hub, metrics, options()).await.unwrap()))
+        Publisher(Broker::Redis(
+            RedisBroker::connect(&RedisSettings::new(url, PREFIX), hub, metrics, options()).await.unwrap(),
+        ))
     }
 
     async fn publish(&self, site: &str, n: u64) -> u64 {
@@ -298,7 +303,8 @@ async fn wait_subscribed(admin: &mut redis::aio::MultiplexedConnection, channels
 }
 
 /// Subscribing to sites nobody publishes to may draw their epochs, but leaves no key that
-/// lives for ever.
+/// outlives the history TTL; a published site's keys outlive its last publication by the latest
+/// values' TTL at most.
 #[tokio::test]
 async fn sites_nobody_publishes_to_leave_no_key_without_a_ttl() {
     let server = RedisServer::start();
@@ -323,14 +329,15 @@ async fn sites_nobody_publishes_to_leave_no_key_without_a_ttl() {
     let mut lasting = Vec::new();
     for key in &keys {
         let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
-        if ttl == -1 && !key.contains("{real}") {
+        if ttl == -1 {
             lasting.push(key.clone());
         }
     }
-    assert!(lasting.is_empty(), "keys without a TTL for sites never published to: {lasting:?}");
-    // A published site's epoch does last.
+    assert!(lasting.is_empty(), "keys without a TTL: {lasting:?}");
+    // A published site's epoch lasts as long as what it holds may be served (the latest values'
+    // TTL here), and no longer: no key lives for ever.
     let ttl: i64 = redis::cmd("PTTL").arg(format!("{PREFIX}:{{real}}:meta")).query_async(&mut conn).await.unwrap();
-    assert_eq!(ttl, -1);
+    assert!((500_000..=600_000).contains(&ttl), "{ttl} ms");
     // The epoch a subscriber was told holds when the site is first published to.
     let told = node.broker.snapshot(&sites[0]).await.unwrap().epoch;
     let published = match publisher.0.publish(request(&sites[0])).await.unwrap() {
@@ -340,7 +347,7 @@ async fn sites_nobody_publishes_to_leave_no_key_without_a_ttl() {
     assert_eq!(told, published);
     let ttl: i64 =
         redis::cmd("PTTL").arg(format!("{PREFIX}:{{{}}}:meta", sites[0])).query_async(&mut conn).await.unwrap();
-    assert_eq!(ttl, -1, "published: the epoch lasts");
+    assert!(ttl > 500_000, "published: the epoch lasts as long as the latest values, {ttl} ms");
 }
 
 fn request(site: &str) -> PublishRequest {
@@ -433,4 +440,57 @@ async fn wait_ready(relay: &Relay, status: u16) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("readyz never became {status}: {last:?}");
+}
+
+/// A v2 connection to `relay`, its hello read.
+async fn v2(relay: &common::TestServer) -> common::Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = relay.ws_url("/dev").into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "datastream.v2".parse().unwrap());
+    let (mut ws, _) = common::within(tokio_tungstenite::connect_async(req)).await.unwrap();
+    assert_eq!(common::next_json(&mut ws).await["type"], "hello");
+    ws
+}
+
+/// Holds every Redis command for `ms` (`CLIENT PAUSE … ALL`), as a stalled Redis would.
+async fn stall(admin: &mut redis::aio::MultiplexedConnection, ms: u64) {
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("ALL").query_async(admin).await.unwrap();
+}
+
+/// One Redis timeout, the documented one: a Redis stall of 1 s (past the Redis client's own
+/// default response timeout, 0.5 s, under the relay's 2 s) delays a publish and a subscribe but
+/// fails neither; a stall past `DATASTREAM_REDIS_TIMEOUT` fails a publish with 503 at that
+/// timeout, not when Redis wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_stall_shorter_than_the_timeout_delays_and_a_longer_one_fails() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let relay = common::TestServer::start(&["--redis-url", &url]).await;
+    let mut admin = command(&url).await;
+    let body = |n: u64| serde_json::json!({"site": "mrc", "topic": "t", "data": n});
+    assert_eq!(relay.publish(&body(1)).await.0, 202, "the script is loaded");
+
+    stall(&mut admin, 1000).await;
+    let started = tokio::time::Instant::now();
+    let (status, answer) = relay.publish(&body(2)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(700), "the publish waited for Redis: {:?}", started.elapsed());
+
+    let mut ws = v2(&relay).await;
+    stall(&mut admin, 1000).await;
+    common::send_text(&mut ws, r#"{"type":"subscribe","id":1,"site":"fresh"}"#).await;
+    let ack = common::next_json(&mut ws).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+
+    let quick = common::TestServer::start(&["--redis-url", &url, "--redis-timeout", "1s"]).await;
+    assert_eq!(quick.publish(&body(3)).await.0, 202);
+    stall(&mut admin, 2500).await;
+    let started = tokio::time::Instant::now();
+    let (status, answer) = quick.publish(&body(4)).await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2200),
+        "failed at the timeout: {took:?}"
+    );
 }

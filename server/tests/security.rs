@@ -22,6 +22,19 @@ fn hs256(sites: &[&str], exp_in: i64) -> String {
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 
+fn hs256_claims(claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+/// `GET /sites/<site>/latest` with an optional bearer token; the status.
+async fn latest_status(s: &TestServer, site: &str, token: Option<&str>) -> u16 {
+    let mut req = reqwest::Client::new().get(s.url(&format!("/sites/{site}/latest")));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    within(req.send()).await.unwrap().status().as_u16()
+}
+
 fn es256_key() -> EncodingKey {
     let pem = std::fs::read(repo_root().join("tests/keys/es256-test-private.pem")).unwrap();
     EncodingKey::from_ec_pem(&pem).unwrap()
@@ -90,9 +103,10 @@ async fn hs256_tokens_grant_sites() {
     let mut ws = open(&s, "/dev", &["datastream.v2"], None).await.unwrap();
     let (code, reason, _) = expect_close(&mut ws).await;
     assert_eq!((code, reason.as_str()), (3501, "a token is required"));
+    // An expired token is the one refusal a fresh token fixes: 3002 (reconnect with a new one).
     let mut ws = open(&s, "/dev", &["datastream.v2", &format!("datastream.token.{expired}")], None).await.unwrap();
     let (code, reason, _) = expect_close(&mut ws).await;
-    assert_eq!((code, reason.as_str()), (3501, "token expired"));
+    assert_eq!((code, reason.as_str()), (3002, "token expired"));
 
     let mut ws = v2_with_token(&s, &mrc).await;
     assert_eq!(subscribe(&mut ws, "mrc").await["type"], "subscribed");
@@ -257,4 +271,100 @@ async fn flooding_control_frames_is_rate_limited() {
         }
     }
     assert_eq!((pongs, limited), (5, 3));
+}
+
+#[tokio::test]
+async fn a_configured_audience_and_issuer_are_required_not_only_checked() {
+    let s =
+        TestServer::start(&["--jwt-secret", SECRET, "--jwt-audience", "ptr", "--jwt-issuer", "https://auth.example"])
+            .await;
+    let exp = now_unix() + 600;
+    let good = hs256_claims(&json!({"sites": ["*"], "exp": exp, "aud": "ptr", "iss": "https://auth.example"}));
+    let no_aud = hs256_claims(&json!({"sites": ["*"], "exp": exp, "iss": "https://auth.example"}));
+    let no_iss = hs256_claims(&json!({"sites": ["*"], "exp": exp, "aud": "ptr"}));
+    let wrong_aud = hs256_claims(&json!({"sites": ["*"], "exp": exp, "aud": "x", "iss": "https://auth.example"}));
+    assert!(open(&s, &format!("/dev?site=mrc&token={good}"), &[], None).await.is_ok());
+    assert_eq!(latest_status(&s, "mrc", Some(&good)).await, 200);
+    let mut ws = v2_with_token(&s, &good).await;
+    assert_eq!(subscribe(&mut ws, "mrc").await["type"], "subscribed");
+    for (token, reason) in [
+        (&no_aud, "token lacks a required claim"),
+        (&no_iss, "token lacks a required claim"),
+        (&wrong_aud, "wrong audience"),
+    ] {
+        assert_eq!(open(&s, &format!("/dev?site=mrc&token={token}"), &[], None).await.err(), Some(401), "{reason}");
+        assert_eq!(latest_status(&s, "mrc", Some(token)).await, 401, "{reason}");
+        let mut ws = open(&s, "/dev", &["datastream.v2", &format!("datastream.token.{token}")], None).await.unwrap();
+        let (code, got, _) = expect_close(&mut ws).await;
+        assert_eq!((code, got.as_str()), (3501, reason));
+    }
+}
+
+#[tokio::test]
+async fn a_token_already_expired_at_the_handshake_is_refused_at_once() {
+    let s = TestServer::start(&["--jwt-secret", SECRET]).await;
+    // Expired two seconds ago: within the verifier's clock-skew leeway, which `exp` does not get.
+    let just_expired = hs256(&["mrc"], -2);
+    assert_eq!(open(&s, &format!("/dev?site=mrc&token={just_expired}"), &[], None).await.err(), Some(401));
+    assert_eq!(latest_status(&s, "mrc", Some(&just_expired)).await, 401);
+    let mut ws = open(&s, "/dev", &["datastream.v2", &format!("datastream.token.{just_expired}")], None).await.unwrap();
+    // No hello first: the connection is refused, not accepted and then cut off.
+    let (code, reason, frames) = expect_close(&mut ws).await;
+    assert_eq!((code, reason.as_str(), frames), (3002, "token expired", 0));
+    // In-band: refreshing with it is refused and the connection keeps its grant.
+    let mut ws = v2_with_token(&s, &hs256(&["mrc"], 600)).await;
+    send_text(&mut ws, &json!({"type": "refresh", "id": 2, "token": just_expired}).to_string()).await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!((refused["code"].as_str(), refused["message"].as_str()), (Some("invalid_token"), Some("token expired")));
+    assert_eq!(subscribe(&mut ws, "mrc").await["type"], "subscribed");
+}
+
+#[tokio::test]
+async fn anonymous_sites_are_open_without_a_token_next_to_token_holders() {
+    let s = TestServer::start(&["--jwt-secret", SECRET, "--anonymous-sites", "mrc,sro"]).await;
+    let saf_token = hs256(&["saf"], 600);
+
+    // Legacy: an anonymous site without a token; another site needs one (401), and a token
+    // for it opens it and keeps the anonymous ones open.
+    let mut anon = open(&s, "/dev?site=mrc", &[], None).await.unwrap();
+    assert_eq!(open(&s, "/dev?site=saf", &[], None).await.err(), Some(401));
+    let mut saf = open(&s, &format!("/dev?site=saf&token={saf_token}"), &[], None).await.unwrap();
+    assert!(open(&s, &format!("/dev?site=sro&token={saf_token}"), &[], None).await.is_ok());
+    assert_eq!(open(&s, &format!("/dev?site=tst&token={saf_token}"), &[], None).await.err(), Some(403));
+    // A token that is present but bad is refused, not taken for anonymity.
+    assert_eq!(open(&s, "/dev?site=mrc&token=garbage", &[], None).await.err(), Some(401));
+
+    // v2 without a token: accepted; the anonymous site subscribes, another is refused by name.
+    let mut v2 = open(&s, "/dev?site=mrc&site=saf", &["datastream.v2"], None).await.unwrap();
+    assert_eq!(next_json(&mut v2).await["type"], "hello");
+    let mut greeting = vec![next_json(&mut v2).await, next_json(&mut v2).await];
+    greeting.sort_by_key(|f| f["type"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        (greeting[0]["code"].as_str(), greeting[0]["site"].as_str()),
+        (Some("forbidden"), Some("saf")),
+        "{greeting:?}"
+    );
+    assert_eq!((greeting[1]["type"].as_str(), greeting[1]["site"].as_str()), (Some("subscribed"), Some("mrc")));
+    let refused = subscribe(&mut v2, "tst").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["site"].as_str(), refused["id"].as_u64()),
+        (Some("forbidden"), Some("tst"), Some(1))
+    );
+    assert_eq!(subscribe(&mut v2, "sro").await["type"], "subscribed");
+    let mut bad = open(&s, "/dev", &["datastream.v2", "datastream.token.garbage"], None).await.unwrap();
+    assert_eq!(expect_close(&mut bad).await.0, 3501);
+
+    // Publications reach each as granted.
+    s.publish(&json!([{"site": "mrc", "topic": "t", "data": 1}, {"site": "saf", "topic": "t", "data": 2}])).await;
+    assert_eq!(next_json(&mut anon).await["data"], 1);
+    assert_eq!(next_json(&mut saf).await["data"], 2);
+    let f = next_json(&mut v2).await;
+    assert_eq!((f["site"].as_str(), f["data"].as_u64()), (Some("mrc"), Some(1)));
+
+    // Latest values over HTTP follow the same rule.
+    assert_eq!(latest_status(&s, "mrc", None).await, 200);
+    assert_eq!(latest_status(&s, "saf", None).await, 401);
+    assert_eq!(latest_status(&s, "saf", Some(&saf_token)).await, 200);
+    assert_eq!(latest_status(&s, "mrc", Some(&saf_token)).await, 200);
+    assert_eq!(latest_status(&s, "tst", Some(&saf_token)).await, 403);
 }

@@ -1,16 +1,20 @@
 //! A hostile-client soak: one relay process (the debug binary) on loopback; well-behaved legacy
 //! and v2 subscribers reading a numbered stream per site while a publisher sends it (single
 //! objects, arrays, arrays of 100 KB messages); and, at the same time, clients doing what a public
-//! endpoint meets from the careless and the malicious: junk and oversized frames, subscription
-//! churn, huge topic lists, readers that stall, publishes whose body never comes, connections left
-//! half-open at every stage, large bodies to sites nobody reads, clients that send a Close.
+//! endpoint meets from the careless and the malicious: junk and oversized frames, ping floods,
+//! subscription churn, huge topic lists, readers that stall, publishes whose body never comes,
+//! connections left half-open at every stage, large bodies to sites nobody reads, clients that
+//! send a Close, readers of 12 MB `GET …/latest` answers (and of `/metrics`) who never read them,
+//! keep-alive hoarders, and connections stalling in their PROXY header (against a second relay
+//! that requires one).
 //!
 //! Asserted: every well-behaved subscriber got every publication of its sites exactly once and
 //! in order, and was never closed; each hostile client met its documented outcome (an error
-//! frame, a terminal close, a cut-off); the relay is still running; and afterwards its open file
-//! descriptors are back to their baseline and its resident memory near it. Every failed check is
-//! listed, not only the first. The figures are printed on one `soak:` line
-//! (`cargo test -p datastream --test soak -- --nocapture`).
+//! frame, a terminal close, a cut-off); the relay is still running; its peak resident memory
+//! stayed under the bound the memory model gives for what was open and published ([`memory`]);
+//! and afterwards its open file descriptors are back to their baseline and its resident memory
+//! near it (the PROXY relay's too). Every failed check is listed, not only the first. The figures
+//! are printed on `soak:` lines (`cargo test -p datastream --test soak -- --nocapture`).
 //!
 //! Bounded: every wait has a limit; a run takes about 30 s (50 s when a client waiting to be cut off
 //! never is), at most 90 s. Randomness is seeded.
@@ -18,10 +22,14 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 mod common;
+#[path = "soak/hostile_http.rs"]
+mod hostile_http;
 #[path = "soak/hostile_raw.rs"]
 mod hostile_raw;
 #[path = "soak/hostile_ws.rs"]
 mod hostile_ws;
+#[path = "soak/memory.rs"]
+mod memory;
 #[path = "soak/stream.rs"]
 mod stream;
 #[path = "soak/tally.rs"]
@@ -36,10 +44,11 @@ use std::{
     time::Duration,
 };
 
-use common::procs::{Relay, open_fds, status_kb};
+use common::procs::{Relay, open_fds, reset_peak_rss, status_kb};
 use futures_util::future::join_all;
+use hostile_http::{LATEST_BYTES, LATEST_READERS, LATEST_TOPICS, ProxyStall};
 use hostile_raw::{HalfOpen, SlowBody};
-use stream::{SITES, Totals};
+use stream::{LARGE_PAD, SITES, Totals};
 use tally::Tally;
 use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -119,8 +128,9 @@ fn relay_env() -> Vec<(&'static str, &'static str)> {
         ("DATASTREAM_MAX_CLIENT_FRAME_BYTES", "65536"),
         ("DATASTREAM_HISTORY_SIZE", "10"),
         ("DATASTREAM_HISTORY_TTL", "5s"),
-        // Every client here is 127.0.0.1; the per-address cap is not what this soak is about.
+        // Every client here is 127.0.0.1; the per-address caps are not what this soak is about.
         ("DATASTREAM_MAX_CONNECTIONS_PER_IP", "0"),
+        ("DATASTREAM_MAX_HTTP_CONNECTIONS_PER_IP", "0"),
         // glibc serves blocks from this size up with their own mappings and unmaps them when
         // freed; setting it also stops glibc from raising it after each large free, after which
         // it would keep freed publications and bodies in its heaps. Memory measured at the end is
@@ -155,8 +165,9 @@ async fn warm_up(relay: &Relay) {
     v2.close().await;
 }
 
-/// Starts every hostile client (and the probe of publications right after a handshake).
-fn spawn_hostile(env: &Arc<Env>, set: &mut JoinSet<()>) {
+/// Starts every hostile client (and the probe of publications right after a handshake);
+/// `proxied` is the relay that requires a PROXY header.
+fn spawn_hostile(env: &Arc<Env>, proxied: SocketAddr, set: &mut JoinSet<()>) {
     let mut seed = SEED;
     let mut next_seed = || {
         seed += 1;
@@ -201,6 +212,17 @@ fn spawn_hostile(env: &Arc<Env>, set: &mut JoinSet<()>) {
     }
     set.spawn(hostile_raw::unread_publisher(env.clone()));
     set.spawn(stream::publish_after_handshake(env.clone()));
+    for v2 in [false, true] {
+        set.spawn(hostile_http::ping_flood(env.clone(), v2));
+    }
+    for _ in 0..LATEST_READERS {
+        set.spawn(hostile_http::slow_latest_reader(env.clone()));
+    }
+    set.spawn(hostile_http::slow_metrics_reader(env.clone()));
+    set.spawn(hostile_http::keep_alive_hoarder(env.clone()));
+    for stall in [ProxyStall::HalfHeader, ProxyStall::Header, ProxyStall::HalfRequest] {
+        set.spawn(hostile_http::proxy_staller(env.clone(), proxied, stall));
+    }
 }
 
 /// Every check the hostile clients and the probe make; each must have run at least once.
@@ -225,7 +247,34 @@ const CHECKS: &[&str] = &[
     "half-open: half a frame (legacy), closed",
     "half-open: half a frame (v2), closed",
     "large bodies to unread sites: accepted",
+    "ping flood: close 3500",
+    "unread GET …/latest: let go after the write deadline",
+    "unread /metrics: answered, then closed when idle",
+    "keep-alive hoarder: closed when idle",
+    "PROXY staller: closed at the handshake deadline",
 ];
+
+/// Samples the relay's open WebSockets and plain HTTP connections (from `/metrics`, over one
+/// kept-alive connection) every 200 ms, keeping the highest of each.
+fn sample_connections(url: String, websockets: Arc<AtomicU64>, http: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), client.get(&url).send()).await
+                && let Ok(text) = resp.text().await
+            {
+                let value = |series: &str| {
+                    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+                };
+                let ws = value(r#"datastream_connections{protocol="legacy"}"#)
+                    + value(r#"datastream_connections{protocol="v2"}"#);
+                websockets.fetch_max(ws, Ordering::Relaxed);
+                http.fetch_max(value("datastream_http_connections"), Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_neither_disturb_subscribers_nor_leak() {
@@ -233,10 +282,19 @@ async fn hostile_clients_neither_disturb_subscribers_nor_leak() {
     let mut relay = Relay::start(&relay_env());
     let pid = relay.proc.pid();
     let fds_idle = open_fds(pid).expect("relay fds");
+    let proxied = Relay::start(&[relay_env(), vec![("DATASTREAM_PROXY_PROTOCOL", "true")]].concat());
+    let proxied_fds_base = open_fds(proxied.proc.pid()).expect("PROXY relay fds");
     warm_up(&relay).await;
+    let measured = memory::measure(relay.addr, pid, 200).await;
     // Closed connections linger up to 2 s (reading what the client still sends).
     let fds_base = settle(Duration::from_secs(5), || open_fds(pid), |n| n <= fds_idle).await.expect("relay fds");
     let rss_base = status_kb(pid, "VmRSS").expect("relay VmRSS");
+    // The peak from here on, not the calibration's.
+    assert!(reset_peak_rss(pid), "cannot reset the relay's peak memory (/proc/<pid>/clear_refs)");
+    // The site whose latest values make a 12 MB answer, for the readers who never read it.
+    hostile_http::publish_large_latest(relay.addr, TOKEN).await;
+    let (peak_ws, peak_http) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let connections = sample_connections(relay.url("/metrics"), peak_ws.clone(), peak_http.clone());
 
     // The highest count of open file descriptors while the soak runs.
     let fds_peak = Arc::new(AtomicUsize::new(fds_base));
@@ -278,7 +336,7 @@ async fn hostile_clients_neither_disturb_subscribers_nor_leak() {
     }
     drop(totals_rx);
     let mut hostile = JoinSet::new();
-    spawn_hostile(&env, &mut hostile);
+    spawn_hostile(&env, proxied.addr, &mut hostile);
 
     let published = stream::publish(relay.url("/publish"), TOKEN, PUBLISH_STEPS, STEP_PAUSE, PUBLISH_LIMIT, SEED).await;
     totals_tx.send_replace(Some(published.totals));
@@ -323,6 +381,29 @@ async fn hostile_clients_neither_disturb_subscribers_nor_leak() {
         .expect("relay VmRSS at the end");
     let rss_peak = status_kb(pid, "VmHWM").unwrap_or(0);
     sampler.abort();
+    connections.abort();
+    let proxied_fds = settle(SETTLE_FDS, || open_fds(proxied.proc.pid()), |n| n <= proxied_fds_base + FD_TOLERANCE)
+        .await
+        .expect("PROXY relay fds at the end");
+
+    // The memory model for what was open and published at once. Kept: each soak and unread site's
+    // history (10) and latest value of its one topic, all possibly large; the large latest
+    // values; one small publication (history and latest) per site the handshake probe made.
+    let large = (LARGE_PAD + 200) as u64;
+    let fresh_sites = env.tally.count("legacy: a publication right after the handshake is delivered");
+    let load = memory::Load {
+        websockets: peak_ws.load(Ordering::Relaxed),
+        http_connections: peak_http.load(Ordering::Relaxed),
+        unread_answers: LATEST_READERS as u64,
+        unread_answer_value: LATEST_BYTES as u64,
+        // The publisher and the unread publisher, each with up to 14 large messages.
+        bodies_in_flight: vec![14 * large, 14 * large],
+        kept_bytes: (SITES.len() as u64 + 3) * 11 * large
+            + (LATEST_TOPICS as u64 + 10) * LATEST_BYTES as u64
+            + fresh_sites * 2 * 200,
+    };
+    let limits = memory::Limits { queue_bytes: 1024 * 1024, max_message: 262_144, max_name_len: 64 };
+    let (bound_kb, terms) = memory::bound_kb(limits, measured, &load);
 
     let publications: u64 = published.totals.iter().sum();
     let expected: u64 = published.totals.iter().zip(per_site).map(|(t, n)| t * n).sum();
@@ -342,6 +423,17 @@ async fn hostile_clients_neither_disturb_subscribers_nor_leak() {
         started.elapsed().as_secs_f64(),
     );
     println!("soak checks: {}", env.tally.summary().join("; "));
+    let terms: Vec<String> = terms.iter().map(|(name, kb)| format!("{name} {:.1} MB", mb(*kb))).collect();
+    println!(
+        "soak memory: peak {:.1} MB above the baseline, bound {:.1} MB = {}; measured idle websocket {} B, idle http connection {} B; peaks {} websockets, {} http connections",
+        mb(rss_peak.saturating_sub(rss_base)),
+        mb(bound_kb),
+        terms.join(" + "),
+        measured.ws_idle,
+        measured.http_idle,
+        load.websockets,
+        load.http_connections,
+    );
 
     for r in &received {
         if let Some(failure) = &r.failure {
@@ -353,6 +445,18 @@ async fn hostile_clients_neither_disturb_subscribers_nor_leak() {
         if !env.tally.ran(check) {
             problems.push(format!("{check}: never ran"));
         }
+    }
+    if rss_peak > rss_base + bound_kb {
+        problems.push(format!(
+            "memory: peak {:.1} MB, above the baseline {:.1} MB plus the model's bound {:.1} MB",
+            mb(rss_peak),
+            mb(rss_base),
+            mb(bound_kb)
+        ));
+    }
+    if proxied_fds > proxied_fds_base + FD_TOLERANCE {
+        problems
+            .push(format!("PROXY relay file descriptors: {proxied_fds} open at the end, baseline {proxied_fds_base}"));
     }
     if fds_final > fds_base + FD_TOLERANCE {
         problems.push(format!("file descriptors: {fds_final} open at the end, baseline {fds_base}"));

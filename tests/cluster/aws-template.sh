@@ -44,8 +44,11 @@ assert "DATASTREAM_PUBLISH_TOKEN" not in env and "DATASTREAM_JWT_SECRET" not in 
 assert env["DATASTREAM_TRUSTED_PROXIES"] == {"Ref": "VpcCidr"}, env
 assert env["DATASTREAM_SQS_QUEUE"] == {"Ref": "IncomingQueue"}
 assert "DATASTREAM_REDIS_URL" in env
+# Redis traffic is encrypted: ElastiCache in-transit encryption on, the relay's URL rediss://.
+assert r["Redis"]["Properties"]["TransitEncryptionEnabled"] is True
+assert env["DATASTREAM_REDIS_URL"]["Fn::Sub"].startswith("rediss://"), env["DATASTREAM_REDIS_URL"]
 # Rolling deployments start new tasks before stopping old ones.
 dc = r["Service"]["Properties"]["DeploymentConfiguration"]
 assert dc["MinimumHealthyPercent"] >= 100 and dc["MaximumPercent"] >= 200, dc
-print("AWS template: cfn-lint clean; WebSocket, health check, drain, queue, IAM and secrets settings ok")
+print("AWS template: cfn-lint clean; WebSocket, health check, drain, queue, IAM, secrets and Redis TLS settings ok")
 PY

@@ -2,13 +2,13 @@
 # Failures under load, against the topology of scripts/cluster.sh (Redis, three relay nodes,
 # HAProxy): SDK-like v2 subscribers (`loadgen cluster`) receive a steady stream through the
 # balancer while a node is killed, the nodes are restarted in turn, Redis is frozen or restarted,
-# or a node consuming SQS is killed. Each scenario stops by itself and fails unless every
+# or a node consuming SQS is killed, and Redis over TLS restarted. Each scenario stops by itself and fails unless every
 # subscriber ends connected with every acknowledged publication once, in order (or, where Redis
 # lost its data, took the documented `recovered: false` path).
 #
 #   tests/cluster/failures.sh                      # every scenario (about 3 minutes)
 #   tests/cluster/failures.sh kill9 rolling        # of: kill9 rolling redis-pause redis-restart
-#                                                  #     redis-no-aof sqs
+#                                                  #     redis-no-aof sqs redis-tls
 #   CLUSTER_PROFILE=release tests/cluster/failures.sh   # release builds (the figures in BENCHMARKS.md)
 #   FAILURES_SUBS=2000                             # subscribers (default 2000 for kill9 and rolling)
 #
@@ -17,7 +17,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/env.sh"
 cd "$ROOT"
 
-SCENARIOS=${*:-"kill9 rolling redis-pause redis-restart redis-no-aof sqs"}
+SCENARIOS=${*:-"kill9 rolling redis-pause redis-restart redis-no-aof sqs redis-tls"}
 PROFILE=${CLUSTER_PROFILE:-debug}
 SUBS=${FAILURES_SUBS:-2000}
 if [ "$PROFILE" = release ]; then
@@ -162,6 +162,20 @@ assert rc['count'] == 0, f'clients were disconnected: {rc}'"
     cluster_down
 }
 
+scenario_redis_tls() {
+    echo "==> Redis over TLS (rediss://, a CA made for the run) restarted: the nodes reconnect over TLS"
+    CL_TLS=yes
+    cluster_up
+    loadgen_start redis-tls --publish "127.0.0.1:$CL_LB_PORT" --token "$CL_TOKEN" --subs 1000 --sites 20 \
+        --rate 20 --secs 8 --drain 30
+    sleep 2
+    redis_restart
+    loadgen_check redis-tls "$EXACT
+assert rc['count'] == 0, f'clients were disconnected: {rc}'"
+    cluster_down
+    CL_TLS=no
+}
+
 scenario_redis_no_aof() {
     echo "==> Redis restarted without persistence while a node is lost: recovery impossible, said so"
     CL_AOF=no
@@ -233,6 +247,7 @@ for s in $SCENARIOS; do
     redis-restart) scenario_redis_restart ;;
     redis-no-aof) scenario_redis_no_aof ;;
     sqs) scenario_sqs ;;
+    redis-tls) scenario_redis_tls ;;
     *)
         echo "unknown scenario $s" >&2
         exit 2

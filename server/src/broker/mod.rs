@@ -4,7 +4,9 @@
 //!
 //! [`Broker`] is the one type the rest of the relay talks to; each backend sits beside it
 //! (`memory`, the single-node default, and `redis`, for several nodes). Every backend passes the
-//! same conformance tests (`server/tests/broker_conformance.rs`).
+//! same conformance tests (`server/tests/broker_conformance.rs`). A broker publishes a batch of
+//! requests at once ([`Broker::publish_all`]) and batches its deliveries itself: callers hand it
+//! what arrived together (a publish body, an SQS receive).
 
 mod memory;
 mod redis;
@@ -12,11 +14,14 @@ mod redis;
 use std::{sync::Arc, time::Duration};
 
 pub use memory::MemoryBroker;
-pub use redis::RedisBroker;
+pub use redis::{
+    DEFAULT_TIMEOUT as DEFAULT_REDIS_TIMEOUT, RedisBroker, RedisSettings, SettingsError as RedisSettingsError,
+};
 
 use crate::{
-    hub::{Batch, wants},
+    config::Config,
     publication::{LatestKeys, Position, Publication, PublishRequest},
+    topics::wants,
 };
 
 /// What a broker keeps per site: history, idempotency keys, and each topic's latest publication.
@@ -28,6 +33,9 @@ pub struct HistoryOptions {
     pub ttl: Duration,
     /// Window in which a repeated idempotency key is dropped.
     pub dedupe_window: Duration,
+    /// Most idempotency keys the in-memory broker remembers; past it the oldest is forgotten
+    /// before its window ends. (Redis: each key expires after the window.)
+    pub dedupe_keys: usize,
     /// Most topics per site whose latest publication is kept (the least recently published
     /// goes first); 0: none.
     pub latest_topics: usize,
@@ -35,6 +43,38 @@ pub struct HistoryOptions {
     pub latest_ttl: Duration,
     /// Topics whose latest publication is kept per value of a data field.
     pub latest_keys: LatestKeys,
+}
+
+impl HistoryOptions {
+    /// The limits set by `config`.
+    pub fn from_config(config: &Config) -> Self {
+        HistoryOptions {
+            size: config.history_size,
+            ttl: config.history_ttl,
+            dedupe_window: config.dedupe_window,
+            dedupe_keys: config.dedupe_keys,
+            latest_topics: config.latest_topics,
+            latest_ttl: config.latest_ttl,
+            latest_keys: config.latest_key_map(),
+        }
+    }
+
+    /// The key a publication's latest value is kept under beside its site and topic (its slot):
+    /// for a topic of [`LatestKeys`], the value of its data field; `None` for other topics, or
+    /// when no latest value is kept at all. The one place the rule is applied: the memory broker
+    /// keys its map by it, the Redis broker hands it to its script.
+    pub fn latest_key_of(&self, req: &PublishRequest) -> Option<Arc<str>> {
+        if self.latest_topics == 0 {
+            return None;
+        }
+        self.latest_keys.key_of(&req.topic, &req.data)
+    }
+
+    /// How long a site's state (its epoch and offset) outlives its last publication: as long as
+    /// anything it holds, history or latest values, may still be served.
+    pub fn site_ttl(&self) -> Duration {
+        if self.latest_topics > 0 { self.ttl.max(self.latest_ttl) } else { self.ttl }
+    }
 }
 
 /// What happened to a publish.
@@ -111,6 +151,23 @@ pub enum BrokerError {
     /// The broker's backend is unreachable.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The broker's backend is configured wrongly (a bad URL, an unreadable CA file).
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// A batch publish that stopped at a failure. `outcomes` are those of the first requests of the
+/// batch, in order, which were carried out; the rest were not — or, if Redis failed in the middle
+/// of a pipeline, may have been, as a publish that timed out may be: a retry with their
+/// idempotency keys publishes each once.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause} (after {} of the batch)", outcomes.len())]
+pub struct PartialPublish {
+    /// Outcomes of the requests carried out, from the first.
+    pub outcomes: Vec<PublishOutcome>,
+    /// Why the next one failed.
+    #[source]
+    pub cause: BrokerError,
 }
 
 /// The broker in use.
@@ -126,20 +183,19 @@ impl Broker {
     /// Publishes `req`: assigns its position, records it in history and delivers it to local
     /// subscribers, unless it repeats a recent idempotency key.
     pub async fn publish(&self, req: PublishRequest) -> Result<PublishOutcome, BrokerError> {
-        match self {
-            Broker::Memory(b) => Ok(b.publish(req)),
-            Broker::Redis(b) => b.publish(req).await,
-        }
+        let mut outcomes = self.publish_all(std::slice::from_ref(&req)).await.map_err(|e| e.cause)?;
+        outcomes.pop().ok_or_else(|| BrokerError::Unavailable("no outcome".into()))
     }
 
-    /// Like [`Broker::publish`], but connections the fan-out writes to get this node's local
-    /// deliveries when `batch` is flushed: publishing several messages in one batch makes one
-    /// write per subscriber for all of them. (With Redis, local delivery comes from the
-    /// subscription to the site's channel, as for every other node.)
-    pub async fn publish_to(&self, req: PublishRequest, batch: &mut Batch) -> Result<PublishOutcome, BrokerError> {
+    /// Publishes `requests` in order, as [`Broker::publish`] each, and returns their outcomes in
+    /// the same order. They are delivered as one batch: one write per local subscriber for all of
+    /// them (in memory; with Redis, local delivery comes from the site's channel, as for every
+    /// other node, and the script calls go as pipelines). A failure stops the batch: the error
+    /// carries the outcomes of those carried out before it.
+    pub async fn publish_all(&self, requests: &[PublishRequest]) -> Result<Vec<PublishOutcome>, PartialPublish> {
         match self {
-            Broker::Memory(b) => Ok(b.publish_to(req, batch)),
-            Broker::Redis(b) => b.publish(req).await,
+            Broker::Memory(b) => Ok(b.publish_all(requests)),
+            Broker::Redis(b) => b.publish_all(requests).await,
         }
     }
 
@@ -179,8 +235,9 @@ impl Broker {
         }
     }
 
-    /// Periodic upkeep: expire history and dedupe keys (memory); stop listening to sites without
-    /// local subscribers and check the connection (Redis).
+    /// Periodic upkeep: expire history, latest values and dedupe keys, and drop the state of
+    /// sites left with none of them and no local subscriber (memory); stop listening to sites
+    /// without local subscribers and check the connection (Redis).
     pub async fn sweep(&self) {
         match self {
             Broker::Memory(b) => b.sweep(),

@@ -38,9 +38,11 @@ pub use inbox::{Empty, Event, Inbox};
 pub use outbox::Outbox;
 pub use writers::Batch;
 
-use datastream_protocol::{NameError, NameRules};
-
-use crate::{metrics::Metrics, publication::Publication};
+use crate::{
+    metrics::Metrics,
+    publication::Publication,
+    topics::{TopicFilter, wants},
+};
 use writers::Writer;
 
 /// Identifies one WebSocket connection within this process.
@@ -48,15 +50,13 @@ pub type ConnId = u64;
 
 const SHARDS: usize = 32;
 
-/// The topics a subscription wants; evaluated here so unwanted publications are never queued.
-pub type TopicFilter = Arc<[Arc<str>]>;
-
 /// One connection's subscription to one site.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     /// Where this connection's publications go.
     pub outbox: Arc<Outbox>,
-    /// Only these topics; `None`: every topic.
+    /// Only these topics; `None`: every topic (evaluated here, so unwanted publications are
+    /// never queued).
     pub topics: Option<TopicFilter>,
 }
 
@@ -65,39 +65,6 @@ impl Subscriber {
     pub fn wants(&self, topic: &str) -> bool {
         wants(self.topics.as_deref(), topic)
     }
-}
-
-/// Whether a subscription with filter `topics` wants `topic`.
-pub fn wants(topics: Option<&[Arc<str>]>, topic: &str) -> bool {
-    topics.is_none_or(|t| t.iter().any(|x| &**x == topic))
-}
-
-/// Why a list of topics (a subscribe's `topics` or `latest`, a `?topic=` query) was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicsError {
-    /// More distinct names than the limit.
-    TooMany(usize),
-    /// A name breaking the rules.
-    Invalid(NameError),
-}
-
-/// `topics` without repeats (which count once), sorted, each checked against the name rules. The
-/// limit is checked before any name, so a huge list costs little.
-pub fn distinct_topics<'a>(
-    names: &NameRules,
-    max: usize,
-    topics: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<&'a str>, TopicsError> {
-    let mut unique: Vec<&str> = topics.into_iter().collect();
-    unique.sort_unstable();
-    unique.dedup();
-    if unique.len() > max {
-        return Err(TopicsError::TooMany(max));
-    }
-    for topic in &unique {
-        names.check_topic(topic).map_err(TopicsError::Invalid)?;
-    }
-    Ok(unique)
 }
 
 type Shard = RwLock<HashMap<Arc<str>, HashMap<ConnId, Subscriber>>>;

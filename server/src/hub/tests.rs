@@ -111,7 +111,7 @@ async fn wire_pair(small: bool) -> (Arc<Wire>, tokio::net::TcpStream) {
         socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
     }
     let wire = Arc::new(Wire::new(server));
-    wire.set_frames();
+    wire.set_frames(usize::MAX);
     (wire, client)
 }
 

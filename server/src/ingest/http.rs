@@ -9,7 +9,7 @@
 //! | no token configured, caller not on loopback | 403 | `{"error": "..."}` |
 //! | no token configured, sent by a web page of another origin | 403 | `{"error": "..."}` |
 //! | body slower than `DATASTREAM_BODY_TIMEOUT` | 408 | `{"error": "..."}` |
-//! | shutting down, or the broker is unavailable | 503 | `{"error": "...", "accepted": n}` |
+//! | shutting down, or the broker is unavailable | 503 | `{"error": "...", "accepted": n, "duplicates": d}` |
 //!
 //! An array is validated whole before anything is published: one bad element rejects the request
 //! and publishes nothing. The caller is authorized from the headers alone, before any of the
@@ -30,10 +30,12 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::{
-    AppState, Config, auth,
+    auth,
     broker::PublishOutcome,
+    config::Config,
     metrics::Source,
     publication::{InvalidMessage, PublishRequest},
+    state::AppState,
 };
 
 /// A refused publish request. The body never carries internal details.
@@ -54,8 +56,9 @@ pub enum PublishError {
     BadBody(String),
     /// A message failed validation; `index` is its position in an array body.
     Invalid { index: Option<usize>, error: InvalidMessage },
-    /// Shutting down or broker unavailable; `accepted` messages were published before it.
-    Unavailable { accepted: usize },
+    /// Shutting down or broker unavailable; the first `accepted + duplicates` messages were
+    /// carried out before it (`duplicates` of them dropped as repeats), the rest not.
+    Unavailable { accepted: usize, duplicates: usize },
 }
 
 impl IntoResponse for PublishError {
@@ -95,9 +98,9 @@ impl IntoResponse for PublishError {
                 }
                 (status, body)
             }
-            PublishError::Unavailable { accepted } => (
+            PublishError::Unavailable { accepted, duplicates } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "error": "temporarily unable to publish; retry", "accepted": accepted }),
+                json!({ "error": "temporarily unable to publish; retry", "accepted": accepted, "duplicates": duplicates }),
             ),
         };
         (status, Json(body)).into_response()
@@ -196,29 +199,22 @@ pub async fn publish(
             state.metrics.malformed(Source::Http, error.reason());
         }
     })?;
-    let (mut accepted, mut duplicates) = (0usize, 0usize);
-    // One write per subscriber for the whole body, when it is flushed (or dropped, on an error).
-    let mut batch = state.hub.batch();
-    for req in requests {
-        if state.is_draining() {
-            return Err(PublishError::Unavailable { accepted });
-        }
-        match state.broker.publish_to(req, &mut batch).await {
-            Ok(PublishOutcome::Published(_)) => {
-                accepted += 1;
-                state.metrics.message_in(Source::Http);
-            }
-            Ok(PublishOutcome::Duplicate) => {
-                duplicates += 1;
-                state.metrics.duplicates.inc();
-            }
-            Err(e) => {
-                warn!(error = %e, "publish failed");
-                return Err(PublishError::Unavailable { accepted });
-            }
-        }
+    if state.is_draining() {
+        return Err(PublishError::Unavailable { accepted: 0, duplicates: 0 });
     }
-    batch.flush();
+    // The broker publishes the body as one batch: one write per subscriber for all of it.
+    let (outcomes, failure) = match state.broker.publish_all(&requests).await {
+        Ok(outcomes) => (outcomes, None),
+        Err(partial) => (partial.outcomes, Some(partial.cause)),
+    };
+    let duplicates = outcomes.iter().filter(|o| matches!(o, PublishOutcome::Duplicate)).count();
+    let accepted = outcomes.len() - duplicates;
+    state.metrics.messages_in(Source::Http, accepted);
+    state.metrics.duplicates.inc_by(duplicates as u64);
+    if let Some(e) = failure {
+        warn!(error = %e, accepted, "publish failed");
+        return Err(PublishError::Unavailable { accepted, duplicates });
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted, "duplicates": duplicates }))).into_response())
 }
 

@@ -23,7 +23,7 @@ use datastream_protocol::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::{AppState, broker::PublishOutcome, hub::Batch, metrics::Source};
+use crate::{broker::PublishOutcome, metrics::Source, publication::PublishRequest, state::AppState};
 
 /// Retry delays after an SQS error.
 const RETRY: Backoff = Backoff { min: Duration::from_millis(200), max: Duration::from_secs(20) };
@@ -130,27 +130,18 @@ async fn poll(poller: usize, client: Client, state: Arc<AppState>, url: String, 
                 continue;
             }
         };
-        let mut done = Vec::with_capacity(messages.len());
-        // One write per subscriber for the whole receive.
-        let mut batch = state.hub.batch();
-        for message in &messages {
-            if stop.is_cancelled() {
-                break;
-            }
-            if handle(&state, message, &mut batch).await
-                && let Some(handle) = message.receipt_handle()
-            {
-                done.push(handle.to_owned());
-            }
-        }
-        batch.flush();
+        // Each message validated alone; the valid ones published as one batch (one write per
+        // subscriber for the whole receive).
+        let (valid, requests): (Vec<&Message>, Vec<PublishRequest>) =
+            messages.iter().filter_map(|m| Some((m, parse(&state, m)?))).unzip();
+        let done = publish(&state, &valid, &requests).await;
         delete(&client, &state, &url, done).await;
     }
     debug!(poller, "SQS poller stopped");
 }
 
-/// Publishes one SQS message; true if it may be deleted from the queue.
-async fn handle(state: &AppState, message: &Message, batch: &mut Batch) -> bool {
+/// Validates one SQS message; `None` if it is malformed (logged, counted, left in the queue).
+fn parse(state: &AppState, message: &Message) -> Option<PublishRequest> {
     let id = message.message_id().unwrap_or("?");
     let body = message.body().unwrap_or("");
     let mut req = match state.validator.parse(body) {
@@ -167,27 +158,44 @@ async fn handle(state: &AppState, message: &Message, batch: &mut Batch) -> bool 
                 reason = %e,
                 "malformed SQS message not published; left for the queue's redrive policy"
             );
-            return false;
+            return None;
         }
     };
     if req.idempotency_key.is_none() {
         req.idempotency_key = Some(format!("sqs:{id}"));
     }
-    match state.broker.publish_to(req, batch).await {
-        Ok(PublishOutcome::Published(_)) => {
-            state.metrics.message_in(Source::Sqs);
-            true
+    Some(req)
+}
+
+/// Publishes `requests` (of `messages`, in order); returns the receipt handles of the messages
+/// that may be deleted: those published or recognised as duplicates. After a failure the rest
+/// stay in the queue and come back.
+async fn publish(state: &AppState, messages: &[&Message], requests: &[PublishRequest]) -> Vec<String> {
+    if requests.is_empty() {
+        return Vec::new();
+    }
+    let (outcomes, failure) = match state.broker.publish_all(requests).await {
+        Ok(outcomes) => (outcomes, None),
+        Err(partial) => (partial.outcomes, Some(partial.cause)),
+    };
+    let mut done = Vec::with_capacity(outcomes.len());
+    for (message, outcome) in messages.iter().zip(&outcomes) {
+        match outcome {
+            PublishOutcome::Published(_) => state.metrics.message_in(Source::Sqs),
+            PublishOutcome::Duplicate => {
+                state.metrics.duplicates.inc();
+                debug!(message_id = message.message_id().unwrap_or("?"), "duplicate SQS message dropped");
+            }
         }
-        Ok(PublishOutcome::Duplicate) => {
-            state.metrics.duplicates.inc();
-            debug!(message_id = id, "duplicate SQS message dropped");
-            true
-        }
-        Err(e) => {
-            warn!(message_id = id, error = %e, "publish failed; message left in the queue");
-            false
+        if let Some(handle) = message.receipt_handle() {
+            done.push(handle.to_owned());
         }
     }
+    if let Some(e) = failure {
+        let left = messages.len() - outcomes.len();
+        warn!(left, error = %e, "publish failed; messages left in the queue");
+    }
+    done
 }
 
 /// Deletes handled messages in one batch, retrying a failed call a few times. A message whose

@@ -14,7 +14,7 @@ use datastream_protocol::{
 };
 
 use super::{Protocol, Registration, Start};
-use crate::AppState;
+use crate::state::AppState;
 
 /// A legacy connection. Its one site lives in the [`Registration`].
 #[derive(Debug, Default)]
@@ -36,7 +36,8 @@ impl Protocol for Legacy {
             match parsed {
                 Ok(LegacyClientFrame::UpdateSubscriberSite { site }) => match state.validator.names.check_site(&site) {
                     Ok(()) if !reg.grant.allows(&site) => {
-                        Err(ErrorFrame::new(ErrorCode::Forbidden, format!("not allowed to subscribe to {site:?}")))
+                        let message = format!("not allowed to subscribe to {site:?}");
+                        Err(ErrorFrame::new(ErrorCode::Forbidden, message).about(site))
                     }
                     Ok(()) => {
                         let site: Arc<str> = site.into();

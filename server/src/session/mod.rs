@@ -37,13 +37,14 @@ use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep_until};
 use tracing::debug;
 
 use crate::{
-    AppState,
     auth::Grant,
     broker::{Broker, BrokerError, Latest, Snapshot},
-    hub::{ConnId, Event, Framing, Hub, Inbox, Outbox, Subscriber, TopicFilter},
+    hub::{ConnId, Event, Framing, Hub, Inbox, Outbox, Subscriber},
     limits::{FrameRate, IpPermit},
     metrics::Metrics,
     publication::Publication,
+    state::AppState,
+    topics::TopicFilter,
     wire::Wire,
 };
 
@@ -259,7 +260,7 @@ pub fn run<S: Socket, P: Protocol>(
 ) -> impl Future<Output = ()> {
     async move {
         if let Some(wire) = &wire {
-            wire.set_frames();
+            wire.set_frames(reg.outbox.max_bytes());
         }
         let mut fanout = false;
         let metrics = state.metrics.clone();
@@ -341,23 +342,43 @@ pub fn run<S: Socket, P: Protocol>(
                             outbox.take_from_fanout();
                             fanout = false;
                         }
-                        let reply = match msg {
-                            Some(Ok(Message::Text(_))) if !rate.allow() => Err(ErrorFrame::new(
+                        // Every frame a client sends costs the relay a wake, and a ping a pong:
+                        // control frames count toward the rate like requests. Past it a request
+                        // is refused with an error frame; a control frame gets no reply beyond
+                        // the (coalesced) pong, but counts as a bad frame all the same.
+                        // (Each frame meets one of the two rate guards, so it takes one token.)
+                        // The refusal is boxed: this value's place lives across the request's
+                        // await, in every idle connection's task.
+                        let reply: Result<Vec<Utf8Bytes>, Box<ErrorFrame>> = match msg {
+                            Some(Ok(Message::Text(_))) if !rate.allow() => Err(Box::new(ErrorFrame::new(
                                 ErrorCode::RateLimited,
                                 "too many frames; slow down",
-                            )),
+                            ))),
+                            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) if !rate.allow() => {
+                                metrics.client_frame_rejected(ErrorCode::RateLimited.as_str());
+                                if strikes.strike() {
+                                    break End::Close(CloseCode::BadProtocol, "too many invalid frames", "bad_protocol");
+                                }
+                                continue;
+                            }
                             Some(Ok(Message::Text(text))) => {
                                 // Boxed: client requests are rare, and their futures (a subscribe reads
                                 // history) would otherwise enlarge every idle connection's task.
-                                Box::pin(proto.on_text(&text, &mut reg, &state)).await
+                                Box::pin(proto.on_text(&text, &mut reg, &state)).await.map_err(Box::new)
                             }
-                            Some(Ok(Message::Binary(_))) => Err(ErrorFrame::new(
+                            Some(Ok(Message::Binary(_))) => Err(Box::new(ErrorFrame::new(
                                 ErrorCode::BinaryFrame,
                                 "binary frames are not understood; send JSON text",
-                            )),
+                            ))),
                             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Vec::new()),
                             Some(Err(e)) if is_too_big(&e) => {
                                 break End::Close(CloseCode::MessageTooBig, "frame too large", "frame_too_large");
+                            }
+                            // RFC 6455 §7.1.7: a peer that breaks the framing rules, or sends a text
+                            // frame that is not UTF-8, is told why (1002, 1007) before the close.
+                            Some(Err(e)) if violation(&e).is_some() => {
+                                let (code, reason) = violation(&e).unwrap_or((CloseCode::ProtocolError, "protocol error"));
+                                break End::Close(code, reason, "protocol_error");
                             }
                             // tungstenite queued the reply to the client's close frame (RFC 6455
                             // §5.5.1); it goes out with the flush after the loop.
@@ -481,11 +502,27 @@ async fn write_batch<S: Socket>(
     Ok(())
 }
 
+/// The WebSocket error under a socket read's error.
+fn ws_error(err: &WsError) -> Option<&tungstenite::Error> {
+    std::error::Error::source(err).and_then(|e| e.downcast_ref::<tungstenite::Error>())
+}
+
 /// Whether a socket read failed because the client's frame was over the size limit.
 fn is_too_big(err: &WsError) -> bool {
-    std::error::Error::source(err)
-        .and_then(|e| e.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+    ws_error(err).is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+/// The close a read error calls for, when the client broke the protocol (rather than vanished).
+fn violation(err: &WsError) -> Option<(CloseCode, &'static str)> {
+    match ws_error(err)? {
+        tungstenite::Error::Utf8(_) => Some((CloseCode::InvalidPayload, "text frame is not valid UTF-8")),
+        tungstenite::Error::Protocol(e) => match e {
+            // The connection is gone, not misused: nothing to tell.
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake => None,
+            _ => Some((CloseCode::ProtocolError, "protocol error")),
+        },
+        _ => None,
+    }
 }
 
 /// Sends a close frame and waits briefly for the client's reply, so the close is clean. The whole

@@ -14,9 +14,10 @@ use tracing::warn;
 
 use super::{Protocol, Registration, Start};
 use crate::{
-    AppState, Config,
     broker::Latest,
-    hub::{self, TopicFilter, TopicsError},
+    config::Config,
+    state::AppState,
+    topics::{self, TopicFilter, TopicsError, wants},
 };
 
 /// A v2 connection. Its sites live in the [`Registration`]; what a subscribe's snapshot covered is
@@ -52,7 +53,7 @@ pub enum WantLatest {
     Topics(TopicFilter),
 }
 
-/// A subscribe's list of topics, checked ([`hub::distinct_topics`]), or the error frame refusing it.
+/// A subscribe's list of topics, checked ([`topics::distinct_topics`]), or the error frame refusing it.
 fn check_topics<'a>(
     names: &NameRules,
     max: usize,
@@ -60,14 +61,14 @@ fn check_topics<'a>(
     list: &'a [String],
     what: &str,
 ) -> Result<Vec<&'a str>, ErrorFrame> {
-    hub::distinct_topics(names, max, list.iter().map(String::as_str)).map_err(|e| match e {
+    topics::distinct_topics(names, max, list.iter().map(String::as_str)).map_err(|e| match e {
         TopicsError::TooMany(max) => refuse(id, ErrorCode::TooManyTopics, format!("at most {max} topics {what}")),
         TopicsError::Invalid(e) => refuse(id, ErrorCode::InvalidTopic, e.to_string()),
     })
 }
 
 fn refuse(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> ErrorFrame {
-    ErrorFrame { id, code, message: message.into() }
+    ErrorFrame { id, code, site: None, message: message.into() }
 }
 
 impl V2 {
@@ -89,7 +90,12 @@ impl V2 {
         let max_topics = state.config.max_topics as usize;
         let unique = check_topics(names, max_topics, id, topics, "per subscription")?;
         if !reg.grant.allows(site) {
-            return Err(refuse(id, ErrorCode::Forbidden, format!("not allowed to subscribe to {site:?}")));
+            let message = if reg.grant.has_token() {
+                format!("not allowed to subscribe to {site:?}")
+            } else {
+                format!("a token is required to subscribe to {site:?}")
+            };
+            return Err(refuse(id, ErrorCode::Forbidden, message).about(site));
         }
         let max = state.config.max_subscriptions as usize;
         let subscribed = reg.sites();
@@ -107,7 +113,7 @@ impl V2 {
             LatestWanted::Topics(asked) => {
                 let mut asked = check_topics(names, max_topics, id, &asked, "in \"latest\"")?;
                 // Only topics the subscription receives (possibly none: the answer says 0).
-                asked.retain(|t| hub::wants(topics.as_deref(), t));
+                asked.retain(|t| wants(topics.as_deref(), t));
                 WantLatest::Topics(asked.into_iter().map(Arc::from).collect())
             }
         };
@@ -186,7 +192,10 @@ impl V2 {
         for site in lost {
             reg.remove(&site);
             frames.push(
-                refuse(None, ErrorCode::Forbidden, format!("no longer allowed to read {site:?}")).to_json().into(),
+                refuse(None, ErrorCode::Forbidden, format!("no longer allowed to read {site:?}"))
+                    .about(&*site)
+                    .to_json()
+                    .into(),
             );
         }
         let expires_at = grant.expires.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs());
@@ -228,7 +237,8 @@ impl Protocol for V2 {
         reg: &mut Registration,
         state: &AppState,
     ) -> impl Future<Output = Result<Vec<Utf8Bytes>, ErrorFrame>> + Send {
-        let frame = ClientFrame::parse(text).map_err(|e| ErrorFrame { id: e.id, code: e.code, message: e.message });
+        let frame =
+            ClientFrame::parse(text).map_err(|e| ErrorFrame { id: e.id, code: e.code, site: None, message: e.message });
         async move {
             match frame? {
                 ClientFrame::Subscribe { id, site, topics, recover, rewind, latest } => {

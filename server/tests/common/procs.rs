@@ -60,6 +60,12 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// Resets `pid`'s peak resident memory (`VmHWM`) to its current size (Linux: `clear_refs` 5), so
+/// a later `VmHWM` is the peak since now. False where that is not allowed.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// How many file descriptors `pid` has open (entries of `/proc/<pid>/fd`).
 pub fn open_fds(pid: u32) -> Option<usize> {
     std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(Iterator::count)

@@ -21,7 +21,7 @@ const ANSWER: Duration = Duration::from_secs(10);
 const CUT_OFF: Duration = Duration::from_secs(15);
 
 /// A WebSocket handshake request, complete.
-fn handshake(v2: bool) -> String {
+pub fn handshake(v2: bool) -> String {
     let protocol = if v2 { "Sec-WebSocket-Protocol: datastream.v2\r\n" } else { "" };
     format!(
         "GET /dev?site=half-open HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

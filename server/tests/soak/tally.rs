@@ -41,6 +41,11 @@ impl Tally {
         }
     }
 
+    /// How many times `check` passed.
+    pub fn count(&self, check: &'static str) -> u64 {
+        self.0.lock().expect("tally").get(check).map_or(0, |o| o.passed)
+    }
+
     /// One line per check: `check: passed/total`.
     pub fn summary(&self) -> Vec<String> {
         let all = self.0.lock().expect("tally");

@@ -1,70 +1,35 @@
-//! The HTTP surface: the WebSocket endpoint at `/<stage>`, `POST /publish`,
-//! `GET /sites/<site>/latest`, `/healthz`,
-//! `/readyz` and `/metrics`; with `DATASTREAM_STATIC_DIR`, static files (the demo dashboard) at
-//! every other path, else 404.
+//! `GET /<stage>`: the WebSocket handshake — checks (site names, key, origin, caps, token) and the
+//! hand-over to a session of the protocol the client offered.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    Extension, Json, Router,
+    Extension,
     extract::{
         ConnectInfo, Query, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use datastream_protocol::{
     close::{self, CloseCode},
     v2,
 };
-use serde_json::json;
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tower_http::services::ServeDir;
 use tracing::debug;
 
+use super::origin::origin_allowed;
 use crate::{
-    AppState, Config,
-    auth::Grant,
-    broker::Broker,
+    auth::{AuthError, Grant},
     client_addr,
-    hub::{Framing, Inbox},
-    ingest, latest,
+    config::Config,
+    hub::{Framing, Inbox, MAX_PACKED_BYTES},
     limits::IpPermit,
     session::{self, Registration, Start, legacy::Legacy, v2::V2},
+    state::AppState,
     wire::Wire,
 };
-
-/// Builds the router for `state`.
-pub fn router(state: Arc<AppState>) -> Router {
-    let stage_path = format!("/{}", state.config.stage);
-    let static_dir = state.config.static_dir.clone();
-    let router = Router::new()
-        .route(&stage_path, get(connect))
-        // The handler reads the body itself, after the token, within the size limit and deadline.
-        .route("/publish", post(ingest::http::publish))
-        .route("/sites/{site}/latest", get(latest::get).layer(latest::cors(&state.config)))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
-    let router = match static_dir {
-        Some(dir) => router.fallback_service(ServeDir::new(dir)),
-        None => router.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }),
-    };
-    router.with_state(state)
-}
-
-/// Whether a browser request's `Origin` is one of `DATASTREAM_ALLOWED_ORIGINS` (any, when empty);
-/// the refused origin otherwise. Requests without one (not from a web page) pass.
-pub(crate) fn origin_allowed<'h>(config: &Config, headers: &'h HeaderMap) -> Result<(), &'h str> {
-    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        Some(origin) if !config.allowed_origins.is_empty() && !config.allowed_origins.iter().any(|o| o == origin) => {
-            Err(origin)
-        }
-        _ => Ok(()),
-    }
-}
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text.into()).into_response()
@@ -78,6 +43,30 @@ const TOKEN_PROTOCOL_PREFIX: &str = "datastream.token.";
 /// Read buffer of each WebSocket. Clients send only small control frames; idle connections are
 /// what there are most of, and this buffer was the largest part of each.
 const READ_BUFFER_BYTES: usize = 512;
+
+/// What the WebSocket layer gathers before it writes to the connection: a reply's small frames
+/// (an ack, latest values, a replay) leave in one write. It holds bytes outside the connection's
+/// budget (the wire counts them once written), so it is small.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The most the WebSocket layer may hold unwritten: its buffer and one frame of the largest kind
+/// the session writes (a packed frame, or one publication with its envelope). When the
+/// connection is over its budget, pongs past this are not queued: only the latest ping is
+/// answered (RFC 6455 §5.5.3).
+fn max_write_buffer(config: &Config) -> usize {
+    let envelope = 2 * config.max_name_len + 1024;
+    WRITE_BUFFER_BYTES + MAX_PACKED_BYTES.max(config.max_message_bytes + envelope)
+}
+
+/// Whether the handshake's `Sec-WebSocket-Key` is a base64-encoded 16-byte value, as RFC 6455
+/// §4.2.1 requires of the request the server upgrades.
+fn nonce_key(headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|key| base64::engine::general_purpose::STANDARD.decode(key.as_bytes()).ok())
+        .is_some_and(|nonce| nonce.len() == 16)
+}
 
 /// The offered subprotocols, split on commas.
 fn offered_protocols(upgrade: &WebSocketUpgrade) -> Vec<String> {
@@ -93,7 +82,7 @@ fn offered_protocols(upgrade: &WebSocketUpgrade) -> Vec<String> {
 /// to every `site` in the query (none is fine); otherwise a legacy connection subscribed to its one
 /// required `site`. When authentication is on, the token comes from a `datastream.token.<jwt>`
 /// subprotocol entry or a `token` query parameter.
-async fn connect(
+pub async fn connect(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -128,6 +117,10 @@ async fn connect(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
+    if !nonce_key(&headers) {
+        let text = "Sec-WebSocket-Key must be a base64-encoded 16-byte value\n".to_owned();
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", text);
+    }
     if let Err(origin) = origin_allowed(&state.config, &headers) {
         return refuse(StatusCode::FORBIDDEN, "origin", format!("origin {origin} is not allowed\n"));
     }
@@ -149,7 +142,12 @@ async fn connect(
     let max_frame = state.config.max_client_frame_bytes;
     // Clients send little (a few small control frames): a small read buffer keeps idle
     // connections cheap; a large frame is simply read in several pieces.
-    let upgrade = upgrade.max_message_size(max_frame).max_frame_size(max_frame).read_buffer_size(READ_BUFFER_BYTES);
+    let upgrade = upgrade
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(max_write_buffer(&state.config));
     // Counted as a session from here, not from when the upgrade completes: a shutdown that begins
     // in between still waits for this connection and closes it properly.
     let session = state.sessions.token();
@@ -160,9 +158,12 @@ async fn connect(
             Ok(grant) => grant,
             Err(e) => {
                 state.metrics.connection_refused("auth");
+                // An expired token is the one refusal a fresh token fixes: 3002 has the client
+                // fetch one and reconnect; every other refusal is terminal (3501).
+                let code = if e == AuthError::Expired { CloseCode::TokenExpired } else { CloseCode::Forbidden };
                 return upgrade.protocols([v2::SUBPROTOCOL]).on_upgrade(move |mut socket| async move {
                     let reason = close::fit_reason(&e.to_string()).to_owned();
-                    let frame = CloseFrame { code: CloseCode::Forbidden.code(), reason: reason.into() };
+                    let frame = CloseFrame { code: code.code(), reason: reason.into() };
                     let _ = socket.send(Message::Close(Some(frame))).await;
                 });
             }
@@ -180,6 +181,10 @@ async fn connect(
         };
         // Legacy pages give one site; like the original, only the first counts.
         let site: Arc<str> = sites[0].into();
+        if !grant.allows(&site) && !grant.has_token() {
+            let text = format!("a token is required to subscribe to {site}\n");
+            return refuse(StatusCode::UNAUTHORIZED, "auth", text);
+        }
         if !grant.allows(&site) {
             return refuse(StatusCode::FORBIDDEN, "forbidden", format!("not allowed to subscribe to {site}\n"));
         }
@@ -244,41 +249,4 @@ async fn setup_v2(
         }
     }
     (proto, reg, rx, greeting)
-}
-
-/// `GET /readyz`: 200 when every configured upstream is healthy, every background task runs and
-/// the server is not draining; `tasks_down` names the tasks waiting to be restarted.
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let draining = state.is_draining();
-    let sqs = state.readiness.sqs();
-    let broker = state.broker.healthy();
-    let tasks_down = state.readiness.tasks_down();
-    let ready = sqs && broker && !draining && tasks_down.is_empty();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let sqs_state = if !state.readiness.sqs_enabled {
-        "disabled"
-    } else if sqs {
-        "ok"
-    } else {
-        "unreachable"
-    };
-    let broker_state = match (&state.broker, broker) {
-        (Broker::Memory(_), _) => "memory",
-        (Broker::Redis(_), true) => "ok",
-        (Broker::Redis(_), false) => "unreachable",
-    };
-    let body = json!({
-        "ready": ready,
-        "draining": draining,
-        "sqs": sqs_state,
-        "broker": broker_state,
-        "tasks_down": tasks_down,
-    });
-    (status, Json(body)).into_response()
-}
-
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
-        .into_response()
 }

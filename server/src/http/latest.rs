@@ -19,6 +19,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json,
+    body::{Body, Bytes},
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
@@ -27,10 +28,13 @@ use serde::Serialize;
 use serde_json::{json, value::RawValue};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use super::origin::origin_allowed;
 use crate::{
-    AppState, Config, auth,
-    http::origin_allowed,
-    hub::{TopicsError, distinct_topics},
+    auth,
+    broker::Snapshot,
+    config::Config,
+    state::AppState,
+    topics::{TopicsError, distinct_topics},
 };
 
 /// One topic's latest publication.
@@ -44,13 +48,32 @@ struct Entry<'a> {
     data: &'a RawValue,
 }
 
-/// The answer.
+/// The answer's fields before its list.
 #[derive(Serialize)]
-struct Body<'a> {
+struct Head<'a> {
     site: &'a str,
     epoch: &'a str,
     offset: u64,
-    latest: Vec<Entry<'a>>,
+}
+
+/// The answer, `{"site","epoch","offset","latest":[…]}`, as a stream of chunks: the head, then one
+/// entry at a time, encoded only when the connection is ready for it. A site's latest values can
+/// be megabytes (64 topics of up to the largest message each); encoded whole, every reader would
+/// hold a copy of them all until it read the last byte.
+fn streamed(site: Arc<str>, snapshot: Snapshot) -> Body {
+    let head =
+        serde_json::to_vec(&Head { site: &site, epoch: &snapshot.epoch, offset: snapshot.top }).map(|mut head| {
+            head.pop(); // the closing brace: the list follows
+            head.extend_from_slice(br#","latest":["#);
+            Bytes::from(head)
+        });
+    let entries = snapshot.latest.into_iter().enumerate().map(|(i, p)| {
+        let entry = Entry { topic: &p.topic, key: p.latest_key.as_deref(), offset: p.position.offset, data: &p.data };
+        let mut chunk = if i == 0 { Vec::new() } else { vec![b','] };
+        serde_json::to_writer(&mut chunk, &entry).map(|()| Bytes::from(chunk))
+    });
+    let tail = std::iter::once(Ok(Bytes::from_static(b"]}")));
+    Body::from_stream(futures_util::stream::iter(std::iter::once(head).chain(entries).chain(tail)))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -97,6 +120,9 @@ pub async fn get(
         Ok(grant) => grant,
         Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
     };
+    if !grant.allows(&site) && !grant.has_token() {
+        return error(StatusCode::UNAUTHORIZED, format!("a token is required to read {site:?}"));
+    }
     if !grant.allows(&site) {
         return error(StatusCode::FORBIDDEN, format!("not allowed to read {site:?}"));
     }
@@ -109,10 +135,7 @@ pub async fn get(
             return error(StatusCode::SERVICE_UNAVAILABLE, "latest values unavailable; retry");
         }
     };
-    let latest = (snapshot.latest.iter())
-        .map(|p| Entry { topic: &p.topic, key: p.latest_key.as_deref(), offset: p.position.offset, data: &p.data })
-        .collect();
     state.metrics.latest_sent("http", snapshot.latest.len());
-    let body = Body { site: &site, epoch: &snapshot.epoch, offset: snapshot.top, latest };
-    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+    let headers = [(header::CACHE_CONTROL, "no-store"), (header::CONTENT_TYPE, "application/json")];
+    (headers, streamed(site, snapshot)).into_response()
 }
