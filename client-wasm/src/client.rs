@@ -543,6 +543,10 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
             self.token_retried = code == CloseCode::Forbidden.code();
             self.token_cause = (code, reason);
             self.lose(link, "token", true, now);
+        } else if code == CloseCode::TokenExpired.code() {
+            // A fixed token that expired: the relay refuses it at the next handshake too
+            // (3002 again), so reconnecting with it would only loop.
+            self.shut_down(code, if reason.is_empty() { "token expired".to_owned() } else { reason });
         } else if should_reconnect(code) {
             self.lose(link, "connection lost", false, now);
         } else {

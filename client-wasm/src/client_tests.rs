@@ -737,15 +737,21 @@ fn an_expired_token_asks_for_a_fresh_one_and_a_refused_one_is_asked_for_once() {
 }
 
 #[test]
-fn without_tokens_from_the_app_token_closes_are_ordinary() {
+fn without_tokens_from_the_app_an_expired_token_ends_the_client() {
+    // A fixed token closed with 3002 would be refused with 3002 at every handshake: no loop.
     let (mut c, _) = started(config(&["mrc"]));
     hello(&mut c, 1.0);
     c.socket_closed(1, 3002, "token expired".into(), 2.0);
-    assert!(reconnect_timer(&acts(&mut c)).is_some(), "3002 reconnects with backoff");
-    c.timer(1, TimerKind::Reconnect, 10_000.0);
-    acts(&mut c);
-    c.socket_closed(1, 3501, "token expired".into(), 10_001.0);
-    assert_eq!(c.state(), &State::Closed { code: 3501, reason: "token expired".into() });
+    assert!(reconnect_timer(&acts(&mut c)).is_none(), "no reconnect with an expired fixed token");
+    assert_eq!(c.state(), &State::Closed { code: 3002, reason: "token expired".into() });
+}
+
+#[test]
+fn without_tokens_from_the_app_a_refusal_is_terminal() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 1.0);
+    c.socket_closed(1, 3501, "invalid signature".into(), 2.0);
+    assert_eq!(c.state(), &State::Closed { code: 3501, reason: "invalid signature".into() });
 }
 
 #[test]

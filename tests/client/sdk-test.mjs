@@ -394,7 +394,7 @@ const tests = {
     const want = ['connect:', 'state:connected', 'subscribed:' + site, 'state:closed'];
     return { log, ok: want.every((w) => log.includes(w)) };`,
 
-  'tokens: a static token connects; when it expires mid-session without refresh, the client ends with 3501': `
+  'tokens: a static token connects; when it expires mid-session without refresh, the client ends with 3002, without reconnecting': `
     const site = unique('t1');
     const t = await token([site], 2000);
     const states = [];
@@ -408,7 +408,7 @@ const tests = {
     await until('the end', () => ds.state.type === 'closed', 20000);
     const end = ds.state;
     return { end, reconnects: states.filter((s) => s.type === 'reconnecting').length,
-      ok: end.code === 3501 && !end.reason.includes(t) && states.some((s) => s.type === 'reconnecting') };`,
+      ok: end.code === 3002 && end.reason === 'token expired' && !states.some((s) => s.type === 'reconnecting') };`,
 
   'tokens: getToken refreshes in-band before exp: one connection throughout': `
     const site = unique('t2');
