@@ -2,7 +2,9 @@
 export interface DatastreamOptions {
   /** The relay's stage endpoint, e.g. `wss://datastream.photonranch.org/dev`. */
   url: string;
-  /** Sites subscribed from the start, held by the client itself (until `unsubscribe(site)`). */
+  /** Sites subscribed from the start, held by the client itself (until `unsubscribe(site)`).
+   * Without a site (here, from `subscribe` or from `on` with a site) the client opens no socket
+   * and asks for no token. */
   sites?: readonly string[];
   /** `'v2'` (default): every site over one socket, with recovery. `'legacy'`: the original
    * service's protocol, one socket per site, no recovery. */
@@ -18,10 +20,16 @@ export interface DatastreamOptions {
   connectTimeout?: number;
   /** A JWT for a relay that requires one; never refreshed (prefer `getToken`). */
   token?: string;
-  /** Returns a (fresh) JWT: called before connecting, shortly before the token's `exp` (refreshed
-   * in-band), when the relay closes over an expired token (3002), and once more when it refuses
-   * one (3501) before giving up. E.g. `() => auth0.getTokenSilently()`. */
-  getToken?: () => Promise<string> | string;
+  /** Returns a (fresh) JWT, or `null`/`undefined`/`''` to connect without one (an anonymous
+   * visitor): called before each connection attempt, shortly before the token's `exp`
+   * (refreshed in-band), and at once when the relay closes over its token (3002 expired; 3501
+   * refused, asked once more before giving up). A rejection is reported (`onError`, kind
+   * `'token'`) and fails that attempt only: it is retried after the reconnect delay. E.g.
+   * `() => auth0.getTokenSilently().catch((e) => (e.error === 'login_required' ? null : Promise.reject(e)))`. */
+  getToken?: () => Promise<string | null | undefined> | string | null | undefined;
+  /** `false`: connect only once `connect()` is called (default `true`: as soon as there is a
+   * site). */
+  autoConnect?: boolean;
   /** The `WebSocket` constructor to use (e.g. in Node without a global one). */
   WebSocket?: new (url: string, protocols?: string | string[]) => unknown;
   /** Where to load the `.wasm` from, when not beside the bundle (see the README per toolchain). */
@@ -41,13 +49,16 @@ export type LogEvent = 'connect' | 'state' | 'subscribe' | 'subscribed' | 'unsub
 
 /** The connection state. */
 export type State =
+  /** No site to subscribe to, so no socket (before the first site; 5 s after the last one). */
+  | { type: 'idle' }
   | { type: 'connecting' }
   | { type: 'connected' }
-  /** Lost; attempt number `attempt` (1 for the first retry) after `delay` ms. */
-  | { type: 'reconnecting'; attempt: number; delay: number }
+  /** Lost, or an attempt failed (`reason`, e.g. `heartbeat timeout`, `getToken() failed`);
+   * attempt number `attempt` (1 for the first retry) after `delay` ms. */
+  | { type: 'reconnecting'; attempt: number; delay: number; reason: string }
   /** Finished: `code` 1000 when closed by the app; a terminal server code (3500–3999,
    * 4500–4999) with its reason; 0 when the client could not start (invalid options, the
-   * WebAssembly module failed to load, `getToken` failed). */
+   * WebAssembly module failed to load or is of another version). */
   | { type: 'closed'; code: number; reason: string };
 
 export type StateType = State['type'];
@@ -89,8 +100,11 @@ export type ErrorKind =
   | 'frame'
   /** An invalid name, thrown synchronously (`code` `invalid_site` or `invalid_topic`). */
   | 'invalid'
-  /** `getToken()` failed when refreshing a token (`cause`). */
+  /** `getToken()` failed (`cause`): before a connection attempt (retried after the reconnect
+   * delay) or when refreshing a token. */
   | 'token'
+  /** The WebAssembly module is not of this package's version (`code`: its version). */
+  | 'version'
   /** The client or the subscription ended (`code`: the close code, when the client closed). */
   | 'closed';
 
@@ -141,7 +155,7 @@ export class Subscription {
    * (`kind: 'closed'`) when it ended first. */
   readonly ready: Promise<Subscribed>;
   /** Listens to `topic` (`'*'`: every topic) of this site until `unsubscribe()`; with `latest`,
-   * first to the latest publication of each topic. */
+   * first to the latest publication of each topic. Does nothing on a handle that has ended. */
   on(topic: string, callback: Callback, options?: { latest?: boolean }): Unsubscribe;
   /** Releases this handle and its listeners. */
   unsubscribe(): void;
@@ -152,30 +166,36 @@ export type Unsubscribe = () => void;
 
 /**
  * Loads and compiles the WebAssembly module (once). `new Datastream()` calls it; await it first
- * to load the module from elsewhere.
+ * to load the module from elsewhere. Rejects with a `DatastreamError` of kind `version` when the
+ * module is not of this package's version.
  */
-export function load(source?: string | URL | Request | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
+export function load(source?: string | URL | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
 
 export class Datastream {
   constructor(options: DatastreamOptions);
   /** Calls `callback(data, meta)` for each publication on `topic` (`'*'`: every topic), of
-   * `site` only if given (one or several); with `latest`, first with each topic's latest. */
+   * `site` only if given (one or several), which it then holds subscribed, as a handle would,
+   * until removed; with `latest`, first with each topic's latest. */
   on(topic: string, callback: Callback, options?: OnOptions): Unsubscribe;
   /** The data of the last publication received of `site` on `topic` (live, replayed or latest),
    * or `undefined`: up to 64 per site, held while the site is subscribed. For a topic kept per
    * kind of state (`sitestatus`, by `statusType`), `key` names the kind (e.g. `'enclosure'`);
    * without it, the most recent of any kind. */
   latest<T = any>(site: string, topic: string, key?: string): T | undefined;
-  /** Removes every registration of `callback` for `topic`. */
+  /** Removes every registration of `callback` for `topic` made by `on` (releasing the sites
+   * they held); a handle's listeners go with the handle. */
   off(topic: string, callback: Callback): void;
   onState(callback: (state: State) => void): Unsubscribe;
   onError(callback: (error: DatastreamError) => void): Unsubscribe;
   onRecoveryFailed(callback: (failure: RecoveryFailure) => void): Unsubscribe;
   /** Subscribes to `site` and returns a handle on it; `rewind` first replays up to that many of
-   * its latest publications. Throws a `DatastreamError` (`kind: 'invalid'`) for an invalid name. */
+   * its latest publications, to the handle's listeners even those the client had delivered
+   * before. Throws a `DatastreamError` (`kind: 'invalid'`) for an invalid name. */
   subscribe(site: string, options?: { rewind?: number }): Subscription;
   /** Ends the subscription to `site`, whoever holds it. */
   unsubscribe(site: string): void;
+  /** Lets a client created with `autoConnect: false` connect (as soon as it has a site). */
+  connect(): void;
   readonly state: State;
   /** Resolves once connected with every subscription confirmed; rejects if the client closes
    * first or the relay refuses a subscription meanwhile. */

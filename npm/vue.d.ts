@@ -9,7 +9,9 @@ export interface LatestRef<T> {
 export type SiteSource = string | readonly string[] | null | undefined | { readonly value: string | readonly string[] | null | undefined } | (() => string | readonly string[] | null | undefined);
 
 export interface UseDatastreamOptions<T> {
-  /** The sites to listen to; absent: every site the client is subscribed to. */
+  /** The sites to listen to, held while used; given but empty (`''`, `null`, `undefined`): none,
+   * the ref stays at `initial`; absent: every site the client is subscribed to. When it
+   * changes, the ref goes back to `initial` at once and only the new sites' values reach it. */
   site?: SiteSource;
   /** The client; else the one provided by an ancestor, else the one `setDatastream` set. */
   client?: Datastream;
@@ -18,6 +20,10 @@ export interface UseDatastreamOptions<T> {
   /** Start from the topic's latest publication (`meta.latest` true): at once when the client
    * holds it, else as soon as the relay sends it. */
   latest?: boolean;
+  /** Each subscription first replays up to this many of the site's recent publications (of the
+   * topics the client follows on it; those of `topic` reach the ref and the callback), oldest
+   * first, as `subscribe(site, { rewind })`. */
+  rewind?: number;
 }
 
 /** Makes `client` the one `useDatastream` uses when none is provided or passed. */

@@ -10,7 +10,8 @@
 #     tools the package tests use;
 #   - in $DATASTREAM_TOOLS/vuecli3, apart (webpack 4 beside webpack 5 would clash), the toolchain
 #     of a Vue CLI 3 app: @vue/cli-service 3.12 (webpack 4.46) with its Babel 7 plugin, Vue 2.7;
-#     and in $DATASTREAM_TOOLS/vue26 Vue 2.6 with @vue/composition-api.
+#     in $DATASTREAM_TOOLS/vue26 Vue 2.6 with @vue/composition-api; in $DATASTREAM_TOOLS/ptrui
+#     the dependencies of the ptr_ui-shaped app (tests/client/ptrui/package.json).
 # Safe to run again; a warm run takes seconds. Put the tools on PATH with scripts/client-env.sh.
 # With --build-only, installs just what building the package needs (no browsers, drivers or test
 # tools): scripts/run.sh uses that.
@@ -87,6 +88,17 @@ if [ "$BUILD_ONLY" -eq 0 ] && [ "$have_vuecli3" -eq 0 ]; then
   mkdir -p "$VUECLI3"
   [ -e "$VUECLI3/package.json" ] || echo '{"private": true}' >"$VUECLI3/package.json"
   timed npm install --prefix "$VUECLI3" --no-audit --no-fund --loglevel=error "${want_vuecli3[@]}"
+fi
+
+# The app shaped like ptr_ui (tests/client/ptrui/): its own dependencies, installed once from its
+# package.json, as its developer has them before adding the package (the test copies them).
+PTRUI="$DATASTREAM_TOOLS/ptrui"
+if [ "$BUILD_ONLY" -eq 0 ] && ! cmp -s "$ROOT/tests/client/ptrui/package.json" "$PTRUI/package.json"; then
+  step "npm install the ptr_ui-shaped app's dependencies into $PTRUI"
+  rm -rf "$PTRUI"
+  mkdir -p "$PTRUI"
+  cp "$ROOT/tests/client/ptrui/package.json" "$PTRUI/"
+  timed npm install --prefix "$PTRUI" --no-audit --no-fund --loglevel=error
 fi
 
 # A Vue 2.6 app's own packages (Vue 2.6 with @vue/composition-api, what ptr_ui runs), apart from

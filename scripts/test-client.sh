@@ -6,18 +6,28 @@
 #   4. the browser tests in headless Chrome and headless Firefox (wasm-pack test) against the real
 #      relay, started with a proxy and a control endpoint by tests/client/harness.mjs;
 #   5. the API tests (tests/client/sdk-test.mjs) in headless Chromium: subscription handles,
-#      errors, logging, and tokens against a second relay that requires them (DATASTREAM_JWT_SECRET);
+#      errors, logging, and tokens against a second relay that requires them (DATASTREAM_JWT_SECRET)
+#      but lets anonymous visitors read a few sites (DATASTREAM_ANONYMOUS_SITES);
 #   6. the package test: npm pack, install into a scratch project, Node (ESM, CommonJS) and tsc,
 #      Vite, webpack 5 and Vue CLI 3 (webpack 4) builds, a plain <script type="module"> page, run
-#      in headless Chromium, with the reconnect leak check.
+#      in headless Chromium, with the reconnect leak check;
+#   7. the app shaped like ptr_ui (tests/client/ptrui-test.mjs): npm install <tarball>, vue-cli-service
+#      build, visits in headless Chromium and Firefox against both relays.
 # Everything runs on loopback; what is started here is stopped here, by PID. Needs the tools of
 # scripts/setup-client-deps.sh.
+#
+# CLIENT_STAGES (default: all) runs only some of them, comma-separated: clippy, native, size,
+# browser, sdk, package, ptrui (the relay and the package are built whenever a later stage needs
+# them), e.g. CLIENT_STAGES=sdk,ptrui scripts/test-client.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 source "$ROOT/scripts/client-env.sh"
 cd "$ROOT"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/datastream-client-test.XXXXXX")"
 HARNESS_PIDS=()
+STAGES=",${CLIENT_STAGES:-clippy,native,size,browser,sdk,package,ptrui},"
+stage() { [[ "$STAGES" == *",$1,"* ]]; }
+relays_needed() { stage browser || stage sdk || stage package || stage ptrui; }
 
 stop_harness() {
   local pid="$1" name="$2"
@@ -59,21 +69,33 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step "cargo clippy (client, wasm32)"
-cargo clippy -p datastream-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+if stage clippy; then
+  step "cargo clippy (client, wasm32)"
+  cargo clippy -p datastream-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+fi
 
-step "cargo test -p datastream-client (native)"
-cargo test -p datastream-client --locked
+if stage native; then
+  step "cargo test -p datastream-client (native)"
+  cargo test -p datastream-client --locked
+fi
 
-step "build the relay"
-cargo build -p datastream --locked
+if relays_needed; then
+  step "build the relay"
+  cargo build -p datastream --locked
+fi
 RELAY_BIN="$CARGO_TARGET_DIR/debug/datastream"
 
-step "build the npm package"
-bash npm/build.sh
+if stage size || stage sdk || stage package || stage ptrui; then
+  step "build the npm package"
+  bash npm/build.sh
+fi
 
-step "size budget"
-node tests/client/size-check.mjs npm
+if stage size; then
+  step "size budget"
+  node tests/client/size-check.mjs npm
+fi
+
+relays_needed || { step "client tests passed ($CLIENT_STAGES)"; exit 0; }
 
 # start_harness NAME [harness options]: starts a relay with its proxy and control endpoint and
 # waits for its ports, left in $WORK/NAME.out.
@@ -93,10 +115,11 @@ start_harness() {
 }
 port() { node -e "process.stdout.write(String(JSON.parse(process.argv[1]).$2))" "$(head -n 1 "$WORK/$1.out")"; }
 
-step "start the relays (one requiring tokens), proxies and control endpoints"
+step "start the relays (one requiring tokens but for a few sites), proxies and control endpoints"
 start_harness plain
+# The anonymous sites: the API tests' and the anonymous visitors' of the ptr_ui-shaped app.
 start_harness jwt --jwt-secret "$(node -e "process.stdout.write(require('node:crypto').randomBytes(24).toString('hex'))")" \
-  --max-subscriptions 4
+  --max-subscriptions 4 --anonymous-sites open-a,open-b,cr-a-mrc,cr-a-mrc2,cr-a-mrcw,ff-a-mrc,ff-a-mrc2,ff-a-mrcw
 export DS_TEST_RELAY_PORT DS_TEST_PROXY_PORT DS_TEST_CONTROL_PORT
 DS_TEST_RELAY_PORT="$(port plain relay_port)"
 DS_TEST_PROXY_PORT="$(port plain proxy_port)"
@@ -107,16 +130,28 @@ echo "relay :$DS_TEST_RELAY_PORT, proxy :$DS_TEST_PROXY_PORT, control :$DS_TEST_
 
 # The runner's default 20 s covers the whole suite; the reconnect tests need more.
 export WASM_BINDGEN_TEST_TIMEOUT=300
-for browser in chrome firefox; do
-  step "browser tests: headless $browser"
-  (cd client-wasm && timeout 900 wasm-pack test --headless "--$browser" --locked)
-done
+if stage browser; then
+  for browser in chrome firefox; do
+    step "browser tests: headless $browser"
+    (cd client-wasm && timeout 900 wasm-pack test --headless "--$browser" --locked)
+  done
+fi
 
-step "API tests: handles, errors, tokens (headless Chromium)"
-timeout 600 node tests/client/sdk-test.mjs --control "$DS_TEST_CONTROL_PORT" --proxy "$DS_TEST_PROXY_PORT" \
-  --jwt-control "$JWT_CONTROL_PORT" --jwt-relay "$JWT_RELAY_PORT"
+if stage sdk; then
+  step "API tests: handles, errors, tokens (headless Chromium)"
+  timeout 600 node tests/client/sdk-test.mjs --control "$DS_TEST_CONTROL_PORT" --proxy "$DS_TEST_PROXY_PORT" \
+    --jwt-control "$JWT_CONTROL_PORT" --jwt-relay "$JWT_RELAY_PORT"
+fi
 
-step "npm package: pack, install, bundlers, leak check"
-timeout 900 node tests/client/package-test.mjs --control "$DS_TEST_CONTROL_PORT" --proxy "$DS_TEST_PROXY_PORT" --out "$WORK/package"
+if stage package; then
+  step "npm package: pack, install, bundlers, leak check"
+  timeout 900 node tests/client/package-test.mjs --control "$DS_TEST_CONTROL_PORT" --proxy "$DS_TEST_PROXY_PORT" --out "$WORK/package"
+fi
+
+if stage ptrui; then
+  step "the ptr_ui-shaped app: npm install <tarball>, vue-cli-service build, Chromium and Firefox"
+  timeout 900 node tests/client/ptrui-test.mjs --relay "$DS_TEST_RELAY_PORT" --control "$DS_TEST_CONTROL_PORT" \
+    --jwt-relay "$JWT_RELAY_PORT" --jwt-control "$JWT_CONTROL_PORT" --out "$WORK/ptrui"
+fi
 
 step "client tests passed"

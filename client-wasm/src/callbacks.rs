@@ -76,10 +76,9 @@ pub enum HookKind {
     Ready,
     /// The server confirmed a site's subscription (after every (re)connect).
     Subscribed,
-    /// The server ended the connection over its token (expired, or refused): the client waits
-    /// for [`crate::client::Client::set_token`] before it reconnects. Registering such a hook is
-    /// what tells the client a fresh token can be had; without one, these closes are handled like
-    /// any other.
+    /// A connection attempt waits for the app's token (with [`crate::config::Config::fetch_tokens`]):
+    /// before each attempt, and at once when the server ended the connection over its token
+    /// (expired, or refused); see [`crate::client::Client::set_token`].
     Token,
 }
 
@@ -131,18 +130,6 @@ impl<F: Clone + PartialEq> Callbacks<F> {
             self.changed();
         }
         listeners != self.listeners.len() || hooks != self.hooks.len()
-    }
-
-    /// Removes every listener of `callback` registered for exactly `topic`, whatever its site;
-    /// returns how many.
-    pub fn remove_callback(&mut self, topic: &TopicSelector, callback: &F) -> usize {
-        let before = self.listeners.len();
-        self.listeners.retain(|l| !(&l.topic == topic && &l.callback == callback));
-        let removed = before - self.listeners.len();
-        if removed > 0 {
-            self.changed();
-        }
-        removed
     }
 
     /// A number that changes whenever a listener is added or removed: what [`Callbacks::matching`]
@@ -217,15 +204,14 @@ mod tests {
     }
 
     #[test]
-    fn removal_by_id_and_by_callback() {
+    fn removal_by_id() {
         let mut c = Callbacks::default();
         let a = c.add(named("weather"), None, 'a', false);
-        c.add(named("weather"), Some("mrc".into()), 'b', false);
-        c.add(named("weather"), Some("saf".into()), 'b', false);
+        let b = c.add(named("weather"), Some("mrc".into()), 'b', false);
         c.add(named("jobs"), None, 'b', false);
         assert!(c.remove(a));
         assert!(!c.remove(a), "already gone");
-        assert_eq!(c.remove_callback(&named("weather"), &'b'), 2, "every site's registration of that topic");
+        assert!(c.remove(b));
         assert_eq!(c.matching("mrc", "weather", false), Vec::<char>::new());
         assert_eq!(c.matching("mrc", "jobs", false), vec!['b']);
     }
@@ -296,14 +282,10 @@ mod tests {
         assert!(!changed(&c), "hooks do not concern publications");
         assert!(c.remove(h));
         assert!(!changed(&c), "nor does removing one");
-        assert_eq!(c.remove_callback(&named("jobs"), &'a'), 0);
-        assert!(!changed(&c), "nothing removed");
         assert!(!c.remove(999));
         assert!(!changed(&c), "nothing removed");
         c.matching("mrc", "weather", false);
         assert!(!changed(&c), "reading changes nothing");
-        assert_eq!(c.remove_callback(&named("weather"), &'b'), 1);
-        assert!(changed(&c), "removed by callback");
         assert!(c.remove(a));
         assert!(changed(&c), "removed by id");
         c.version = 0x7fff_ffff;

@@ -86,6 +86,9 @@ pub enum Action<F, D> {
         /// The event.
         event: Event<D>,
     },
+    /// Call [`Client::flush`] once the current task is done (and the microtasks it queued, where
+    /// frameworks' schedulers run): what the app changed goes out as at most one frame per site.
+    Flush,
 }
 
 /// An event for the app's hooks.
@@ -112,12 +115,13 @@ pub enum Event<D> {
         /// Whether the gap since the last position was recovered (absent: nothing to recover).
         recovered: Option<bool>,
     },
-    /// The server closed the connection over its token (`code` 3002: expired; 3501: refused);
-    /// the client reconnects once given a token ([`Client::set_token`]).
+    /// A connection attempt waits for the app's token ([`Client::set_token`], or
+    /// [`Client::token_failed`]). `code` 0: before connecting; 3002 (expired) or 3501 (refused):
+    /// the server closed the last connection over its token, so a fresh one is needed.
     TokenNeeded {
-        /// The close code.
+        /// The close code, or 0.
         code: u16,
-        /// The server's reason.
+        /// The server's reason, or empty.
         reason: String,
     },
 }
@@ -208,11 +212,14 @@ pub struct Client<F, D> {
     ready_reported: bool,
     /// A uniform random number in [0, 1), for the backoff jitter.
     random: Box<dyn FnMut() -> f64>,
-    /// The connection was closed over its token and waits for a new one before reconnecting.
-    awaiting_token: bool,
+    /// Why the next token is asked for: the close code and reason of a connection the server
+    /// ended over its token; `(0, "")` for an ordinary attempt.
+    token_cause: (u16, String),
     /// The last connection was refused (3501) and a new token was asked for: another refusal
     /// before the server accepts a connection is final.
     token_retried: bool,
+    /// An [`Action::Flush`] is out and not yet done.
+    flush_due: bool,
 }
 
 impl<F, D> std::fmt::Debug for Client<F, D> {
@@ -233,11 +240,12 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
             core: Core { config, callbacks: Callbacks::default(), links: Vec::new(), next_link: 1, out: Vec::new() },
             rules,
             closed: None,
-            reported: State::Connecting,
+            reported: State::Idle,
             ready_reported: false,
             random,
-            awaiting_token: false,
+            token_cause: (0, String::new()),
             token_retried: false,
+            flush_due: false,
         })
     }
 
@@ -263,7 +271,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         self.closed.is_some()
     }
 
-    /// Opens the first connection(s) and subscribes the configured sites.
+    /// Takes the configured sites and opens the connection(s) they need (none without a site).
     pub fn start(&mut self, now: f64) {
         let sites = std::mem::take(&mut self.core.config.sites);
         for link in self.rules.start(&mut self.core, sites) {
@@ -301,7 +309,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         if let (Latest::Ask, Machine::V2(v2)) = (latest, &mut self.rules) {
             v2.lacks(site, topic);
         }
-        self.sync_subscriptions();
+        self.schedule_flush();
         Ok(id)
     }
 
@@ -313,19 +321,13 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// Removes a listener or hook by id.
     pub fn off_id(&mut self, id: ListenerId) {
         if self.core.callbacks.remove(id) {
-            self.sync_subscriptions();
-        }
-    }
-
-    /// Removes every registration of `callback` for `topic`.
-    pub fn off(&mut self, topic: &str, callback: &F) {
-        if self.core.callbacks.remove_callback(&TopicSelector::parse(topic), callback) > 0 {
-            self.sync_subscriptions();
+            self.schedule_flush();
         }
     }
 
     /// Subscribes to `site`; with `rewind`, first replays up to that many of its latest
-    /// publications (v2 only; the legacy protocol keeps no history).
+    /// publications (v2 only; the legacy protocol keeps no history). The first site opens the
+    /// connection.
     pub fn subscribe(&mut self, site: &str, rewind: Option<u32>, now: f64) -> Result<(), ConfigError> {
         self.core.config.check_site(site)?;
         if self.closed.is_some() {
@@ -334,19 +336,31 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         if let Some(link) = self.rules.subscribe(&mut self.core, site, rewind) {
             self.open(link, now);
         }
+        self.schedule_flush();
         self.report_state();
         self.report_ready();
         Ok(())
     }
 
-    /// Unsubscribes from `site`.
+    /// Unsubscribes from `site`. Without a site left, the connection closes after a linger.
     pub fn unsubscribe(&mut self, site: &str) {
         if self.closed.is_some() {
             return;
         }
         self.rules.unsubscribe(&mut self.core, site);
+        self.schedule_flush();
         self.report_state();
         self.report_ready();
+    }
+
+    /// Sends what the app's calls since the last flush changed: at most one subscribe or
+    /// unsubscribe frame per site whose subscription changed.
+    pub fn flush(&mut self) {
+        self.flush_due = false;
+        if self.closed.is_none() {
+            self.rules.sync(&mut self.core);
+            self.report_ready();
+        }
     }
 
     /// Closes every socket for good.
@@ -354,30 +368,29 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         self.shut_down(1000, "closed by the client".to_owned());
     }
 
-    /// Ends the client with `code` and `reason`, as a terminal close from the server would (the
-    /// app could not get a token it needs).
-    pub fn fail(&mut self, code: u16, reason: String) {
-        self.shut_down(code, reason);
-    }
-
-    /// Replaces the token. In v2 a live connection gets it at once in a `refresh` frame; every
-    /// later connection offers it. A client waiting for a token (see [`HookKind::Token`])
-    /// reconnects now.
-    pub fn set_token(&mut self, token: String, now: f64) {
+    /// The app's answer to [`Event::TokenNeeded`]: the token to connect with, or `None` to
+    /// connect without one. A connection attempt waiting for it opens now; a v2 connection that
+    /// is live gets it in a `refresh` frame; every later connection offers it.
+    pub fn set_token(&mut self, token: Option<String>, now: f64) {
         if self.closed.is_some() {
             return;
         }
-        if !self.awaiting_token {
-            self.rules.refresh(&mut self.core, &token);
+        if let Some(token) = &token {
+            self.rules.refresh(&mut self.core, token);
         }
-        self.core.config.token = Some(token);
-        if std::mem::take(&mut self.awaiting_token) {
-            let waiting: Vec<LinkId> =
-                self.core.links.iter().filter(|l| matches!(l.phase, Phase::Waiting)).map(|l| l.id).collect();
-            for id in waiting {
-                self.core.out.push(Action::ClearTimer { link: id, kind: TimerKind::Reconnect });
-                self.open(id, now);
+        self.core.config.token = token;
+        for i in 0..self.core.links.len() {
+            if let Phase::Token { since } = self.core.links[i].phase {
+                self.connect(self.core.links[i].id, since.min(now));
             }
+        }
+    }
+
+    /// The app could not get a token (its `getToken` failed): the attempts waiting for one fail,
+    /// and are tried again after the backoff delay, asking again.
+    pub fn token_failed(&mut self, now: f64) {
+        while let Some(id) = self.core.links.iter().find(|l| matches!(l.phase, Phase::Token { .. })).map(|l| l.id) {
+            self.lose(id, "getToken() failed", false, now);
         }
     }
 
@@ -421,7 +434,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 let ms = ms_u32(l.silence_limit);
                 self.core.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms });
                 self.token_retried = false;
-                self.sync_subscriptions();
+                self.rules.sync(&mut self.core);
                 self.report_state();
             }
             Inbound::Subscribed { id, site, epoch, offset, recovered, replayed } => {
@@ -525,15 +538,15 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         }
         let over_token = code == CloseCode::TokenExpired.code()
             || (code == CloseCode::Forbidden.code() && !std::mem::take(&mut self.token_retried));
-        if over_token && !self.core.callbacks.hooks(HookKind::Token).is_empty() {
-            // Reconnect once the app has a new token: the one it has would be refused.
+        if over_token && self.core.config.fetch_tokens {
+            // Reconnect at once with a fresh token: the one it has would be refused.
             self.token_retried = code == CloseCode::Forbidden.code();
-            self.awaiting_token = true;
-            self.lose(link, "token", false, now);
-            self.core
-                .out
-                .retain(|a| !matches!(a, Action::SetTimer { link: l, kind: TimerKind::Reconnect, .. } if *l == link));
-            self.notify(HookKind::Token, Event::TokenNeeded { code, reason });
+            self.token_cause = (code, reason);
+            self.lose(link, "token", true, now);
+        } else if code == CloseCode::TokenExpired.code() {
+            // A fixed token that expired: the relay refuses it at the next handshake too
+            // (3002 again), so reconnecting with it would only loop.
+            self.shut_down(code, if reason.is_empty() { "token expired".to_owned() } else { reason });
         } else if should_reconnect(code) {
             self.lose(link, "connection lost", false, now);
         } else {
@@ -549,9 +562,11 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         let Some(l) = self.link_mut(link) else { return };
         match (kind, l.phase) {
             (TimerKind::Reconnect, Phase::Waiting) => self.open(link, now),
-            (TimerKind::Heartbeat, Phase::Opening { since } | Phase::Handshake { since }) => {
+            (TimerKind::Heartbeat, Phase::Opening { since } | Phase::Handshake { since } | Phase::Token { since }) => {
                 if now - since >= connect_timeout {
-                    self.lose(link, "connect timeout", false, now);
+                    let why =
+                        if matches!(l.phase, Phase::Token { .. }) { "no token in time" } else { "connect timeout" };
+                    self.lose(link, why, false, now);
                 } else {
                     let ms = ms_u32(connect_timeout - (now - since));
                     self.core.out.push(Action::SetTimer { link, kind, ms });
@@ -561,14 +576,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 Err(why) => self.lose(link, why, false, now),
                 Ok(next) => self.core.out.push(Action::SetTimer { link, kind, ms: ms_u32(next) }),
             },
-            (TimerKind::Release, _) if l.spare => {
-                self.core.out.push(Action::Close { link, code: 1000, reason: "site unsubscribed" });
-                self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
-                self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Reconnect });
-                self.core.links.retain(|l| l.id != link);
-                self.report_state();
-                self.report_ready();
-            }
+            (TimerKind::Release, _) if self.rules.release(&self.core, link) => self.drop_link(link),
             _ => {}
         }
     }
@@ -609,26 +617,50 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         self.core.link_mut(id)
     }
 
+    /// Starts a connection attempt on `link`: with tokens from the app, asks for one first (once
+    /// for every link waiting), else opens its socket. The connect timeout covers both.
     fn open(&mut self, link: LinkId, now: f64) {
         let connect_timeout = ms_u32(duration_ms(self.core.config.connect_timeout) as f64);
+        let asked = self.core.links.iter().any(|l| matches!(l.phase, Phase::Token { .. }));
+        let fetch = self.core.config.fetch_tokens;
         let Some(l) = self.core.link_mut(link) else { return };
-        l.phase = Phase::Opening { since: now };
         l.probe_sent = None;
+        let timer = Action::SetTimer { link, kind: TimerKind::Heartbeat, ms: connect_timeout };
+        if !fetch {
+            self.connect(link, now);
+            return self.core.out.push(timer);
+        }
+        l.phase = Phase::Token { since: now };
+        self.core.out.push(timer);
+        let (code, reason) = std::mem::take(&mut self.token_cause);
+        if !asked {
+            self.notify(HookKind::Token, Event::TokenNeeded { code, reason });
+        }
+    }
+
+    /// Opens `link`'s socket, for an attempt started at `since`.
+    fn connect(&mut self, link: LinkId, since: f64) {
+        let Some(l) = self.core.link_mut(link) else { return };
+        l.phase = Phase::Opening { since };
         l.opened_site.clone_from(&l.site);
         let Some(l) = self.core.links.iter().find(|l| l.id == link) else { return };
         let (url, subprotocol, token) = self.rules.socket(&self.core, l);
         self.core.out.push(Action::Open { link, url, subprotocol, token });
-        self.core.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms: connect_timeout });
     }
 
-    /// `link` is no more: forget its socket and schedule the next attempt (now, with `at_once`).
+    /// `link` is no more (`why`): forget its socket and schedule the next attempt (now, with
+    /// `at_once`).
     fn lose(&mut self, link: LinkId, why: &'static str, at_once: bool, now: f64) {
+        // No site needs it any more (it was lingering): it goes instead.
+        if self.rules.release(&self.core, link) {
+            return self.drop_link(link);
+        }
         let unit = (self.random)();
         let backoff = self.core.config.backoff;
         let Some(l) = self.core.links.iter_mut().find(|l| l.id == link) else { return };
         l.failures = l.failures.saturating_add(1);
         let delay_ms = if at_once { 0 } else { ms_u32(duration_ms(backoff.delay(l.failures - 1, unit)) as f64) };
-        l.state = State::Reconnecting { attempt: l.failures, delay_ms };
+        l.state = State::Reconnecting { attempt: l.failures, delay_ms, reason: why };
         l.phase = Phase::Waiting;
         self.core.out.push(Action::Close { link, code: 1000, reason: why });
         self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
@@ -647,13 +679,10 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         let grace = self.grace_ms();
         // Legacy has no client ping; the browser's own close detection has to do there.
         let can_probe = Rules::<F, D>::can_probe(&self.rules);
-        let awaiting_token = self.awaiting_token;
         let ids: Vec<LinkId> = self.core.links.iter().map(|l| l.id).collect();
         for id in ids {
             let Some(l) = self.link_mut(id) else { continue };
             match l.phase {
-                // Its token would be refused; it reconnects when a new one arrives.
-                Phase::Waiting if awaiting_token => {}
                 Phase::Waiting => {
                     self.core.out.push(Action::ClearTimer { link: id, kind: TimerKind::Reconnect });
                     self.open(id, now);
@@ -671,9 +700,27 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         }
     }
 
-    /// Brings the server's subscriptions in line with the wanted sites and the listeners' topics.
-    fn sync_subscriptions(&mut self) {
-        self.rules.sync(&mut self.core);
+    /// Closes and forgets `link`, which no site needs.
+    fn drop_link(&mut self, link: LinkId) {
+        self.close_link(link, "site unsubscribed");
+        self.core.links.retain(|l| l.id != link);
+        self.report_state();
+        self.report_ready();
+    }
+
+    /// Closes `link`'s socket and cancels its timers.
+    fn close_link(&mut self, link: LinkId, reason: &'static str) {
+        self.core.out.push(Action::Close { link, code: 1000, reason });
+        for kind in [TimerKind::Reconnect, TimerKind::Heartbeat, TimerKind::Release] {
+            self.core.out.push(Action::ClearTimer { link, kind });
+        }
+    }
+
+    /// Asks for a [`Client::flush`] once the current task is done, unless one is due already.
+    fn schedule_flush(&mut self) {
+        if !std::mem::replace(&mut self.flush_due, true) {
+            self.core.out.push(Action::Flush);
+        }
     }
 
     fn shut_down(&mut self, code: u16, reason: String) {
@@ -681,10 +728,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
             return;
         }
         for l in std::mem::take(&mut self.core.links) {
-            self.core.out.push(Action::Close { link: l.id, code: 1000, reason: "client closed" });
-            for kind in [TimerKind::Reconnect, TimerKind::Heartbeat, TimerKind::Release] {
-                self.core.out.push(Action::ClearTimer { link: l.id, kind });
-            }
+            self.close_link(l.id, "client closed");
         }
         self.closed = Some(State::Closed { code, reason });
         self.report_state();

@@ -19,6 +19,16 @@ fn config(sites: &[&str]) -> Config {
     c
 }
 
+/// What the client decided, once the current task is done: its flush run (as the browser's
+/// microtask does), the flush requests themselves left out.
+fn acts(c: &mut C) -> Vec<A> {
+    let mut a = c.take_actions();
+    c.flush();
+    a.extend(c.take_actions());
+    a.retain(|a| *a != Action::Flush);
+    a
+}
+
 /// A started client whose jitter draws are always 0.5.
 fn started(config: Config) -> (C, Vec<A>) {
     let mut c = C::new(config, Box::new(|| 0.5)).unwrap();
@@ -27,7 +37,7 @@ fn started(config: Config) -> (C, Vec<A>) {
     c.hook(HookKind::RecoveryFailed, "recovery");
     c.hook(HookKind::Ready, "ready");
     c.start(0.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     (c, a)
 }
 
@@ -57,7 +67,7 @@ fn frame(c: &mut C, text: &str, now: f64) -> Out {
         let latest = serde_json::from_str::<serde_json::Value>(line).unwrap()["latest"] == true;
         match ServerFrame::parse(line).unwrap() {
             ServerFrame::Pub(p) => {
-                actions.extend(c.take_actions());
+                actions.extend(acts(c));
                 let accepted = if latest {
                     c.accept_latest(1, &p.site, &p.epoch, now)
                 } else {
@@ -74,7 +84,7 @@ fn frame(c: &mut C, text: &str, now: f64) -> Out {
             other => c.received(1, Inbound::from_server_frame(other).unwrap(), now),
         }
     }
-    actions.extend(c.take_actions());
+    actions.extend(acts(c));
     Out { actions, delivered }
 }
 
@@ -158,7 +168,7 @@ fn connects_subscribes_with_the_listeners_topics_and_dispatches() {
     assert!(a.contains(&Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 10_000 }), "connect timeout");
     c.on("weather", None, "w", Latest::No).unwrap();
     c.on("sitestatus", Some("mrc"), "s", Latest::No).unwrap();
-    assert!(c.take_actions().is_empty(), "nothing is sent before the server's hello");
+    assert!(acts(&mut c).is_empty(), "nothing is sent before the server's hello");
     c.opened(1, 5.0);
     assert_eq!(c.state(), &State::Connecting, "an open socket is not yet an accepted connection");
     let a = hello(&mut c, 10.0);
@@ -192,7 +202,7 @@ fn connects_subscribes_with_the_listeners_topics_and_dispatches() {
 
 #[test]
 fn backoff_grows_with_each_failure_and_resets_only_on_hello() {
-    let (mut c, _) = started(config(&[]));
+    let (mut c, _) = started(config(&["mrc"]));
     let b = Config::new(URL).backoff;
     let expect = |n: u32| ms_u32(duration_ms(b.delay(n, 0.5)) as f64);
     let mut now = 0.0;
@@ -200,21 +210,22 @@ fn backoff_grows_with_each_failure_and_resets_only_on_hello() {
         // Fails before any hello: the socket even opens, but that is not a confirmation.
         c.opened(1, now);
         c.socket_closed(1, 1006, String::new(), now);
-        let a = c.take_actions();
-        assert_eq!(states(&a), vec![State::Reconnecting { attempt, delay_ms: expect(attempt - 1) }]);
+        let a = acts(&mut c);
+        let reason = "connection lost";
+        assert_eq!(states(&a), vec![State::Reconnecting { attempt, delay_ms: expect(attempt - 1), reason }]);
         assert_eq!(reconnect_timer(&a), Some(expect(attempt - 1)));
         assert!(matches!(a[0], Action::Close { link: 1, .. }), "the dead socket is dropped first");
         now += f64::from(expect(attempt - 1));
         c.timer(1, TimerKind::Reconnect, now);
-        assert!(matches!(c.take_actions()[0], Action::Open { .. }));
-        assert_eq!(c.state(), &State::Reconnecting { attempt, delay_ms: expect(attempt - 1) });
+        assert!(matches!(acts(&mut c)[0], Action::Open { .. }));
+        assert_eq!(c.state().name(), "reconnecting");
     }
     assert_eq!(expect(3), 2500, "0.5 s + half of a 4 s spread");
     let a = hello(&mut c, now);
     assert_eq!(states(&a), vec![State::Connected]);
     c.socket_closed(1, 1001, "server shutting down".into(), now);
-    let a = c.take_actions();
-    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: expect(0) }]);
+    let a = acts(&mut c);
+    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: expect(0), reason: "connection lost" }]);
 }
 
 #[test]
@@ -222,38 +233,38 @@ fn terminal_close_codes_stop_retrying_and_say_why() {
     let (mut c, _) = started(config(&["mrc"]));
     hello(&mut c, 0.0);
     c.socket_closed(1, 3500, "too many invalid frames".into(), 1.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(states(&a), vec![State::Closed { code: 3500, reason: "too many invalid frames".into() }]);
     assert_eq!(reconnect_timer(&a), None);
     assert!(c.is_closed());
     c.timer(1, TimerKind::Reconnect, 5000.0);
     c.online(5000.0);
     c.subscribe("saf", None, 5000.0).unwrap();
-    assert!(c.take_actions().is_empty(), "a closed client stays closed");
+    assert!(acts(&mut c).is_empty(), "a closed client stays closed");
 
-    let (mut c, _) = started(config(&[]));
+    let (mut c, _) = started(config(&["mrc"]));
     c.socket_closed(1, 4501, String::new(), 1.0);
     assert_eq!(c.state(), &State::Closed { code: 4501, reason: "closed by the server".into() });
 }
 
 #[test]
 fn heartbeat_silence_and_connect_timeout_reconnect() {
-    let (mut c, _) = started(config(&[]));
+    let (mut c, _) = started(config(&["mrc"]));
     // Never opens: the connect timeout ends the attempt.
     c.timer(1, TimerKind::Heartbeat, 10_000.0);
     assert_eq!(c.state().name(), "reconnecting");
     c.timer(1, TimerKind::Reconnect, 11_000.0);
-    c.take_actions();
+    acts(&mut c);
     hello(&mut c, 11_500.0);
     frame(&mut c, r#"{"type":"ping"}"#, 36_000.0);
     // The timer armed at hello fires: the ping moved the deadline, so it is re-armed.
     c.timer(1, TimerKind::Heartbeat, 46_500.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(a, vec![Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 24_500 }]);
     c.timer(1, TimerKind::Heartbeat, 71_000.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(a[0], Action::Close { link: 1, code: 1000, reason: "heartbeat timeout" });
-    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: 750 }]);
+    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: 750, reason: "heartbeat timeout" }]);
 }
 
 #[test]
@@ -266,7 +277,7 @@ fn resubscribes_with_positions_and_delivers_each_publication_once() {
     assert_eq!(delivered(&a).len(), 2);
     c.socket_closed(1, 1006, String::new(), 3.0);
     c.timer(1, TimerKind::Reconnect, 1000.0);
-    c.take_actions();
+    acts(&mut c);
     let a = hello(&mut c, 1001.0);
     assert_eq!(
         sends(&a),
@@ -287,7 +298,7 @@ fn resubscribes_with_positions_and_delivers_each_publication_once() {
     // The relay restarts: a new epoch, recovery impossible, the app is told.
     c.socket_closed(1, 1001, String::new(), 2000.0);
     c.timer(1, TimerKind::Reconnect, 3000.0);
-    c.take_actions();
+    acts(&mut c);
     let a = hello(&mut c, 3001.0);
     assert_eq!(sends(&a)[0]["recover"], serde_json::json!({"epoch":"e","offset":16}));
     let a = frame(
@@ -308,17 +319,17 @@ fn topic_filter_follows_listeners_while_connected() {
     let star = c.on("*", Some("mrc"), "star", Latest::No).unwrap();
     // Resubscribing from the position: the relay fills anything queued under the old filter.
     assert_eq!(
-        sends(&c.take_actions())[0],
+        sends(&acts(&mut c))[0],
         serde_json::json!({"type":"subscribe","id":2,"site":"mrc","recover":{"epoch":"e","offset":0}})
     );
-    c.on("jobs", None, "j", Latest::No).unwrap();
-    assert!(c.take_actions().is_empty(), "already receiving every topic");
+    let j = c.on("jobs", None, "j", Latest::No).unwrap();
+    assert!(acts(&mut c).is_empty(), "already receiving every topic");
     c.off_id(star);
-    assert_eq!(sends(&c.take_actions())[0]["topics"], serde_json::json!(["jobs", "weather"]));
-    c.off("jobs", &"j");
-    assert_eq!(sends(&c.take_actions())[0]["topics"], serde_json::json!(["weather"]));
+    assert_eq!(sends(&acts(&mut c))[0]["topics"], serde_json::json!(["jobs", "weather"]));
+    c.off_id(j);
+    assert_eq!(sends(&acts(&mut c))[0]["topics"], serde_json::json!(["weather"]));
     c.off_id(w);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(sends(&a)[0].get("topics"), None, "no listener: every topic");
     assert!(c.on("bad topic", None, "x", Latest::No).is_err());
     assert!(c.on("ok", Some("bad/site"), "x", Latest::No).is_err());
@@ -326,10 +337,16 @@ fn topic_filter_follows_listeners_while_connected() {
 
 #[test]
 fn subscribe_rewind_and_unsubscribe() {
-    let (mut c, _) = started(config(&[]));
+    let (mut c, a) = started(config(&[]));
+    assert!(opens(&a).is_empty(), "no site: no socket");
+    assert_eq!(c.state(), &State::Idle);
     c.on("*", None, "all", Latest::No).unwrap();
+    assert!(acts(&mut c).is_empty(), "a listener alone opens nothing");
     c.subscribe("saf", Some(20), 0.0).unwrap();
-    assert!(c.take_actions().is_empty(), "sent once connected");
+    let a = acts(&mut c);
+    assert_eq!(opens(&a), [None], "the first site opens the socket");
+    assert!(sends(&a).is_empty(), "sent once connected");
+    assert_eq!(c.state(), &State::Connecting);
     assert!(!c.is_ready());
     let a = hello(&mut c, 0.0);
     assert_eq!(sends(&a), vec![serde_json::json!({"type":"subscribe","id":1,"site":"saf","rewind":20})]);
@@ -337,7 +354,7 @@ fn subscribe_rewind_and_unsubscribe() {
         [subscribed("saf", 1, "e", 30, None, 2), publ("saf", "t", "e", 29), publ("saf", "t", "e", 30)].join("\n");
     assert_eq!(delivered(&frame(&mut c, &text, 1.0)).len(), 2);
     c.unsubscribe("saf");
-    assert_eq!(sends(&c.take_actions()), vec![serde_json::json!({"type":"unsubscribe","site":"saf"})]);
+    assert_eq!(sends(&acts(&mut c)), vec![serde_json::json!({"type":"unsubscribe","site":"saf"})]);
     assert!(delivered(&frame(&mut c, &publ("saf", "t", "e", 31), 2.0)).is_empty(), "in flight: dropped");
     assert!(c.subscribe("no such/site", None, 3.0).is_err());
 }
@@ -365,43 +382,43 @@ fn refused_subscribe_is_reported_and_does_not_block_ready() {
 
 #[test]
 fn online_retries_at_once_and_probes_a_live_connection() {
-    let (mut c, _) = started(config(&[]));
+    let (mut c, _) = started(config(&["mrc"]));
     c.socket_closed(1, 1006, String::new(), 0.0);
-    c.take_actions();
+    acts(&mut c);
     c.online(10.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(a[0], Action::ClearTimer { link: 1, kind: TimerKind::Reconnect });
     assert!(matches!(a[1], Action::Open { .. }), "no waiting for the backoff delay");
     c.online(11.0);
-    assert!(!c.take_actions().iter().any(|a| matches!(a, Action::Open { .. })), "already opening");
+    assert!(!acts(&mut c).iter().any(|a| matches!(a, Action::Open { .. })), "already opening");
     hello(&mut c, 20.0);
     c.online(30.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(sends(&a), vec![serde_json::json!({"type":"ping"})]);
     assert!(a.contains(&Action::SetTimer { link: 1, kind: TimerKind::Heartbeat, ms: 10_000 }));
     c.timer(1, TimerKind::Heartbeat, 10_030.0);
-    assert_eq!(c.take_actions()[0], Action::Close { link: 1, code: 1000, reason: "no answer to ping" });
+    assert_eq!(states(&acts(&mut c)), [State::Reconnecting { attempt: 1, delay_ms: 750, reason: "no answer to ping" }]);
     // Answered in time: nothing happens.
     c.timer(1, TimerKind::Reconnect, 20_000.0);
     hello(&mut c, 20_001.0);
     c.online(20_002.0);
     frame(&mut c, r#"{"type":"pong"}"#, 20_010.0);
-    c.take_actions();
+    acts(&mut c);
     c.timer(1, TimerKind::Heartbeat, 30_002.0);
-    assert!(matches!(c.take_actions()[..], [Action::SetTimer { kind: TimerKind::Heartbeat, .. }]));
+    assert!(matches!(acts(&mut c)[..], [Action::SetTimer { kind: TimerKind::Heartbeat, .. }]));
 }
 
 #[test]
 fn a_visible_tab_reconnects_at_once_when_stale() {
-    let (mut c, _) = started(config(&[]));
+    let (mut c, _) = started(config(&["mrc"]));
     hello(&mut c, 0.0);
     c.visible(1000.0);
-    assert!(c.take_actions().is_empty(), "fresh: nothing to do");
+    assert!(acts(&mut c).is_empty(), "fresh: nothing to do");
     // The tab slept; the heartbeat timer has not fired yet.
     c.visible(600_000.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(a[0], Action::Close { link: 1, code: 1000, reason: "stale after sleep" });
-    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: 0 }]);
+    assert_eq!(states(&a), vec![State::Reconnecting { attempt: 1, delay_ms: 0, reason: "stale after sleep" }]);
     assert!(a.iter().any(|a| matches!(a, Action::Open { .. })));
 }
 
@@ -419,11 +436,11 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
         .collect();
     assert_eq!(opens, vec!["ws://127.0.0.1:9/dev?site=mrc", "ws://127.0.0.1:9/dev?site=mrc2"]);
     c.on("weather", None, "w", Latest::No).unwrap();
-    assert!(c.take_actions().is_empty(), "legacy has no server-side filter");
+    assert!(acts(&mut c).is_empty(), "legacy has no server-side filter");
     c.opened(1, 1.0);
     assert_eq!(c.state(), &State::Connecting);
     c.opened(2, 1.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(states(&a), vec![State::Connected]);
     assert!(has_event(&a, &Event::Ready));
     // A bare legacy publication on `link`: the callbacks it goes to.
@@ -435,19 +452,19 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
     // Switch mrc → saf: the released socket is reused with updatesubscribersite.
     c.unsubscribe("mrc");
     c.subscribe("saf", None, 3.0).unwrap();
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert!(!a.iter().any(|a| matches!(a, Action::Open { .. })));
     assert_eq!(sends(&a), vec![serde_json::json!({"action":"updatesubscribersite","site":"saf"})]);
     assert!(bare(&mut c, 1, "mrc").is_empty(), "a late frame of the old site");
     assert_eq!(bare(&mut c, 1, "saf"), vec!["w"]);
-    assert!(c.take_actions().is_empty());
+    assert!(acts(&mut c).is_empty());
     c.timer(1, TimerKind::Release, 4.0);
-    assert!(!c.take_actions().iter().any(|a| matches!(a, Action::Close { .. })), "reused: kept");
+    assert!(!acts(&mut c).iter().any(|a| matches!(a, Action::Close { .. })), "reused: kept");
 
     // A reconnect uses the current site, not the one the socket was first opened with.
     c.socket_closed(1, 1006, String::new(), 5.0);
     c.timer(1, TimerKind::Reconnect, 1000.0);
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert!(a.contains(&Action::Open {
         link: 1,
         url: "ws://127.0.0.1:9/dev?site=saf".into(),
@@ -458,7 +475,7 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
     // Unsubscribed and not reused: released.
     c.unsubscribe("mrc2");
     c.timer(2, TimerKind::Release, 6.0);
-    assert!(c.take_actions().contains(&Action::Close { link: 2, code: 1000, reason: "site unsubscribed" }));
+    assert!(acts(&mut c).contains(&Action::Close { link: 2, code: 1000, reason: "site unsubscribed" }));
 }
 
 #[test]
@@ -468,16 +485,16 @@ fn legacy_site_switch_while_opening_is_sent_once_open() {
     let (mut c, _) = started(cfg);
     c.unsubscribe("mrc");
     c.subscribe("saf", None, 0.0).unwrap();
-    c.take_actions();
+    acts(&mut c);
     c.opened(1, 1.0);
-    assert_eq!(sends(&c.take_actions()), vec![serde_json::json!({"action":"updatesubscribersite","site":"saf"})]);
+    assert_eq!(sends(&acts(&mut c)), vec![serde_json::json!({"action":"updatesubscribersite","site":"saf"})]);
 }
 
 #[test]
 fn callback_failures_are_reported_to_error_hooks_only() {
-    let (mut c, _) = started(config(&[]));
+    let (mut c, _) = started(config(&["mrc"]));
     c.callback_failed("mrc".into(), "weather".into(), "boom".into());
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(
         a,
         vec![Action::Notify {
@@ -491,7 +508,7 @@ fn callback_failures_are_reported_to_error_hooks_only() {
     );
     assert_eq!(c.hook_failed(HookKind::Error, "again".into()), Some("again".into()), "not looped back");
     assert_eq!(c.hook_failed(HookKind::State, "s".into()), None);
-    assert_eq!(c.take_actions().len(), 1);
+    assert_eq!(acts(&mut c).len(), 1);
 }
 
 #[test]
@@ -499,29 +516,29 @@ fn close_stops_everything() {
     let (mut c, _) = started(config(&["mrc"]));
     hello(&mut c, 0.0);
     c.close();
-    let a = c.take_actions();
+    let a = acts(&mut c);
     assert_eq!(states(&a), vec![State::Closed { code: 1000, reason: "closed by the client".into() }]);
     assert!(a.contains(&Action::Close { link: 1, code: 1000, reason: "client closed" }));
     assert!(a.contains(&Action::ClearTimer { link: 1, kind: TimerKind::Heartbeat }));
     c.close();
     c.socket_closed(1, 1006, String::new(), 1.0);
     frame(&mut c, &publ("mrc", "t", "e", 1), 1.0);
-    assert!(c.take_actions().is_empty());
+    assert!(acts(&mut c).is_empty());
     assert!(!c.is_ready());
 }
 
 #[test]
 fn custom_backoff_is_used() {
-    let mut cfg = config(&[]);
+    let mut cfg = config(&["mrc"]);
     cfg.backoff.min = Duration::from_millis(10);
     cfg.backoff.max = Duration::from_millis(40);
     let (mut c, _) = started(cfg);
     let mut delays = Vec::new();
     for _ in 0..5 {
         c.socket_closed(1, 1006, String::new(), 0.0);
-        delays.push(reconnect_timer(&c.take_actions()).unwrap());
+        delays.push(reconnect_timer(&acts(&mut c)).unwrap());
         c.timer(1, TimerKind::Reconnect, 0.0);
-        c.take_actions();
+        acts(&mut c);
     }
     assert_eq!(delays, vec![15, 20, 25, 25, 25]);
 }
@@ -545,17 +562,17 @@ fn accept_is_a_sign_of_life_and_follows_the_legacy_links_site() {
     hello(&mut c, 0.0);
     frame(&mut c, &subscribed("mrc", 1, "e", 0, None, 0), 0.0);
     c.online(100.0);
-    assert_eq!(sends(&c.take_actions()), vec![serde_json::json!({"type":"ping"})]);
+    assert_eq!(sends(&acts(&mut c)), vec![serde_json::json!({"type":"ping"})]);
     assert!(c.accept(1, "mrc", Some(("e", 1)), 200.0));
     c.timer(1, TimerKind::Heartbeat, 10_100.0);
     assert!(
-        matches!(c.take_actions()[..], [Action::SetTimer { kind: TimerKind::Heartbeat, .. }]),
+        matches!(acts(&mut c)[..], [Action::SetTimer { kind: TimerKind::Heartbeat, .. }]),
         "a publication answers the probe"
     );
     c.timer(1, TimerKind::Heartbeat, 35_199.0);
-    assert!(!c.take_actions().iter().any(|a| matches!(a, Action::Close { .. })), "heard at 200");
+    assert!(!acts(&mut c).iter().any(|a| matches!(a, Action::Close { .. })), "heard at 200");
     c.timer(1, TimerKind::Heartbeat, 35_200.0);
-    assert_eq!(c.take_actions()[0], Action::Close { link: 1, code: 1000, reason: "heartbeat timeout" });
+    assert_eq!(states(&acts(&mut c)), [State::Reconnecting { attempt: 1, delay_ms: 750, reason: "heartbeat timeout" }]);
 
     let mut cfg = config(&["mrc"]);
     cfg.protocol = Protocol::Legacy;
@@ -575,7 +592,7 @@ fn listeners_and_their_version() {
     let w = c.on("weather", None, "w", Latest::No).unwrap();
     let v1 = c.listeners_version();
     assert_ne!(v0, v1);
-    c.on("*", Some("mrc"), "m", Latest::No).unwrap();
+    let m = c.on("*", Some("mrc"), "m", Latest::No).unwrap();
     assert_eq!(c.listeners("mrc", "weather", false), vec!["w", "m"]);
     assert_eq!(c.listeners("saf", "weather", false), vec!["w"]);
     assert_eq!(c.listeners("saf", "jobs", false), Vec::<&str>::new());
@@ -586,7 +603,7 @@ fn listeners_and_their_version() {
     c.off_id(w);
     assert_ne!(c.listeners_version(), v2);
     let v3 = c.listeners_version();
-    c.off("*", &"m");
+    c.off_id(m);
     assert_ne!(c.listeners_version(), v3);
     assert!(c.listeners("mrc", "weather", false).is_empty());
 }
@@ -608,52 +625,203 @@ fn the_token_is_offered_on_connect_and_refreshed_in_band() {
     let (mut c, a) = started(cfg);
     assert_eq!(opens(&a), [Some("t1".to_string())]);
     hello(&mut c, 1.0);
-    c.set_token("t2".into(), 2.0);
-    let a = c.take_actions();
+    c.set_token(Some("t2".into()), 2.0);
+    let a = acts(&mut c);
     assert_eq!(sends(&a), [serde_json::json!({"type": "refresh", "token": "t2"})]);
     assert!(opens(&a).is_empty(), "no reconnect for a refresh");
     c.socket_closed(1, 1006, String::new(), 3.0);
-    c.take_actions();
+    acts(&mut c);
     c.timer(1, TimerKind::Reconnect, 10_000.0);
-    assert_eq!(opens(&c.take_actions()), [Some("t2".to_string())], "the next connection offers the new token");
+    assert_eq!(opens(&acts(&mut c)), [Some("t2".to_string())], "the next connection offers the new token");
+}
+
+/// A started client that gets its tokens from the app, with a token hook.
+fn fetching(sites: &[&str]) -> (C, Vec<A>) {
+    let mut cfg = config(sites);
+    cfg.fetch_tokens = true;
+    let mut c = C::new(cfg, Box::new(|| 0.5)).unwrap();
+    c.hook(HookKind::State, "state");
+    c.hook(HookKind::Error, "error");
+    c.hook(HookKind::Ready, "ready");
+    c.hook(HookKind::Token, "token");
+    c.start(0.0);
+    let a = acts(&mut c);
+    (c, a)
+}
+
+fn asks(actions: &[A]) -> Vec<(u16, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notify { event: Event::TokenNeeded { code, reason }, .. } => Some((*code, reason.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
-fn an_expired_token_waits_for_a_new_one_and_a_refused_one_is_asked_for_once() {
-    let mut cfg = config(&["mrc"]);
-    cfg.token = Some("t1".into());
-    let (mut c, _) = started(cfg);
-    c.hook(HookKind::Token, "token");
+fn with_tokens_from_the_app_each_attempt_asks_first_and_nothing_without_a_site() {
+    let (mut c, a) = fetching(&[]);
+    assert!(asks(&a).is_empty() && opens(&a).is_empty(), "no site: no token asked for, no socket");
+    c.on("weather", None, "w", Latest::No).unwrap();
+    assert!(acts(&mut c).is_empty());
+    c.subscribe("mrc", None, 1.0).unwrap();
+    let a = acts(&mut c);
+    assert_eq!(asks(&a), [(0, String::new())], "asked for before connecting");
+    assert!(opens(&a).is_empty(), "the socket waits for it");
+    assert_eq!(c.state(), &State::Connecting);
+    c.set_token(Some("t1".into()), 2.0);
+    assert_eq!(opens(&acts(&mut c)), [Some("t1".to_string())]);
+    // A lost connection: the next attempt asks again (the app may hand over the one it has).
+    hello(&mut c, 3.0);
+    c.socket_closed(1, 1006, String::new(), 4.0);
+    acts(&mut c);
+    c.timer(1, TimerKind::Reconnect, 2000.0);
+    let a = acts(&mut c);
+    assert_eq!((asks(&a), opens(&a)), (vec![(0, String::new())], vec![]));
+    // No token (an anonymous visitor): connects without one.
+    c.set_token(None, 2001.0);
+    assert_eq!(opens(&acts(&mut c)), [None]);
+}
+
+#[test]
+fn a_failed_token_is_a_failed_attempt_retried_with_backoff() {
+    let (mut c, _) = fetching(&["mrc"]);
+    for attempt in 1..=2 {
+        c.token_failed(10.0);
+        let a = acts(&mut c);
+        let reason = "getToken() failed";
+        let delay_ms = reconnect_timer(&a).unwrap();
+        assert_eq!(states(&a), [State::Reconnecting { attempt, delay_ms, reason }], "reported with the reason");
+        assert!(!c.is_closed() && opens(&a).is_empty());
+        c.timer(1, TimerKind::Reconnect, 5000.0);
+        assert_eq!(asks(&acts(&mut c)), [(0, String::new())], "asked again after the delay");
+    }
+    c.set_token(Some("t".into()), 6000.0);
+    assert_eq!(opens(&acts(&mut c)), [Some("t".to_string())]);
+    hello(&mut c, 6001.0);
+    assert_eq!(c.state(), &State::Connected);
+    // A token that never comes: the connect timeout ends the attempt.
+    c.socket_closed(1, 1006, String::new(), 7000.0);
+    c.timer(1, TimerKind::Reconnect, 8000.0);
+    acts(&mut c);
+    c.timer(1, TimerKind::Heartbeat, 18_000.0);
+    let a = acts(&mut c);
+    assert_eq!(states(&a).first().map(State::name), Some("reconnecting"));
+    c.set_token(Some("late".into()), 18_001.0);
+    assert!(opens(&acts(&mut c)).is_empty(), "a late answer opens nothing");
+}
+
+#[test]
+fn an_expired_token_asks_for_a_fresh_one_and_a_refused_one_is_asked_for_once() {
+    let (mut c, _) = fetching(&["mrc"]);
+    c.set_token(Some("t1".into()), 0.0);
     hello(&mut c, 1.0);
     c.socket_closed(1, 3002, "token expired".into(), 2.0);
-    let a = c.take_actions();
-    assert!(has_event(&a, &Event::TokenNeeded { code: 3002, reason: "token expired".into() }));
+    let a = acts(&mut c);
+    assert_eq!(asks(&a), [(3002, "token expired".to_string())]);
     assert!(opens(&a).is_empty() && reconnect_timer(&a).is_none(), "no attempt with the expired token");
     c.online(3.0);
-    assert!(opens(&c.take_actions()).is_empty(), "not even when the browser comes back online");
-    c.set_token("t2".into(), 4.0);
-    let a = c.take_actions();
+    assert!(opens(&acts(&mut c)).is_empty(), "not even when the browser comes back online");
+    c.set_token(Some("t2".into()), 4.0);
+    let a = acts(&mut c);
     assert!(sends(&a).is_empty(), "nothing to refresh on a closed connection");
     assert_eq!(opens(&a), [Some("t2".to_string())]);
     // Refused: one more token is asked for; refused again, the client ends.
     c.socket_closed(1, 3501, "invalid signature".into(), 5.0);
-    assert!(has_event(&c.take_actions(), &Event::TokenNeeded { code: 3501, reason: "invalid signature".into() }));
-    c.set_token("t3".into(), 6.0);
-    c.take_actions();
+    assert_eq!(asks(&acts(&mut c)), [(3501, "invalid signature".to_string())]);
+    c.set_token(Some("t3".into()), 6.0);
+    acts(&mut c);
     c.socket_closed(1, 3501, "invalid signature".into(), 7.0);
     assert_eq!(c.state(), &State::Closed { code: 3501, reason: "invalid signature".into() });
 }
 
 #[test]
-fn without_a_token_hook_token_closes_are_ordinary() {
+fn without_tokens_from_the_app_an_expired_token_ends_the_client() {
+    // A fixed token closed with 3002 would be refused with 3002 at every handshake: no loop.
     let (mut c, _) = started(config(&["mrc"]));
     hello(&mut c, 1.0);
     c.socket_closed(1, 3002, "token expired".into(), 2.0);
-    assert!(reconnect_timer(&c.take_actions()).is_some(), "3002 reconnects with backoff");
-    c.timer(1, TimerKind::Reconnect, 10_000.0);
-    c.take_actions();
-    c.socket_closed(1, 3501, "token expired".into(), 10_001.0);
-    assert_eq!(c.state(), &State::Closed { code: 3501, reason: "token expired".into() });
+    assert!(reconnect_timer(&acts(&mut c)).is_none(), "no reconnect with an expired fixed token");
+    assert_eq!(c.state(), &State::Closed { code: 3002, reason: "token expired".into() });
+}
+
+#[test]
+fn without_tokens_from_the_app_a_refusal_is_terminal() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 1.0);
+    c.socket_closed(1, 3501, "invalid signature".into(), 2.0);
+    assert_eq!(c.state(), &State::Closed { code: 3501, reason: "invalid signature".into() });
+}
+
+#[test]
+fn the_socket_closes_after_a_linger_once_the_last_site_is_released() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 0.0);
+    frame(&mut c, &subscribed("mrc", 1, "e", 3, None, 0), 1.0);
+    c.unsubscribe("mrc");
+    let a = acts(&mut c);
+    assert!(a.contains(&Action::SetTimer { link: 1, kind: TimerKind::Release, ms: v2::LINGER_MS }));
+    assert_eq!(sends(&a), [serde_json::json!({"type":"unsubscribe","site":"mrc"})]);
+    // Another site within the linger: the same socket.
+    c.subscribe("saf", None, 2.0).unwrap();
+    let a = acts(&mut c);
+    assert!(a.contains(&Action::ClearTimer { link: 1, kind: TimerKind::Release }) && opens(&a).is_empty());
+    c.timer(1, TimerKind::Release, 3.0);
+    assert!(!acts(&mut c).iter().any(|a| matches!(a, Action::Close { .. })), "a site again: kept");
+    c.unsubscribe("saf");
+    acts(&mut c);
+    c.timer(1, TimerKind::Release, 6000.0);
+    let a = acts(&mut c);
+    assert!(a.contains(&Action::Close { link: 1, code: 1000, reason: "site unsubscribed" }));
+    assert_eq!(states(&a), [State::Idle]);
+    assert!(c.is_ready(), "nothing to wait for");
+    // The next site opens a new socket.
+    c.subscribe("sro", None, 7000.0).unwrap();
+    let a = acts(&mut c);
+    assert!(matches!(a[..], [Action::Open { link: 2, .. }, ..]), "{a:?}");
+    // Lost while lingering: not reconnected, closed.
+    hello2(&mut c, 7001.0);
+    c.unsubscribe("sro");
+    acts(&mut c);
+    c.socket_closed(2, 1006, String::new(), 7002.0);
+    let a = acts(&mut c);
+    assert!(reconnect_timer(&a).is_none() && states(&a) == [State::Idle], "{a:?}");
+}
+
+fn hello2(c: &mut C, now: f64) {
+    c.opened(2, now);
+    let hello = r#"{"type":"hello","version":2,"ping_interval_ms":25000,"max_subscriptions":100}"#;
+    c.received(2, Inbound::from_server_frame(ServerFrame::parse(hello).unwrap()).unwrap(), now);
+    acts(c);
+}
+
+#[test]
+fn changes_made_in_one_task_go_out_as_one_frame_per_site() {
+    let (mut c, _) = started(config(&["mrc", "wema"]));
+    c.on("sitestatus", None, "status", Latest::Held).unwrap();
+    let page = c.on("phase_status", Some("mrc"), "phase", Latest::Held).unwrap();
+    hello(&mut c, 0.0);
+    frame(&mut c, &[subscribed("mrc", 1, "e", 3, None, 0), subscribed("wema", 2, "w", 9, None, 0)].join("\n"), 1.0);
+    // A site switch as a component does it: release mrc (its listener first), take sro and
+    // listen there, asking for the topic's latest value.
+    c.off_id(page);
+    c.unsubscribe("mrc");
+    c.subscribe("sro", None, 2.0).unwrap();
+    c.on("phase_status", Some("sro"), "phase", Latest::Ask).unwrap();
+    let a = acts(&mut c);
+    assert_eq!(
+        sends(&a),
+        [
+            serde_json::json!({"type":"unsubscribe","site":"mrc"}),
+            serde_json::json!({"type":"subscribe","id":3,"site":"sro","topics":["phase_status","sitestatus"],"latest":true}),
+        ],
+        "two frames: nothing for wema, nothing narrowing mrc, sro once"
+    );
+    // Released and taken again in the same task: nothing at all.
+    c.unsubscribe("wema");
+    c.subscribe("wema", None, 3.0).unwrap();
+    assert!(sends(&acts(&mut c)).is_empty());
 }
 
 #[test]
@@ -665,7 +833,7 @@ fn every_confirmation_is_reported_with_its_position() {
     let want = Event::Subscribed { site: "mrc".into(), epoch: "e".into(), offset: 7, replayed: 2, recovered: None };
     assert!(has_event(&a, &want));
     c.unsubscribe("mrc");
-    c.take_actions();
+    acts(&mut c);
     let a = frame(&mut c, &subscribed("mrc", 1, "e", 7, None, 0), 3.0);
     assert!(
         !a.iter().any(|a| matches!(a, Action::Notify { event: Event::Subscribed { .. }, .. })),
@@ -716,7 +884,7 @@ fn latest_publications_reach_latest_listeners_and_leave_the_position_alone() {
     // recover).
     c.socket_closed(1, 1006, String::new(), 3.0);
     c.timer(1, TimerKind::Reconnect, 1000.0);
-    c.take_actions();
+    acts(&mut c);
     let a = hello(&mut c, 1001.0);
     assert_eq!(
         sends(&a)[0],
@@ -731,13 +899,13 @@ fn latest_publications_reach_latest_listeners_and_leave_the_position_alone() {
     let a = frame(&mut c, &text, 1002.0);
     assert!(has_event(&a, &Event::RecoveryFailed(RecoveryFailure { site: "mrc".into(), reason: "history_trimmed" })));
     assert_eq!(delivered(&a), vec![("mrc".into(), 899, vec!["w"]), ("mrc".into(), 901, vec!["w", "all"])]);
-    assert_eq!(sends(&c.take_actions()), Vec::<serde_json::Value>::new());
+    assert_eq!(sends(&acts(&mut c)), Vec::<serde_json::Value>::new());
 
     // A recovered gap with latest publications of topics outside it: the replay is counted
     // without them, and the position ends at the subscribe point.
     c.socket_closed(1, 1006, String::new(), 2000.0);
     c.timer(1, TimerKind::Reconnect, 3000.0);
-    c.take_actions();
+    acts(&mut c);
     let a = hello(&mut c, 3001.0);
     assert_eq!(sends(&a)[0]["recover"], serde_json::json!({"epoch":"e","offset":901}));
     let text = [
@@ -752,7 +920,7 @@ fn latest_publications_reach_latest_listeners_and_leave_the_position_alone() {
     assert_eq!(offsets, vec![850, 902, 903]);
     c.socket_closed(1, 1006, String::new(), 4000.0);
     c.timer(1, TimerKind::Reconnect, 5000.0);
-    c.take_actions();
+    acts(&mut c);
     assert_eq!(sends(&hello(&mut c, 5001.0))[0]["recover"], serde_json::json!({"epoch":"e","offset":903}));
 }
 
@@ -765,12 +933,12 @@ fn a_late_latest_listener_asks_for_what_the_client_lacks_by_name() {
     frame(&mut c, &subscribed("saf", 2, "f", 9, None, 0), 1.0);
     // A latest listener of a topic the client holds: the browser hands it over; nothing is sent.
     c.on("weather", Some("mrc"), "held", Latest::Held).unwrap();
-    assert!(sends(&c.take_actions()).is_empty(), "same filter, nothing lacking: no subscribe");
+    assert!(sends(&acts(&mut c)).is_empty(), "same filter, nothing lacking: no subscribe");
     // One of a topic it does not hold (never published since the subscribe): asked for by name,
     // whatever the position.
     c.on("weather", Some("mrc"), "late", Latest::Ask).unwrap();
     assert_eq!(
-        sends(&c.take_actions()),
+        sends(&acts(&mut c)),
         vec![serde_json::json!({
             "type":"subscribe","id":3,"site":"mrc","topics":["weather"],"recover":{"epoch":"e","offset":5},"latest":["weather"]
         })]
@@ -778,7 +946,7 @@ fn a_late_latest_listener_asks_for_what_the_client_lacks_by_name() {
     // A new topic: one subscribe changes the filter and asks for it.
     c.on("enclosure", Some("mrc"), "enc", Latest::Ask).unwrap();
     assert_eq!(
-        sends(&c.take_actions()),
+        sends(&acts(&mut c)),
         vec![serde_json::json!({
             "type":"subscribe","id":4,"site":"mrc","topics":["enclosure","weather"],"recover":{"epoch":"e","offset":5},
             "latest":["weather","enclosure"]
@@ -788,38 +956,36 @@ fn a_late_latest_listener_asks_for_what_the_client_lacks_by_name() {
     frame(&mut c, &subscribed_latest("mrc", 4, "e", 5, Some(true), 0, Some(1)), 2.0);
     // Every site's, for a listener of every site; a site without a latest listener asks nothing.
     c.on("jobs", Some("mrc"), "j", Latest::Ask).unwrap();
-    let sent = sends(&c.take_actions());
+    let sent = sends(&acts(&mut c));
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["latest"], serde_json::json!(["jobs"]), "what was asked and confirmed is not asked again");
     c.on("phase", None, "p", Latest::Ask).unwrap();
-    let sent: Vec<(String, serde_json::Value)> = sends(&c.take_actions())
-        .iter()
-        .map(|f| (f["site"].as_str().unwrap().to_owned(), f["latest"].clone()))
-        .collect();
+    let sent: Vec<(String, serde_json::Value)> =
+        sends(&acts(&mut c)).iter().map(|f| (f["site"].as_str().unwrap().to_owned(), f["latest"].clone())).collect();
     assert_eq!(
         sent,
         vec![("mrc".into(), serde_json::json!(["jobs", "phase"])), ("saf".into(), serde_json::json!(["phase"]))]
     );
     // `*`: nothing to name, so what the client has not seen.
     c.on("*", Some("saf"), "all", Latest::Ask).unwrap();
-    let sent = sends(&c.take_actions());
+    let sent = sends(&acts(&mut c));
     assert_eq!(
         (sent.len(), sent[0]["site"].as_str(), &sent[0]["latest"]),
         (1, Some("saf"), &serde_json::json!(["phase"]))
     );
     frame(&mut c, &subscribed("saf", 8, "f", 9, None, 0), 3.0);
     c.on("*", Some("saf"), "all2", Latest::Ask).unwrap();
-    assert_eq!(sends(&c.take_actions())[0]["latest"], true);
+    assert_eq!(sends(&acts(&mut c))[0]["latest"], true);
     // A site subscribed later asks for every topic's on its first subscribe (no position).
     c.subscribe("sro", None, 4.0).unwrap();
-    assert_eq!(sends(&c.take_actions())[0]["latest"], true);
+    assert_eq!(sends(&acts(&mut c))[0]["latest"], true);
     // Not a wanted site: nothing now; disconnected: the subscribes after hello ask.
     c.on("x", Some("tst"), "t", Latest::Ask).unwrap();
-    assert!(sends(&c.take_actions()).is_empty());
+    assert!(sends(&acts(&mut c)).is_empty());
     c.socket_closed(1, 1006, String::new(), 5.0);
-    c.take_actions();
+    acts(&mut c);
     c.on("y", None, "y", Latest::Ask).unwrap();
-    assert!(sends(&c.take_actions()).is_empty());
+    assert!(sends(&acts(&mut c)).is_empty());
 }
 
 #[test]
@@ -830,7 +996,7 @@ fn legacy_mode_has_no_latest_publications() {
     c.on("weather", None, "w", Latest::Ask).unwrap();
     c.opened(1, 1.0);
     c.on("jobs", None, "j", Latest::Ask).unwrap();
-    assert!(sends(&c.take_actions()).is_empty(), "nothing to ask the original service");
+    assert!(sends(&acts(&mut c)).is_empty(), "nothing to ask the original service");
     assert!(!c.accept_latest(1, "mrc", "e", 2.0));
     assert!(c.accept(1, "mrc", None, 2.0));
     assert_eq!(c.listeners("mrc", "weather", false), vec!["w"], "a latest listener still gets live publications");

@@ -42,6 +42,9 @@ pub struct Config {
     /// The token sent when a socket opens (v2: as a subprotocol entry; legacy: `?token=`), and
     /// in a v2 `refresh` when it is replaced. Never logged or put into an error message.
     pub token: Option<String>,
+    /// The app gives tokens on demand (its `getToken`): each connection attempt first asks for
+    /// one ([`crate::client::Event::TokenNeeded`]) and opens once it has the answer.
+    pub fetch_tokens: bool,
 }
 
 /// Why options were refused.
@@ -155,6 +158,7 @@ impl Config {
             connect_timeout: Duration::from_secs(10),
             names: NameRules::default(),
             token: None,
+            fetch_tokens: false,
         }
     }
 

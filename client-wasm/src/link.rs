@@ -17,7 +17,9 @@ pub enum TimerKind {
     Reconnect,
     /// The deadline for the socket to open / the server to answer, then for the next sign of life.
     Heartbeat,
-    /// Legacy: closes a socket whose site was unsubscribed, unless a new site reuses it first.
+    /// Closes a socket no site needs any more: legacy, a site's socket once unsubscribed, unless
+    /// a new site reuses it first; v2, the socket after the last site was released and a linger
+    /// passed without a new one.
     Release,
 }
 
@@ -26,6 +28,12 @@ pub enum TimerKind {
 pub(crate) enum Phase {
     /// Waiting for the reconnect timer.
     Waiting,
+    /// Waiting for the app's token (its `getToken`) before opening, since `since` (ms): the
+    /// attempt started then, and the connect timeout covers the wait.
+    Token {
+        /// When the attempt started.
+        since: f64,
+    },
     /// The socket is opening, since `since` (ms).
     Opening {
         /// When the attempt started.

@@ -4,18 +4,24 @@
 /// The client's connection state, as reported to `onState` listeners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
+    /// No site to subscribe to, so no socket: before the first site, and once the last one was
+    /// released (after a short linger).
+    Idle,
     /// Opening the first connection.
     Connecting,
     /// The server accepted the connection (v2: its `hello` arrived; legacy: every site's socket
     /// is open).
     Connected,
-    /// The connection was lost; attempt number `attempt` (1 for the first retry) starts after
-    /// `delay_ms`, or has started and not yet been accepted.
+    /// The connection was lost, or an attempt failed (the app's `getToken` included); attempt
+    /// number `attempt` (1 for the first retry) starts after `delay_ms`, or has started and not
+    /// yet been accepted.
     Reconnecting {
         /// Consecutive failed attempts since the server last accepted a connection.
         attempt: u32,
         /// The delay drawn before this attempt, in milliseconds.
         delay_ms: u32,
+        /// Why the last attempt or connection failed, in words.
+        reason: &'static str,
     },
     /// Finished: closed by the app, or by the server with a terminal code. No more reconnects.
     Closed {
@@ -30,6 +36,7 @@ impl State {
     /// The state's name as the JavaScript API spells it.
     pub fn name(&self) -> &'static str {
         match self {
+            State::Idle => "idle",
             State::Connecting => "connecting",
             State::Connected => "connected",
             State::Reconnecting { .. } => "reconnecting",
@@ -39,12 +46,12 @@ impl State {
 
     /// Combines the states of several sockets: the client is only as connected as its worst
     /// socket. A reconnecting socket outranks one still connecting, and among reconnecting
-    /// sockets the one with the most failed attempts is reported. No socket at all (no site
-    /// subscribed in legacy mode) is `Connected`: nothing is missing.
+    /// sockets the one with the most failed attempts is reported. No socket at all is `Idle`.
     pub fn combine<'a>(states: impl IntoIterator<Item = &'a State>) -> State {
-        let mut worst = State::Connected;
+        let mut worst = State::Idle;
         for s in states {
             let replace = match (&worst, s) {
+                (State::Idle, _) => true,
                 (State::Closed { .. }, _) => false,
                 (_, State::Closed { .. }) => true,
                 (State::Reconnecting { attempt: a, .. }, State::Reconnecting { attempt: b, .. }) => b > a,
@@ -66,12 +73,12 @@ mod tests {
     use super::*;
 
     fn rec(attempt: u32) -> State {
-        State::Reconnecting { attempt, delay_ms: 100 * attempt }
+        State::Reconnecting { attempt, delay_ms: 100 * attempt, reason: "connection lost" }
     }
 
     #[test]
     fn combine_reports_the_worst_socket() {
-        assert_eq!(State::combine([]), State::Connected);
+        assert_eq!(State::combine([]), State::Idle);
         assert_eq!(State::combine([&State::Connected, &State::Connecting]), State::Connecting);
         assert_eq!(State::combine([&State::Connecting, &rec(1), &State::Connected]), rec(1));
         assert_eq!(State::combine([&rec(2), &rec(5), &rec(3)]), rec(5));
@@ -82,6 +89,7 @@ mod tests {
     #[test]
     fn names_match_the_js_api() {
         assert_eq!(State::Connecting.name(), "connecting");
+        assert_eq!(State::Idle.name(), "idle");
         assert_eq!(rec(1).name(), "reconnecting");
         assert_eq!(State::Closed { code: 1000, reason: String::new() }.name(), "closed");
     }

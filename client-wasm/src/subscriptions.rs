@@ -41,49 +41,69 @@ pub struct RecoveryFailure {
 /// WebAssembly bundle than a map, and as fast).
 #[derive(Debug, Clone, Default)]
 pub struct Subscriptions {
+    /// The wanted sites, and those released in this task and not yet unsubscribed on the wire.
     sites: Vec<(String, Subscription)>,
+    /// The sites released in this task: the next [`Subscriptions::take_released`] forgets them
+    /// and says which to unsubscribe, unless the app wants one again first (a release and a
+    /// subscribe in one task change nothing on the wire).
+    released: Vec<String>,
     next_id: u64,
 }
 
 impl Subscriptions {
+    /// A wanted site.
     fn get(&self, site: &str) -> Option<&Subscription> {
         let i = self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)).ok()?;
-        Some(&self.sites[i].1)
+        (!self.released.iter().any(|r| r == site)).then(|| &self.sites[i].1)
     }
 
     fn get_mut(&mut self, site: &str) -> Option<&mut Subscription> {
         let i = self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)).ok()?;
-        Some(&mut self.sites[i].1)
+        (!self.released.iter().any(|r| r == site)).then(|| &mut self.sites[i].1)
     }
 
-    /// Wants `site`; with `rewind`, asks for up to that many of its latest publications first.
-    /// Returns whether a subscribe must be sent (a new site, or a new rewind).
-    pub fn add(&mut self, site: &str, rewind: Option<u32>) -> bool {
-        match self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)) {
-            Ok(i) => {
-                let sub = &mut self.sites[i].1;
-                if rewind.is_some() {
-                    sub.rewind = rewind;
-                    sub.sent_topics = None;
-                }
-                rewind.is_some()
-            }
+    /// Wants `site`; with `rewind`, asks for up to that many of its latest publications first
+    /// (the larger of two rewinds asked for before the server answered). A site released in
+    /// this task is simply wanted again, its subscription and position unchanged.
+    pub fn add(&mut self, site: &str, rewind: Option<u32>) {
+        self.released.retain(|r| r != site);
+        let i = match self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)) {
+            Ok(i) => i,
             Err(i) => {
-                self.sites.insert(i, (site.to_owned(), Subscription { rewind, ..Subscription::default() }));
-                true
+                self.sites.insert(i, (site.to_owned(), Subscription::default()));
+                i
             }
+        };
+        let sub = &mut self.sites[i].1;
+        if rewind.is_some() {
+            sub.rewind = sub.rewind.max(rewind);
+            sub.sent_topics = None;
         }
     }
 
-    /// Stops wanting `site`; returns whether it was wanted.
+    /// Stops wanting `site`; returns whether it was wanted. What the server holds for it is
+    /// unsubscribed by the next [`Subscriptions::take_released`].
     pub fn remove(&mut self, site: &str) -> bool {
-        match self.sites.binary_search_by(|(s, _)| s.as_str().cmp(site)) {
-            Ok(i) => {
-                self.sites.remove(i);
-                true
-            }
-            Err(_) => false,
+        let wanted = self.contains(site);
+        if wanted {
+            self.released.push(site.to_owned());
         }
+        wanted
+    }
+
+    /// Forgets the released sites; returns those the server holds a subscription of (or was
+    /// asked for one): they are to be unsubscribed.
+    pub fn take_released(&mut self) -> Vec<String> {
+        let released = std::mem::take(&mut self.released);
+        let mut held = Vec::new();
+        self.sites.retain(|(site, s)| {
+            let gone = released.contains(site);
+            if gone && (s.sent_topics.is_some() || s.pending.is_some()) {
+                held.push(site.clone());
+            }
+            !gone
+        });
+        held
     }
 
     /// Whether `site` is wanted.
@@ -91,9 +111,14 @@ impl Subscriptions {
         self.get(site).is_some()
     }
 
+    /// Whether any site is wanted.
+    pub fn is_empty(&self) -> bool {
+        self.sites.len() == self.released.len()
+    }
+
     /// The wanted sites, sorted.
     pub fn sites(&self) -> impl Iterator<Item = &str> {
-        self.sites.iter().map(|(s, _)| s.as_str())
+        self.sites.iter().map(|(s, _)| s.as_str()).filter(|s| !self.released.iter().any(|r| r == s))
     }
 
     /// Whether the server's subscription for `site` differs from `topics` (or is missing).
@@ -241,7 +266,7 @@ impl Subscriptions {
 
     /// Whether every wanted site has been answered.
     pub fn settled(&self) -> bool {
-        self.sites.iter().all(|(_, s)| s.pending.is_none())
+        self.sites.iter().all(|(site, s)| s.pending.is_none() || self.released.contains(site))
     }
 
     /// The position of `site`'s stream, if known.
@@ -261,8 +286,8 @@ mod tests {
     #[test]
     fn first_subscribe_rewinds_then_recovers_after_reconnect() {
         let mut subs = Subscriptions::default();
-        assert!(subs.add("mrc", Some(20)));
-        assert!(!subs.add("mrc", None), "already wanted");
+        subs.add("mrc", Some(20));
+        subs.add("mrc", None);
         let f = frame(&mut subs, "mrc", &["weather"]);
         assert_eq!(
             f,
@@ -346,6 +371,30 @@ mod tests {
         assert!(!subs.accept("mrc", "e", 2));
         assert_eq!(subs.sites().count(), 0);
         assert!(subs.settled());
+        assert_eq!(subs.take_released(), vec!["mrc".to_string()], "the server was asked for it");
+        assert_eq!(subs.take_released(), Vec::<String>::new());
+        subs.add("saf", None);
+        subs.remove("saf");
+        assert_eq!(subs.take_released(), Vec::<String>::new(), "never sent: nothing to unsubscribe");
+    }
+
+    #[test]
+    fn released_and_wanted_again_in_one_task_keeps_the_subscription() {
+        let mut subs = Subscriptions::default();
+        subs.add("mrc", None);
+        frame(&mut subs, "mrc", &["a"]);
+        subs.confirmed(Some(1), "mrc", "e", 4, None, 0);
+        assert!(subs.accept("mrc", "e", 5));
+        assert!(subs.remove("mrc"));
+        assert!(!subs.contains("mrc") && !subs.accept("mrc", "e", 6), "released: nothing more delivered");
+        subs.add("mrc", None);
+        assert!(!subs.needs_subscribe("mrc", &["a".into()]), "the server's subscription is still the one wanted");
+        assert_eq!(subs.take_released(), Vec::<String>::new());
+        assert!(subs.accept("mrc", "e", 6) && !subs.accept("mrc", "e", 5), "the position is kept");
+        subs.add("mrc", Some(3));
+        subs.add("mrc", Some(2));
+        let ClientFrame::Subscribe { rewind, .. } = frame(&mut subs, "mrc", &["a"]) else { unreachable!() };
+        assert_eq!(rewind, Some(3), "the larger rewind");
     }
 
     #[test]
@@ -354,7 +403,7 @@ mod tests {
         subs.add("saf", None);
         frame(&mut subs, "saf", &[]);
         subs.confirmed(Some(1), "saf", "e", 10, None, 0);
-        assert!(subs.add("saf", Some(5)));
+        subs.add("saf", Some(5));
         let ClientFrame::Subscribe { rewind, recover, .. } = frame(&mut subs, "saf", &[]) else { unreachable!() };
         assert_eq!((rewind, recover), (Some(5), None));
         // The rewind replays 6..=10, all already delivered.

@@ -154,6 +154,7 @@ impl Probe {
             let f = p.keep(move |event, _| log.borrow_mut().push(event));
             p.core.hook(kind, f).unwrap();
         }
+        p.core.start();
         p
     }
 
@@ -231,7 +232,7 @@ async fn connects_and_receives() {
     assert!(g.epoch.is_some_and(|e| !e.is_empty()));
     assert_eq!(g.data, r#"{"t":1.5,"s":"x"}"#, "the publisher's object, key order kept");
     let states: Vec<String> = p.states.borrow().iter().map(|s| get_str(s, "type").unwrap()).collect();
-    assert_eq!(states, vec!["connected"]);
+    assert_eq!(states, vec!["connecting", "connected"]);
 }
 
 #[wasm_bindgen_test]
@@ -382,7 +383,7 @@ async fn a_terminal_close_stops_retrying() {
     sleep(1_500).await;
     assert_eq!(p.state(), "closed", "no reconnect after a terminal code");
     let kinds: Vec<String> = p.states.borrow().iter().map(|s| get_str(s, "type").unwrap()).collect();
-    assert_eq!(kinds, vec!["connected", "closed"]);
+    assert_eq!(kinds, vec!["connecting", "connected", "closed"]);
 }
 
 #[wasm_bindgen_test]
@@ -441,6 +442,7 @@ async fn a_callback_that_closes_the_client_ends_the_dispatch() {
     let after = Closure::<dyn FnMut(JsValue, JsValue)>::new(move |_, _| c2.borrow_mut().push("after"));
     core.on("t", closer.as_ref().unchecked_ref::<Function>().clone(), None, 0).unwrap();
     core.on("t", after.as_ref().unchecked_ref::<Function>().clone(), None, 0).unwrap();
+    core.start();
     wait_until("ready", 10_000, || core.is_ready()).await;
     publish(&site("b-cbclose"), "t", serde_json::json!(1)).await;
     wait_until("the closing callback", 5_000, || !calls.borrow().is_empty()).await;

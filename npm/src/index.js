@@ -6,29 +6,49 @@
 // become reference-counted handles, tokens are fetched and refreshed, errors are `Error`s.
 //
 // npm/build.sh bundles this file with the WebAssembly glue into dist/: index.js (modern ESM),
-// legacy.js (ES2017 for webpack 4) and index.cjs (CommonJS). Importing it touches no browser
-// global; everything that does runs when a client starts.
+// legacy.js (ES2017 for webpack 4, the module inlined in an async chunk: see INLINE_WASM) and
+// index.cjs (CommonJS). Importing it touches no browser global; everything that does runs when a
+// client starts. VERSION (the package's) and INLINE_WASM are defined by the build.
 
-import init, { DatastreamCore } from '../wasm/datastream.js';
+import { DatastreamCore, initSync } from '../wasm/datastream.js';
 
 let loading = null;
 
+/** The module's bytes, or where to fetch them, when `load` is not told. */
+async function defaultSource() {
+  // webpack 4 (dist/legacy.js) cannot emit a .wasm: the module travels in a chunk of its own,
+  // deflated in base64, loaded when a client starts (npm/stamp.mjs writes it).
+  if (INLINE_WASM) return (await import('./datastream_bg.wasm.js')).default();
+  const url = new URL('datastream_bg.wasm', import.meta.url);
+  // Node (SSR, tests, tools): `fetch` cannot read files.
+  const fs = url.protocol === 'file:' && globalThis.process?.getBuiltinModule?.('fs');
+  return fs ? fs.readFileSync(url) : url;
+}
+
 /**
  * Loads and compiles the WebAssembly module (once). Called by the first `new Datastream()`;
- * await it first to load the module from somewhere else than next to this file (pass a URL,
- * Response, BufferSource or Module). In Node it is read from the package's files.
+ * await it first to load the module from somewhere else than where the package finds it (pass a
+ * URL, Response, BufferSource or Module). Rejects with a `DatastreamError` (`kind: 'version'`)
+ * when the module is not of this package's version.
  */
 export function load(source) {
-  if (!loading) {
-    if (source === undefined) {
-      // Node (SSR, tests, tools): `fetch` cannot read files.
-      const url = new URL('datastream_bg.wasm', import.meta.url);
-      const fs = url.protocol === 'file:' && globalThis.process?.getBuiltinModule?.('fs');
-      if (fs) source = fs.readFileSync(url);
+  return (loading ??= (async () => {
+    source = await (source ?? defaultSource());
+    if (typeof source === 'string' || source instanceof URL) source = await fetch(source);
+    if (source instanceof Response) source = await source.arrayBuffer();
+    const module = source instanceof WebAssembly.Module ? source : await WebAssembly.compile(source);
+    const [stamp] = WebAssembly.Module.customSections(module, 'datastream_version');
+    const version = stamp && new TextDecoder().decode(stamp);
+    if (version !== VERSION) {
+      throw new DatastreamError(
+        'version',
+        `@photonranch/datastream ${VERSION} got datastream_bg.wasm ${version ?? 'older than 0.3.0'}: serve the .wasm of the same version`,
+        { code: version },
+      );
     }
-    loading = init(source === undefined ? undefined : { module_or_path: source });
-  }
-  return loading;
+    // Compiled already (asynchronously): instantiating it is quick.
+    return initSync({ module });
+  })());
 }
 
 /** What every error of the client is: `kind` says where it comes from, `code` what it is. */
@@ -55,8 +75,13 @@ function check(what, name) {
   return name;
 }
 
+function checkListener(topic, callback) {
+  if (topic !== '*') check('topic', topic);
+  if (typeof callback !== 'function') throw new TypeError('on(topic, callback): callback must be a function');
+}
+
 const OPTIONS = new Set(
-  'url sites protocol minReconnectDelay maxReconnectDelay heartbeatGrace connectTimeout token getToken WebSocket wasmUrl debug logger latestKeys'.split(
+  'url sites protocol minReconnectDelay maxReconnectDelay heartbeatGrace connectTimeout token getToken WebSocket wasmUrl debug logger latestKeys autoConnect'.split(
     ' ',
   ),
 );
@@ -74,7 +99,6 @@ function expiry(token) {
 /** Clients not yet closed; kept reachable so an app holding only callbacks keeps receiving. */
 const live = new Set();
 
-const CONNECTING = Object.freeze({ type: 'connecting' });
 
 export class Datastream {
   #options;
@@ -82,6 +106,9 @@ export class Datastream {
   /** Calls made before the module loaded: `[run(core), fail(error)]`. */
   #pending = [];
   #closed = false;
+  /** The app let it connect (`autoConnect`, or `connect()`); `#start` once loaded too. */
+  #permitted = false;
+  #loaded = false;
   /** The final state once closed by the app, or the error that kept the client from starting. */
   #final = null;
   /** Site → `{ held, handles, info }`: `held` counts the holders of its subscription. */
@@ -93,9 +120,15 @@ export class Datastream {
   /** Topic → the data field telling its kinds of state apart: `latestKeys`, else the relay's
    * announcement; filled by the dispatcher. */
   #keys = new Map();
+  /** Site → `{ left, to }`: a rewind's replay under way, `left` publications to come; those the
+   * client had delivered already go to `to` (`[topic, callback, handle]`, the listeners of the
+   * handles that asked for it) only; filled by `#subscribed`, read by the module's dispatcher. */
+  #replays = new Map();
   /** The app's `onError` listeners, and internal listeners for refusals (`ready()`). */
   #errorListeners = new Set();
   #refusalListeners = new Set();
+  /** Every listener `on` registered: `[topic, callback, off]`, for `off(topic, callback)`. */
+  #listeners = new Set();
   #refreshTimer;
 
   /**
@@ -118,10 +151,23 @@ export class Datastream {
     this.#options = { ...options, sites };
     for (const site of sites) this.#site(site).held += 1;
     live.add(this);
-    Promise.all([load(options.wasmUrl), options.getToken ? this.#getToken() : options.token]).then(
-      ([, token]) => this.#start(token),
+    load(options.wasmUrl).then(
+      () => {
+        this.#loaded = true;
+        this.#start();
+      },
       (error) => this.#fail(error),
     );
+    if (options.autoConnect !== false) this.connect();
+  }
+
+  /**
+   * Lets the client connect (with `autoConnect: false`; otherwise it may from the start). It
+   * connects, asking `getToken` first, as soon as it has a site to subscribe to.
+   */
+  connect() {
+    this.#permitted = true;
+    this.#start();
   }
 
   #log(event, detail) {
@@ -130,11 +176,16 @@ export class Datastream {
     else if (debug) console.debug('datastream:', event, detail);
   }
 
-  /** A token from the app's `getToken()`, checked to be a string. */
+  /** A token from the app's `getToken()`: a string, or null for none. */
   async #getToken() {
     const token = await this.#options.getToken();
-    if (typeof token !== 'string' || !token) throw new TypeError('getToken() must resolve to a non-empty string');
-    return token;
+    if (token != null && typeof token !== 'string') throw new TypeError('getToken() must resolve to a string or null');
+    return token || null;
+  }
+
+  /** `getToken()` failed: reported (the attempt waiting for it is retried). */
+  #tokenFailed(error) {
+    this.#emitError(new DatastreamError('token', `getToken() failed: ${error?.message ?? error}`, { cause: error }));
   }
 
   /** Refreshes `token` in-band shortly before it expires (a quarter of its life, at most 30 s). */
@@ -146,19 +197,20 @@ export class Datastream {
       this.#getToken().then(
         (fresh) => {
           if (!this.#core) return;
-          this.#log('token', { refreshed: true, expires: new Date(expiry(fresh)).toISOString() });
-          this.#core.setToken(fresh);
-          this.#scheduleRefresh(fresh);
+          this.#log('token', { refreshed: true });
+          this.#core.setToken(fresh ?? '');
+          if (fresh) this.#scheduleRefresh(fresh);
         },
-        (error) => this.#emitError(new DatastreamError('token', `getToken() failed: ${error?.message ?? error}`, { cause: error })),
+        (error) => this.#tokenFailed(error),
       );
     }, left - Math.min(30_000, left / 4));
   }
 
-  #start(token) {
-    if (this.#closed) return;
+  /** Creates the WebAssembly client once the module has loaded and the app lets it connect. */
+  #start() {
+    if (this.#closed || this.#core || !this.#loaded || !this.#permitted) return;
     try {
-      this.#core = new DatastreamCore({ ...this.#options, token, cache: this.#cache, keys: this.#keys });
+      this.#core = new DatastreamCore({ ...this.#options, cache: this.#cache, keys: this.#keys, replays: this.#replays });
     } catch (error) {
       this.#fail(error);
       return;
@@ -176,18 +228,24 @@ export class Datastream {
     // Legacy: no confirmations; a site is subscribed once its socket is open.
     if (options.protocol === 'legacy') core.hook('ready', () => this.#sites.forEach((_, site) => this.#subscribed({ site, replayed: 0 })));
     if (options.getToken) {
+      // Before each connection attempt (and at once after a close over the token): the attempt
+      // waits for the answer; a failure fails the attempt, retried after the backoff delay.
       core.hook('token', ({ code, reason }) => {
         this.#log('token', { needed: true, code, reason });
         this.#getToken().then(
-          (fresh) => {
-            this.#core?.setToken(fresh);
-            this.#scheduleRefresh(fresh);
+          (token) => {
+            if (!this.#core) return;
+            this.#core.setToken(token ?? '');
+            if (token) this.#scheduleRefresh(token);
           },
-          (error) => this.#core?.fail(code, `${reason}; getToken() failed: ${error?.message ?? error}`),
+          (error) => {
+            this.#tokenFailed(error);
+            this.#core?.setToken();
+          },
         );
       });
-      this.#scheduleRefresh(token);
     }
+    core.start();
     const pending = this.#pending;
     this.#pending = [];
     for (const [run] of pending) {
@@ -264,6 +322,7 @@ export class Datastream {
       this.#sites.delete(site);
       for (const handle of entry.handles) handle._end('refused', e);
       this.#cache.delete(site);
+      this.#replays.delete(site);
       this.#core?.unsubscribe(site);
     }
     this.#emitError(e);
@@ -283,7 +342,18 @@ export class Datastream {
     const { site: _site, ...result } = info;
     entry.info = result;
     this.#log('subscribed', info);
-    for (const handle of entry.handles) handle._confirm(result);
+    // A replay after a handle asked for a rewind is that rewind (every subscribe of the site
+    // carries it until it is confirmed): what it brings that the client delivered before goes
+    // again to the listeners of such handles (what is new, to every listener as usual).
+    const to = [];
+    for (const handle of entry.handles) {
+      if (result.replayed && handle._replay) {
+        to.push(...handle._replay);
+        handle._replay = null;
+      }
+      handle._confirm(result);
+    }
+    if (to.length) this.#replays.set(info.site, { left: result.replayed, to });
   }
 
   /** The client closed: pending handles reject. */
@@ -307,7 +377,12 @@ export class Datastream {
     const entry = this.#site(site);
     const first = entry.held === 0;
     entry.held += 1;
-    const handle = new Subscription(this, site, (h) => this.#release(site, entry, h));
+    const handle = new Subscription(
+      site,
+      (h) => this.#release(site, entry, h),
+      (topic, callback, latest) => this.#listen(topic, callback, site, latest),
+    );
+    if (rewind !== undefined) handle._replay = [];
     entry.handles.add(handle);
     if (this.#closed) handle._end('closed', this.#final?.error ?? new DatastreamError('closed', 'datastream client is closed', { code: 1000 }));
     else if (entry.info) handle._confirm(entry.info);
@@ -320,14 +395,20 @@ export class Datastream {
 
   #release(site, entry, handle) {
     entry.handles.delete(handle);
+    const replay = this.#replays.get(site);
+    if (replay) replay.to = replay.to.filter((e) => e[2] !== handle);
     if (this.#sites.get(site) === entry && --entry.held === 0) this.unsubscribe(site);
   }
 
-  /** Ends the subscription to `site` whoever holds it; its handles end too. */
+  /**
+   * Ends the subscription to `site` whoever holds it; its handles end too. The last site's
+   * socket closes after a linger (5 s) unless a site comes meanwhile.
+   */
   unsubscribe(site) {
     check('site', site);
     const entry = this.#sites.get(site);
     this.#sites.delete(site);
+    this.#replays.delete(site);
     for (const handle of entry?.handles ?? []) handle._end('unsubscribed');
     this.#log('unsubscribe', { site });
     this.#call((core) => {
@@ -340,21 +421,39 @@ export class Datastream {
 
   /**
    * Calls `callback(data, meta)` for every publication on `topic` (`'*'`: every topic), of
-   * `options.site` only if given (one site or an array). With `options.latest`, first with the
+   * `options.site` only if given (one site or an array), which the listener then holds as a
+   * subscription handle would, until it is removed. With `options.latest`, first with the
    * latest publication of each topic (of each kind, for a topic kept per kind of state),
    * `meta.latest` true, oldest first: what the client holds at once, the rest from the relay.
    * Returns a function that removes it.
    */
   on(topic, callback, options) {
-    if (topic !== '*') check('topic', topic);
-    if (typeof callback !== 'function') throw new TypeError('on(topic, callback): callback must be a function');
+    checkListener(topic, callback);
     const site = options?.site;
     const latest = options?.latest === true;
-    if (Array.isArray(site)) {
-      const offs = site.map((s) => this.on(topic, callback, { site: s, latest }));
-      return () => offs.forEach((off) => off());
-    }
-    if (site != null) check('site', site);
+    const sites = site == null ? null : [].concat(site).map((s) => check('site', s));
+    const offs = sites
+      ? sites.map((s) => {
+          const sub = this.subscribe(s);
+          sub.on(topic, callback, { latest });
+          return () => sub.unsubscribe();
+        })
+      : [this.#listen(topic, callback, undefined, latest)];
+    const entry = [
+      topic,
+      callback,
+      () => {
+        this.#listeners.delete(entry);
+        offs.forEach((off) => off());
+      },
+    ];
+    this.#listeners.add(entry);
+    return entry[2];
+  }
+
+  /** Registers a listener (of `site` only, if given); returns the function that removes it. */
+  #listen(topic, callback, site, latest) {
+    checkListener(topic, callback);
     return this.#register((core) => {
       // A latest listener gets what the client holds at once, oldest first. The relay is asked
       // unless that covers it: a topic of a site, held, and not kept per kind (the client cannot
@@ -368,7 +467,7 @@ export class Datastream {
         held.sort((a, b) => (a.site === b.site && a.epoch === b.epoch ? a.offset - b.offset : 0));
       }
       const covered = site != null && topic !== '*' && held.length && !this.#keys.has(topic);
-      const id = core.on(topic, callback, site ?? undefined, latest ? (covered ? 1 : 2) : 0);
+      const id = core.on(topic, callback, site, latest ? (covered ? 1 : 2) : 0);
       for (const { site: s, topic: t, epoch, offset, data } of held) {
         try {
           callback(data, epoch === undefined ? { site: s, topic: t, latest } : { site: s, topic: t, epoch, offset, latest });
@@ -395,9 +494,9 @@ export class Datastream {
     return last?.data;
   }
 
-  /** Removes every registration of `callback` for `topic`. */
+  /** Removes every registration of `callback` for `topic`, releasing the sites they held. */
   off(topic, callback) {
-    this.#call((core) => core.off(String(topic), callback));
+    for (const [t, c, off] of this.#listeners) if (t === topic && c === callback) off();
   }
 
   /** Calls `callback(state)` on every state change. Returns a function that removes it. */
@@ -425,13 +524,13 @@ export class Datastream {
     return this.#register((core) => core.hook(kind, callback));
   }
 
-  /** The current state: `{type: 'connecting' | 'connected' | 'reconnecting' | 'closed', …}`. */
+  /** The current state: `{type: 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'closed', …}`. */
   get state() {
     if (this.#final) {
       const { error: _error, ...state } = this.#final;
       return state;
     }
-    return this.#core ? this.#core.state() : CONNECTING;
+    return this.#core ? this.#core.state() : { type: this.#permitted && this.#sites.size ? 'connecting' : 'idle' };
   }
 
   /**
@@ -491,21 +590,22 @@ export class Datastream {
     this.#final = core.state();
     this.#core = null;
     this.#settleAll(this.#final);
-    // Freed once the current call stack (possibly inside one of its own callbacks) has unwound.
-    queueMicrotask(() => core.free());
+    // Freed once the current task (possibly one of its own callbacks) and its microtasks, where
+    // the client may still have work queued, are done.
+    setTimeout(() => core.free());
   }
 }
 
 /** One holder's share of a site's subscription; `Datastream.subscribe` makes them. */
 export class Subscription {
-  #ds;
+  #listen;
   #release;
   #offs = [];
   #resolve;
   #reject;
 
-  constructor(ds, site, release) {
-    this.#ds = ds;
+  constructor(site, release, listen) {
+    this.#listen = listen;
     this.#release = release;
     /** The site. */
     this.site = site;
@@ -525,9 +625,12 @@ export class Subscription {
    * `options.latest`, first to the latest publication of each topic.
    */
   on(topic, callback, options) {
-    if (this.#release === null) throw new DatastreamError('closed', `the subscription to ${this.site} has ended`);
-    const off = this.#ds.on(topic, callback, { site: this.site, latest: options?.latest });
+    // Ended (released, refused, or the client closed): nothing would reach it.
+    if (this.#release === null) return () => {};
+    const off = this.#listen(topic, callback, options?.latest === true);
     this.#offs.push(off);
+    // Asked for a rewind not yet confirmed: this listener gets its whole replay.
+    this._replay?.push([topic, callback, this]);
     return off;
   }
 

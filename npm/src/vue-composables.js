@@ -31,14 +31,18 @@ export function composables({ getCurrentInstance, inject, isRef, onBeforeUnmount
    * Listens to `topic` (`'*'`: every topic) while the calling component is mounted and returns a
    * shallow ref holding the latest publication's data (`options.initial` until the first).
    *
-   *   useDatastream(topic, { site, client, initial, latest })
-   *   useDatastream(topic, (data, meta) => {…}, { site, client, latest })
+   *   useDatastream(topic, { site, client, initial, latest, rewind })
+   *   useDatastream(topic, (data, meta) => {…}, { site, client, latest, rewind })
    *
    * `site` is a site code, an array of them, a ref or a getter (the subscription follows it, e.g.
-   * the route's site), or absent (every subscribed site, subscribing none). Each site is held
-   * through a subscription handle while used and released on unmount or when `site` changes.
+   * the route's site); given but empty (`''`, `null`, `undefined`): no site, nothing received;
+   * absent: every subscribed site, subscribing none. Each site is held through a subscription
+   * handle while used and released on unmount or when `site` changes; then the ref goes back to
+   * `initial` at once, and only the new sites' publications reach it and the callback.
    * With `latest`, the ref starts from the topic's latest publication: at once when the client
-   * holds it (before the component first renders), else as soon as the relay sends it.
+   * holds it (before the component first renders), else as soon as the relay sends it. With
+   * `rewind: n`, each subscription first replays the site's recent publications (up to n, as
+   * `subscribe(site, { rewind })`). The ref never goes back to an older publication of its site.
    * Outside a component, release with `stopDatastream(ref)`.
    */
   function useDatastream(topic, callback, options) {
@@ -53,32 +57,52 @@ export function composables({ getCurrentInstance, inject, isRef, onBeforeUnmount
       throw new Error('useDatastream: no client; pass { client }, or call provideDatastream(client) or setDatastream(client)');
     }
     const latest = shallowRef(options.initial);
+    const on = { latest: options.latest === true };
+    const rewind = options.rewind;
+    const given = 'site' in options;
     let held = [];
+    // The sites listened to (null: every site) and the position of the ref's value.
+    let current = null;
+    let last = null;
     const release = () => {
       held.forEach((release) => release());
       held = [];
     };
-    const deliver = (data, meta) => {
-      latest.value = data;
-      if (callback) callback(data, meta);
-    };
-    const on = { latest: options.latest === true };
     const attach = (site) => {
+      const sites = given ? [].concat(site == null ? [] : site).filter((s, i, all) => s && all.indexOf(s) === i) : null;
+      if (held.length && sites && current && sites.join() === current.join()) return;
       release();
-      const sites = site == null ? [] : [].concat(site);
-      if (sites.length === 0) {
+      // The previous sites' value goes at once, before their release could let anything through.
+      if (current) latest.value = options.initial;
+      last = null;
+      current = sites;
+      // The latest values handed over (from the cache or the relay) that a replay may bring again.
+      const seen = new Set();
+      const deliver = (data, meta) => {
+        if (current !== sites || (sites && sites.indexOf(meta.site) < 0)) return;
+        const key = meta.site + ' ' + meta.epoch + ' ' + meta.offset;
+        if (meta.latest) seen.add(key);
+        else if (seen.delete(key)) return;
+        if (!last || last.site !== meta.site || last.epoch !== meta.epoch || !(meta.offset < last.offset)) {
+          last = meta;
+          latest.value = data;
+        }
+        if (callback) callback(data, meta);
+      };
+      if (!sites) {
         held.push(client.on(topic, deliver, on));
         return;
       }
       for (const s of sites) {
-        const sub = client.subscribe(s);
+        const sub = client.subscribe(s, rewind === undefined ? undefined : { rewind });
         sub.on(topic, deliver, on);
         held.push(() => sub.unsubscribe());
       }
     };
     const site = options.site;
     let stopWatch = null;
-    if (isRef(site) || typeof site === 'function') stopWatch = watch(site, attach, { immediate: true });
+    // Synchronous: nothing of the old site can arrive between the change and the release.
+    if (isRef(site) || typeof site === 'function') stopWatch = watch(site, attach, { immediate: true, flush: 'sync' });
     else attach(site);
     const stop = () => {
       if (stopWatch) stopWatch();

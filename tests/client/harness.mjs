@@ -2,10 +2,13 @@
 // cut or freeze, and a small HTTP control endpoint the browser tests call (with CORS) to publish,
 // cut connections, or restart the relay. Loopback only.
 //
-//   node tests/client/harness.mjs --relay <datastream binary> [--pidfile <file>] [--jwt-secret <secret>] [--max-subscriptions <n>]
+//   node tests/client/harness.mjs --relay <datastream binary> [--pidfile <file>] [--jwt-secret <secret>]
+//        [--anonymous-sites <sites>] [--max-subscriptions <n>]
 //
 // With --jwt-secret (32 bytes or more) the relay requires tokens (DATASTREAM_JWT_SECRET, HS256), and
-// /token signs them; --max-subscriptions sets DATASTREAM_MAX_SUBSCRIPTIONS.
+// /token signs them; --anonymous-sites (comma-separated, or `*`) sets DATASTREAM_ANONYMOUS_SITES,
+// the sites a connection without a token may read; --max-subscriptions sets
+// DATASTREAM_MAX_SUBSCRIPTIONS.
 // Prints one JSON line once ready: {"relay_port", "proxy_port", "control_port", "relay_pid"}.
 // The relay's current PID is also kept in --pidfile so a supervisor can stop it if this process
 // dies. SIGTERM/SIGINT stop the relay and exit.
@@ -37,6 +40,7 @@ const relayBin = opt('--relay');
 const pidfile = opt('--pidfile');
 const jwtSecret = opt('--jwt-secret');
 const maxSubscriptions = opt('--max-subscriptions');
+const anonymousSites = opt('--anonymous-sites');
 if (!relayBin) {
   console.error('usage: harness.mjs --relay <datastream binary> [--pidfile <file>]');
   process.exit(2);
@@ -55,6 +59,7 @@ const relayEnv = {
   DATASTREAM_SHUTDOWN_TIMEOUT: '2s',
   ...(jwtSecret ? { DATASTREAM_JWT_SECRET: jwtSecret } : {}),
   ...(maxSubscriptions ? { DATASTREAM_MAX_SUBSCRIPTIONS: maxSubscriptions } : {}),
+  ...(anonymousSites ? { DATASTREAM_ANONYMOUS_SITES: anonymousSites } : {}),
 };
 
 function sign(claims, secret) {

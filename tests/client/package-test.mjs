@@ -1,4 +1,5 @@
-// Tests the npm package as a user gets it: `npm pack`, install the tarball into a scratch project,
+// Tests the npm package as a user gets it (the app shaped like ptr_ui is tests/client/ptrui-test.mjs):
+// `npm pack`, install the tarball into a scratch project,
 // import it from Node (ESM and CommonJS, touching no browser global) and run it there against the
 // relay, check its types with tsc, build an app with Vite and with webpack 5 (no bundler
 // configuration), Vue 2.7 and Vue 2.6 + @vue/composition-api apps the way Vue CLI 3 builds them
@@ -15,7 +16,7 @@
 // (scripts/setup-client-deps.sh). Uses /usr/bin/chromium.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -134,12 +135,16 @@ const ds = new Datastream({ url: 'ws://x/dev', sites: ['mrc'], getToken: async (
 new Datastream({ url: 'ws://x/dev', minReconectDelay: 5 });
 // @ts-expect-error not a protocol
 new Datastream({ url: 'ws://x/dev', protocol: 'v3' });
-// @ts-expect-error getToken must give a string
+// @ts-expect-error getToken must give a string (or null: no token)
 new Datastream({ url: 'ws://x/dev', getToken: async () => 5 });
+new Datastream({ url: 'ws://x/dev', getToken: async () => null, autoConnect: false }).connect();
+// @ts-expect-error autoConnect is a boolean
+new Datastream({ url: 'ws://x/dev', autoConnect: 'no' });
 ds.onState((s: State) => {
   // @ts-expect-error a typo in a state type
   if (s.type === 'conected') return;
-  if (s.type === 'reconnecting') console.log(s.attempt + s.delay);
+  if (s.type === 'reconnecting') console.log(s.attempt + s.delay, s.reason.length);
+  if (s.type === 'idle') console.log('no site');
   // @ts-expect-error only a reconnecting state has an attempt
   if (s.type === 'connected') console.log(s.attempt);
   if (s.type === 'closed') console.log(s.code, s.reason);
@@ -154,6 +159,7 @@ ds.onError((e: DatastreamError) => {
   // @ts-expect-error a typo in an error kind
   if (e.kind === 'sever') return;
   if (e.kind === 'server') console.log(e.code, e.site);
+  if (e.kind === 'version' || e.kind === 'token') console.log(e.message);
 });
 // @ts-expect-error subscribe's options are checked too
 ds.subscribe('mrc', { rewnd: 5 });
@@ -179,6 +185,9 @@ useDatastream('weather', { site: 'mrc', client: ds, lates: true });
 const latest = useDatastream<{ t: number }>('weather', { site: 'mrc', client: ds });
 const t: number | undefined = latest.value?.t;
 useDatastream('weather', (data, meta) => console.log(data, meta.offset, t), { site: () => 'mrc' });
+useDatastream('phase_status', { site: () => '', rewind: 10, latest: true, client: ds });
+// @ts-expect-error rewind is a number
+useDatastream('phase_status', { site: 'mrc', rewind: true, client: ds });
 stopDatastream(latest);
 // @ts-expect-error the latest value is read-only
 latest.value = { t: 1 };
@@ -291,9 +300,9 @@ check(readdirSync(path.join(app, 'dist-webpack')).some((f) => f.endsWith('.wasm'
 // ----- Vue 2 apps built the way Vue CLI 3 builds them (ptr_ui's toolchain) -----
 
 // webpack 4.46 and Babel 7 through @vue/cli-service 3.12 and @vue/cli-plugin-babel 3, with their
-// defaults: dependencies are not transpiled, nothing is configured for the package. The one step
-// the package asks of a webpack 4 app: its .wasm copied into the app's public folder. Two apps:
-// Vue 2.7, and Vue 2.6 with @vue/composition-api (what ptr_ui runs today).
+// defaults: dependencies are not transpiled, nothing is configured for the package, no file is
+// copied (the module comes in an async chunk of the build). Two apps: Vue 2.7, and Vue 2.6 with
+// @vue/composition-api (what ptr_ui ran before 2.7).
 const vuecli3 = path.join(process.env.DATASTREAM_TOOLS, 'vuecli3/node_modules');
 const vue26 = path.join(process.env.DATASTREAM_TOOLS, 'vue26/node_modules');
 
@@ -336,7 +345,6 @@ function vueCliApp(dir, overrides, main) {
     path.join(dir, 'public/index.html'),
     '<!DOCTYPE html><html><head><meta charset="utf-8"><title>app</title></head><body><div id="app"></div></body></html>',
   );
-  copyFileSync(path.join(modules, '@photonranch/datastream/dist/datastream_bg.wasm'), path.join(dir, 'public/datastream_bg.wasm'));
   writeFileSync(path.join(dir, 'src/main.js'), main);
   try {
     return execFileSync(process.execPath, [path.join(vuecli3, '@vue/cli-service/bin/vue-cli-service.js'), 'build', '--dest', 'dist'], {
@@ -351,8 +359,9 @@ function vueCliApp(dir, overrides, main) {
 }
 
 // ptr_ui's pattern: one shared client; the site follows the route; two components want the same
-// site's topics and one of them goes away. The same app for Vue 2.7 and Vue 2.6 (Vue CLI 3) and
-// Vue 3 (Vite).
+// site's topics and one of them goes away; the route moves to another site (the value shown goes
+// at once, the old site's never comes back), then to none (''). The same app for Vue 2.7 and Vue
+// 2.6 (Vue CLI 3) and Vue 3 (Vite).
 const vueApp = (flavour) => {
   const v3 = flavour === 'vue3';
   const imports = {
@@ -384,17 +393,20 @@ window.__run = async (prefix) => {
   setDatastream(ds);
   const [a, b] = [prefix + '-a', prefix + '-b'];
   const route = ref(a);
+  const refs = {};
+  const errors = [];
   const Status = {
     props: ['id'],
     setup(props) {
       const weather = useDatastream('weather', { site: () => route.value });
+      refs[props.id] = weather;
       return () => h('span', ${v3 ? '{ id: props.id }' : '{ attrs: { id: props.id } }'}, weather.value ? String(weather.value.t) : '-');
     },
   };
   const showBar = ref(true);
   // Vue 2: the root's render gets its createElement (a composable's h needs a component instance).
   const render = (${v3 ? '' : 'h'}) => h('div', [h(Status, ${v3 ? "{ id: 'page' }" : "{ props: { id: 'page' } }"}), showBar.value ? h(Status, ${v3 ? "{ id: 'bar' }" : "{ props: { id: 'bar' } }"}) : null]);
-  ${v3 ? "const app = createApp({ render }); app.mount('#app'); const unmount = () => app.unmount();" : "const vm = new Vue({ render }).$mount('#app'); const unmount = () => vm.$destroy();"}
+  ${v3 ? "const app = createApp({ render }); app.config.errorHandler = (e) => errors.push(String(e)); app.mount('#app'); const unmount = () => app.unmount();" : "Vue.config.errorHandler = (e) => errors.push(String(e)); const vm = new Vue({ render }).$mount('#app'); const unmount = () => vm.$destroy();"}
   const result = {};
   await ds.ready();
   await publish(a, { t: 1 });
@@ -405,10 +417,28 @@ window.__run = async (prefix) => {
   await until('the page to still receive a', () => text('page') === '2');
   result.heldBySecond = !log.includes('unsubscribe ' + a);
   route.value = b;
+  result.resetAtOnce = refs.page.value === undefined;
   await until('the move to b', () => log.includes('unsubscribe ' + a) && log.includes('subscribed ' + b));
   await publish(a, { t: 3 });
+  await new Promise((r) => setTimeout(r, 300));
+  result.shownAfterMove = text('page');
   await publish(b, { t: 4 });
   await until('the page to show b', () => text('page') === '4');
+  // No site: nothing subscribed, nothing shown, nothing thrown.
+  const subscribes = log.filter((l) => l.startsWith('subscribe ')).length;
+  route.value = '';
+  result.emptyAtOnce = refs.page.value === undefined;
+  await until('b released', () => log.includes('unsubscribe ' + b));
+  await publish(b, { t: 5 });
+  await new Promise((r) => setTimeout(r, 300));
+  result.shownWithoutSite = text('page');
+  result.subscribedWithoutSite = log.filter((l) => l.startsWith('subscribe ')).length - subscribes;
+  const confirmed = log.filter((l) => l === 'subscribed ' + b).length;
+  route.value = b;
+  await until('b subscribed again', () => log.filter((l) => l === 'subscribed ' + b).length > confirmed);
+  await publish(b, { t: 6 });
+  await until('the page to show b again', () => text('page') === '6');
+  result.errors = errors;
   unmount();
   await until('the release on unmount', () => log.includes('unsubscribe ' + b));
   ds.close();
@@ -576,6 +606,14 @@ try {
     }
     if (result) {
       check(result.heldBySecond, `${name}: a component unmounting leaves the site to the component still using it`);
+      check(
+        result.resetAtOnce && result.shownAfterMove === '-',
+        `${name}: the route's new site: the ref back to its initial value at once, the old site's publications not shown (${result.resetAtOnce}, ${result.shownAfterMove})`,
+      );
+      check(
+        result.emptyAtOnce && result.shownWithoutSite === '-' && result.subscribedWithoutSite === 0 && result.errors.length === 0,
+        `${name}: the route's site '': nothing subscribed or shown, no error (${JSON.stringify(result)})`,
+      );
       check(result.closed === 1000, `${name}: useDatastream followed the route and released on unmount; closed (1000)`);
     }
     check(errors.length === 0, `${name}: no page errors ${errors.join('; ')}`);

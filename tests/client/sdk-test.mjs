@@ -1,12 +1,16 @@
 // Tests of the package's JavaScript API in headless Chromium against real relays: subscription
-// handles (reference counting, confirmations, refusals), errors and logging, and tokens against a
-// relay that requires them (expiry with and without refresh, a revoked site, a token that stops
-// verifying, legacy `?token=`).
+// handles (reference counting, confirmations, refusals, rewinds), no socket and no token before a
+// site and the linger after the last, subscription changes of one task in one frame per site,
+// errors and logging, the module's version check, and tokens against a relay that requires them
+// but lets anonymous visitors read some sites (expiry with and without refresh, a revoked site, a
+// token that stops verifying, a failing getToken, no token, legacy `?token=`).
 //
 //   node tests/client/sdk-test.mjs --control <port> --proxy <port> --jwt-control <port> --jwt-relay <port>
 //
 // `--control`/`--proxy`: the plain relay's harness; `--jwt-*`: a harness started with
-// --jwt-secret and --max-subscriptions 4. Serves npm/dist (npm/build.sh) to a test page. Uses /usr/bin/chromium.
+// --jwt-secret, --max-subscriptions 4 and --anonymous-sites open-a,open-b. Serves npm/dist
+// (npm/build.sh) to a test page. Uses /usr/bin/chromium. SDK_TEST_ONLY=<text> runs the tests
+// whose name contains it.
 
 import http from 'node:http';
 import { createRequire } from 'node:module';
@@ -21,6 +25,7 @@ const args = process.argv.slice(2);
 const opt = (name) => Number(args[args.indexOf(name) + 1]);
 const ports = { control: opt('--control'), proxy: opt('--proxy'), jwtControl: opt('--jwt-control'), jwtRelay: opt('--jwt-relay') };
 const dist = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../npm/dist');
+const version = JSON.parse(readFileSync(path.join(dist, '../package.json'), 'utf8')).version;
 
 let failures = 0;
 function check(cond, what) {
@@ -44,6 +49,23 @@ const until = async (what, cond, ms = 15000) => {
   }
 };
 const unique = (name) => name + '-' + Date.now() + '-' + Math.random().toString(36).slice(2, 6);
+const VERSION = ${JSON.stringify(version)};
+// A WebSocket that records what the client opens and sends.
+const recording = () => {
+  const log = { sockets: [], sent: [] };
+  log.WebSocket = class extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      log.sockets.push(this);
+    }
+    send(text) {
+      log.sent.push(JSON.parse(text));
+      super.send(text);
+    }
+  };
+  return log;
+};
+const loginRequired = () => Object.assign(new Error('Login required'), { error: 'login_required' });
 `;
 
 const tests = {
@@ -237,6 +259,104 @@ const tests = {
         && JSON.stringify(fourth) === '[["enclosure",1,true],["weather",23,true]]'
         && JSON.stringify(ownReads) === '[null,23]' && typeof thrown === 'string' && thrown.includes('latestKeys') };`,
 
+  'rewind: a handle asking for a rewind gets the replay, even what the client delivered before; the others get nothing twice': `
+    const site = unique('rw');
+    for (let n = 1; n <= 3; n++) await publish(P.control, site, { n });
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', sites: [site] });
+    const first = [];
+    ds.on('weather', (d) => first.push(d.n), { site });
+    await ds.ready();
+    for (let n = 4; n <= 5; n++) await publish(P.control, site, { n });
+    await until('the live ones', () => first.length === 2);
+    const late = [];
+    const sub = ds.subscribe(site, { rewind: 3 });
+    sub.on('weather', (d, m) => late.push(d.n));
+    const info = await sub.ready;
+    await until('the replay', () => late.length === 3);
+    await publish(P.control, site, { n: 6 });
+    await until('a live one to both', () => late.length === 4 && first.length === 3);
+    await sleep(200);
+    ds.close();
+    return { first, late, info, ok: first.join() === '4,5,6' && late.join() === '3,4,5,6' };`,
+
+  'lazy: no socket and no token before a site; on() with a site holds it; the socket closes 5 s after the last site, a site meanwhile keeps it': `
+    const rec = recording();
+    let calls = 0;
+    const states = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', WebSocket: rec.WebSocket,
+      getToken: () => { calls++; return null; } });
+    ds.onState((s) => states.push(s.type));
+    const everywhere = [];
+    ds.on('weather', (d) => everywhere.push(d));
+    await sleep(500);
+    const before = { sockets: rec.sockets.length, calls, state: ds.state.type, ready: await Promise.race([ds.ready().then(() => true), sleep(100)]) };
+    const site = unique('lazy');
+    const got = [];
+    const off = ds.on('weather', (d) => got.push(d), { site });
+    await ds.ready();
+    const open = { sockets: rec.sockets.length, calls, state: ds.state.type };
+    await publish(P.control, site, 1);
+    await until('a publication', () => got.length === 1 && everywhere.length === 1);
+    off();
+    await sleep(1000);
+    const lingering = rec.sockets[0].readyState === WebSocket.OPEN;
+    const other = ds.subscribe(unique('lazy2'));
+    await other.ready;
+    const reused = rec.sockets.length === 1;
+    other.unsubscribe();
+    const released = Date.now();
+    await until('the socket to close', () => rec.sockets[0].readyState === WebSocket.CLOSED, 10000);
+    const linger = Date.now() - released;
+    const end = ds.state.type;
+    const seen = [...states];
+    // autoConnect: false waits for connect().
+    const rec2 = recording();
+    const manual = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', WebSocket: rec2.WebSocket, sites: [site], autoConnect: false });
+    await sleep(500);
+    const waited = { sockets: rec2.sockets.length, state: manual.state.type };
+    manual.connect();
+    await manual.ready();
+    const connected = rec2.sockets.length;
+    manual.close();
+    ds.close();
+    const result = { before, open, lingering, reused, linger, end, seen, waited, connected };
+    return { ...result,
+      ok: JSON.stringify(before) === '{"sockets":0,"calls":0,"state":"idle","ready":true}'
+        && JSON.stringify(open) === '{"sockets":1,"calls":1,"state":"connected"}' && lingering && reused
+        && linger >= 4500 && linger < 8000 && end === 'idle' && seen.join() === 'connecting,connected,idle'
+        && JSON.stringify(waited) === '{"sockets":0,"state":"idle"}' && connected === 1 };`,
+
+  'one frame per site: a site switch in one task sends an unsubscribe and a subscribe; the relay sends the latest values once': `
+    const [a, b] = [unique('sw-a'), unique('sw-b')];
+    await publish(P.control, a, { n: 1 });
+    await publish(P.control, b, { n: 2 });
+    const rec = recording();
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', WebSocket: rec.WebSocket });
+    // A store plugin's listener of every site, and a component's of its site.
+    ds.on('sitestatus', () => {}, { latest: true });
+    const got = [];
+    const take = (site) => {
+      const sub = ds.subscribe(site);
+      sub.on('weather', (d, m) => got.push([m.site, d.n, m.latest ?? false]), { latest: true });
+      return sub;
+    };
+    let sub = take(a);
+    await sub.ready;
+    await until('a latest', () => got.length === 1);
+    await sleep(200);
+    const mark = rec.sent.length;
+    sub.unsubscribe();
+    sub = take(b);
+    await sub.ready;
+    await until('b latest', () => got.length === 2);
+    await sleep(300);
+    const frames = rec.sent.slice(mark);
+    ds.close();
+    return { frames, got, first: rec.sent.slice(0, mark),
+      ok: frames.length === 2 && frames[0].type === 'unsubscribe' && frames[0].site === a && frames[1].type === 'subscribe'
+        && frames[1].site === b && frames[1].latest === true && mark === 1
+        && JSON.stringify(got) === JSON.stringify([[a, 1, true], [b, 2, true]]) };`,
+
   'errors: invalid names throw synchronously before the module has loaded, as DatastreamError': `
     const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev' });
     const caught = [];
@@ -274,7 +394,7 @@ const tests = {
     const want = ['connect:', 'state:connected', 'subscribed:' + site, 'state:closed'];
     return { log, ok: want.every((w) => log.includes(w)) };`,
 
-  'tokens: a static token connects; when it expires mid-session without refresh, the client ends with 3501': `
+  'tokens: a static token connects; when it expires mid-session without refresh, the client ends with 3002, without reconnecting': `
     const site = unique('t1');
     const t = await token([site], 2000);
     const states = [];
@@ -288,7 +408,7 @@ const tests = {
     await until('the end', () => ds.state.type === 'closed', 20000);
     const end = ds.state;
     return { end, reconnects: states.filter((s) => s.type === 'reconnecting').length,
-      ok: end.code === 3501 && !end.reason.includes(t) && states.some((s) => s.type === 'reconnecting') };`,
+      ok: end.code === 3002 && end.reason === 'token expired' && !states.some((s) => s.type === 'reconnecting') };`,
 
   'tokens: getToken refreshes in-band before exp: one connection throughout': `
     const site = unique('t2');
@@ -370,6 +490,79 @@ const tests = {
     const leaked = issued.some((t) => texts.some((x) => x.includes(t)));
     return { calls, end, errors: errors.map((e) => e.code), leaked,
       ok: end.code === 3501 && calls === 4 && errors.some((e) => e.code === 'invalid_token') && !leaked };`,
+
+  'tokens: a failing getToken (login_required) is reported and retried with the backoff, never fatal; then a token connects and delivers': `
+    const site = unique('gt');
+    let calls = 0;
+    const errors = [];
+    const states = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', minReconnectDelay: 200, maxReconnectDelay: 400,
+      getToken: async () => (++calls <= 2 ? Promise.reject(loginRequired()) : token([site], 60000)) });
+    ds.onError((e) => errors.push(e));
+    ds.onState((s) => states.push(s));
+    const sub = ds.subscribe(site);
+    const got = [];
+    sub.on('weather', (d) => got.push(d));
+    await sub.ready;
+    await publish(P.jwtControl, site, 1);
+    await until('a publication', () => got.length === 1);
+    const later = [];
+    ds.subscribe(unique('gt2')).on('weather', (d) => later.push(d));
+    const reasons = states.filter((s) => s.type === 'reconnecting').map((s) => s.reason);
+    const state = ds.state.type;
+    ds.close();
+    return { calls, errors: errors.map((e) => [e.kind, e.message, e.cause?.error]), reasons, state,
+      ok: calls === 3 && errors.length === 2 && errors.every((e) => e instanceof DS.DatastreamError && e.kind === 'token' && e.cause.error === 'login_required')
+        && errors.every((e) => e.message === 'getToken() failed: Login required')
+        && reasons.length === 2 && reasons.every((r) => r === 'getToken() failed') && state === 'connected' };`,
+
+  'tokens: getToken resolving to null connects without a token (a relay without auth)': `
+    const site = unique('nt');
+    const rec = recording();
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', WebSocket: rec.WebSocket, getToken: async () => null });
+    const got = [];
+    ds.on('weather', (d) => got.push(d), { site });
+    await ds.ready();
+    await publish(P.control, site, 1);
+    await until('a publication', () => got.length === 1);
+    const protocols = rec.sockets[0].protocol;
+    ds.close();
+    return { got, protocols, ok: got[0] === 1 && protocols === 'datastream.v2' };`,
+
+  'anonymous: without a token an anonymous site is read and another refused (forbidden); a present but invalid token is refused': `
+    const hidden = unique('hidden');
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', getToken: async () => null });
+    const errors = [];
+    ds.onError((e) => errors.push(e));
+    const open = ds.subscribe('open-a');
+    const refused = ds.subscribe(hidden);
+    const got = [];
+    open.on('weather', (d, m) => got.push(d));
+    await open.ready;
+    const e = await refused.ready.then(() => null, (e) => e);
+    const value = unique('v');
+    await publish(P.jwtControl, 'open-a', value);
+    await until('a publication', () => got.includes(value));
+    const state = ds.state.type;
+    ds.close();
+    const bad = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', sites: ['open-a'], token: await token(['*'], 60000, true) });
+    await until('the refusal', () => bad.state.type === 'closed');
+    const end = bad.state;
+    return { code: e?.code, state, end,
+      ok: e instanceof DS.DatastreamError && e.code === 'forbidden' && refused.state === 'refused' && state === 'connected' && end.code === 3501 };`,
+
+  'version: a WebAssembly module of another version is refused with an error naming both': `
+    const bytes = new Uint8Array(await (await fetch('/dist/datastream_bg.wasm')).arrayBuffer());
+    const mine = new TextEncoder().encode(VERSION);
+    // The stamp is the module's last bytes.
+    const other = '9.9.9'.padEnd(mine.length, '9').slice(0, mine.length);
+    bytes.set(new TextEncoder().encode(other), bytes.length - mine.length);
+    const e = await DS.load(bytes).then(() => null, (e) => e);
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', sites: [unique('v')] });
+    const r = await ds.ready().then(() => null, (e) => e);
+    return { message: e?.message, state: ds.state,
+      ok: e instanceof DS.DatastreamError && e.kind === 'version' && e.message.includes(VERSION) && e.message.includes(other)
+        && r === e && ds.state.type === 'closed' && ds.state.code === 0 };`,
 
   'tokens: legacy mode sends the token as ?token=': `
     const site = unique('t6');

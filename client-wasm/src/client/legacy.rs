@@ -50,6 +50,10 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for Legacy {
         }
     }
 
+    fn release(&mut self, core: &Core<F, D>, link: LinkId) -> bool {
+        core.links.iter().any(|l| l.id == link && l.spare)
+    }
+
     fn accepted_on_open(&self) -> bool {
         true
     }

@@ -42,6 +42,9 @@ pub(crate) trait Rules<F, D> {
     fn subscribe(&mut self, core: &mut Core<F, D>, site: &str, rewind: Option<u32>) -> Option<LinkId>;
     /// Stops wanting `site`.
     fn unsubscribe(&mut self, core: &mut Core<F, D>, site: &str);
+    /// `link`'s release timer fired: whether its socket is no longer needed (and is to be closed
+    /// and forgotten).
+    fn release(&mut self, core: &Core<F, D>, link: LinkId) -> bool;
     /// Whether an open socket is an accepted connection (else the server's `hello` accepts it).
     fn accepted_on_open(&self) -> bool;
     /// `link`'s socket opened and the connection is accepted with it.
@@ -120,6 +123,10 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for Machine {
 
     fn unsubscribe(&mut self, core: &mut Core<F, D>, site: &str) {
         each!(self, r => Rules::<F, D>::unsubscribe(r, core, site))
+    }
+
+    fn release(&mut self, core: &Core<F, D>, link: LinkId) -> bool {
+        each!(self, r => Rules::<F, D>::release(r, core, link))
     }
 
     fn accepted_on_open(&self) -> bool {

@@ -1,15 +1,22 @@
 //! Protocol v2's rules: every site over one link, the wanted sites kept across reconnects
 //! ([`Subscriptions`]) and brought in line with subscribe frames once the server's `hello` accepts
 //! a connection, publications judged by stream position, tokens refreshed in-band.
+//!
+//! The link exists only while the app wants a site: it is created (and opened) with the first
+//! one, and closed [`LINGER_MS`] after the last one was released, unless another came meanwhile.
 
 use datastream_protocol::v2::{ClientFrame, SUBPROTOCOL};
 
 use super::Action;
 use super::rules::{Core, Rules};
-use crate::link::{Link, LinkId};
+use crate::link::{Link, LinkId, TimerKind};
 use crate::stream::Undo;
 use crate::subscriptions::{RecoveryFailure, Subscriptions};
 use crate::wire::encode;
+
+/// How long the socket stays open after the last site was released: a page moving from one
+/// site to the next (or reloading a lazily loaded view) keeps its connection.
+pub(crate) const LINGER_MS: u32 = 5000;
 
 /// The v2 client's own state: the sites it wants.
 #[derive(Debug, Default)]
@@ -41,23 +48,40 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
         for site in &sites {
             self.subs.add(site, None);
         }
-        vec![core.new_link(None)]
+        if sites.is_empty() { Vec::new() } else { vec![core.new_link(None)] }
     }
 
     fn subscribe(&mut self, core: &mut Core<F, D>, site: &str, rewind: Option<u32>) -> Option<LinkId> {
-        if self.subs.add(site, rewind) {
-            self.sync(core);
+        let idle = self.subs.is_empty();
+        self.subs.add(site, rewind);
+        match core.links.first() {
+            // Lingering after the last site: it stays.
+            Some(l) if idle => {
+                core.out.push(Action::ClearTimer { link: l.id, kind: TimerKind::Release });
+                None
+            }
+            Some(_) => None,
+            None => Some(core.new_link(None)),
         }
-        None
     }
 
     fn unsubscribe(&mut self, core: &mut Core<F, D>, site: &str) {
         if self.subs.remove(site)
-            && let Some(link) = Self::live_link(core)
+            && self.subs.is_empty()
+            && let Some(l) = core.links.first()
         {
-            let frame = ClientFrame::Unsubscribe { id: None, site: site.to_owned() };
-            core.out.push(Action::Send { link, text: encode(&frame) });
+            core.out.push(Action::SetTimer { link: l.id, kind: TimerKind::Release, ms: LINGER_MS });
         }
+    }
+
+    fn release(&mut self, _core: &Core<F, D>, _link: LinkId) -> bool {
+        if !self.subs.is_empty() {
+            return false;
+        }
+        // The socket goes: the server holds nothing any more.
+        self.subs.disconnected();
+        self.subs.take_released();
+        true
     }
 
     fn accepted_on_open(&self) -> bool {
@@ -68,7 +92,14 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
     fn opened(&mut self, _core: &mut Core<F, D>, _link: LinkId) {}
 
     fn sync(&mut self, core: &mut Core<F, D>) {
-        let Some(link) = Self::live_link(core) else { return };
+        let live = Self::live_link(core);
+        for site in self.subs.take_released() {
+            if let Some(link) = live {
+                let frame = ClientFrame::Unsubscribe { id: None, site };
+                core.out.push(Action::Send { link, text: encode(&frame) });
+            }
+        }
+        let Some(link) = live else { return };
         let sites: Vec<String> = self.subs.sites().map(str::to_owned).collect();
         for site in sites {
             let (filter, latest) = core.callbacks.filter_for(&site);
@@ -81,8 +112,8 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
         }
     }
 
-    fn settled(&self, core: &Core<F, D>) -> bool {
-        !core.links.is_empty() && self.subs.settled()
+    fn settled(&self, _core: &Core<F, D>) -> bool {
+        self.subs.settled()
     }
 
     fn socket(&self, core: &Core<F, D>, _link: &Link) -> (String, Option<&'static str>, Option<String>) {

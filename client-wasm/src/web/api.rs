@@ -26,7 +26,8 @@ impl std::fmt::Debug for DatastreamCore {
 
 #[wasm_bindgen]
 impl DatastreamCore {
-    /// Validates `options` (throws a `TypeError` or `Error` naming the bad one) and connects.
+    /// Validates `options` (throws a `TypeError` or `Error` naming the bad one); `start` then
+    /// takes the configured sites (and connects if there are any).
     #[wasm_bindgen(constructor)]
     pub fn new(options: JsValue) -> Result<DatastreamCore, JsValue> {
         let config = convert::config(&options)?;
@@ -35,6 +36,12 @@ impl DatastreamCore {
         let client =
             JsClient::new(config, Box::new(js_sys::Math::random)).map_err(|e| js_sys::Error::new(&e.message()))?;
         Ok(DatastreamCore { driver: Driver::start(client, protocol, websocket, &options) })
+    }
+
+    /// Takes the configured sites, connecting if there are any. Called once, after the hooks
+    /// that must see the first connection attempt (`token`) are registered.
+    pub fn start(&self) {
+        self.driver.run(|c, now| c.start(now));
     }
 
     /// Calls `callback(data, meta)` for each publication on `topic` (`*`: every topic), of `site`
@@ -53,11 +60,6 @@ impl DatastreamCore {
                 c.on(topic, site.as_deref(), callback, latest)
             })
             .map_err(|e: crate::config::ConfigError| js_sys::Error::new(&e.message()).into())
-    }
-
-    /// Removes every registration of `callback` for `topic`.
-    pub fn off(&self, topic: &str, callback: &Function) {
-        self.driver.run(|c, _| c.off(topic, callback));
     }
 
     /// Removes a listener or hook by the id `on` or `hook` returned.
@@ -85,16 +87,16 @@ impl DatastreamCore {
         self.driver.run(|c, now| c.subscribe(site, rewind, now)).map_err(|e| js_sys::Error::new(&e.message()).into())
     }
 
-    /// Replaces the token: sent in a `refresh` on a live v2 connection, offered by every later
-    /// one; a client waiting for a token reconnects.
+    /// The app's token: a string (`''`: connect without one) replaces it — sent in a `refresh`
+    /// on a live v2 connection, offered by every later one, and an attempt waiting for a token
+    /// opens; anything else says the app could not get one: the waiting attempt fails and is
+    /// retried after the backoff delay.
     #[wasm_bindgen(js_name = setToken)]
-    pub fn set_token(&self, token: String) {
-        self.driver.run(|c, now| c.set_token(token, now));
-    }
-
-    /// Ends the client with `code` and `reason` (a token the app could not get).
-    pub fn fail(&self, code: u16, reason: String) {
-        self.driver.run(|c, _| c.fail(code, reason));
+    pub fn set_token(&self, token: JsValue) {
+        self.driver.run(|c, now| match token.as_string() {
+            Some(token) => c.set_token(Some(token).filter(|t| !t.is_empty()), now),
+            None => c.token_failed(now),
+        });
     }
 
     /// Unsubscribes from `site`.

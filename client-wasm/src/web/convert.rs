@@ -53,6 +53,7 @@ pub(crate) fn config(options: &JsValue) -> Result<Config, JsValue> {
         }
     }
     config.token = get(options, "token").as_string();
+    config.fetch_tokens = get(options, "getToken").is_function();
     config.validate().map_err(|e| js_sys::Error::new(&e.message()))?;
     Ok(config)
 }
@@ -63,15 +64,16 @@ pub(crate) fn state(state: &State) -> JsValue {
     let o = Object::new();
     set(&o, "type", &state.name().into());
     match state {
-        State::Reconnecting { attempt, delay_ms } => {
+        State::Reconnecting { attempt, delay_ms, reason } => {
             set(&o, "attempt", &(*attempt).into());
             set(&o, "delay", &(*delay_ms).into());
+            set(&o, "reason", &(*reason).into());
         }
         State::Closed { code, reason } => {
             set(&o, "code", &(*code).into());
             set(&o, "reason", &reason.as_str().into());
         }
-        State::Connecting | State::Connected => {}
+        State::Idle | State::Connecting | State::Connected => {}
     }
     o.into()
 }

@@ -18,9 +18,11 @@ const NAME = /^[\w.:-]{1,64}$/;
  * `ask(what, a, b, c)` for the rest, `what` as numbered in dispatch.rs; the options' `cache`: site →
  * slot → the last publication received (the parsed frame), least recently updated first, filled
  * here; `keys`: topic → the data field telling its kinds of state apart, from `latestKeys` if
- * given, else from each `hello` (its `latest_keys`), filled here.
+ * given, else from each `hello` (its `latest_keys`), filled here; `replays`: site → `{ left, to }`,
+ * a rewind's replay under way (filled by the app's side): of its next `left` publications, those
+ * the client does not accept (delivered before) go to the listeners `to` (`[topic, callback]`).
  */
-export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys = new Map(), latestKeys }) {
+export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys = new Map(), latestKeys, replays = new Map() }) {
   const intern = (name, first) => ask(0, name, first);
   const route = (site, topic, latest) => ask(1, site, topic, latest);
   const other = (link, frame) => ask(2, link, frame);
@@ -108,22 +110,27 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
       const items = [];
       // One publication's callbacks; false once the socket is detached. A latest publication
       // (from before the subscription) goes to the listeners that asked for one, unless something
-      // as new of its slot was received already (they got that).
-      const deliver = (f, v, site) => {
+      // as new of its slot was received already (they got that). A replayed one delivered before
+      // goes to the listeners `only` (see `replays`).
+      const deliver = (f, v, site, only) => {
         const s = f.site;
         const topic = f.topic;
         const latest = !legacy && f.latest === true;
-        const k = slot(topic, f.data);
-        if (latest) {
-          const held = cache.get(s)?.get(k);
-          if (held && held.epoch === f.epoch && held.offset >= f.offset) return true;
+        let fns;
+        if (only) fns = only.filter((e) => e[0] === '*' || e[0] === topic).map((e) => e[1]);
+        else {
+          const k = slot(topic, f.data);
+          if (latest) {
+            const held = cache.get(s)?.get(k);
+            if (held && held.epoch === f.epoch && held.offset >= f.offset) return true;
+          }
+          remember(s, k, f);
+          fns = latest
+            ? route(s, topic, true)
+            : v === version && site === routeSite && topic === routeTopic
+              ? routeFns
+              : callbacksFor(v, site, s, topic);
         }
-        remember(s, k, f);
-        const fns = latest
-          ? route(s, topic, true)
-          : v === version && site === routeSite && topic === routeTopic
-            ? routeFns
-            : callbacksFor(v, site, s, topic);
         const n = fns.length;
         if (n === 0) return true;
         const m = legacy ? { site: s, topic } : { site: s, topic, epoch: f.epoch, offset: f.offset };
@@ -154,9 +161,13 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
           let i = from;
           for (from = to; i < to; i++) {
             const v = buf[4 * i + 3];
-            if (v < 0) continue;
+            const f = items[i];
+            // A rewind's replay counts its publications (latest ones are not part of it).
+            const r = replays.size && f.latest !== true && replays.get(f.site);
+            if (r && !--r.left) replays.delete(f.site);
+            if (v < 0 && !r) continue;
             state[0] = i;
-            if (!deliver(items[i], v, buf[4 * i])) return false;
+            if (!deliver(f, v, buf[4 * i], v < 0 && r.to)) return false;
             if (state[1]) {
               from = i + 1;
               one = true;

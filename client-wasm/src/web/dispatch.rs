@@ -45,6 +45,12 @@
 //!   does. The options' `latestKeys` (an object topic → field), when given, is used instead of
 //!   what the relay announces (the legacy protocol announces nothing). The options' `keys` (a
 //!   `Map`; a new one when absent) receives the rule in force.
+//! - A rewind's replay under way (the options' `replays`, a `Map` of site → `{ left, to }` the npm
+//!   wrapper fills when a subscribe that asked for a rewind is confirmed): of the site's next
+//!   `left` publications (latest ones not counted), those the client does not accept (it had
+//!   delivered them) go to the listeners `to` only (`[topic, callback]` entries: the handle's that
+//!   asked for the rewind), and are not held as the last publication; those it accepts go to
+//!   every listener as usual.
 //! - The last publication received of each site and slot (live, replayed or latest) is held in
 //!   the options' `cache` given to [`Dispatch::new`], a `Map` of site → slot (`topic`, or
 //!   `topic\nkey`) → the parsed frame, up to 64 slots per site (the least recently updated
@@ -128,7 +134,8 @@ impl Dispatch {
     /// `options.cache` (a `Map`; a new one when absent) receives the last publication of each
     /// site and slot; the app's side reads it, and drops a site's when unsubscribing it.
     /// `options.keys` (a `Map`) receives the topics kept per kind of state (topic → field), from
-    /// `options.latestKeys` when given, else from the relay's `hello`.
+    /// `options.latestKeys` when given, else from the relay's `hello`. `options.replays` (a `Map`)
+    /// holds the rewinds' replays under way (see the module's documentation).
     pub(crate) fn new(legacy: bool, client: impl ClientSide, options: &JsValue) -> Dispatch {
         let asked = client.clone();
         let accept = Closure::<dyn FnMut(LinkId, Float64Array, u32, u32, f64)>::new(move |link, buf, from, to, now| {
