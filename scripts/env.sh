@@ -2,11 +2,14 @@
 #
 # DATASTREAM_TOOLS   where test tools (Python venv, …) are installed; default ~/.cache/datastream
 # CARGO_TARGET_DIR   one build directory shared by every checkout; default $DATASTREAM_TOOLS/target
+# CARGO_INCREMENTAL  default 0: the scripts build each checkout once, so incremental caches (tens
+#                    of GB for the test binaries of several checkouts) would only fill the disk
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DATASTREAM_TOOLS="${DATASTREAM_TOOLS:-$HOME/.cache/datastream}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DATASTREAM_TOOLS/target}"
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export DATASTREAM_TEST_VENV="$DATASTREAM_TOOLS/venv"
 mkdir -p "$DATASTREAM_TOOLS"
 

@@ -87,7 +87,8 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-fn port_open(port: u16) -> bool {
+/// Whether something accepts connections on loopback `port`.
+pub fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
 }
 

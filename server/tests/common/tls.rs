@@ -2,7 +2,7 @@
 //! command, and a `redis-server` that speaks TLS only, on loopback.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     WAIT,
-    procs::{Proc, RedisServer, tool},
+    procs::{Proc, RedisServer, port_open, tool},
 };
 
 /// A CA and a server certificate it signed, in a directory of their own (removed on drop).
@@ -122,12 +122,7 @@ pub fn start_tls_redis(files: &TlsFiles) -> RedisServer {
         let mut proc = Proc { child, name: "redis-server (TLS)" };
         let start = Instant::now();
         while start.elapsed() < WAIT {
-            if std::net::TcpStream::connect_timeout(
-                &SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
+            if port_open(port) {
                 return RedisServer { proc, port };
             }
             if let Ok(Some(_)) = proc.child.try_wait() {
