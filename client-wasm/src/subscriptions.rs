@@ -131,6 +131,7 @@ impl Subscriptions {
             rewind: if recover.is_none() { sub.rewind } else { None },
             recover,
             latest,
+            delta: None,
         })
     }
 
@@ -273,6 +274,7 @@ mod tests {
                 recover: None,
                 rewind: Some(20),
                 latest: LatestWanted::No,
+                delta: None,
             }
         );
         assert!(!subs.settled());
@@ -291,6 +293,7 @@ mod tests {
                 recover: Some(StreamPosition { epoch: "e".into(), offset: 8 }),
                 rewind: None,
                 latest: LatestWanted::No,
+                delta: None,
             },
             "the rewind was done once; now the position is what matters"
         );

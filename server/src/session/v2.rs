@@ -168,6 +168,7 @@ impl V2 {
             recovered,
             replayed: u32::try_from(replay.len()).unwrap_or(u32::MAX),
             latest: (!matches!(req.latest, WantLatest::No)).then(|| u32::try_from(latest.len()).unwrap_or(u32::MAX)),
+            delta: None,
         };
         let mut frames = Vec::with_capacity(latest.len() + replay.len() + 1);
         frames.push(ack.to_json().into());
@@ -220,6 +221,7 @@ impl V2 {
             } else {
                 Default::default()
             },
+            deltas: Vec::new(),
         }
         .to_json()
         .into()
@@ -241,7 +243,7 @@ impl Protocol for V2 {
             ClientFrame::parse(text).map_err(|e| ErrorFrame { id: e.id, code: e.code, site: None, message: e.message });
         async move {
             match frame? {
-                ClientFrame::Subscribe { id, site, topics, recover, rewind, latest } => {
+                ClientFrame::Subscribe { id, site, topics, recover, rewind, latest, delta: _ } => {
                     let req = self.check_subscribe(state, reg, id, &site, &topics, recover, rewind, latest)?;
                     self.subscribe(req, reg, state).await
                 }

@@ -36,7 +36,7 @@ impl ChannelMessage {
                 topic: frame.topic.as_str().into(),
                 epoch: frame.epoch,
                 offset: frame.offset,
-                data: frame.data,
+                data: frame.data.ok_or("a publication frame without data")?,
             });
         }
         let mut parts = text.splitn(4, '\n');
