@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use common::procs::RedisServer;
 use datastream::{
     broker::{Broker, HistoryOptions, Latest, MemoryBroker, PublishOutcome, RedisBroker, RedisSettings, Snapshot},
-    hub::{Event, Framing, Hub, Outbox, Subscriber},
+    hub::{Event, Framing, Hub, Outbox, Queued, Subscriber},
     metrics::Metrics,
     publication::{LatestKeys, Position, PublishRequest, Validator},
 };
@@ -116,14 +116,16 @@ async fn positions_count_per_site(b: Backend) {
 async fn delivers_in_order_to_watchers(b: Backend) {
     let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
     let site: Arc<str> = "mrc".into();
-    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None, delta: false });
     b.broker.watch(&site).await.unwrap();
     for n in 1..=50 {
         publish(&b, "mrc", "t", n).await;
     }
     publish(&b, "other", "t", 0).await;
     for n in 1..=50 {
-        let Event::Publication(p) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() else {
+        let Event::Publication(Queued { publication: p, .. }) =
+            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap()
+        else {
             panic!("a publication, not a request to close")
         };
         assert_eq!((p.position.offset, p.data.get().to_owned()), (n, format!(r#"{{"n":{n}}}"#)));
@@ -279,7 +281,7 @@ async fn latest_expires_by_age(b: Backend) {
 async fn a_batch_is_published_in_order(b: Backend) {
     let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
     let site: Arc<str> = "mrc".into();
-    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None, delta: false });
     b.broker.watch(&site).await.unwrap();
     let mut batch = Vec::new();
     for n in 1..=250 {
@@ -301,7 +303,9 @@ async fn a_batch_is_published_in_order(b: Backend) {
         assert_eq!(p.offset, *count, "message {n}");
     }
     for offset in 1..=mrc {
-        let Event::Publication(p) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() else {
+        let Event::Publication(Queued { publication: p, .. }) =
+            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap()
+        else {
             panic!("a publication, not a request to close")
         };
         assert_eq!(p.position.offset, offset);
@@ -424,7 +428,7 @@ async fn redis_a_site_watched_before_pubsub_connects_is_subscribed_when_it_does(
         RedisBroker::connect(&settings, hub.clone(), metrics, options(100, Duration::from_secs(60))).await.unwrap();
     let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
     let site: Arc<str> = "early".into();
-    hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+    hub.subscribe(&site, 1, Subscriber { outbox, topics: None, delta: false });
     assert!(redis.watch(&site).await.is_err(), "no pub/sub connection yet");
     let stop = CancellationToken::new();
     tokio::spawn(redis.clone().run_reader(stop.clone()));
@@ -432,7 +436,8 @@ async fn redis_a_site_watched_before_pubsub_connects_is_subscribed_when_it_does(
     let broker = Broker::Redis(redis);
     let published = broker.publish(request("early", "t", 7, None)).await.unwrap();
     assert!(matches!(published, PublishOutcome::Published(_)));
-    let Event::Publication(p) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("delivered")
+    let Event::Publication(Queued { publication: p, .. }) =
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("delivered")
     else {
         panic!("a publication, not a request to close")
     };

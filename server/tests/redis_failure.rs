@@ -71,7 +71,7 @@ impl Node {
     async fn subscribe(&self, site: &str, conn: u64) -> Inbox {
         let (outbox, inbox) = Outbox::new(1 << 24, Framing::Legacy);
         let site: Arc<str> = site.into();
-        self.hub.subscribe(&site, conn, Subscriber { outbox, topics: None });
+        self.hub.subscribe(&site, conn, Subscriber { outbox, topics: None, delta: false });
         self.broker.watch(&site).await.unwrap();
         inbox
     }
@@ -112,7 +112,7 @@ impl Publisher {
 /// The next publication's offset, waiting at most [`WAIT`].
 async fn next_offset(inbox: &mut Inbox) -> u64 {
     match tokio::time::timeout(WAIT, inbox.recv()).await.expect("a publication in time") {
-        Event::Publication(p) => p.position.offset,
+        Event::Publication(q) => q.publication.position.offset,
         _ => panic!("a publication, not a request to close"),
     }
 }

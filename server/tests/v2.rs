@@ -587,7 +587,8 @@ async fn queued_publications_are_packed_for_v2_clients_only() {
         if legacy {
             reg.subscribe(site.into(), None, &state.broker, Start::Live).await.unwrap();
         } else {
-            let req = proto.check_subscribe(&state, &reg, None, site, &[], None, None, Default::default()).unwrap();
+            let req =
+                proto.check_subscribe(&state, &reg, None, site, &[], None, None, Default::default(), None).unwrap();
             proto.subscribe(req, &mut reg, &state).await.unwrap();
         }
         // Queued before the session runs, so its first write finds all five.

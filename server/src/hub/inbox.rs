@@ -3,8 +3,7 @@
 
 use std::{future::poll_fn, sync::Arc, sync::atomic::Ordering, task::Poll};
 
-use super::Outbox;
-use crate::publication::Publication;
+use super::{Outbox, Queued};
 
 /// The session's end of an [`Outbox`].
 #[derive(Debug)]
@@ -22,7 +21,7 @@ pub struct Empty;
 #[derive(Debug)]
 pub enum Event {
     /// The next queued publication.
-    Publication(Arc<Publication>),
+    Publication(Queued),
     /// A fan-out write left bytes unsent on the wire: the session flushes them.
     Unsent,
     /// The budget was passed ([`Outbox::is_overflowed`]): the session closes the connection.
@@ -38,7 +37,7 @@ impl Inbox {
 
     /// The oldest queued publication, if any is for the session to write (none while the
     /// fan-out writes to the connection: what is queued then is its to write).
-    pub fn try_recv(&mut self) -> Result<Arc<Publication>, Empty> {
+    pub fn try_recv(&mut self) -> Result<Queued, Empty> {
         self.outbox.queue().pop_for_session().ok_or(Empty)
     }
 

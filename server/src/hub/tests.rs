@@ -18,11 +18,14 @@ fn delivers_to_the_site_only_and_tracks_first_and_last() {
     let (b, mut rx_b) = Outbox::new(1 << 20, Framing::Legacy);
     let mrc: Arc<str> = "mrc".into();
     let saf: Arc<str> = "saf".into();
-    assert!(hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None }));
-    assert!(!hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None }), "re-subscribe is not first");
-    assert!(hub.subscribe(&saf, 2, Subscriber { outbox: b, topics: None }));
+    assert!(hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None, delta: false }));
+    assert!(
+        !hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None, delta: false }),
+        "re-subscribe is not first"
+    );
+    assert!(hub.subscribe(&saf, 2, Subscriber { outbox: b, topics: None, delta: false }));
     assert_eq!(hub.deliver(&publication("mrc", "1")), 1);
-    assert_eq!(rx_a.try_recv().unwrap().site.as_ref(), "mrc");
+    assert_eq!(rx_a.try_recv().unwrap().publication.site.as_ref(), "mrc");
     assert!(rx_b.try_recv().is_err());
     assert!(hub.unsubscribe("mrc", 1));
     assert!(!hub.unsubscribe("mrc", 1));
@@ -66,7 +69,7 @@ async fn close_all_reaches_every_connection_once_including_later_ones() {
     let (idle, mut rx_idle) = Outbox::new(1 << 20, Framing::Legacy);
     let a = hub.connect(subscribed.clone());
     let b = hub.connect(idle);
-    hub.subscribe(&Arc::from("mrc"), a, Subscriber { outbox: subscribed, topics: None });
+    hub.subscribe(&Arc::from("mrc"), a, Subscriber { outbox: subscribed, topics: None, delta: false });
     assert_eq!(hub.close_all(), 2);
     assert!(matches!(rx_subscribed.recv().await, Event::Closing));
     assert!(matches!(rx_idle.recv().await, Event::Closing));
@@ -138,7 +141,7 @@ async fn read_messages(client: &mut tokio::net::TcpStream, want: usize) -> Vec<S
 fn subscribed(hub: &Hub, framing: Framing, max_bytes: usize) -> (Arc<Outbox>, Inbox) {
     let (outbox, rx) = Outbox::new(max_bytes, framing);
     let conn = hub.connect(outbox.clone());
-    hub.subscribe(&Arc::from("mrc"), conn, Subscriber { outbox: outbox.clone(), topics: None });
+    hub.subscribe(&Arc::from("mrc"), conn, Subscriber { outbox: outbox.clone(), topics: None, delta: false });
     (outbox, rx)
 }
 
@@ -201,7 +204,7 @@ async fn while_the_session_writes_publications_wait_for_it() {
     hub.deliver(&publication("mrc", "1"));
     assert!(!outbox.give_to_fanout(), "the session has a publication to write first");
     match futures_util::FutureExt::now_or_never(rx.recv()) {
-        Some(Event::Publication(p)) => assert_eq!(p.data.get(), "1"),
+        Some(Event::Publication(p)) => assert_eq!(p.publication.data.get(), "1"),
         other => panic!("the session should have been woken with the publication: {other:?}"),
     }
     assert!(outbox.give_to_fanout());
@@ -254,14 +257,14 @@ async fn unsent_bytes_are_left_to_the_session_and_the_budget_still_holds() {
 fn forgetting_a_site_drops_what_is_queued_for_it() {
     let hub = Hub::new(Arc::new(Metrics::new()));
     let (outbox, mut rx) = subscribed(&hub, Framing::Legacy, 1 << 20);
-    hub.subscribe(&Arc::from("saf"), 99, Subscriber { outbox: outbox.clone(), topics: None });
+    hub.subscribe(&Arc::from("saf"), 99, Subscriber { outbox: outbox.clone(), topics: None, delta: false });
     hub.deliver(&publication("mrc", "1"));
     let kept = publication("saf", "2");
     hub.deliver(&kept);
     hub.deliver(&publication("mrc", "3"));
     outbox.forget("mrc");
     assert_eq!(outbox.queued_bytes(), kept.queued_len(), "the forgotten ones' share is freed");
-    assert_eq!(rx.try_recv().unwrap().data.get(), "2");
+    assert_eq!(rx.try_recv().unwrap().publication.data.get(), "2");
     assert!(rx.try_recv().is_err());
     assert_eq!(outbox.queued_bytes(), 0);
 }
@@ -283,11 +286,11 @@ fn publications_below_a_floor_are_skipped_until_the_site_is_forgotten() {
     for p in [at(4, "e"), at(5, "e"), at(3, "other")] {
         hub.deliver(&p);
     }
-    let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(|p| p.position.offset).collect();
+    let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(|p| p.publication.position.offset).collect();
     assert_eq!(got, [6, 5, 3], "below the floor in its epoch is skipped, another epoch is not");
     outbox.forget("mrc");
     hub.deliver(&at(4, "e"));
-    assert_eq!(rx.try_recv().map(|p| p.position.offset), Ok(4), "the floor went with the site");
+    assert_eq!(rx.try_recv().map(|p| p.publication.position.offset), Ok(4), "the floor went with the site");
 }
 
 /// A publish body larger than a connection's budget (14 × 100 KB against 1 MiB) is not a slow
