@@ -89,7 +89,7 @@ async fn negotiation_hello_and_sites_in_the_url() {
     assert_eq!(
         hello,
         json!({"type": "hello", "version": 2, "ping_interval_ms": 25000, "max_subscriptions": 7,
-               "latest_keys": {"sitestatus": "statusType"}})
+               "latest_keys": {"sitestatus": "statusType"}, "deltas": ["fossil"]})
     );
     for site in ["mrc", "saf"] {
         let ack = next_json(&mut ws).await;

@@ -103,6 +103,20 @@ impl Site {
         }
     }
 
+    /// Makes `p` the last publication of its slot unless a later one of its epoch is known
+    /// already; true if it did.
+    fn remember(slots: &mut HashMap<Slot, Arc<Publication>>, p: &Arc<Publication>) -> bool {
+        let slot = (p.topic.clone(), p.latest_key.clone());
+        if let Some(last) = slots.get(&slot).map(|l| &l.position)
+            && last.epoch == p.position.epoch
+            && last.offset >= p.position.offset
+        {
+            return false;
+        }
+        slots.insert(slot, p.clone());
+        true
+    }
+
     /// Makes `p` the last publication of its slot and computes it as a delta from the one it
     /// replaces, if that one is of the same epoch and older.
     fn prepare_delta(&self, p: &Arc<Publication>) {
@@ -265,6 +279,19 @@ impl Hub {
     /// is flushed or dropped.
     pub fn batch(&self) -> Batch {
         Batch { dirty: Vec::new(), writers: self.writers.clone() }
+    }
+
+    /// Makes `publications` (what a subscription with deltas was just sent in full: latest
+    /// values, a replay) the last of their slots, where nothing later is known: the base of the
+    /// next publication of each, though the site had no subscriber with deltas when they were
+    /// delivered.
+    pub fn remember_sent<'a>(&self, site: &str, publications: impl IntoIterator<Item = &'a Arc<Publication>>) {
+        let shard = self.shard(site).read().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = shard.get(site).filter(|s| s.deltas > 0) else { return };
+        let mut slots = entry.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for p in publications {
+            Site::remember(&mut slots, p);
+        }
     }
 
     /// Delivers `publication` to every local subscriber of its site in a batch of its own;

@@ -178,6 +178,9 @@ impl V2 {
         };
         // What the answer carries is sent in full, and is what the first deltas apply to.
         reg.track_deltas(&req.site, &snapshot.epoch, req.delta, latest.iter().chain(&replay));
+        if req.delta {
+            state.hub.remember_sent(&req.site, latest.iter().chain(&replay));
+        }
         let mut frames = Vec::with_capacity(latest.len() + replay.len() + 1);
         frames.push(ack.to_json().into());
         frames.extend(latest.iter().map(|p| p.latest_frame()));
