@@ -331,3 +331,45 @@ async fn a_batch_larger_than_the_budget_reaches_a_reading_client() {
         assert_eq!(numbers, (0..14).collect::<Vec<_>>(), "{framing:?}");
     }
 }
+
+/// A device status at `offset`, keyed as the default latest keys key it.
+fn status(offset: u64, data: String) -> Arc<Publication> {
+    let data = serde_json::value::RawValue::from_string(data).unwrap();
+    let position = Position { epoch: "e".into(), offset };
+    let p = Publication::from_parts("mrc".into(), "sitestatus".into(), data, position);
+    Arc::new(p.with_latest_key(Some("device".into())))
+}
+
+#[test]
+fn a_delta_goes_only_to_a_connection_that_was_sent_its_base() {
+    let hub = Hub::new(Arc::new(Metrics::new()));
+    let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Packed);
+    let (plain, mut plain_rx) = Outbox::new(1 << 20, Framing::Packed);
+    let (site, epoch): (Arc<str>, Arc<str>) = ("mrc".into(), "e".into());
+    hub.subscribe(&site, 1, Subscriber { outbox: outbox.clone(), topics: None, delta: true });
+    hub.subscribe(&site, 2, Subscriber { outbox: plain, topics: None, delta: false });
+    outbox.track_deltas(&site, &epoch, true, []);
+    let mut device = datastream_statusgen::StatusStream::device("mrc", 3);
+    let p: Vec<_> = (1..=4).map(|offset| status(offset, device.next_data())).collect();
+    let mut next = |p: &Arc<Publication>| {
+        hub.deliver(p);
+        let sent = rx.try_recv().unwrap();
+        assert!(!plain_rx.try_recv().unwrap().delta, "a subscription without deltas gets full frames");
+        assert!(Arc::ptr_eq(&sent.publication, p));
+        sent.delta
+    };
+    assert!(!next(&p[0]), "the slot's first publication on the connection is full");
+    assert!(next(&p[1]), "the next is a delta from it");
+    assert_eq!(p[1].delta().map(|(base, _)| base), Some(1));
+    assert!(Framing::Packed.text(&Queued { publication: p[1].clone(), delta: true }).contains(r#""base":1,"delta":"#));
+    // The connection's record says it last got offset 1 (as after a subscribe that sent it):
+    // offset 3's delta applies to 2, which it was not sent.
+    outbox.track_deltas(&site, &epoch, true, [&p[0]]);
+    assert!(!next(&p[2]), "full: its base is not the connection's");
+    assert!(next(&p[3]), "and the base of the next");
+    // Without deltas (an unsubscribe, or a subscribe that did not ask), the delta is not used.
+    outbox.track_deltas(&site, &epoch, false, []);
+    let p5 = status(5, device.next_data());
+    assert!(!next(&p5));
+    assert!(p5.delta().is_some(), "computed all the same: the hub still counts a subscriber with deltas");
+}
