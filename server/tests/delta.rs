@@ -20,14 +20,20 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 /// A publication as a viewer ends up with it: offset and data text.
 type Got = (u64, String);
 
+/// A slot as a client sees it: site, topic and key.
+type Slot = (String, String, Option<String>);
+
+/// What a client holds of a slot: epoch, offset and data text of its last publication.
+type Held = (String, u64, String);
+
 /// A v2 client that applies deltas as the protocol says: it keeps the data text of the last
 /// publication of each slot it received (full or rebuilt) and applies a delta only to the one at
 /// offset `base` in the same epoch.
 struct Viewer {
     ws: Ws,
     hello: Value,
-    /// Per (site, topic, key): epoch, offset and data text of the last publication received.
-    held: HashMap<(String, String, Option<String>), (String, u64, String)>,
+    /// Per slot, the last publication received.
+    held: HashMap<Slot, Held>,
     /// What was delivered, per site, in order.
     got: Vec<Got>,
     /// Every publication line received, as sent.
