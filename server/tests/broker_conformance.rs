@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use common::procs::RedisServer;
 use datastream::{
     broker::{Broker, HistoryOptions, Latest, MemoryBroker, PublishOutcome, RedisBroker, RedisSettings, Snapshot},
-    hub::{Event, Framing, Hub, Outbox, Queued, Subscriber},
+    hub::{Event, Framing, Hub, Outbox, Subscriber},
     metrics::Metrics,
     publication::{LatestKeys, Position, PublishRequest, Validator},
 };
@@ -123,9 +123,7 @@ async fn delivers_in_order_to_watchers(b: Backend) {
     }
     publish(&b, "other", "t", 0).await;
     for n in 1..=50 {
-        let Event::Publication(Queued { publication: p, .. }) =
-            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap()
-        else {
+        let Event::Publication(p) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() else {
             panic!("a publication, not a request to close")
         };
         assert_eq!((p.position.offset, p.data.get().to_owned()), (n, format!(r#"{{"n":{n}}}"#)));
@@ -303,9 +301,7 @@ async fn a_batch_is_published_in_order(b: Backend) {
         assert_eq!(p.offset, *count, "message {n}");
     }
     for offset in 1..=mrc {
-        let Event::Publication(Queued { publication: p, .. }) =
-            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap()
-        else {
+        let Event::Publication(p) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() else {
             panic!("a publication, not a request to close")
         };
         assert_eq!(p.position.offset, offset);
@@ -436,8 +432,7 @@ async fn redis_a_site_watched_before_pubsub_connects_is_subscribed_when_it_does(
     let broker = Broker::Redis(redis);
     let published = broker.publish(request("early", "t", 7, None)).await.unwrap();
     assert!(matches!(published, PublishOutcome::Published(_)));
-    let Event::Publication(Queued { publication: p, .. }) =
-        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("delivered")
+    let Event::Publication(p) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("delivered")
     else {
         panic!("a publication, not a request to close")
     };

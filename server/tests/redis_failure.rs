@@ -112,7 +112,7 @@ impl Publisher {
 /// The next publication's offset, waiting at most [`WAIT`].
 async fn next_offset(inbox: &mut Inbox) -> u64 {
     match tokio::time::timeout(WAIT, inbox.recv()).await.expect("a publication in time") {
-        Event::Publication(q) => q.publication.position.offset,
+        Event::Publication(p) => p.position.offset,
         _ => panic!("a publication, not a request to close"),
     }
 }

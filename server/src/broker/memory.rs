@@ -497,7 +497,7 @@ mod tests {
         assert_eq!(offsets, vec![Some(1), Some(2), None]);
         let mut got = Vec::new();
         while let Ok(p) = rx.try_recv() {
-            got.push(p.publication.position.offset);
+            got.push(p.position.offset);
         }
         assert_eq!(got, vec![1, 2]);
     }

@@ -3,7 +3,8 @@
 
 use std::{future::poll_fn, sync::Arc, sync::atomic::Ordering, task::Poll};
 
-use super::{Outbox, Queued};
+use super::Outbox;
+use crate::publication::Publication;
 
 /// The session's end of an [`Outbox`].
 #[derive(Debug)]
@@ -21,7 +22,7 @@ pub struct Empty;
 #[derive(Debug)]
 pub enum Event {
     /// The next queued publication.
-    Publication(Queued),
+    Publication(Arc<Publication>),
     /// A fan-out write left bytes unsent on the wire: the session flushes them.
     Unsent,
     /// The budget was passed ([`Outbox::is_overflowed`]): the session closes the connection.
@@ -37,7 +38,7 @@ impl Inbox {
 
     /// The oldest queued publication, if any is for the session to write (none while the
     /// fan-out writes to the connection: what is queued then is its to write).
-    pub fn try_recv(&mut self) -> Result<Queued, Empty> {
+    pub fn try_recv(&mut self) -> Result<Arc<Publication>, Empty> {
         self.outbox.queue().pop_for_session().ok_or(Empty)
     }
 

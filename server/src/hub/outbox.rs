@@ -18,7 +18,9 @@
 //! **Deltas** are chosen here, per connection, when a publication is written (by the fan-out, or
 //! taken by the session to write): for a site subscribed with deltas, the outbox remembers the
 //! offset of the last publication of each slot written to the connection on this subscription
-//! ([`Sent`]), and a publication goes out as its delta only if its base is that very offset.
+//! ([`Sent`]), and a publication goes out as its delta only if its base is that very offset
+//! (decided under the queue's lock: by the fan-out as it writes, by [`Outbox::written`] for the
+//! session).
 //! Anything else goes out in full and becomes the slot's base. A subscribe starts that record
 //! afresh with what its answer carries ([`Outbox::track_deltas`]); an unsubscribe drops it. A
 //! connection without deltas pays one emptiness check per write.
@@ -149,16 +151,13 @@ impl Queue {
     }
 
     /// Takes the oldest item, if the session is the one writing.
-    pub(super) fn pop_for_session(&mut self) -> Option<Queued> {
+    pub(super) fn pop_for_session(&mut self) -> Option<Arc<Publication>> {
         if self.fanout {
             return None;
         }
-        let mut item = self.items.pop_front()?;
+        let item = self.items.pop_front()?;
         self.bytes -= item.publication.queued_len();
-        if !self.sent.is_empty() {
-            decide(&mut self.sent, &mut item);
-        }
-        Some(item)
+        Some(item.publication)
     }
 
     /// Removes the items `drop` picks.
@@ -316,6 +315,17 @@ impl Outbox {
         // Most connections have one or two: no room for more than needed.
         queue.floors.reserve_exact(1);
         queue.floors.push(floor);
+    }
+
+    /// Decides how `items`, taken from the queue by the session ([`super::Inbox::try_recv`]) in
+    /// this order, go out as they are written: each as its delta or in full (module doc).
+    pub fn written(&self, items: &mut [Queued]) {
+        let mut queue = self.queue();
+        if !queue.sent.is_empty() {
+            for item in items {
+                decide(&mut queue.sent, item);
+            }
+        }
     }
 
     /// Starts afresh (or, `on` false, stops) choosing deltas for `site` on this connection, as a

@@ -495,18 +495,20 @@ async fn send_all<S: Socket>(
 /// as the outbox says ([`Framing::groups`]).
 async fn write_batch<S: Socket>(
     socket: &mut S,
-    first: Queued,
+    first: Arc<Publication>,
     rx: &mut Inbox,
     outbox: &Outbox,
     metrics: &Metrics,
 ) -> Result<(), WsError> {
-    metrics.delivery_seconds.observe(first.publication.published_at.elapsed().as_secs_f64());
-    let mut batch = vec![first];
+    metrics.delivery_seconds.observe(first.published_at.elapsed().as_secs_f64());
+    let mut batch = vec![Queued { publication: first, delta: false }];
     while batch.len() < MAX_BATCH
-        && let Ok(p) = rx.try_recv()
+        && let Ok(publication) = rx.try_recv()
     {
-        batch.push(p);
+        batch.push(Queued { publication, delta: false });
     }
+    // Each as its delta or in full, as the connection's record of what it was sent says.
+    outbox.written(&mut batch);
     let framing = outbox.framing();
     for group in framing.groups(&batch) {
         socket.feed(Message::Text(framing.payload(group))).await?;
