@@ -208,6 +208,8 @@ async fn a_delta_subscription_receives_what_a_full_one_does() {
     );
     assert_eq!(delta.full_offsets("note").len(), 8, "small publications go in full");
     assert!(delta.bytes * 5 < full.bytes, "{} bytes against {}", delta.bytes, full.bytes);
+    let (_, metrics) = get_text(&s.url("/metrics")).await;
+    assert_eq!(metric(&metrics, "datastream_deltas_computed_total"), 30.0, "once per publication, not per viewer");
 
     // Full frames are today's, byte for byte, for everyone (legacy clients included).
     let epoch = ack["epoch"].as_str().unwrap();
