@@ -361,6 +361,20 @@ async fn two_nodes_on_one_redis_each_send_exact_deltas() {
     assert_eq!((on_a.deltas, on_b.deltas), (30 - 2 - 6, 30 - 2 - 6), "both nodes find the same bases");
     // Every node computes the same delta from the same two publications.
     assert_eq!(on_a.lines, on_b.lines);
+
+    // A replay read back from Redis is keyed like the live stream: its statuses are the bases of
+    // the next ones.
+    let mut late = viewer(&b.ws_url("")).await;
+    let ack = late.subscribe(json!({"site": "mrc", "delta": "fossil", "rewind": 5})).await;
+    assert_eq!(ack["replayed"], 5, "{ack}");
+    late.read(5).await;
+    let more = mix.next(10);
+    for (topic, data) in &more {
+        publish(&a.url(""), "mrc", topic, data).await;
+    }
+    late.read(more.len()).await;
+    assert_eq!(got_texts(&late), [&texts(&items)[25..], &texts(&more)[..]].concat());
+    assert_eq!(late.deltas, 8, "every status after the replay");
 }
 
 #[tokio::test]
