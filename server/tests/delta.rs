@@ -1,7 +1,8 @@
 //! Delta delivery (`docs/PROTOCOL.md`, "Deltas"): a subscription that asks for deltas receives,
 //! once they are applied, exactly what a subscription that did not ask receives — across device
 //! and weather statuses (keyed slots), topic filters and a filter change, a reconnect that
-//! recovers, a relay restart (a new epoch) and two nodes on one Redis. Clients that did not ask,
+//! recovers, a relay restart (a new epoch), a new epoch on a live connection (Redis restarted
+//! empty) and two nodes on one Redis. Clients that did not ask,
 //! legacy ones included, get today's frames; small publications go in full; `--deltas off` sends
 //! none.
 
@@ -389,4 +390,40 @@ async fn deltas_off_sends_none() {
     v.read(items.len()).await;
     assert_eq!(got_texts(&v), texts(&items));
     assert_eq!(v.deltas, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_on_a_live_connection_starts_each_slot_in_full() {
+    let redis = common::procs::RedisServer::start();
+    let s = TestServer::start(&["--redis-url", &redis.url()]).await;
+    let mut v = viewer(&s.ws_url("")).await;
+    let ack = v.subscribe(json!({"site": "mrc", "delta": "fossil"})).await;
+    let mut mix = Mix::new("mrc");
+    let first = mix.next(5);
+    publish_all(&s.url(""), "mrc", &first).await;
+    v.read(first.len()).await;
+    assert_eq!(v.deltas, 2);
+
+    // Redis comes back empty: the site's stream starts again at offset 1 in a new epoch, on the
+    // same connection, which still holds the old epoch's statuses at those offsets.
+    let port = redis.kill();
+    let _redis = common::procs::RedisServer::start_on(port).expect("redis restarted");
+    let mut ready = false;
+    for _ in 0..200 {
+        if get_text(&s.url("/readyz")).await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the node reconnects to Redis");
+    let next = mix.next(10);
+    publish_all(&s.url(""), "mrc", &next).await;
+    v.read(next.len()).await;
+    assert_eq!(got_texts(&v), [texts(&first), texts(&next)].concat());
+    let epochs: Vec<String> =
+        v.lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()["epoch"].to_string()).collect();
+    assert_ne!(epochs[5], json!(ack["epoch"]).to_string(), "a new epoch");
+    assert_eq!(v.full_offsets("sitestatus"), [1, 3, 1, 3], "each slot starts full in the new epoch");
+    assert_eq!(v.deltas, 2 + 6);
 }
