@@ -15,15 +15,14 @@
 //! drops everything after it; the session, woken then, closes the connection with the "slow
 //! consumer" code so the client reconnects and recovers from history instead of holding memory.
 //!
-//! **Deltas** are chosen here, per connection, when a publication is written (by the fan-out, or
-//! taken by the session to write): for a site subscribed with deltas, the outbox remembers the
-//! offset of the last publication of each slot written to the connection on this subscription
-//! ([`Sent`]), and a publication goes out as its delta only if its base is that very offset
-//! (decided under the queue's lock: by the fan-out as it writes, by [`Outbox::written`] for the
-//! session).
-//! Anything else goes out in full and becomes the slot's base. A subscribe starts that record
-//! afresh with what its answer carries ([`Outbox::track_deltas`]); an unsubscribe drops it. A
-//! connection without deltas pays one emptiness check per write.
+//! **Deltas** are chosen here, per connection, when a publication is written (under the queue's
+//! lock: by the fan-out as it writes, by [`Outbox::written`] for the session's own writes): for a
+//! site subscribed with deltas, the outbox remembers the offset of the last publication of each
+//! slot written to the connection on this subscription ([`Sent`]), and a publication goes out as
+//! its delta only if its base is that very offset. Anything else goes out in full and becomes the
+//! slot's base. A subscribe starts that record afresh with what its answer carries
+//! ([`Outbox::track_deltas`]); an unsubscribe drops it. A connection without deltas pays one
+//! emptiness check per write.
 
 use std::{
     collections::VecDeque,
