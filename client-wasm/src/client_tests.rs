@@ -112,7 +112,7 @@ fn subscribed_latest(
     latest: Option<u32>,
 ) -> String {
     let (site, epoch, id) = (site.into(), epoch.into(), Some(id));
-    ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed, latest }.to_json()
+    ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed, latest, delta: None }.to_json()
 }
 
 /// A latest publication: a `pub` frame marked `latest`, as the relay sends after `subscribed`.

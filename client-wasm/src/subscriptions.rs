@@ -156,6 +156,7 @@ impl Subscriptions {
             rewind: if recover.is_none() { sub.rewind } else { None },
             recover,
             latest,
+            delta: None,
         })
     }
 
@@ -298,6 +299,7 @@ mod tests {
                 recover: None,
                 rewind: Some(20),
                 latest: LatestWanted::No,
+                delta: None,
             }
         );
         assert!(!subs.settled());
@@ -316,6 +318,7 @@ mod tests {
                 recover: Some(StreamPosition { epoch: "e".into(), offset: 8 }),
                 rewind: None,
                 latest: LatestWanted::No,
+                delta: None,
             },
             "the rewind was done once; now the position is what matters"
         );

@@ -12,7 +12,7 @@ use datastream_protocol::v2::{ClientFrame, LatestWanted};
 pub fn encode(frame: &ClientFrame) -> String {
     let mut out = String::with_capacity(64);
     match frame {
-        ClientFrame::Subscribe { id, site, topics, recover, rewind, latest } => {
+        ClientFrame::Subscribe { id, site, topics, recover, rewind, latest, delta } => {
             out.push_str(r#"{"type":"subscribe""#);
             push_id(&mut out, *id);
             push_key(&mut out, "site");
@@ -40,6 +40,10 @@ pub fn encode(frame: &ClientFrame) -> String {
                     push_key(&mut out, "latest");
                     push_strings(&mut out, topics);
                 }
+            }
+            if let Some(delta) = delta {
+                push_key(&mut out, "delta");
+                push_string(&mut out, delta);
             }
         }
         ClientFrame::Unsubscribe { id, site } => {
@@ -154,6 +158,7 @@ mod tests {
                 recover: None,
                 rewind: None,
                 latest: LatestWanted::No,
+                delta: None,
             },
             ClientFrame::Subscribe {
                 id: Some(u64::MAX),
@@ -162,6 +167,7 @@ mod tests {
                 recover: Some(StreamPosition { epoch: nasty.into(), offset: 0 }),
                 rewind: Some(u32::MAX),
                 latest: LatestWanted::Unseen,
+                delta: Some(nasty.into()),
             },
             ClientFrame::Subscribe {
                 id: Some(0),
@@ -170,6 +176,7 @@ mod tests {
                 recover: None,
                 rewind: Some(20),
                 latest: LatestWanted::Topics(vec!["t".into(), nasty.into()]),
+                delta: None,
             },
             ClientFrame::Subscribe {
                 id: Some(7),
@@ -178,6 +185,7 @@ mod tests {
                 recover: Some(StreamPosition { epoch: "9f3c".into(), offset: 1_234_567_890_123 }),
                 rewind: None,
                 latest: LatestWanted::No,
+                delta: None,
             },
             ClientFrame::Unsubscribe { id: Some(3), site: "saf".into() },
             ClientFrame::Unsubscribe { id: None, site: nasty.into() },

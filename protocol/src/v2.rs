@@ -109,6 +109,10 @@ pub enum ClientFrame {
         /// marked [`PubFrame::latest`]: see [`LatestWanted`].
         #[serde(default, skip_serializing_if = "LatestWanted::is_no")]
         latest: LatestWanted,
+        /// Receive publications as deltas where that saves bytes, in this encoding (one of the
+        /// hello's [`ServerFrame::Hello::deltas`]; another is ignored: full publications).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<String>,
     },
     /// Stop receiving a site.
     Unsubscribe {
@@ -181,7 +185,13 @@ impl ClientFrame {
     }
 }
 
-/// A publication as a v2 client receives it.
+/// The delta encoding the relay offers: a Fossil delta (the `fossil` delta format of the Fossil SCM)
+/// of the publication's data text against the data text of the slot's previous publication.
+pub const DELTA_FOSSIL: &str = "fossil";
+
+/// A publication as a v2 client receives it: whole (`data`), or, for a subscription that asked for
+/// deltas, as a `delta` from the publication of the same slot at offset `base` that this connection
+/// was sent. The relay writes `data` (or `delta`) last, but for `latest`, which follows `data`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PubFrame {
     /// The site.
@@ -192,8 +202,19 @@ pub struct PubFrame {
     pub epoch: String,
     /// The publication's offset in the site's stream.
     pub offset: u64,
-    /// The publisher's data, verbatim.
-    pub data: Box<RawValue>,
+    /// In a delta, for a topic kept per value of a data field (the hello's `latest_keys`), this
+    /// publication's value of it: with the topic, its slot. Full frames do not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For a delta: the offset of the publication of the same slot it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
+    /// The publisher's data, verbatim (absent in a delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<RawValue>>,
+    /// The delta that turns the base's data text into this publication's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<String>,
     /// True for a topic's latest publication sent because the subscribe asked for `latest`: an
     /// older publication than the subscription's position, which it does not move.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -220,6 +241,9 @@ pub enum ServerFrame {
         /// gets one such topic's latest publication for each value. Absent: none.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         latest_keys: BTreeMap<String, String>,
+        /// The delta encodings a subscribe may ask for (`["fossil"]`). Absent: none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deltas: Vec<String>,
     },
     /// A subscription is in place.
     Subscribed {
@@ -245,6 +269,9 @@ pub enum ServerFrame {
         /// after this frame, before any replayed ones.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         latest: Option<u32>,
+        /// The delta encoding granted: publications of this subscription may come as deltas.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<String>,
     },
     /// A subscription was removed.
     Unsubscribed {
@@ -310,31 +337,77 @@ impl ServerFrame {
     }
 }
 
+/// A publication frame's header, before its `data` or `delta`.
+#[derive(Serialize)]
+struct Head<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    site: &'a str,
+    topic: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<u64>,
+}
+
+/// `head`'s fields, then `"<field>":` and `value` verbatim, then `tail` and the closing brace.
+fn encode(head: &Head<'_>, field: &str, value: &str, tail: &str) -> String {
+    // A struct of strings and numbers always serializes.
+    let mut out = serde_json::to_string(head).unwrap_or_default();
+    out.pop();
+    out.reserve(field.len() + value.len() + tail.len() + 5);
+    out.push_str(",\"");
+    out.push_str(field);
+    out.push_str("\":");
+    out.push_str(value);
+    out.push_str(tail);
+    out.push('}');
+    out
+}
+
+/// What follows `data` in a latest publication's frame.
+const LATEST_TAIL: &str = ",\"latest\":true";
+
 /// Encodes a publication frame. `data` is copied verbatim.
 pub fn encode_pub(site: &str, topic: &str, epoch: &str, offset: u64, data: &RawValue) -> String {
-    encode(site, topic, epoch, offset, data, false)
+    let head = Head { kind: "pub", site, topic, epoch, offset, key: None, base: None };
+    encode(&head, "data", data.get(), "")
 }
 
 /// Encodes a topic's latest publication, sent because a subscribe asked for `latest`: a
-/// publication frame marked `"latest":true`.
+/// publication frame marked `"latest":true` (after `data`).
 pub fn encode_latest(site: &str, topic: &str, epoch: &str, offset: u64, data: &RawValue) -> String {
-    encode(site, topic, epoch, offset, data, true)
+    let head = Head { kind: "pub", site, topic, epoch, offset, key: None, base: None };
+    encode(&head, "data", data.get(), LATEST_TAIL)
 }
 
-fn encode(site: &str, topic: &str, epoch: &str, offset: u64, data: &RawValue, latest: bool) -> String {
-    #[derive(Serialize)]
-    struct Pub<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        site: &'a str,
-        topic: &'a str,
-        epoch: &'a str,
-        offset: u64,
-        data: &'a RawValue,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        latest: bool,
-    }
-    serde_json::to_string(&Pub { kind: "pub", site, topic, epoch, offset, data, latest }).unwrap_or_default()
+/// Encodes a publication as `delta`, which turns the data text of the publication at offset
+/// `base` (the previous one of its slot: its topic and, for a keyed topic, `key`) into this one's.
+pub fn encode_delta(
+    site: &str,
+    topic: &str,
+    epoch: &str,
+    offset: u64,
+    key: Option<&str>,
+    base: u64,
+    delta: &str,
+) -> String {
+    let head = Head { kind: "pub", site, topic, epoch, offset, key, base: Some(base) };
+    // A string always serializes.
+    encode(&head, "delta", &serde_json::to_string(delta).unwrap_or_default(), "")
+}
+
+/// A full publication frame's data text, exactly as published: from after `,"data":` to the
+/// closing brace, or to `,"latest":true}` for a latest publication (the relay writes `data` last
+/// but for that mark). What a client keeps as the base of a later delta. `None` for a delta or a
+/// text that is not a publication frame as the relay writes it.
+pub fn data_text(frame: &str) -> Option<&str> {
+    let start = frame.find(",\"data\":")? + 8;
+    let body = frame.strip_suffix('}')?;
+    // No JSON value ends with this tail: it can only be the mark.
+    body.strip_suffix(LATEST_TAIL).unwrap_or(body).get(start..)
 }
 
 #[cfg(test)]
@@ -356,6 +429,7 @@ mod tests {
                 recover: Some(StreamPosition { epoch: "e".into(), offset: 41 }),
                 rewind: None,
                 latest: LatestWanted::No,
+                delta: None,
             }
         );
         assert_eq!(ClientFrame::parse(r#"{"type":"pong"}"#).unwrap(), ClientFrame::Pong);
@@ -387,10 +461,13 @@ mod tests {
         let data = RawValue::from_string(r#"{"n":1.50}"#.into()).unwrap();
         let text = encode_pub("mrc", "t", "ep", 7, &data);
         assert_eq!(text, r#"{"type":"pub","site":"mrc","topic":"t","epoch":"ep","offset":7,"data":{"n":1.50}}"#);
+        assert_eq!(data_text(&text), Some(r#"{"n":1.50}"#));
         let frames: Vec<_> = ServerFrame::parse_packed(&format!("{text}\n{}", ServerFrame::Ping.to_json()))
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(matches!(&frames[0], ServerFrame::Pub(p) if p.offset == 7 && p.data.get() == r#"{"n":1.50}"#));
+        assert!(
+            matches!(&frames[0], ServerFrame::Pub(p) if p.offset == 7 && p.data.as_ref().unwrap().get() == r#"{"n":1.50}"#)
+        );
         assert!(matches!(frames[1], ServerFrame::Ping));
     }
 
@@ -416,8 +493,42 @@ mod tests {
         let data = RawValue::from_string("1".into()).unwrap();
         let text = encode_latest("mrc", "t", "ep", 3, &data);
         assert_eq!(text, r#"{"type":"pub","site":"mrc","topic":"t","epoch":"ep","offset":3,"data":1,"latest":true}"#);
+        assert_eq!(data_text(&text), Some("1"), "data is the last field but for the mark");
         assert!(matches!(ServerFrame::parse(&text).unwrap(), ServerFrame::Pub(p) if p.latest && p.offset == 3));
         let live = encode_pub("mrc", "t", "ep", 4, &data);
         assert!(matches!(ServerFrame::parse(&live).unwrap(), ServerFrame::Pub(p) if !p.latest));
+    }
+
+    #[test]
+    fn keyed_publications_and_deltas() {
+        let data = RawValue::from_string(r#"{"statusType":"device","n":1}"#.into()).unwrap();
+        let text = encode_pub("mrc", "sitestatus", "ep", 9, &data);
+        assert_eq!(
+            text,
+            r#"{"type":"pub","site":"mrc","topic":"sitestatus","epoch":"ep","offset":9,"data":{"statusType":"device","n":1}}"#,
+            "a full frame carries no key"
+        );
+        assert_eq!(data_text(&text), Some(data.get()));
+        let nested = RawValue::from_string(r#"{"a":{"latest":true}}"#.into()).unwrap();
+        assert_eq!(data_text(&encode_latest("mrc", "t", "ep", 1, &nested)), Some(nested.get()));
+        assert_eq!(data_text(&encode_pub("mrc", "t", "ep", 1, &nested)), Some(nested.get()));
+        let delta = encode_delta("mrc", "sitestatus", "ep", 12, Some("device"), 9, "1r\n\"x:\\");
+        assert_eq!(
+            delta,
+            r#"{"type":"pub","site":"mrc","topic":"sitestatus","epoch":"ep","offset":12,"key":"device","base":9,"delta":"1r\n\"x:\\"}"#
+        );
+        assert_eq!(data_text(&delta), None, "a delta has no data");
+        match ServerFrame::parse(&delta).unwrap() {
+            ServerFrame::Pub(p) => {
+                assert_eq!((p.offset, p.base, p.key.as_deref()), (12, Some(9), Some("device")));
+                assert_eq!(p.delta.as_deref(), Some("1r\n\"x:\\"));
+                assert!(p.data.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let f = ClientFrame::parse(r#"{"type":"subscribe","site":"mrc","delta":"fossil"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Subscribe { delta: Some(d), .. } if d == DELTA_FOSSIL));
+        assert_eq!(data_text("{}"), None);
+        assert_eq!(data_text(r#"{"type":"pub","data":1"#), None, "cut short");
     }
 }

@@ -71,6 +71,7 @@ proptest! {
             Just(LatestWanted::Unseen),
             prop::collection::vec("[a-z_]{1,10}", 0..3).prop_map(LatestWanted::Topics),
         ],
+        delta in proptest::option::of("[a-z]{1,8}"),
     ) {
         let frame = ClientFrame::Subscribe {
             id,
@@ -79,6 +80,7 @@ proptest! {
             recover: recover.map(|(epoch, offset)| StreamPosition { epoch, offset }),
             rewind,
             latest,
+            delta,
         };
         let text = serde_json::to_string(&frame).expect("encode");
         prop_assert_eq!(ClientFrame::parse(&text).expect("decode"), frame);

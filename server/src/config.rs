@@ -30,6 +30,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether v2 subscriptions may ask for publications as deltas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Deltas {
+    /// Offered (the hello lists `fossil`) and sent to subscriptions that ask.
+    On,
+    /// Never sent: every publication goes out in full, the hello offers none, and a subscribe
+    /// asking for one is granted none.
+    Off,
+}
+
 /// Relay configuration. Each flag has a matching `DATASTREAM_*` environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -122,6 +132,12 @@ pub struct Config {
     /// How long a topic's latest publication is kept after it was published.
     #[arg(long, env = "DATASTREAM_LATEST_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub latest_ttl: Duration,
+
+    /// Delta delivery: `on` sends a v2 subscription that asks for it (`"delta":"fossil"`) each
+    /// large publication as the difference from the previous one of its slot (the same slots as
+    /// `--latest-keys`) when that is at most half its size; `off` sends every publication in full.
+    #[arg(long, env = "DATASTREAM_DELTAS", value_enum, default_value_t = Deltas::On)]
+    pub deltas: Deltas,
 
     /// Window in which a repeated SQS message id or idempotency key is dropped as a duplicate.
     #[arg(long, env = "DATASTREAM_DEDUPE_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -523,6 +539,20 @@ mod tests {
         let err = parse(&["--latest-ttl", "0s"]).validate().unwrap_err();
         assert!(err.to_string().contains("DATASTREAM_LATEST_TTL"), "{err}");
         assert!(parse(&["--latest-topics", "0"]).validate().is_ok(), "0 turns it off");
+    }
+
+    #[test]
+    fn deltas_are_on_unless_turned_off() {
+        assert_eq!(parse(&[]).deltas, Deltas::On);
+        assert_eq!(parse(&["--deltas", "off"]).deltas, Deltas::Off);
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let err = Cli::try_parse_from(["datastream", "--deltas", "maybe"]).unwrap_err();
+        assert!(err.to_string().contains("--deltas"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`broker`]: stream positions, history, latest values and dedupe; hands publications to the hub
 //!   in order.
 //! - [`hub`]: local subscribers by site, per-connection byte-capped queues, fan-out.
+//! - [`delta`]: a publication as the difference from its slot's previous one, for subscriptions
+//!   that asked.
 //! - [`session`]: one task per WebSocket connection.
 //! - [`ingest`]: where messages come from: SQS pollers and the HTTP publish endpoint.
 //! - [`http`]: the router, the WebSocket handshake, `GET /sites/<site>/latest` (the latest
@@ -34,6 +36,7 @@ pub mod broker;
 pub mod cli;
 pub mod client_addr;
 pub mod config;
+pub mod delta;
 pub mod demo;
 pub mod http;
 pub mod hub;

@@ -100,6 +100,9 @@ pub struct Metrics {
     /// Publications a node delivered from a site's Redis stream because its channel missed them
     /// (a gap, or a pub/sub reconnect).
     pub redis_filled: Counter,
+    /// Publications this node computed as a delta worth sending (once each, for a site with a
+    /// subscriber that asked for deltas).
+    pub deltas_computed: Counter,
     latest_sent: Family<ViaLabel, Counter>,
     /// Sites whose state the in-memory broker holds (published within the history or latest
     /// TTL, or subscribed to).
@@ -183,6 +186,12 @@ impl Metrics {
             "Publications delivered from a Redis stream because the channel missed them",
             redis_filled.clone(),
         );
+        let deltas_computed = Counter::default();
+        registry.register(
+            "deltas_computed",
+            "Publications computed as a delta from the previous one of their slot",
+            deltas_computed.clone(),
+        );
         let latest_sent = Family::<ViaLabel, Counter>::default();
         registry.register(
             "latest_sent",
@@ -247,6 +256,7 @@ impl Metrics {
             redis_errors,
             redis_reconnects,
             redis_filled,
+            deltas_computed,
             latest_sent,
             broker_sites,
             broker_sites_removed,

@@ -251,6 +251,10 @@ pub struct Publication {
     /// For a topic whose latest publication is kept per value of a data field
     /// ([`LatestKeys`]), this publication's value of it.
     pub latest_key: Option<Arc<str>>,
+    /// This publication as a delta from the previous publication of its slot: that one's offset
+    /// and the delta frame. Set once, by the hub, when a subscriber of the site asked for
+    /// deltas and the delta is worth sending ([`Publication::prepare_delta`]).
+    delta: OnceLock<(u64, Utf8Bytes)>,
 }
 
 /// Room taken in a queue by a frame's fixed parts (keys, punctuation, epoch, offset).
@@ -276,6 +280,7 @@ impl Publication {
             legacy_frame: OnceLock::new(),
             v2_frame: OnceLock::new(),
             latest_key: None,
+            delta: OnceLock::new(),
         }
     }
 
@@ -290,6 +295,7 @@ impl Publication {
             legacy_frame: OnceLock::new(),
             v2_frame: OnceLock::new(),
             latest_key: None,
+            delta: OnceLock::new(),
         }
     }
 
@@ -309,6 +315,33 @@ impl Publication {
         self.v2_frame.get_or_init(|| {
             kept(v2::encode_pub(&self.site, &self.topic, &self.position.epoch, self.position.offset, &self.data))
         })
+    }
+
+    /// Computes this publication as a delta from `base`, the previous publication of its slot
+    /// (same site, epoch, topic and key, a lower offset), if it is worth sending
+    /// ([`delta`](crate::delta)); once: later calls do nothing.
+    pub fn prepare_delta(&self, base: &Publication) {
+        if self.delta.get().is_some() || base.position.epoch != self.position.epoch {
+            return;
+        }
+        let Some(delta) = crate::delta::fossil(base.data.get(), self.data.get()) else { return };
+        let frame = v2::encode_delta(
+            &self.site,
+            &self.topic,
+            &self.position.epoch,
+            self.position.offset,
+            self.latest_key.as_deref(),
+            base.position.offset,
+            &delta,
+        );
+        if crate::delta::worth_it(frame.len(), self.data.get().len()) {
+            let _ = self.delta.set((base.position.offset, kept(frame)));
+        }
+    }
+
+    /// This publication's delta frame and the offset of its base, if one was prepared.
+    pub fn delta(&self) -> Option<(u64, &Utf8Bytes)> {
+        self.delta.get().map(|(base, frame)| (*base, frame))
     }
 
     /// This publication as a topic's latest, for a subscribe that asked for it (sent once; not

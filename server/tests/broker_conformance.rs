@@ -116,7 +116,7 @@ async fn positions_count_per_site(b: Backend) {
 async fn delivers_in_order_to_watchers(b: Backend) {
     let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
     let site: Arc<str> = "mrc".into();
-    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None, delta: false });
     b.broker.watch(&site).await.unwrap();
     for n in 1..=50 {
         publish(&b, "mrc", "t", n).await;
@@ -279,7 +279,7 @@ async fn latest_expires_by_age(b: Backend) {
 async fn a_batch_is_published_in_order(b: Backend) {
     let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
     let site: Arc<str> = "mrc".into();
-    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+    b.hub.subscribe(&site, 1, Subscriber { outbox, topics: None, delta: false });
     b.broker.watch(&site).await.unwrap();
     let mut batch = Vec::new();
     for n in 1..=250 {
@@ -424,7 +424,7 @@ async fn redis_a_site_watched_before_pubsub_connects_is_subscribed_when_it_does(
         RedisBroker::connect(&settings, hub.clone(), metrics, options(100, Duration::from_secs(60))).await.unwrap();
     let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
     let site: Arc<str> = "early".into();
-    hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+    hub.subscribe(&site, 1, Subscriber { outbox, topics: None, delta: false });
     assert!(redis.watch(&site).await.is_err(), "no pub/sub connection yet");
     let stop = CancellationToken::new();
     tokio::spawn(redis.clone().run_reader(stop.clone()));

@@ -71,7 +71,7 @@ impl Node {
     async fn subscribe(&self, site: &str, conn: u64) -> Inbox {
         let (outbox, inbox) = Outbox::new(1 << 24, Framing::Legacy);
         let site: Arc<str> = site.into();
-        self.hub.subscribe(&site, conn, Subscriber { outbox, topics: None });
+        self.hub.subscribe(&site, conn, Subscriber { outbox, topics: None, delta: false });
         self.broker.watch(&site).await.unwrap();
         inbox
     }

@@ -89,7 +89,7 @@ async fn negotiation_hello_and_sites_in_the_url() {
     assert_eq!(
         hello,
         json!({"type": "hello", "version": 2, "ping_interval_ms": 25000, "max_subscriptions": 7,
-               "latest_keys": {"sitestatus": "statusType"}})
+               "latest_keys": {"sitestatus": "statusType"}, "deltas": ["fossil"]})
     );
     for site in ["mrc", "saf"] {
         let ack = next_json(&mut ws).await;
@@ -587,7 +587,8 @@ async fn queued_publications_are_packed_for_v2_clients_only() {
         if legacy {
             reg.subscribe(site.into(), None, &state.broker, Start::Live).await.unwrap();
         } else {
-            let req = proto.check_subscribe(&state, &reg, None, site, &[], None, None, Default::default()).unwrap();
+            let req =
+                proto.check_subscribe(&state, &reg, None, site, &[], None, None, Default::default(), None).unwrap();
             proto.subscribe(req, &mut reg, &state).await.unwrap();
         }
         // Queued before the session runs, so its first write finds all five.

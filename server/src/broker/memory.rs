@@ -369,7 +369,7 @@ mod tests {
     fn repeated_keys_are_published_once_within_the_window() {
         let (b, hub) = broker(10, Duration::from_millis(50));
         let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
-        hub.subscribe(&"a".into(), 1, Subscriber { outbox, topics: None });
+        hub.subscribe(&"a".into(), 1, Subscriber { outbox, topics: None, delta: false });
         assert!(matches!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Published(_)));
         assert_eq!(b.publish(request("a", 1, Some("k"))), PublishOutcome::Duplicate);
         assert!(matches!(b.publish(request("a", 2, Some("other"))), PublishOutcome::Published(_)));
@@ -448,7 +448,7 @@ mod tests {
         });
         let site: Arc<str> = "a".into();
         let (outbox, _rx) = Outbox::new(1 << 20, Framing::Legacy);
-        hub.subscribe(&site, 1, Subscriber { outbox, topics: None });
+        hub.subscribe(&site, 1, Subscriber { outbox, topics: None, delta: false });
         let told = b.snapshot(&site, Latest::No).epoch;
         let PublishOutcome::Published(first) = b.publish(request("a", 1, None)) else { panic!("duplicate") };
         assert_eq!(
@@ -485,7 +485,7 @@ mod tests {
     fn a_batch_is_published_in_order_with_its_repeats_dropped() {
         let (b, hub) = broker(10, Duration::from_secs(60));
         let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Legacy);
-        hub.subscribe(&"a".into(), 1, Subscriber { outbox, topics: None });
+        hub.subscribe(&"a".into(), 1, Subscriber { outbox, topics: None, delta: false });
         let outcomes = b.publish_all(&[request("a", 1, Some("k")), request("a", 2, None), request("a", 1, Some("k"))]);
         let offsets: Vec<_> = outcomes
             .iter()

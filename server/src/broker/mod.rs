@@ -11,6 +11,7 @@
 mod memory;
 mod redis;
 
+use serde_json::value::RawValue;
 use std::{sync::Arc, time::Duration};
 
 pub use memory::MemoryBroker;
@@ -64,10 +65,17 @@ impl HistoryOptions {
     /// when no latest value is kept at all. The one place the rule is applied: the memory broker
     /// keys its map by it, the Redis broker hands it to its script.
     pub fn latest_key_of(&self, req: &PublishRequest) -> Option<Arc<str>> {
+        self.key_of(&req.topic, &req.data)
+    }
+
+    /// [`HistoryOptions::latest_key_of`] for a publication's parts: what a publication read back
+    /// from another node (a Redis channel or stream) gets, so that every node puts it in the
+    /// same slot.
+    pub fn key_of(&self, topic: &str, data: &RawValue) -> Option<Arc<str>> {
         if self.latest_topics == 0 {
             return None;
         }
-        self.latest_keys.key_of(&req.topic, &req.data)
+        self.latest_keys.key_of(topic, data)
     }
 
     /// How long a site's state (its epoch and offset) outlives its last publication: as long as

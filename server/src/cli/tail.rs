@@ -134,6 +134,7 @@ impl Follow {
                 recover,
                 rewind,
                 latest: self.args.latest.into(),
+                delta: None,
             };
             let text = serde_json::to_string(&frame).unwrap_or_default();
             if ws.send(Message::text(text)).await.is_err() {

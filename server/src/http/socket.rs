@@ -239,7 +239,7 @@ async fn setup_v2(
     let mut proto = V2;
     let mut greeting = vec![V2::hello(state)];
     for site in sites {
-        let checked = proto.check_subscribe(state, &reg, None, &site, &[], None, None, v2::LatestWanted::No);
+        let checked = proto.check_subscribe(state, &reg, None, &site, &[], None, None, v2::LatestWanted::No, None);
         match checked {
             Ok(req) => match proto.subscribe(req, &mut reg, state).await {
                 Ok(frames) => greeting.extend(frames),

@@ -1,15 +1,13 @@
 //! How publications become WebSocket text frames: one framing rule for every writer (the fan-out's
 //! direct writes and the session's own), so a client sees the same frames whoever wrote them.
 
-use std::sync::Arc;
-
 use axum::extract::ws::Utf8Bytes;
 use tungstenite::protocol::frame::{
     FrameHeader,
     coding::{Data, OpCode},
 };
 
-use crate::publication::Publication;
+use super::outbox::Queued;
 
 /// Largest text frame that packing builds; a publication is never split, so a larger one still
 /// goes out whole in a frame of its own.
@@ -20,16 +18,18 @@ pub const MAX_PACKED_BYTES: usize = 64 * 1024;
 pub enum Framing {
     /// One publication per text frame, as its legacy frame.
     Legacy,
-    /// Consecutive publications share one text frame, their v2 frames separated by `\n`, up to
-    /// [`MAX_PACKED_BYTES`].
+    /// Consecutive publications share one text frame, their v2 frames (full, or the delta the
+    /// outbox chose) separated by `\n`, up to [`MAX_PACKED_BYTES`].
     Packed,
 }
 
 impl Framing {
-    /// The text a publication is sent as.
-    pub fn text(self, p: &Publication) -> &Utf8Bytes {
+    /// The text a queued publication is sent as.
+    pub fn text(self, item: &Queued) -> &Utf8Bytes {
+        let p = &item.publication;
         match self {
             Framing::Legacy => p.legacy_frame(),
+            Framing::Packed if item.delta => p.delta().map_or_else(|| p.v2_frame(), |(_, frame)| frame),
             Framing::Packed => p.v2_frame(),
         }
     }
@@ -37,7 +37,7 @@ impl Framing {
     /// Splits consecutive publications into the groups that each go out as one text frame (see
     /// [`Framing::payload`]): one each for [`Framing::Legacy`]; for [`Framing::Packed`], as many
     /// as fit in [`MAX_PACKED_BYTES`], a larger one alone.
-    pub fn groups(self, items: &[Arc<Publication>]) -> impl Iterator<Item = &[Arc<Publication>]> {
+    pub fn groups(self, items: &[Queued]) -> impl Iterator<Item = &[Queued]> {
         let mut rest = items;
         std::iter::from_fn(move || {
             if rest.is_empty() {
@@ -65,7 +65,7 @@ impl Framing {
 
     /// The text of one frame carrying `group`: the publications' texts joined with `\n`. A lone
     /// publication is its shared, encoded-once bytes, not a copy.
-    pub fn payload(self, group: &[Arc<Publication>]) -> Utf8Bytes {
+    pub fn payload(self, group: &[Queued]) -> Utf8Bytes {
         if let [one] = group {
             return self.text(one).clone();
         }
@@ -77,18 +77,18 @@ impl Framing {
 
     /// Appends one whole WebSocket text frame (server to client: unmasked) carrying `group` to
     /// `out`: what the fan-out writes to a socket itself.
-    pub fn append_frame(self, group: &[Arc<Publication>], out: &mut Vec<u8>) {
+    pub fn append_frame(self, group: &[Queued], out: &mut Vec<u8>) {
         let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
         // Writing to a Vec cannot fail.
         let _ = header.format(self.payload_len(group) as u64, out);
         self.append_payload(group, out);
     }
 
-    fn payload_len(self, group: &[Arc<Publication>]) -> usize {
+    fn payload_len(self, group: &[Queued]) -> usize {
         group.iter().map(|p| self.text(p).len()).sum::<usize>() + group.len().saturating_sub(1)
     }
 
-    fn append_payload(self, group: &[Arc<Publication>], out: &mut Vec<u8>) {
+    fn append_payload(self, group: &[Queued], out: &mut Vec<u8>) {
         for (i, p) in group.iter().enumerate() {
             if i > 0 {
                 out.push(b'\n');
@@ -100,33 +100,37 @@ impl Framing {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::publication::Position;
+    use std::sync::Arc;
 
-    fn publication(data: &str) -> Arc<Publication> {
+    use super::*;
+    use crate::publication::{Position, Publication};
+
+    fn publication(data: &str) -> Queued {
         let data = serde_json::value::RawValue::from_string(data.to_owned()).unwrap();
         let position = Position { epoch: "e".into(), offset: 1 };
-        Arc::new(Publication::from_parts("mrc".into(), "t".into(), data, position))
+        Queued {
+            publication: Arc::new(Publication::from_parts("mrc".into(), "t".into(), data, position)),
+            delta: false,
+        }
     }
 
     #[test]
     fn a_lone_publication_is_sent_as_the_shared_bytes() {
         let p = publication("1");
         let out = Framing::Packed.payload(std::slice::from_ref(&p));
-        assert_eq!(out.as_str().as_ptr(), p.v2_frame().as_str().as_ptr(), "not copied");
+        assert_eq!(out.as_str().as_ptr(), p.publication.v2_frame().as_str().as_ptr(), "not copied");
     }
 
     #[test]
     fn packed_frames_are_joined_with_newlines_up_to_the_limit() {
-        let sizes = |framing: Framing, items: &[Arc<Publication>]| -> Vec<usize> {
-            framing.groups(items).map(<[_]>::len).collect()
-        };
+        let sizes =
+            |framing: Framing, items: &[Queued]| -> Vec<usize> { framing.groups(items).map(<[_]>::len).collect() };
         let small: Vec<_> = ["1", "2", "3"].map(publication).into();
         assert_eq!(sizes(Framing::Packed, &small), [3]);
         assert_eq!(sizes(Framing::Legacy, &small), [1, 1, 1], "legacy: one publication per frame");
         let text = Framing::Packed.payload(&small);
         let lines: Vec<_> = text.as_str().lines().collect();
-        assert_eq!(lines, small.iter().map(|p| p.v2_frame().as_str()).collect::<Vec<_>>());
+        assert_eq!(lines, small.iter().map(|p| p.publication.v2_frame().as_str()).collect::<Vec<_>>());
 
         // Three of ~30 KiB: two fit in 64 KiB, the third starts the next frame.
         let big = publication(&format!("\"{}\"", "x".repeat(30 * 1024)));

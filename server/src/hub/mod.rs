@@ -11,6 +11,11 @@
 //! wire, so a slow client never delays the others. Sites are spread over shards so publishes to
 //! different sites do not contend.
 //!
+//! While a site has a subscriber that asked for deltas, the hub keeps the last publication of each
+//! of its slots (topic and latest key) and has each new one computed as a delta from it, once,
+//! before it is queued ([`Publication::prepare_delta`]); each outbox then picks the delta or the
+//! full frame for its own connection.
+//!
 //! - [`framing`]: how publications become text frames (one rule for every writer).
 //! - [`outbox`]: a connection's queue, its byte budget, and the floors a subscribe sets.
 //! - [`inbox`]: the session's end of it: what wakes a session.
@@ -35,7 +40,7 @@ use std::{
 
 pub use framing::{Framing, MAX_PACKED_BYTES};
 pub use inbox::{Empty, Event, Inbox};
-pub use outbox::Outbox;
+pub use outbox::{Outbox, Queued};
 pub use writers::Batch;
 
 use crate::{
@@ -58,6 +63,8 @@ pub struct Subscriber {
     /// Only these topics; `None`: every topic (evaluated here, so unwanted publications are
     /// never queued).
     pub topics: Option<TopicFilter>,
+    /// The subscription asked for deltas: the site's publications get one computed.
+    pub delta: bool,
 }
 
 impl Subscriber {
@@ -67,7 +74,77 @@ impl Subscriber {
     }
 }
 
-type Shard = RwLock<HashMap<Arc<str>, HashMap<ConnId, Subscriber>>>;
+/// A slot: a topic, and for a topic of [`LatestKeys`](crate::publication::LatestKeys) the key.
+type Slot = (Arc<str>, Option<Arc<str>>);
+
+/// One site's local subscribers.
+#[derive(Debug, Default)]
+struct Site {
+    subs: HashMap<ConnId, Subscriber>,
+    /// How many of `subs` asked for deltas; `slots` is kept only while there are some.
+    deltas: usize,
+    /// The last publication delivered of each slot: the base of the next one's delta.
+    slots: Mutex<HashMap<Slot, Arc<Publication>>>,
+}
+
+impl Site {
+    /// Counts `sub` in or out of the delta subscribers; the slots go with the last of them.
+    fn count_delta(&mut self, sub: &Subscriber, added: bool) {
+        if !sub.delta {
+            return;
+        }
+        if added {
+            self.deltas += 1;
+        } else {
+            self.deltas -= 1;
+            if self.deltas == 0 {
+                *self.slots.get_mut().unwrap_or_else(|e| e.into_inner()) = HashMap::new();
+            }
+        }
+    }
+
+    /// Makes `p` the last publication of its slot unless a later one of its epoch is known
+    /// already; true if it did.
+    fn remember(slots: &mut HashMap<Slot, Arc<Publication>>, p: &Arc<Publication>) -> bool {
+        let slot = (p.topic.clone(), p.latest_key.clone());
+        if let Some(last) = slots.get(&slot).map(|l| &l.position)
+            && last.epoch == p.position.epoch
+            && last.offset >= p.position.offset
+        {
+            return false;
+        }
+        slots.insert(slot, p.clone());
+        true
+    }
+
+    /// Makes `p` the last publication of its slot and computes it as a delta from the one it
+    /// replaces, if that one is of the same epoch and older; true if that gave a delta.
+    fn prepare_delta(&self, p: &Arc<Publication>) -> bool {
+        use std::collections::hash_map::Entry;
+
+        let base = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match slots.entry((p.topic.clone(), p.latest_key.clone())) {
+                Entry::Vacant(e) => {
+                    e.insert(p.clone());
+                    return false;
+                }
+                Entry::Occupied(mut e) => {
+                    let last = &e.get().position;
+                    if last.epoch == p.position.epoch && last.offset >= p.position.offset {
+                        return false;
+                    }
+                    e.insert(p.clone())
+                }
+            }
+        };
+        // Outside the lock: the one costly step (tens of microseconds for a device status).
+        p.prepare_delta(&base);
+        p.delta().is_some()
+    }
+}
+
+type Shard = RwLock<HashMap<Arc<str>, Site>>;
 type ConnectionShard = Mutex<HashMap<ConnId, Arc<Outbox>>>;
 
 /// The registry of local subscribers, by site.
@@ -169,12 +246,16 @@ impl Hub {
     /// subscriber before.
     pub fn subscribe(&self, site: &Arc<str>, conn: ConnId, subscriber: Subscriber) -> bool {
         let mut shard = self.shard(site).write().unwrap_or_else(|e| e.into_inner());
-        let subs = shard.entry(site.clone()).or_default();
-        let first = subs.is_empty();
-        if subs.insert(conn, subscriber).is_none() {
-            self.metrics.subscriptions.inc();
-            if first {
-                self.metrics.sites.inc();
+        let entry = shard.entry(site.clone()).or_default();
+        let first = entry.subs.is_empty();
+        entry.count_delta(&subscriber, true);
+        match entry.subs.insert(conn, subscriber) {
+            Some(old) => entry.count_delta(&old, false),
+            None => {
+                self.metrics.subscriptions.inc();
+                if first {
+                    self.metrics.sites.inc();
+                }
             }
         }
         first
@@ -183,12 +264,11 @@ impl Hub {
     /// Removes `conn`'s subscription to `site`. Returns true if `site` has no local subscriber left.
     pub fn unsubscribe(&self, site: &str, conn: ConnId) -> bool {
         let mut shard = self.shard(site).write().unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = shard.get_mut(site) else { return false };
-        if subs.remove(&conn).is_none() {
-            return false;
-        }
+        let Some(entry) = shard.get_mut(site) else { return false };
+        let Some(old) = entry.subs.remove(&conn) else { return false };
+        entry.count_delta(&old, false);
         self.metrics.subscriptions.dec();
-        if subs.is_empty() {
+        if entry.subs.is_empty() {
             shard.remove(site);
             self.metrics.sites.dec();
             return true;
@@ -202,6 +282,19 @@ impl Hub {
         Batch { dirty: Vec::new(), writers: self.writers.clone() }
     }
 
+    /// Makes `publications` (what a subscription with deltas was just sent in full: latest
+    /// values, a replay) the last of their slots, where nothing later is known: the base of the
+    /// next publication of each, though the site had no subscriber with deltas when they were
+    /// delivered.
+    pub fn remember_sent<'a>(&self, site: &str, publications: impl IntoIterator<Item = &'a Arc<Publication>>) {
+        let shard = self.shard(site).read().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = shard.get(site).filter(|s| s.deltas > 0) else { return };
+        let mut slots = entry.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for p in publications {
+            Site::remember(&mut slots, p);
+        }
+    }
+
     /// Delivers `publication` to every local subscriber of its site in a batch of its own;
     /// returns how many took it.
     #[cfg(test)]
@@ -213,10 +306,13 @@ impl Hub {
     /// directly are written when `batch` is flushed. Returns how many took it.
     pub fn deliver_to(&self, publication: &Arc<Publication>, batch: &mut Batch) -> usize {
         let shard = self.shard(&publication.site).read().unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = shard.get(&publication.site) else { return 0 };
+        let Some(site) = shard.get(&publication.site) else { return 0 };
+        if site.deltas > 0 && site.prepare_delta(publication) {
+            self.metrics.deltas_computed.inc();
+        }
         let mut queued = 0;
         let mut dropped = 0;
-        for sub in subs.values() {
+        for sub in site.subs.values() {
             if !sub.wants(&publication.topic) {
                 continue;
             }
@@ -237,6 +333,6 @@ impl Hub {
     /// Number of local subscribers of `site`.
     pub fn subscriber_count(&self, site: &str) -> usize {
         let shard = self.shard(site).read().unwrap_or_else(|e| e.into_inner());
-        shard.get(site).map_or(0, HashMap::len)
+        shard.get(site).map_or(0, |s| s.subs.len())
     }
 }

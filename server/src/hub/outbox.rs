@@ -14,6 +14,15 @@
 //! connection takes any one publication. Passing the budget sets [`Outbox::is_overflowed`] and
 //! drops everything after it; the session, woken then, closes the connection with the "slow
 //! consumer" code so the client reconnects and recovers from history instead of holding memory.
+//!
+//! **Deltas** are chosen here, per connection, when a publication is written (under the queue's
+//! lock: by the fan-out as it writes, by [`Outbox::written`] for the session's own writes): for a
+//! site subscribed with deltas, the outbox remembers the offset of the last publication of each
+//! slot written to the connection on this subscription ([`Sent`]), and a publication goes out as
+//! its delta only if its base is that very offset. Anything else goes out in full and becomes the
+//! slot's base. A subscribe starts that record afresh with what its answer carries
+//! ([`Outbox::track_deltas`]); an unsubscribe drops it. A connection without deltas pays one
+//! emptiness check per write.
 
 use std::{
     collections::VecDeque,
@@ -50,9 +59,18 @@ pub struct Outbox {
     pub(super) unsent: AtomicBool,
 }
 
+/// A publication in a connection's queue, and how it goes out.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The publication.
+    pub publication: Arc<Publication>,
+    /// As its delta frame rather than its full frame: decided when it is written.
+    pub delta: bool,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Queue {
-    pub(super) items: VecDeque<Arc<Publication>>,
+    pub(super) items: VecDeque<Queued>,
     /// The items' share of the budget.
     bytes: usize,
     /// The connection's socket: what it has not taken counts in the budget.
@@ -61,6 +79,49 @@ pub(super) struct Queue {
     pub(super) fanout: bool,
     /// Per site, the stream position below which publications were already sent.
     floors: Vec<Floor>,
+    /// Per site subscribed with deltas, what was last written of each slot.
+    sent: Vec<Sent>,
+}
+
+/// For a site subscribed with deltas: the offset of the last publication of each slot (topic and
+/// latest key) written to the connection since the subscribe, in the epoch they belong to. Most
+/// connections subscribe one site with a handful of slots: a short list, searched in place.
+#[derive(Debug)]
+struct Sent {
+    site: Arc<str>,
+    epoch: Arc<str>,
+    slots: Vec<(Arc<str>, Option<Arc<str>>, u64)>,
+}
+
+impl Sent {
+    /// Records `p` as written; true if it may go as its delta (its base is the slot's last).
+    fn write(&mut self, p: &Publication) -> bool {
+        if !(Arc::ptr_eq(&self.epoch, &p.position.epoch) || self.epoch == p.position.epoch) {
+            // Another epoch: nothing written before belongs to it.
+            self.epoch = p.position.epoch.clone();
+            self.slots.clear();
+        }
+        let slot = self.slots.iter_mut().find(|(topic, key, _)| *topic == p.topic && *key == p.latest_key);
+        match slot {
+            Some((_, _, last)) => {
+                let delta = p.delta().is_some_and(|(base, _)| base == *last);
+                *last = p.position.offset;
+                delta
+            }
+            None => {
+                self.slots.push((p.topic.clone(), p.latest_key.clone(), p.position.offset));
+                false
+            }
+        }
+    }
+}
+
+/// Decides how `item` goes out, now that it is being written.
+fn decide(sent: &mut [Sent], item: &mut Queued) {
+    let p = &item.publication;
+    if let Some(s) = sent.iter_mut().find(|s| Arc::ptr_eq(&s.site, &p.site) || s.site == p.site) {
+        item.delta = s.write(p);
+    }
 }
 
 /// Publications of `site` in `epoch` below offset `next` were sent already (in a subscribe's
@@ -93,18 +154,18 @@ impl Queue {
         if self.fanout {
             return None;
         }
-        let p = self.items.pop_front()?;
-        self.bytes -= p.queued_len();
-        Some(p)
+        let item = self.items.pop_front()?;
+        self.bytes -= item.publication.queued_len();
+        Some(item.publication)
     }
 
     /// Removes the items `drop` picks.
     fn drain_where(&mut self, drop: impl Fn(&Publication) -> bool) {
         let mut freed = 0;
-        self.items.retain(|p| {
-            let dropped = drop(p);
+        self.items.retain(|item| {
+            let dropped = drop(&item.publication);
             if dropped {
-                freed += p.queued_len();
+                freed += item.publication.queued_len();
             }
             !dropped
         });
@@ -168,7 +229,7 @@ impl Outbox {
             }
         }
         let first = queue.items.is_empty();
-        queue.items.push_back(publication.clone());
+        queue.items.push_back(Queued { publication: publication.clone(), delta: false });
         queue.bytes += len;
         let fanout = queue.fanout;
         drop(queue);
@@ -192,13 +253,20 @@ impl Outbox {
     }
 
     fn write_queued(&self, queue: &mut Queue, scratch: &mut Vec<u8>, metrics: &Metrics) -> usize {
-        let Some(wire) = queue.wire.as_ref().filter(|_| queue.fanout) else {
+        if !queue.fanout || queue.wire.is_none() {
             self.waker.wake();
             return 0;
-        };
+        }
+        if !queue.sent.is_empty() {
+            let Queue { items, sent, .. } = &mut *queue;
+            for item in items.iter_mut() {
+                decide(sent, item);
+            }
+        }
+        let Some(wire) = queue.wire.as_ref() else { return 0 };
         let items = queue.items.make_contiguous();
         let Some(first) = items.first() else { return 0 };
-        metrics.delivery_seconds.observe(first.published_at.elapsed().as_secs_f64());
+        metrics.delivery_seconds.observe(first.publication.published_at.elapsed().as_secs_f64());
         let count = items.len();
         scratch.clear();
         for group in self.framing.groups(items) {
@@ -248,11 +316,45 @@ impl Outbox {
         queue.floors.push(floor);
     }
 
-    /// Removes queued publications of `site` and its floor (the connection no longer subscribes
-    /// to it).
+    /// Decides how `items`, taken from the queue by the session ([`super::Inbox::try_recv`]) in
+    /// this order, go out as they are written: each as its delta or in full (module doc).
+    pub fn written(&self, items: &mut [Queued]) {
+        let mut queue = self.queue();
+        if !queue.sent.is_empty() {
+            for item in items {
+                decide(&mut queue.sent, item);
+            }
+        }
+    }
+
+    /// Starts afresh (or, `on` false, stops) choosing deltas for `site` on this connection, as a
+    /// subscription to it is answered: `written` are the publications the answer carries in
+    /// full (latest values, then the replay), in order, which are the first bases. Call before
+    /// any publication queued for the site is written.
+    pub fn track_deltas<'a>(
+        &self,
+        site: &Arc<str>,
+        epoch: &Arc<str>,
+        on: bool,
+        written: impl IntoIterator<Item = &'a Arc<Publication>>,
+    ) {
+        let mut queue = self.queue();
+        queue.sent.retain(|s| s.site != *site);
+        if on {
+            let mut sent = Sent { site: site.clone(), epoch: epoch.clone(), slots: Vec::new() };
+            for p in written {
+                sent.write(p);
+            }
+            queue.sent.push(sent);
+        }
+    }
+
+    /// Removes queued publications of `site`, its floor and its delta record (the connection no
+    /// longer subscribes to it).
     pub fn forget(&self, site: &str) {
         let mut queue = self.queue();
         queue.floors.retain(|f| &*f.site != site);
+        queue.sent.retain(|s| &*s.site != site);
         queue.drain_where(|p| &*p.site == site);
     }
 

@@ -18,9 +18,12 @@ fn delivers_to_the_site_only_and_tracks_first_and_last() {
     let (b, mut rx_b) = Outbox::new(1 << 20, Framing::Legacy);
     let mrc: Arc<str> = "mrc".into();
     let saf: Arc<str> = "saf".into();
-    assert!(hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None }));
-    assert!(!hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None }), "re-subscribe is not first");
-    assert!(hub.subscribe(&saf, 2, Subscriber { outbox: b, topics: None }));
+    assert!(hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None, delta: false }));
+    assert!(
+        !hub.subscribe(&mrc, 1, Subscriber { outbox: a.clone(), topics: None, delta: false }),
+        "re-subscribe is not first"
+    );
+    assert!(hub.subscribe(&saf, 2, Subscriber { outbox: b, topics: None, delta: false }));
     assert_eq!(hub.deliver(&publication("mrc", "1")), 1);
     assert_eq!(rx_a.try_recv().unwrap().site.as_ref(), "mrc");
     assert!(rx_b.try_recv().is_err());
@@ -66,7 +69,7 @@ async fn close_all_reaches_every_connection_once_including_later_ones() {
     let (idle, mut rx_idle) = Outbox::new(1 << 20, Framing::Legacy);
     let a = hub.connect(subscribed.clone());
     let b = hub.connect(idle);
-    hub.subscribe(&Arc::from("mrc"), a, Subscriber { outbox: subscribed, topics: None });
+    hub.subscribe(&Arc::from("mrc"), a, Subscriber { outbox: subscribed, topics: None, delta: false });
     assert_eq!(hub.close_all(), 2);
     assert!(matches!(rx_subscribed.recv().await, Event::Closing));
     assert!(matches!(rx_idle.recv().await, Event::Closing));
@@ -138,7 +141,7 @@ async fn read_messages(client: &mut tokio::net::TcpStream, want: usize) -> Vec<S
 fn subscribed(hub: &Hub, framing: Framing, max_bytes: usize) -> (Arc<Outbox>, Inbox) {
     let (outbox, rx) = Outbox::new(max_bytes, framing);
     let conn = hub.connect(outbox.clone());
-    hub.subscribe(&Arc::from("mrc"), conn, Subscriber { outbox: outbox.clone(), topics: None });
+    hub.subscribe(&Arc::from("mrc"), conn, Subscriber { outbox: outbox.clone(), topics: None, delta: false });
     (outbox, rx)
 }
 
@@ -254,7 +257,7 @@ async fn unsent_bytes_are_left_to_the_session_and_the_budget_still_holds() {
 fn forgetting_a_site_drops_what_is_queued_for_it() {
     let hub = Hub::new(Arc::new(Metrics::new()));
     let (outbox, mut rx) = subscribed(&hub, Framing::Legacy, 1 << 20);
-    hub.subscribe(&Arc::from("saf"), 99, Subscriber { outbox: outbox.clone(), topics: None });
+    hub.subscribe(&Arc::from("saf"), 99, Subscriber { outbox: outbox.clone(), topics: None, delta: false });
     hub.deliver(&publication("mrc", "1"));
     let kept = publication("saf", "2");
     hub.deliver(&kept);
@@ -327,4 +330,49 @@ async fn a_batch_larger_than_the_budget_reaches_a_reading_client() {
             .collect();
         assert_eq!(numbers, (0..14).collect::<Vec<_>>(), "{framing:?}");
     }
+}
+
+/// A device status at `offset`, keyed as the default latest keys key it.
+fn status(offset: u64, data: String) -> Arc<Publication> {
+    let data = serde_json::value::RawValue::from_string(data).unwrap();
+    let position = Position { epoch: "e".into(), offset };
+    let p = Publication::from_parts("mrc".into(), "sitestatus".into(), data, position);
+    Arc::new(p.with_latest_key(Some("device".into())))
+}
+
+#[test]
+fn a_delta_goes_only_to_a_connection_that_was_sent_its_base() {
+    let hub = Hub::new(Arc::new(Metrics::new()));
+    let (outbox, mut rx) = Outbox::new(1 << 20, Framing::Packed);
+    let (plain, mut plain_rx) = Outbox::new(1 << 20, Framing::Packed);
+    let (site, epoch): (Arc<str>, Arc<str>) = ("mrc".into(), "e".into());
+    hub.subscribe(&site, 1, Subscriber { outbox: outbox.clone(), topics: None, delta: true });
+    hub.subscribe(&site, 2, Subscriber { outbox: plain.clone(), topics: None, delta: false });
+    outbox.track_deltas(&site, &epoch, true, []);
+    let mut device = datastream_statusgen::StatusStream::device("mrc", 3);
+    let p: Vec<_> = (1..=4).map(|offset| status(offset, device.next_data())).collect();
+    let mut next = |p: &Arc<Publication>| {
+        hub.deliver(p);
+        let mut sent = [Queued { publication: rx.try_recv().unwrap(), delta: false }];
+        outbox.written(&mut sent);
+        let mut other = [Queued { publication: plain_rx.try_recv().unwrap(), delta: false }];
+        plain.written(&mut other);
+        assert!(!other[0].delta, "a subscription without deltas gets full frames");
+        assert!(Arc::ptr_eq(&sent[0].publication, p));
+        sent[0].delta
+    };
+    assert!(!next(&p[0]), "the slot's first publication on the connection is full");
+    assert!(next(&p[1]), "the next is a delta from it");
+    assert_eq!(p[1].delta().map(|(base, _)| base), Some(1));
+    assert!(Framing::Packed.text(&Queued { publication: p[1].clone(), delta: true }).contains(r#""base":1,"delta":"#));
+    // The connection's record says it last got offset 1 (as after a subscribe that sent it):
+    // offset 3's delta applies to 2, which it was not sent.
+    outbox.track_deltas(&site, &epoch, true, [&p[0]]);
+    assert!(!next(&p[2]), "full: its base is not the connection's");
+    assert!(next(&p[3]), "and the base of the next");
+    // Without deltas (an unsubscribe, or a subscribe that did not ask), the delta is not used.
+    outbox.track_deltas(&site, &epoch, false, []);
+    let p5 = status(5, device.next_data());
+    assert!(!next(&p5));
+    assert!(p5.delta().is_some(), "computed all the same: the hub still counts a subscriber with deltas");
 }

@@ -39,7 +39,7 @@ use tracing::debug;
 use crate::{
     auth::Grant,
     broker::{Broker, BrokerError, Latest, Snapshot},
-    hub::{ConnId, Event, Framing, Hub, Inbox, Outbox, Subscriber},
+    hub::{ConnId, Event, Framing, Hub, Inbox, Outbox, Queued, Subscriber},
     limits::{FrameRate, IpPermit},
     metrics::Metrics,
     publication::Publication,
@@ -107,6 +107,8 @@ pub enum Start<'a> {
     Snapshot {
         /// Which latest publications to read.
         latest: Latest<'a>,
+        /// The subscription asked for deltas.
+        delta: bool,
     },
 }
 
@@ -150,7 +152,8 @@ impl Registration {
         broker: &Broker,
         start: Start<'_>,
     ) -> Result<Option<Snapshot>, BrokerError> {
-        self.add(site.clone(), topics);
+        let delta = matches!(start, Start::Snapshot { delta: true, .. });
+        self.add(site.clone(), topics, delta);
         match start {
             Start::Live => {
                 if let Err(e) = broker.watch(&site).await {
@@ -158,7 +161,7 @@ impl Registration {
                 }
                 Ok(None)
             }
-            Start::Snapshot { latest } => match broker.snapshot_with(&site, latest).await {
+            Start::Snapshot { latest, .. } => match broker.snapshot_with(&site, latest).await {
                 Ok(snapshot) => {
                     self.outbox.set_floor(&site, &snapshot.epoch, snapshot.top + 1);
                     Ok(Some(snapshot))
@@ -172,8 +175,8 @@ impl Registration {
     }
 
     /// Subscribes to `site` in the hub only (step 1 of [`Registration::subscribe`]).
-    fn add(&mut self, site: Arc<str>, topics: Option<TopicFilter>) {
-        self.hub.subscribe(&site, self.conn, Subscriber { outbox: self.outbox.clone(), topics });
+    fn add(&mut self, site: Arc<str>, topics: Option<TopicFilter>, delta: bool) {
+        self.hub.subscribe(&site, self.conn, Subscriber { outbox: self.outbox.clone(), topics, delta });
         if !self.sites.contains(&site) {
             self.sites.push(site);
         }
@@ -186,6 +189,17 @@ impl Registration {
             self.hub.unsubscribe(site, self.conn);
             self.outbox.forget(site);
         }
+    }
+
+    /// Starts afresh (or stops) choosing deltas for `site` ([`Outbox::track_deltas`]).
+    pub fn track_deltas<'a>(
+        &self,
+        site: &Arc<str>,
+        epoch: &Arc<str>,
+        on: bool,
+        written: impl IntoIterator<Item = &'a Arc<Publication>>,
+    ) {
+        self.outbox.track_deltas(site, epoch, on, written);
     }
 
     /// Sites subscribed to.
@@ -487,12 +501,14 @@ async fn write_batch<S: Socket>(
     metrics: &Metrics,
 ) -> Result<(), WsError> {
     metrics.delivery_seconds.observe(first.published_at.elapsed().as_secs_f64());
-    let mut batch = vec![first];
+    let mut batch = vec![Queued { publication: first, delta: false }];
     while batch.len() < MAX_BATCH
-        && let Ok(p) = rx.try_recv()
+        && let Ok(publication) = rx.try_recv()
     {
-        batch.push(p);
+        batch.push(Queued { publication, delta: false });
     }
+    // Each as its delta or in full, as the connection's record of what it was sent says.
+    outbox.written(&mut batch);
     let framing = outbox.framing();
     for group in framing.groups(&batch) {
         socket.feed(Message::Text(framing.payload(group))).await?;

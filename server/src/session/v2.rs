@@ -8,14 +8,14 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use datastream_protocol::{
     NameRules,
     error::{ErrorCode, ErrorFrame},
-    v2::{ClientFrame, LatestWanted, ServerFrame, StreamPosition},
+    v2::{ClientFrame, DELTA_FOSSIL, LatestWanted, ServerFrame, StreamPosition},
 };
 use tracing::warn;
 
 use super::{Protocol, Registration, Start};
 use crate::{
     broker::Latest,
-    config::Config,
+    config::{Config, Deltas},
     state::AppState,
     topics::{self, TopicFilter, TopicsError, wants},
 };
@@ -40,6 +40,8 @@ pub struct SubscribeRequest {
     pub rewind: u32,
     /// Which topics' latest publications to send first.
     pub latest: WantLatest,
+    /// Publications may go as deltas: the subscribe asked for one the relay offers.
+    pub delta: bool,
 }
 
 /// A subscribe's `latest`, validated.
@@ -84,6 +86,7 @@ impl V2 {
         recover: Option<StreamPosition>,
         rewind: Option<u32>,
         latest: LatestWanted,
+        delta: Option<&str>,
     ) -> Result<SubscribeRequest, ErrorFrame> {
         let names = &state.validator.names;
         names.check_site(site).map_err(|e| refuse(id, ErrorCode::InvalidSite, e.to_string()))?;
@@ -117,7 +120,10 @@ impl V2 {
                 WantLatest::Topics(asked.into_iter().map(Arc::from).collect())
             }
         };
-        Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0), latest })
+        // An encoding the relay does not offer is not an error: the ack grants none, and the
+        // subscription receives full publications.
+        let delta = state.config.deltas == Deltas::On && delta == Some(DELTA_FOSSIL);
+        Ok(SubscribeRequest { id, site: site.into(), topics, recover, rewind: rewind.unwrap_or(0), latest, delta })
     }
 
     /// Subscribes ([`Registration::subscribe`]: nothing missed, nothing sent twice). Returns the
@@ -134,7 +140,7 @@ impl V2 {
             WantLatest::Unseen => Latest::Of(req.topics.as_deref()),
             WantLatest::Topics(topics) => Latest::Of(Some(topics)),
         };
-        let start = Start::Snapshot { latest };
+        let start = Start::Snapshot { latest, delta: req.delta };
         let snapshot = match reg.subscribe(req.site.clone(), req.topics.clone(), &state.broker, start).await {
             Ok(Some(snapshot)) => snapshot,
             result => {
@@ -168,7 +174,13 @@ impl V2 {
             recovered,
             replayed: u32::try_from(replay.len()).unwrap_or(u32::MAX),
             latest: (!matches!(req.latest, WantLatest::No)).then(|| u32::try_from(latest.len()).unwrap_or(u32::MAX)),
+            delta: req.delta.then(|| DELTA_FOSSIL.to_owned()),
         };
+        // What the answer carries is sent in full, and is what the first deltas apply to.
+        reg.track_deltas(&req.site, &snapshot.epoch, req.delta, latest.iter().chain(&replay));
+        if req.delta {
+            state.hub.remember_sent(&req.site, latest.iter().chain(&replay));
+        }
         let mut frames = Vec::with_capacity(latest.len() + replay.len() + 1);
         frames.push(ack.to_json().into());
         frames.extend(latest.iter().map(|p| p.latest_frame()));
@@ -220,6 +232,10 @@ impl V2 {
             } else {
                 Default::default()
             },
+            deltas: match config.deltas {
+                Deltas::On => vec![DELTA_FOSSIL.to_owned()],
+                Deltas::Off => Vec::new(),
+            },
         }
         .to_json()
         .into()
@@ -241,8 +257,18 @@ impl Protocol for V2 {
             ClientFrame::parse(text).map_err(|e| ErrorFrame { id: e.id, code: e.code, site: None, message: e.message });
         async move {
             match frame? {
-                ClientFrame::Subscribe { id, site, topics, recover, rewind, latest } => {
-                    let req = self.check_subscribe(state, reg, id, &site, &topics, recover, rewind, latest)?;
+                ClientFrame::Subscribe { id, site, topics, recover, rewind, latest, delta } => {
+                    let req = self.check_subscribe(
+                        state,
+                        reg,
+                        id,
+                        &site,
+                        &topics,
+                        recover,
+                        rewind,
+                        latest,
+                        delta.as_deref(),
+                    )?;
                     self.subscribe(req, reg, state).await
                 }
                 ClientFrame::Unsubscribe { id, site } => {

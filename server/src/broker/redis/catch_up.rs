@@ -57,7 +57,7 @@ impl RedisBroker {
             };
             // Another epoch: Redis lost the site's stream, and all of the new one is new here.
             let from = if *after.epoch == epoch { after.offset } else { 0 };
-            let missed: Vec<_> = entries_to_publications(&site, &epoch, entries)
+            let missed: Vec<_> = entries_to_publications(&site, &epoch, entries, &self.options)
                 .into_iter()
                 .filter(|p| p.position.offset > from)
                 .collect();
@@ -111,8 +111,9 @@ impl RedisBroker {
             _ => message.epoch.into(),
         };
         let position = Position { epoch, offset: message.offset };
-        let publication =
-            Arc::new(Publication::from_parts(site.clone(), message.topic, message.data, position.clone()));
+        let key = self.options.key_of(&message.topic, &message.data);
+        let publication = Publication::from_parts(site.clone(), message.topic, message.data, position.clone());
+        let publication = Arc::new(publication.with_latest_key(key));
         self.hub.deliver_to(&publication, batch);
         self.set_delivered(&site, position);
     }
@@ -122,7 +123,7 @@ impl RedisBroker {
         if held != epoch {
             return;
         }
-        let missing: Vec<_> = entries_to_publications(site, &held, entries)
+        let missing: Vec<_> = entries_to_publications(site, &held, entries, &self.options)
             .into_iter()
             .filter(|p| p.position.offset > after && p.position.offset < before)
             .collect();

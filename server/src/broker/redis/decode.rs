@@ -8,7 +8,10 @@ use datastream_protocol::v2::PubFrame;
 use serde_json::value::RawValue;
 
 use super::keys::split_latest_field;
-use crate::publication::{Position, Publication};
+use crate::{
+    broker::HistoryOptions,
+    publication::{Position, Publication},
+};
 
 /// One stream entry as Redis returns it: id and field/value pairs.
 pub(super) type Entry = (String, Vec<(String, String)>);
@@ -36,7 +39,7 @@ impl ChannelMessage {
                 topic: frame.topic.as_str().into(),
                 epoch: frame.epoch,
                 offset: frame.offset,
-                data: frame.data,
+                data: frame.data.ok_or("a publication frame without data")?,
             });
         }
         let mut parts = text.splitn(4, '\n');
@@ -76,8 +79,14 @@ pub(super) fn values_to_publications(
     out
 }
 
-/// Stream entries (newest first, as XREVRANGE returns them) to publications, oldest first.
-pub(super) fn entries_to_publications(site: &Arc<str>, epoch: &str, entries: Vec<Entry>) -> Vec<Arc<Publication>> {
+/// Stream entries (newest first, as XREVRANGE returns them) to publications, oldest first, each
+/// with its latest key as `options` derive it.
+pub(super) fn entries_to_publications(
+    site: &Arc<str>,
+    epoch: &str,
+    entries: Vec<Entry>,
+    options: &HistoryOptions,
+) -> Vec<Arc<Publication>> {
     let epoch: Arc<str> = epoch.into();
     let mut out: Vec<_> = entries
         .into_iter()
@@ -87,7 +96,8 @@ pub(super) fn entries_to_publications(site: &Arc<str>, epoch: &str, entries: Vec
             let topic: Arc<str> = field("t")?.into();
             let data = RawValue::from_string(field("d")?.to_owned()).ok()?;
             let position = Position { epoch: epoch.clone(), offset };
-            Some(Arc::new(Publication::from_parts(site.clone(), topic, data, position)))
+            let key = options.key_of(&topic, &data);
+            Some(Arc::new(Publication::from_parts(site.clone(), topic, data, position).with_latest_key(key)))
         })
         .collect();
     out.reverse();

@@ -23,7 +23,7 @@ impl RedisBroker {
     pub async fn snapshot(&self, site: &Arc<str>, latest: Latest<'_>) -> Result<Snapshot, BrokerError> {
         self.watch(site).await?;
         let (epoch, top, entries, values) = self.read_snapshot(&self.scripts.snapshot, site, latest).await?;
-        let history = entries_to_publications(site, &epoch, entries);
+        let history = entries_to_publications(site, &epoch, entries, &self.options);
         let latest = values_to_publications(site, &epoch, values);
         Ok(Snapshot { epoch: epoch.into(), top, history, latest })
     }
