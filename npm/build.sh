@@ -41,7 +41,8 @@ bundle() {
   esbuild --bundle --minify --log-level=warning --legal-comments=none "--define:VERSION=\"$VERSION\"" \
     --external:./datastream_bg.wasm.js "$@"
 }
-bundle npm/src/index.js --format=esm --target=es2022 --outfile=npm/dist/index.js --define:INLINE_WASM=false
+bundle npm/src/index.js --format=esm --target=es2022 --outfile=npm/dist/index.js --define:INLINE_WASM=false \
+  --metafile=npm/wasm/index.meta.json
 # webpack 4 cannot parse `import.meta`; with the module inlined, nothing uses its value.
 bundle npm/src/index.js --format=esm --target=es2017 --outfile=npm/dist/legacy.js --define:INLINE_WASM=true \
   '--define:import.meta.url=""'
