@@ -2,9 +2,11 @@
 //   - what ships (dist/datastream_bg.wasm and dist/index.js, raw and gzip -9);
 //   - the WebAssembly's code by origin (the client's own code, the shared protocol crate, alloc,
 //     core's formatting, the rest of core, std, wasm-bindgen, js-sys/web-sys, the allocator),
-//     from the function sizes in the name section of the module before wasm-opt
-//     (npm/wasm/datastream_bg.wasm, which wasm-bindgen leaves named); and the module's sections;
-//   - its largest functions;
+//     from the function sizes in the name sections of the module before wasm-opt
+//     (npm/wasm/datastream_bg.wasm, which wasm-bindgen leaves named) and after it
+//     (npm/wasm/optimized.wasm: what ships, before its names are stripped); the module's sections;
+//   - its largest functions as shipped (wasm-opt inlines much: a function's size includes what
+//     it absorbed);
 //   - dist/index.js by source file (esbuild's metafile of that bundle, written by npm/build.sh).
 // Run after npm/build.sh:
 //
@@ -84,11 +86,11 @@ function parse(bytes) {
 const GROUPS = [
   ['core::fmt: formatting (Debug, Display, write!, pad_integral, float printing)', (n) => /\bcore::fmt\b|as core::fmt::|\bfmt::(Write|Debug|Display)\b|core::num::flt2dec|core::num::fmt/.test(n)],
   ['panics (core::panicking, std::panicking, unwrap/expect failures)', (n) => /panicking|panic_fmt|panic_bounds|unwrap_failed|expect_failed|core::option::expect|core::result::unwrap|rust_begin_unwind|__rust_start_panic|begin_panic/.test(n)],
-  ['the client (datastream_client)', (n) => owner(n) === 'datastream_client'],
+  ['the client (datastream_client; with its exported methods, into which wasm-opt inlines it)', (n) => owner(n) === 'datastream_client' || /^datastreamcore_/.test(n)],
   ['the protocol crate (datastream_protocol)', (n) => owner(n) === 'datastream_protocol'],
   ['alloc (Vec, String, BTreeMap, … and their growth paths)', (n) => owner(n) === 'alloc' || /^__rust_(alloc|dealloc|realloc)|__rdl_/.test(n)],
   ['allocator (lol_alloc)', (n) => owner(n) === 'lol_alloc'],
-  ['wasm-bindgen (runtime, externref table, closures)', (n) => owner(n) === 'wasm_bindgen' || /^__wbindgen|^__externref|^__wbg_|^datastreamcore_|^Closure\(| shim$/.test(n)],
+  ['wasm-bindgen (runtime, externref table, closures)', (n) => owner(n) === 'wasm_bindgen' || /^__wbindgen|^__externref|^__wbg_|^Closure\(| shim$/.test(n)],
   ['js-sys, web-sys, gloo (imports\' shims)', (n) => /^(js_sys|web_sys|gloo_\w+)$/.test(owner(n))],
   ['std', (n) => owner(n) === 'std'],
   ['core (other: slices, str, memcpy, …)', (n) => owner(n) === 'core' || /^(memcpy|memmove|memset|memcmp|bcmp|fmin|fmax|__multi3|__ashlti3|__lshrti3|__udivti3|__umodti3)$/.test(n)],
@@ -125,24 +127,34 @@ for (const k of new Set([...b1.keys(), ...b2.keys()])) console.log(`| ${k} | ${b
 
 // Crate disambiguators (`core[c5930c85a12de822]::`) and symbol hashes are noise here.
 const clean = (n) => n.replace(/\[[0-9a-f]{16}\]/g, '').replace(/::h[0-9a-f]{16}$/, '');
-const functions = m.bodies.map((size, i) => ({ size, name: clean(m.names.get(i + m.imported) ?? `#${i + m.imported}`) }));
-const code = functions.reduce((s, f) => s + f.size, 0);
-const groups = GROUPS.map(([label]) => ({ label, size: 0, count: 0 }));
-for (const f of functions) {
-  const g = GROUPS.findIndex(([, test]) => test(f.name));
-  groups[g].size += f.size;
-  groups[g].count++;
+const functionsOf = (mod) => mod.bodies.map((size, i) => ({ size, name: clean(mod.names.get(i + mod.imported) ?? `#${i + mod.imported}`) }));
+const originOf = (f) => GROUPS.findIndex(([, test]) => test(f.name));
+const byOrigin = (fns) => {
+  const r = GROUPS.map(() => ({ size: 0, count: 0 }));
+  for (const f of fns) { r[originOf(f)].size += f.size; r[originOf(f)].count++; }
+  return r;
+};
+const sum = (fns) => fns.reduce((s, f) => s + f.size, 0);
+const functions = functionsOf(m);
+// npm/build.sh keeps the names in the module between wasm-opt's passes: the code that ships.
+const optimizedFile = path.join(npm, 'wasm/optimized.wasm');
+const optimized = existsSync(optimizedFile) ? functionsOf(parse(readFileSync(optimizedFile))) : null;
+const g1 = byOrigin(functions);
+const g2 = optimized && byOrigin(optimized);
+console.log('\n### The WebAssembly\'s code by origin (function bodies; bytes, functions)\n');
+console.log(`| origin | before wasm-opt | ${optimized ? 'after (ships) | share |' : ''}\n|---|---:|${optimized ? '---:|---:|' : ''}`);
+const order = GROUPS.map((_, i) => i).filter((i) => g1[i].count || g2?.[i].count).sort((a, b) => (g2 ?? g1)[b].size - (g2 ?? g1)[a].size);
+for (const i of order) {
+  const after = g2 ? ` ${g2[i].size} (${g2[i].count}) | ${(100 * g2[i].size / sum(optimized)).toFixed(1)} % |` : '';
+  console.log(`| ${GROUPS[i][0]} | ${g1[i].size} (${g1[i].count}) |${after}`);
 }
-console.log(`\n### The WebAssembly's code by origin (function bodies before wasm-opt: ${kb(code)}, ${functions.length} functions)\n`);
-console.log('| origin | functions | bytes | share |\n|---|---:|---:|---:|');
-for (const g of groups.filter((x) => x.count).sort((a, b) => b.size - a.size)) {
-  console.log(`| ${g.label} | ${g.count} | ${g.size} | ${(100 * g.size / code).toFixed(1)} % |`);
-}
+console.log(`| **all** | **${sum(functions)} (${functions.length})** |${optimized ? ` **${sum(optimized)} (${optimized.length})** | |` : ''}`);
 
-console.log(`\n### The ${top} largest functions (before wasm-opt)\n`);
+const shown = optimized ?? functions;
+console.log(`\n### The ${top} largest functions (${optimized ? 'after wasm-opt, as shipped' : 'before wasm-opt'})\n`);
 console.log('| bytes | function |\n|---:|---|');
 const short = (n) => n.replace(/\|/g, '\\|');
-for (const f of [...functions].sort((a, b) => b.size - a.size).slice(0, top)) console.log(`| ${f.size} | \`${short(f.name)}\` |`);
+for (const f of [...shown].sort((a, b) => b.size - a.size).slice(0, top)) console.log(`| ${f.size} | \`${short(f.name)}\` |`);
 
 const metafile = path.join(npm, 'wasm/index.meta.json');
 if (existsSync(metafile)) {
@@ -162,7 +174,7 @@ const list = opt('--list');
 if (list) {
   console.log(`\n### Functions of the origins matching "${list}"\n`);
   console.log('| bytes | function |\n|---:|---|');
-  for (const f of [...functions].sort((a, b) => b.size - a.size)) {
-    if (GROUPS[GROUPS.findIndex(([, test]) => test(f.name))][0].includes(list)) console.log(`| ${f.size} | \`${short(f.name)}\` |`);
+  for (const f of [...shown].sort((a, b) => b.size - a.size)) {
+    if (GROUPS[originOf(f)][0].includes(list)) console.log(`| ${f.size} | \`${short(f.name)}\` |`);
   }
 }
