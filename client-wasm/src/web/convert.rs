@@ -10,21 +10,18 @@ use crate::client::{ClientError, Event};
 use crate::config::{Config, Protocol};
 use crate::state::State;
 
-/// Reads the options object: `{ url, sites?, protocol?, minReconnectDelay?, maxReconnectDelay?,
-/// heartbeatGrace?, connectTimeout? }` (delays in milliseconds).
+/// Reads the options object the npm wrapper hands over: `{ url, sites?, protocol?,
+/// minReconnectDelay?, maxReconnectDelay?, heartbeatGrace?, connectTimeout?, token?, getToken? }`
+/// (delays in milliseconds). The wrapper has checked at once what it can (an object, `url` a
+/// string, `sites` valid names, no unknown option: `npm/src/index.js`); checked here is what it
+/// leaves to the client — the protocol, the delays, the URL's scheme ([`Config::validate`]) —
+/// which the client ends with.
 pub(crate) fn config(options: &JsValue) -> Result<Config, JsValue> {
-    if !options.is_object() {
-        return Err(type_error("options must be an object with a url"));
-    }
-    let url = get(options, "url").as_string().ok_or_else(|| type_error("options.url must be a string"))?;
-    let mut config = Config::new(url);
+    let mut config = Config::new(get(options, "url").as_string().unwrap_or_default());
     let sites = get(options, "sites");
-    if !sites.is_undefined() {
-        if !Array::is_array(&sites) {
-            return Err(type_error("options.sites must be an array of site codes"));
-        }
+    if Array::is_array(&sites) {
         for site in Array::from(&sites).iter() {
-            config.sites.push(site.as_string().ok_or_else(|| type_error("options.sites must hold strings"))?);
+            config.sites.extend(site.as_string());
         }
     }
     match get(options, "protocol").as_string().as_deref() {
