@@ -1,7 +1,7 @@
 // Carries wasm-opt's renaming of the module's imports and exports (--minify-imports-and-exports-
-// and-modules: `__wbg_set_onopen_757be120cc7b1ea6` becomes `A`, `./datastream_bg.js` becomes `a`)
-// into wasm-bindgen's glue, which names each import as a key of its imports object and each
-// export as `wasm.<name>`. wasm-bindgen's names carry a 16-digit hash each and appear in both
+// and-modules: `__wbg_set_onopen_757be120cc7b1ea6` becomes `A`, every import module `a`) into
+// wasm-bindgen's glue, which names each import as a key of its imports object (or takes it from a
+// snippet of the crate's own JavaScript) and each export as `wasm.<name>`. wasm-bindgen's names carry a 16-digit hash each and appear in both
 // files, where no minifier reaches them: ~1.5 KB gzip of the module and more of the glue.
 // Fails (and so fails npm/build.sh) if a name is not found exactly where expected.
 //
@@ -15,19 +15,31 @@ let glue = readFileSync(glueFile, 'utf8');
 const fail = (m) => { console.error(`minify-names: ${m}`); process.exit(1); };
 const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
-// Every import comes from one module, wasm-bindgen's `./datastream_bg.js`; its new name is read
-// from the renamed module itself.
-const modules = new Set(mapping.imports.map(([module]) => module));
-if (modules.size !== 1) fail(`imports from ${[...modules].join(', ')}: expected one module`);
-const [oldModule] = modules;
+// wasm-opt puts every import into one module of its own name, read from the renamed module. The
+// imports come from wasm-bindgen's own (`./datastream_bg.js`, an object literal of the glue whose
+// keys are renamed below) and from the crate's JavaScript files it imports whole
+// (`import * as import1 from "./snippets/…"`), whose functions are handed over under their new
+// names beside the glue's.
 const newModules = importModules(readFileSync(wasmFile));
 if (newModules.size !== 1) fail(`the renamed module imports from ${newModules.size} modules`);
 const [newModule] = newModules;
-const moduleKey = new RegExp(`^(\\s+)"${escape(oldModule)}": import0,$`, 'm');
-if (!moduleKey.test(glue)) fail(`"${oldModule}" not found in the glue's imports`);
-glue = glue.replace(moduleKey, `$1${JSON.stringify(newModule)}: import0,`);
+const entry = (module) => new RegExp(`^(\\s+)"${escape(module)}": (import\\d+),\\n`, 'm');
+const own = './datastream_bg.js';
+const extra = [];
+for (const module of new Set(mapping.imports.map(([m]) => m))) {
+  const found = entry(module).exec(glue);
+  if (!found) fail(`"${module}" not found in the glue's imports`);
+  if (module === own) continue;
+  for (const [m, name, short] of mapping.imports) {
+    if (m === module) extra.push(`${JSON.stringify(short)}: ${found[2]}[${JSON.stringify(name)}]`);
+  }
+  glue = glue.replace(entry(module), '');
+}
+glue = glue.replace(entry(own), (_, indent, id) =>
+  `${indent}${JSON.stringify(newModule)}: ${extra.length ? `Object.assign(${id}, { ${extra.join(', ')} })` : id},\n`);
 
-for (const [, name, short] of mapping.imports) {
+for (const [module, name, short] of mapping.imports) {
+  if (module !== own) continue;
   const key = new RegExp(`^(\\s+)${escape(name)}:`, 'gm');
   const found = glue.match(key)?.length ?? 0;
   if (found !== 1) fail(`import ${name}: ${found} keys in the glue`);

@@ -164,7 +164,7 @@ if (existsSync(metafile)) {
   console.log(`\n### \`dist/index.js\` by source (minified bytes; ${out.bytes - parts} more of the bundle's own)\n`);
   console.log('| source | bytes |\n|---|---:|');
   for (const x of inputs.sort((a, b) => b.size - a.size)) {
-    const file = x.file.replace(/^npm\/wasm\/snippets\/[^/]+\/[^/]+\//, 'client-wasm/').replace(/^npm\/wasm\/datastream\.js$/, 'wasm-bindgen\'s glue (npm/wasm/datastream.js)');
+    const file = x.file.replace(/^npm\/wasm\/snippets\/[^/]+\//, 'client-wasm/').replace(/^npm\/wasm\/datastream\.js$/, 'wasm-bindgen\'s glue (npm/wasm/datastream.js)');
     console.log(`| ${file} | ${x.size} |`);
   }
 }

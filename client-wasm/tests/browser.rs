@@ -366,6 +366,44 @@ async fn a_silent_connection_is_detected_by_the_heartbeat() {
     wait_until("a publication on the new connection", 5_000, || got.borrow().len() == 1).await;
 }
 
+/// Dispatches a plain event named `name` on the window or, with `on_document`, on its document.
+fn browser_event(name: &str, on_document: bool) {
+    let window = web_sys::window().unwrap();
+    let target: web_sys::EventTarget =
+        if on_document { window.document().unwrap().into() } else { window.into() };
+    target.dispatch_event(&web_sys::Event::new(name).unwrap()).unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn online_and_visible_retry_at_once_and_are_let_go_on_close() {
+    let _serial = Serial::acquire().await;
+    // Without the browser's events the client would wait 30 s before each retry.
+    let p = Probe::new(serde_json::json!({
+        "url": proxy_url(), "sites": [site("b-online")], "minReconnectDelay": 30_000, "maxReconnectDelay": 30_000
+    }));
+    p.ready().await;
+    control("/cut", "").await;
+    wait_until("reconnecting", 5_000, || p.state() == "reconnecting").await;
+    browser_event("online", false);
+    wait_until("reconnected on `online`", 5_000, || p.core.is_ready()).await;
+    let visible = web_sys::window().unwrap().document().unwrap().visibility_state() == web_sys::VisibilityState::Visible;
+    if visible {
+        control("/cut", "").await;
+        wait_until("reconnecting", 5_000, || p.state() == "reconnecting").await;
+        browser_event("visibilitychange", true);
+        wait_until("reconnected on `visibilitychange`", 5_000, || p.core.is_ready()).await;
+    }
+    p.core.close();
+    let states = p.states.borrow().len();
+    // The listeners are gone with the client: these reach nothing (a listener left behind would
+    // call a freed closure and throw).
+    browser_event("online", false);
+    browser_event("visibilitychange", true);
+    sleep(100).await;
+    assert_eq!(p.states.borrow().len(), states, "nothing reported after the close");
+    assert_eq!(p.state(), "closed");
+}
+
 #[wasm_bindgen_test]
 async fn a_terminal_close_stops_retrying() {
     let _serial = Serial::acquire().await;

@@ -55,9 +55,9 @@ pub(crate) fn config(options: &JsValue) -> Result<Config, JsValue> {
     Ok(config)
 }
 
-#[wasm_bindgen(module = "/src/web/dispatch.js")]
+#[wasm_bindgen(module = "/src/web/browser.js")]
 extern "C" {
-    /// `{k1: a, k2: b, …}` for the space-separated `keys`, in that order (dispatch.js): a state's
+    /// `{k1: a, k2: b, …}` for the space-separated `keys`, in that order (browser.js): a state's
     /// or an event's object built in one call instead of a call and a key string per field.
     fn shape(keys: &str, a: JsValue, b: JsValue, c: JsValue, d: JsValue, e: JsValue) -> JsValue;
 }

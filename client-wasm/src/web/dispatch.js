@@ -251,11 +251,3 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
     },
   };
 }
-
-/** `{k1: a, k2: b, …}` for the space-separated `keys`, in that order: the objects of states and
- * events (convert.rs), built here in one call rather than field by field across the boundary. */
-export function shape(keys, ...values) {
-  const o = {};
-  keys.split(' ').forEach((k, i) => (o[k] = values[i]));
-  return o;
-}

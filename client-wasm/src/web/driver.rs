@@ -12,7 +12,6 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
-use gloo_events::EventListener;
 use gloo_timers::callback::Timeout;
 use js_sys::{Array, Float64Array, Function};
 use wasm_bindgen::prelude::*;
@@ -58,6 +57,26 @@ extern "C" {
     fn queue_microtask(callback: &JsValue);
 }
 
+#[wasm_bindgen(module = "/src/web/browser.js")]
+extern "C" {
+    /// Calls `event(true)` on the window's `online`, `event(false)` when the document becomes
+    /// visible; returns the function that removes both listeners (browser.js).
+    fn listen(event: &Closure<dyn FnMut(bool)>) -> Function;
+}
+
+/// The `online` and `visibilitychange` listeners; dropping it removes them, then frees the closure
+/// they called.
+struct BrowserEvents {
+    _event: Closure<dyn FnMut(bool)>,
+    remove: Function,
+}
+
+impl Drop for BrowserEvents {
+    fn drop(&mut self) {
+        let _ = self.remove.call0(&JsValue::NULL);
+    }
+}
+
 /// What the driver holds on the browser's side. Dropping it closes the sockets, cancels the
 /// timers and removes the listeners.
 #[derive(Default)]
@@ -65,7 +84,7 @@ struct Io {
     sockets: Vec<(LinkId, Socket)>,
     timers: Vec<(LinkId, TimerKind, Timeout)>,
     /// `online` on the window and `visibilitychange` on the document.
-    listeners: Vec<EventListener>,
+    listeners: Option<BrowserEvents>,
 }
 
 fn now() -> f64 {
@@ -242,21 +261,12 @@ impl Driver {
     }
 
     fn listen_to_browser(self: &Rc<Self>) {
-        // Absent in workers; the client then relies on its heartbeat alone.
-        let Some(window) = web_sys::window() else { return };
         let weak = Rc::downgrade(self);
-        let online = EventListener::new(&window, "online", move |_| with(&weak, |d| d.run(|c, now| c.online(now))));
-        let mut listeners = vec![online];
-        if let Some(document) = window.document() {
-            let weak = Rc::downgrade(self);
-            let doc = document.clone();
-            listeners.push(EventListener::new(&document, "visibilitychange", move |_| {
-                if doc.visibility_state() == web_sys::VisibilityState::Visible {
-                    with(&weak, |d| d.run(|c, now| c.visible(now)));
-                }
-            }));
-        }
-        self.io.borrow_mut().listeners = listeners;
+        let event = Closure::new(move |online: bool| {
+            with(&weak, |d| d.run(|c, now| if online { c.online(now) } else { c.visible(now) }))
+        });
+        let remove = listen(&event);
+        self.io.borrow_mut().listeners = Some(BrowserEvents { _event: event, remove });
     }
 
     /// Closes the client and lets go of every browser resource at once.
