@@ -35,10 +35,10 @@ FEATURES=(--enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-flo
 # npm/wasm/optimized.wasm keeps the functions' names for bench/client/size-table.mjs.
 wasm-opt -Oz --converge --low-memory-unused --debuginfo "${FEATURES[@]}" \
   npm/wasm/datastream_bg.wasm -o npm/wasm/optimized.wasm
-# Then, names, producers and the target features stripped (no browser reads them), one- or two-letter names for the imports, their module and
-# the exports instead of wasm-bindgen's hashed ones (a pass of its own: under --converge it would
-# rename, and print the mapping, once per round); minify-names.mjs carries the mapping into the
-# glue before it is bundled.
+# Then, names, producers and target features stripped (no browser reads them), one- or two-letter
+# names for the imports, their module and the exports instead of wasm-bindgen's hashed ones (a
+# pass of its own: under --converge it would rename, and print the mapping, once per round);
+# minify-names.mjs carries the mapping into the glue before it is bundled.
 wasm-opt --strip-debug --strip-producers --strip-target-features --minify-imports-and-exports-and-modules "${FEATURES[@]}" \
   npm/wasm/optimized.wasm -o npm/dist/datastream_bg.wasm >npm/wasm/names.json
 node npm/minify-names.mjs npm/wasm/names.json npm/dist/datastream_bg.wasm npm/wasm/datastream.js
