@@ -12,7 +12,6 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
-use gloo_timers::callback::Timeout;
 use js_sys::{Array, Float64Array, Function};
 use wasm_bindgen::prelude::*;
 
@@ -49,12 +48,20 @@ pub(crate) struct Driver {
     /// changes of the same task, and one flush sends them all. (Dropped with the driver: the npm
     /// wrapper frees a closed client a task later, once no flush can be queued.)
     flush: Closure<dyn FnMut()>,
+    /// Every timer's callback, told which link's timer of which kind (`TimerKind as u8`) ran:
+    /// one closure for all of them, the browser's `setTimeout` passing the two along.
+    timer: Closure<dyn FnMut(LinkId, u8)>,
 }
 
 #[wasm_bindgen]
 extern "C" {
     #[wasm_bindgen(js_name = queueMicrotask)]
     fn queue_microtask(callback: &JsValue);
+    /// Calls `callback(link, kind)` after `ms`; the id is a number in browsers, an object in Node.
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(callback: &Closure<dyn FnMut(LinkId, u8)>, ms: u32, link: LinkId, kind: u8) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &JsValue);
 }
 
 #[wasm_bindgen(module = "/src/web/browser.js")]
@@ -82,9 +89,18 @@ impl Drop for BrowserEvents {
 #[derive(Default)]
 struct Io {
     sockets: Vec<(LinkId, Socket)>,
-    timers: Vec<(LinkId, TimerKind, Timeout)>,
+    /// The timers running: their link, kind and `setTimeout` id.
+    timers: Vec<(LinkId, TimerKind, JsValue)>,
     /// `online` on the window and `visibilitychange` on the document.
     listeners: Option<BrowserEvents>,
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        for (_, _, id) in &self.timers {
+            clear_timeout(id);
+        }
+    }
 }
 
 fn now() -> f64 {
@@ -123,6 +139,21 @@ impl Driver {
                         } else {
                             d.run(|c, _| c.flush());
                         }
+                    })
+                })
+            },
+            timer: {
+                let weak = weak.clone();
+                Closure::new(move |link: LinkId, kind: u8| {
+                    let kind = match kind {
+                        0 => TimerKind::Reconnect,
+                        1 => TimerKind::Heartbeat,
+                        _ => TimerKind::Release,
+                    };
+                    with(&weak, |d| {
+                        // It ran: its id is spent.
+                        take_timer(&mut d.io.borrow_mut(), link, kind);
+                        d.run(|c, now| c.timer(link, kind, now));
                     })
                 })
             },
@@ -192,25 +223,12 @@ impl Driver {
                 }
             }
             Action::SetTimer { link, kind, ms } => {
-                let weak = Rc::downgrade(self);
-                let timeout = Timeout::new(ms, move || {
-                    if let Some(driver) = weak.upgrade() {
-                        driver.run(|c, now| c.timer(link, kind, now));
-                    }
-                });
-                let old = {
-                    let mut io = self.io.borrow_mut();
-                    let old = take_timer(&mut io, link, kind);
-                    io.timers.push((link, kind, timeout));
-                    old
-                };
-                // Dropped outside the borrow: it may be the very timer running this code.
-                drop(old);
+                let id = set_timeout(&self.timer, ms, link, kind as u8);
+                let mut io = self.io.borrow_mut();
+                take_timer(&mut io, link, kind);
+                io.timers.push((link, kind, id));
             }
-            Action::ClearTimer { link, kind } => {
-                let old = take_timer(&mut self.io.borrow_mut(), link, kind);
-                drop(old);
-            }
+            Action::ClearTimer { link, kind } => take_timer(&mut self.io.borrow_mut(), link, kind),
             Action::Notify { callbacks, event } => {
                 let kind = match &event {
                     Event::State(_) => HookKind::State,
@@ -345,9 +363,11 @@ impl ClientSide for Weak<Driver> {
     }
 }
 
-fn take_timer(io: &mut Io, link: LinkId, kind: TimerKind) -> Option<Timeout> {
-    let i = io.timers.iter().position(|(l, k, _)| *l == link && *k == kind)?;
-    Some(io.timers.swap_remove(i).2)
+/// Cancels `link`'s timer of `kind`, if one is running.
+fn take_timer(io: &mut Io, link: LinkId, kind: TimerKind) {
+    if let Some(i) = io.timers.iter().position(|(l, k, _)| *l == link && *k == kind) {
+        clear_timeout(&io.timers.swap_remove(i).2);
+    }
 }
 
 fn with(weak: &Weak<Driver>, f: impl FnOnce(&Rc<Driver>)) {
