@@ -50,8 +50,9 @@ for (const [name, short] of mapping.exports) {
   if (!/^[A-Za-z_$][\w$]*$/.test(short)) fail(`export ${name} renamed to ${short}`);
   glue = glue.replace(new RegExp(`\\bwasm\\.${escape(name)}\\b`, 'g'), `wasm.${short}`);
 }
-const left = glue.match(/\bwasm\.(?!(?:[A-Za-z_$][\w$]{0,2})\b)[\w$]+/g);
-if (left) fail(`exports the mapping does not name: ${[...new Set(left)].join(', ')}`);
+const shorts = new Set(mapping.exports.map(([, short]) => short));
+const left = [...glue.matchAll(/\bwasm\.([\w$]+)/g)].map((m) => m[1]).filter((name) => !shorts.has(name));
+if (left.length) fail(`exports the mapping does not name: ${[...new Set(left)].join(', ')}`);
 writeFileSync(glueFile, glue);
 
 /** The module names a module's import section uses. */

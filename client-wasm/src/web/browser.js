@@ -27,3 +27,35 @@ export function shape(keys, ...values) {
   keys.split(' ').forEach((k, i) => (o[k] = values[i]));
   return o;
 }
+
+/**
+ * A WebSocket to `url` asking for `protocols`, made with `ctor` (the app's, e.g. in Node) or the
+ * global one; its open and close events go to `onOpen()` and `onClose(code, reason)`. Throws
+ * when the URL is refused outright (socket.rs).
+ */
+export function open(ctor, url, protocols, onOpen, onClose) {
+  const ws = new (ctor || WebSocket)(url, protocols);
+  ws.onopen = onOpen;
+  ws.onclose = (e) => onClose(e.code, e.reason);
+  return ws;
+}
+
+/** Sends `text` if `ws` is open: a socket not yet or no longer open drops it. */
+export function send(ws, text) {
+  if (ws.readyState === 1) ws.send(text);
+}
+
+/**
+ * Detaches `ws`'s handlers — `detach` stops its frames' dispatch, between the open and the close
+ * handler — then, if it is connecting or open, closes it with `code` and `reason` (code 0:
+ * without).
+ */
+export function close(ws, detach, code, reason) {
+  ws.onopen = null;
+  detach();
+  ws.onclose = null;
+  if (ws.readyState < 2) {
+    if (code) ws.close(code, reason);
+    else ws.close();
+  }
+}

@@ -62,6 +62,8 @@ extern "C" {
     fn set_timeout(callback: &Closure<dyn FnMut(LinkId, u8)>, ms: u32, link: LinkId, kind: u8) -> JsValue;
     #[wasm_bindgen(js_name = clearTimeout)]
     fn clear_timeout(id: &JsValue);
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(message: &str, error: &JsValue);
 }
 
 #[wasm_bindgen(module = "/src/web/browser.js")]
@@ -243,7 +245,7 @@ impl Driver {
                     if let Err(error) = callback.call1(&JsValue::NULL, &arg)
                         && let Some(unreported) = self.run(|c, _| c.hook_failed(kind, error))
                     {
-                        web_sys::console::error_2(&"datastream: an error listener threw".into(), &unreported);
+                        console_error("datastream: an error listener threw", &unreported);
                     }
                 }
             }
