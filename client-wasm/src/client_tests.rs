@@ -998,3 +998,53 @@ fn legacy_mode_has_no_latest_publications() {
     assert!(c.accept(1, "mrc", None, 2.0));
     assert_eq!(c.listeners("mrc", "weather", false), vec!["w"], "a latest listener still gets live publications");
 }
+
+/// The browser's dispatcher asks about a whole packed frame at once ([`Client::accept_undoable`])
+/// and, when a callback changes the client mid-frame, undoes the records of the publications not
+/// yet delivered, the latest first ([`Client::undo_accept`]): they count as not arrived yet.
+#[test]
+fn undone_accepts_count_as_not_arrived_and_the_recovery_position_is_the_last_delivered() {
+    let (mut c, _) = started(config(&["mrc"]));
+    c.on("*", None, "all", Latest::No);
+    hello(&mut c, 0.0);
+    frame(&mut c, &subscribed("mrc", 1, "e", 10, None, 0), 1.0);
+    let mut undos = Vec::new();
+    for offset in 11..=13 {
+        let (fresh, undo) = c.accept_undoable(1, "mrc", "e", offset, 2.0);
+        assert!(fresh, "{offset} is new");
+        undos.push(undo.expect("a wanted site's record changed"));
+    }
+    // 11 was delivered when its callback changed the client: 13, then 12, are undone.
+    for undo in undos.drain(1..).rev() {
+        c.undo_accept("mrc", undo);
+    }
+    assert!(!c.accept_undoable(1, "mrc", "e", 11, 2.0).0, "11 stays delivered: a duplicate now");
+    assert!(c.accept_undoable(1, "mrc", "e", 12, 2.0).0, "12 is new again");
+    assert_eq!(c.accept_undoable(1, "saf", "e", 1, 2.0), (false, None), "an unwanted site records nothing");
+    c.socket_closed(1, 1006, String::new(), 3.0);
+    c.timer(1, TimerKind::Reconnect, 1000.0);
+    acts(&mut c);
+    let a = hello(&mut c, 1001.0);
+    assert_eq!(sends(&a)[0]["recover"], serde_json::json!({"epoch":"e","offset":12}), "13 never was delivered");
+}
+
+/// A site's first publication, before its `subscribed` frame, starts its stream; undone, the
+/// site has no position again and resubscribes without asking to recover.
+#[test]
+fn an_undone_first_publication_leaves_no_position() {
+    let (mut c, _) = started(config(&["mrc"]));
+    c.on("*", None, "all", Latest::No);
+    hello(&mut c, 0.0);
+    let (fresh, undo) = c.accept_undoable(1, "mrc", "e", 5, 1.0);
+    assert!(fresh);
+    let undo = undo.expect("a wanted site's record changed");
+    assert_eq!(undo, None, "no stream before it: undoing forgets the stream");
+    c.undo_accept("mrc", undo);
+    assert!(c.accept_undoable(1, "mrc", "e", 5, 1.5).0, "5 is new again");
+    c.undo_accept("mrc", None);
+    c.socket_closed(1, 1006, String::new(), 2.0);
+    c.timer(1, TimerKind::Reconnect, 1000.0);
+    acts(&mut c);
+    let a = hello(&mut c, 1001.0);
+    assert_eq!(sends(&a)[0].get("recover"), None, "no position to recover from");
+}
