@@ -30,10 +30,18 @@ mkdir -p npm/dist
 # --low-memory-unused: rustc lays the stack out first (data from 1 MiB up), so the low 1 KiB of
 # memory is the deepest end of the stack, never reached; knowing it, wasm-opt folds address
 # offsets into loads and stores. --converge: runs -Oz again while it still shrinks the module.
-wasm-opt -Oz --converge --low-memory-unused --strip-debug --strip-producers \
-  --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int --enable-sign-ext \
-  --enable-mutable-globals --enable-reference-types --enable-multivalue \
-  npm/wasm/datastream_bg.wasm -o npm/dist/datastream_bg.wasm
+FEATURES=(--enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int --enable-sign-ext
+  --enable-mutable-globals --enable-reference-types --enable-multivalue)
+# npm/wasm/optimized.wasm keeps the functions' names for bench/client/size-table.mjs.
+wasm-opt -Oz --converge --low-memory-unused --debuginfo "${FEATURES[@]}" \
+  npm/wasm/datastream_bg.wasm -o npm/wasm/optimized.wasm
+# Then, names, producers and target features stripped (no browser reads them), one- or two-letter
+# names for the imports, their module and the exports instead of wasm-bindgen's hashed ones (a
+# pass of its own: under --converge it would rename, and print the mapping, once per round);
+# minify-names.mjs carries the mapping into the glue before it is bundled.
+wasm-opt --strip-debug --strip-producers --strip-target-features --minify-imports-and-exports-and-modules "${FEATURES[@]}" \
+  npm/wasm/optimized.wasm -o npm/dist/datastream_bg.wasm >npm/wasm/names.json
+node npm/minify-names.mjs npm/wasm/names.json npm/dist/datastream_bg.wasm npm/wasm/datastream.js
 VERSION="$(node -p "require('./npm/package.json').version")"
 node npm/stamp.mjs npm/dist/datastream_bg.wasm "$VERSION" npm/dist/datastream_bg.wasm.js
 
@@ -41,7 +49,8 @@ bundle() {
   esbuild --bundle --minify --log-level=warning --legal-comments=none "--define:VERSION=\"$VERSION\"" \
     --external:./datastream_bg.wasm.js "$@"
 }
-bundle npm/src/index.js --format=esm --target=es2022 --outfile=npm/dist/index.js --define:INLINE_WASM=false
+bundle npm/src/index.js --format=esm --target=es2022 --outfile=npm/dist/index.js --define:INLINE_WASM=false \
+  --metafile=npm/wasm/index.meta.json
 # webpack 4 cannot parse `import.meta`; with the module inlined, nothing uses its value.
 bundle npm/src/index.js --format=esm --target=es2017 --outfile=npm/dist/legacy.js --define:INLINE_WASM=true \
   '--define:import.meta.url=""'

@@ -63,7 +63,11 @@ export class DatastreamError extends Error {
 
 const NAME = /^[\w.:-]{1,64}$/;
 
-/** Site codes and topics: 1–64 ASCII letters, digits, `_ - . :` (the relay's rules). */
+/**
+ * Site codes and topics: 1–64 ASCII letters, digits, `_ - . :` (the relay's rules). The client's
+ * one check of the app's names (the WebAssembly module does not repeat it): at once, before the
+ * module has loaded.
+ */
 function check(what, name) {
   if (typeof name !== 'string' || !NAME.test(name)) {
     throw new DatastreamError(

@@ -19,14 +19,24 @@ pub struct Backoff {
 impl Backoff {
     /// The delay before retry number `attempt` (0 for the first retry), given `unit`, a random
     /// number in `[0, 1)`.
+    ///
+    /// Computed in whole nanoseconds (`u64`, saturating: 584 years) rather than with `Duration`'s
+    /// checked arithmetic, whose panic paths and 128-bit products were most of this function's
+    /// size in the browser client; a `unit` that is not a number counts as 0.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let min = self.min.min(self.max);
-        let spread_cap = self.max - min;
+        let min = nanos(self.min.min(self.max));
+        let spread_cap = nanos(self.max) - min;
         // 2^attempt overflows quickly; past 2^31 the cap has long been reached.
-        let growth = min.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
+        let growth = min.saturating_mul(1 << attempt.min(31));
         let spread = growth.min(spread_cap);
-        min + spread.mul_f64(unit.clamp(0.0, 1.0))
+        // Exact below 2^53 ns (104 days); `as` saturates, and maps NaN to 0.
+        Duration::from_nanos(min + (spread as f64 * unit.clamp(0.0, 1.0)) as u64)
     }
+}
+
+/// A duration in nanoseconds, saturating at `u64::MAX`.
+fn nanos(d: Duration) -> u64 {
+    d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos()))
 }
 
 #[cfg(test)]
@@ -60,6 +70,15 @@ mod tests {
         let a = B.delay(5, 0.1);
         let b = B.delay(5, 0.9);
         assert!(b > a + Duration::from_secs(10), "{a:?} vs {b:?}");
+    }
+
+    #[test]
+    fn extremes_neither_panic_nor_leave_the_bounds() {
+        let huge = Backoff { min: Duration::from_secs(u64::MAX / 4), max: Duration::MAX };
+        assert_eq!(huge.delay(40, 0.0), Duration::from_nanos(u64::MAX), "saturated");
+        assert_eq!(B.delay(3, f64::NAN), B.min);
+        assert_eq!(B.delay(3, -1.0), B.min);
+        assert_eq!(B.delay(3, 7.0), Duration::from_millis(4500));
     }
 
     #[test]

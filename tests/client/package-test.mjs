@@ -232,7 +232,8 @@ window.__run = async (site) => {
   await until('a publication', () => got.length === 1);
   const result = { got, connected: ds.state.type };
   if (q.has('leak')) {
-    const memory = (await load()).memory;
+    // load() resolves to the module's exports, whose names the build shortens: find the memory.
+    const memory = Object.values(await load()).find((v) => v instanceof WebAssembly.Memory);
     const cycle = async () => {
       const before = connects;
       await post('/cut');

@@ -49,17 +49,13 @@ impl DatastreamCore {
     /// publication of each topic the relay
     /// sends (`meta.latest` true; the caller hands it what the cache holds); 2: the same, and the
     /// cache did not cover it: ask the relay now. Returns an id for `offId`.
-    pub fn on(&self, topic: &str, callback: Function, site: Option<String>, latest: u8) -> Result<u32, JsValue> {
-        self.driver
-            .run(|c, _| {
-                let latest = match latest {
-                    0 => Latest::No,
-                    1 => Latest::Held,
-                    _ => Latest::Ask,
-                };
-                c.on(topic, site.as_deref(), callback, latest)
-            })
-            .map_err(|e: crate::config::ConfigError| js_sys::Error::new(&e.message()).into())
+    pub fn on(&self, topic: &str, callback: Function, site: Option<String>, latest: u8) -> u32 {
+        let latest = match latest {
+            0 => Latest::No,
+            1 => Latest::Held,
+            _ => Latest::Ask,
+        };
+        self.driver.run(|c, _| c.on(topic, site.as_deref(), callback, latest))
     }
 
     /// Removes a listener or hook by the id `on` or `hook` returned.
@@ -83,8 +79,8 @@ impl DatastreamCore {
     }
 
     /// Subscribes to `site`, first replaying up to `rewind` of its latest publications.
-    pub fn subscribe(&self, site: &str, rewind: Option<u32>) -> Result<(), JsValue> {
-        self.driver.run(|c, now| c.subscribe(site, rewind, now)).map_err(|e| js_sys::Error::new(&e.message()).into())
+    pub fn subscribe(&self, site: &str, rewind: Option<u32>) {
+        self.driver.run(|c, now| c.subscribe(site, rewind, now));
     }
 
     /// The app's token: a string (`''`: connect without one) replaces it — sent in a `refresh`

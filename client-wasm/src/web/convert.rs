@@ -3,28 +3,25 @@
 
 use std::time::Duration;
 
-use js_sys::{Array, Object, Reflect};
+use js_sys::{Array, Reflect};
 use wasm_bindgen::prelude::*;
 
 use crate::client::{ClientError, Event};
 use crate::config::{Config, Protocol};
 use crate::state::State;
 
-/// Reads the options object: `{ url, sites?, protocol?, minReconnectDelay?, maxReconnectDelay?,
-/// heartbeatGrace?, connectTimeout? }` (delays in milliseconds).
+/// Reads the options object the npm wrapper hands over: `{ url, sites?, protocol?,
+/// minReconnectDelay?, maxReconnectDelay?, heartbeatGrace?, connectTimeout?, token?, getToken? }`
+/// (delays in milliseconds). The wrapper has checked at once what it can (an object, `url` a
+/// string, `sites` valid names, no unknown option: `npm/src/index.js`); checked here is what it
+/// leaves to the client — the protocol, the delays, the URL's scheme ([`Config::validate`]) —
+/// which the client ends with.
 pub(crate) fn config(options: &JsValue) -> Result<Config, JsValue> {
-    if !options.is_object() {
-        return Err(type_error("options must be an object with a url"));
-    }
-    let url = get(options, "url").as_string().ok_or_else(|| type_error("options.url must be a string"))?;
-    let mut config = Config::new(url);
+    let mut config = Config::new(get(options, "url").as_string().unwrap_or_default());
     let sites = get(options, "sites");
-    if !sites.is_undefined() {
-        if !Array::is_array(&sites) {
-            return Err(type_error("options.sites must be an array of site codes"));
-        }
+    if Array::is_array(&sites) {
         for site in Array::from(&sites).iter() {
-            config.sites.push(site.as_string().ok_or_else(|| type_error("options.sites must hold strings"))?);
+            config.sites.extend(site.as_string());
         }
     }
     match get(options, "protocol").as_string().as_deref() {
@@ -58,24 +55,26 @@ pub(crate) fn config(options: &JsValue) -> Result<Config, JsValue> {
     Ok(config)
 }
 
+#[wasm_bindgen(module = "/src/web/browser.js")]
+extern "C" {
+    /// `{k1: a, k2: b, …}` for the space-separated `keys`, in that order (browser.js): a state's
+    /// or an event's object built in one call instead of a call and a key string per field.
+    fn shape(keys: &str, a: JsValue, b: JsValue, c: JsValue, d: JsValue, e: JsValue) -> JsValue;
+}
+
+const NONE: JsValue = JsValue::UNDEFINED;
+
 /// `{type: 'connecting'}`, `{type: 'reconnecting', attempt, delay}`, `{type: 'closed', code,
 /// reason}`…
 pub(crate) fn state(state: &State) -> JsValue {
-    let o = Object::new();
-    set(&o, "type", &state.name().into());
+    let name = state.name().into();
     match state {
         State::Reconnecting { attempt, delay_ms, reason } => {
-            set(&o, "attempt", &(*attempt).into());
-            set(&o, "delay", &(*delay_ms).into());
-            set(&o, "reason", &(*reason).into());
+            shape("type attempt delay reason", name, (*attempt).into(), (*delay_ms).into(), (*reason).into(), NONE)
         }
-        State::Closed { code, reason } => {
-            set(&o, "code", &(*code).into());
-            set(&o, "reason", &reason.as_str().into());
-        }
-        State::Idle | State::Connecting | State::Connected => {}
+        State::Closed { code, reason } => shape("type code reason", name, (*code).into(), reason.as_str().into(), NONE, NONE),
+        State::Idle | State::Connecting | State::Connected => shape("type", name, NONE, NONE, NONE, NONE),
     }
-    o.into()
 }
 
 /// The argument of an event hook.
@@ -83,53 +82,29 @@ pub(crate) fn event(event: Event<JsValue>) -> JsValue {
     match event {
         Event::State(s) => state(&s),
         Event::Ready => JsValue::UNDEFINED,
-        Event::Subscribed { site, epoch, offset, replayed, recovered } => {
-            let o = Object::new();
-            set(&o, "site", &site.into());
-            set(&o, "epoch", &epoch.into());
-            set(&o, "offset", &(offset as f64).into());
-            set(&o, "replayed", &replayed.into());
-            if let Some(recovered) = recovered {
-                set(&o, "recovered", &recovered.into());
-            }
-            o.into()
-        }
-        Event::TokenNeeded { code, reason } => {
-            let o = Object::new();
-            set(&o, "code", &code.into());
-            set(&o, "reason", &reason.into());
-            o.into()
-        }
-        Event::RecoveryFailed(f) => {
-            let o = Object::new();
-            set(&o, "site", &f.site.as_str().into());
-            set(&o, "reason", &f.reason.into());
-            o.into()
-        }
+        Event::Subscribed { site, epoch, offset, replayed, recovered } => shape(
+            if recovered.is_some() { "site epoch offset replayed recovered" } else { "site epoch offset replayed" },
+            site.into(),
+            epoch.into(),
+            (offset as f64).into(),
+            replayed.into(),
+            recovered.map_or(NONE, JsValue::from),
+        ),
+        Event::TokenNeeded { code, reason } => shape("code reason", code.into(), reason.into(), NONE, NONE, NONE),
+        Event::RecoveryFailed(f) => shape("site reason", f.site.into(), f.reason.into(), NONE, NONE, NONE),
         Event::Error(e) => {
-            let o = Object::new();
-            set(&o, "message", &e.message().into());
+            let message = e.message().into();
             match e {
                 ClientError::Callback { site, topic, error } => {
-                    set(&o, "kind", &"callback".into());
-                    set(&o, "site", &site.into());
-                    set(&o, "topic", &topic.into());
-                    set(&o, "error", &error);
+                    shape("message kind site topic error", message, "callback".into(), site.into(), topic.into(), error)
                 }
-                ClientError::Hook { error } => {
-                    set(&o, "kind", &"listener".into());
-                    set(&o, "error", &error);
-                }
-                ClientError::Server { code, site, .. } => {
-                    set(&o, "kind", &"server".into());
-                    set(&o, "code", &code.into());
-                    if let Some(site) = site {
-                        set(&o, "site", &site.into());
-                    }
-                }
-                ClientError::Frame(_) => set(&o, "kind", &"frame".into()),
+                ClientError::Hook { error } => shape("message kind error", message, "listener".into(), error, NONE, NONE),
+                ClientError::Server { code, site, .. } => match site {
+                    Some(site) => shape("message kind code site", message, "server".into(), code.into(), site.into(), NONE),
+                    None => shape("message kind code", message, "server".into(), code.into(), NONE, NONE),
+                },
+                ClientError::Frame(_) => shape("message kind", message, "frame".into(), NONE, NONE, NONE),
             }
-            o.into()
         }
     }
 }
@@ -140,8 +115,4 @@ pub(crate) fn type_error(message: &str) -> JsValue {
 
 fn get(o: &JsValue, key: &str) -> JsValue {
     Reflect::get(o, &key.into()).unwrap_or(JsValue::UNDEFINED)
-}
-
-fn set(o: &Object, key: &str, value: &JsValue) {
-    let _ = Reflect::set(o, &key.into(), value);
 }

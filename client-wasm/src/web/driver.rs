@@ -12,8 +12,6 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
-use gloo_events::EventListener;
-use gloo_timers::callback::Timeout;
 use js_sys::{Array, Float64Array, Function};
 use wasm_bindgen::prelude::*;
 
@@ -50,12 +48,42 @@ pub(crate) struct Driver {
     /// changes of the same task, and one flush sends them all. (Dropped with the driver: the npm
     /// wrapper frees a closed client a task later, once no flush can be queued.)
     flush: Closure<dyn FnMut()>,
+    /// Every timer's callback, told which link's timer of which kind (`TimerKind as u8`) ran:
+    /// one closure for all of them, the browser's `setTimeout` passing the two along.
+    timer: Closure<dyn FnMut(LinkId, u8)>,
 }
 
 #[wasm_bindgen]
 extern "C" {
     #[wasm_bindgen(js_name = queueMicrotask)]
     fn queue_microtask(callback: &JsValue);
+    /// Calls `callback(link, kind)` after `ms`; the id is a number in browsers, an object in Node.
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(callback: &Closure<dyn FnMut(LinkId, u8)>, ms: u32, link: LinkId, kind: u8) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &JsValue);
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(message: &str, error: &JsValue);
+}
+
+#[wasm_bindgen(module = "/src/web/browser.js")]
+extern "C" {
+    /// Calls `event(true)` on the window's `online`, `event(false)` when the document becomes
+    /// visible; returns the function that removes both listeners (browser.js).
+    fn listen(event: &Closure<dyn FnMut(bool)>) -> Function;
+}
+
+/// The `online` and `visibilitychange` listeners; dropping it removes them, then frees the closure
+/// they called.
+struct BrowserEvents {
+    _event: Closure<dyn FnMut(bool)>,
+    remove: Function,
+}
+
+impl Drop for BrowserEvents {
+    fn drop(&mut self) {
+        let _ = self.remove.call0(&JsValue::NULL);
+    }
 }
 
 /// What the driver holds on the browser's side. Dropping it closes the sockets, cancels the
@@ -63,9 +91,18 @@ extern "C" {
 #[derive(Default)]
 struct Io {
     sockets: Vec<(LinkId, Socket)>,
-    timers: Vec<(LinkId, TimerKind, Timeout)>,
+    /// The timers running: their link, kind and `setTimeout` id.
+    timers: Vec<(LinkId, TimerKind, JsValue)>,
     /// `online` on the window and `visibilitychange` on the document.
-    listeners: Vec<EventListener>,
+    listeners: Option<BrowserEvents>,
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        for (_, _, id) in &self.timers {
+            clear_timeout(id);
+        }
+    }
 }
 
 fn now() -> f64 {
@@ -104,6 +141,21 @@ impl Driver {
                         } else {
                             d.run(|c, _| c.flush());
                         }
+                    })
+                })
+            },
+            timer: {
+                let weak = weak.clone();
+                Closure::new(move |link: LinkId, kind: u8| {
+                    let kind = match kind {
+                        0 => TimerKind::Reconnect,
+                        1 => TimerKind::Heartbeat,
+                        _ => TimerKind::Release,
+                    };
+                    with(&weak, |d| {
+                        // It ran: its id is spent.
+                        take_timer(&mut d.io.borrow_mut(), link, kind);
+                        d.run(|c, now| c.timer(link, kind, now));
                     })
                 })
             },
@@ -173,25 +225,12 @@ impl Driver {
                 }
             }
             Action::SetTimer { link, kind, ms } => {
-                let weak = Rc::downgrade(self);
-                let timeout = Timeout::new(ms, move || {
-                    if let Some(driver) = weak.upgrade() {
-                        driver.run(|c, now| c.timer(link, kind, now));
-                    }
-                });
-                let old = {
-                    let mut io = self.io.borrow_mut();
-                    let old = take_timer(&mut io, link, kind);
-                    io.timers.push((link, kind, timeout));
-                    old
-                };
-                // Dropped outside the borrow: it may be the very timer running this code.
-                drop(old);
+                let id = set_timeout(&self.timer, ms, link, kind as u8);
+                let mut io = self.io.borrow_mut();
+                take_timer(&mut io, link, kind);
+                io.timers.push((link, kind, id));
             }
-            Action::ClearTimer { link, kind } => {
-                let old = take_timer(&mut self.io.borrow_mut(), link, kind);
-                drop(old);
-            }
+            Action::ClearTimer { link, kind } => take_timer(&mut self.io.borrow_mut(), link, kind),
             Action::Notify { callbacks, event } => {
                 let kind = match &event {
                     Event::State(_) => HookKind::State,
@@ -206,7 +245,7 @@ impl Driver {
                     if let Err(error) = callback.call1(&JsValue::NULL, &arg)
                         && let Some(unreported) = self.run(|c, _| c.hook_failed(kind, error))
                     {
-                        web_sys::console::error_2(&"datastream: an error listener threw".into(), &unreported);
+                        console_error("datastream: an error listener threw", &unreported);
                     }
                 }
             }
@@ -242,21 +281,12 @@ impl Driver {
     }
 
     fn listen_to_browser(self: &Rc<Self>) {
-        // Absent in workers; the client then relies on its heartbeat alone.
-        let Some(window) = web_sys::window() else { return };
         let weak = Rc::downgrade(self);
-        let online = EventListener::new(&window, "online", move |_| with(&weak, |d| d.run(|c, now| c.online(now))));
-        let mut listeners = vec![online];
-        if let Some(document) = window.document() {
-            let weak = Rc::downgrade(self);
-            let doc = document.clone();
-            listeners.push(EventListener::new(&document, "visibilitychange", move |_| {
-                if doc.visibility_state() == web_sys::VisibilityState::Visible {
-                    with(&weak, |d| d.run(|c, now| c.visible(now)));
-                }
-            }));
-        }
-        self.io.borrow_mut().listeners = listeners;
+        let event = Closure::new(move |online: bool| {
+            with(&weak, |d| d.run(|c, now| if online { c.online(now) } else { c.visible(now) }))
+        });
+        let remove = listen(&event);
+        self.io.borrow_mut().listeners = Some(BrowserEvents { _event: event, remove });
     }
 
     /// Closes the client and lets go of every browser resource at once.
@@ -335,9 +365,11 @@ impl ClientSide for Weak<Driver> {
     }
 }
 
-fn take_timer(io: &mut Io, link: LinkId, kind: TimerKind) -> Option<Timeout> {
-    let i = io.timers.iter().position(|(l, k, _)| *l == link && *k == kind)?;
-    Some(io.timers.swap_remove(i).2)
+/// Cancels `link`'s timer of `kind`, if one is running.
+fn take_timer(io: &mut Io, link: LinkId, kind: TimerKind) {
+    if let Some(i) = io.timers.iter().position(|(l, k, _)| *l == link && *k == kind) {
+        clear_timeout(&io.timers.swap_remove(i).2);
+    }
 }
 
 fn with(weak: &Weak<Driver>, f: impl FnOnce(&Rc<Driver>)) {
@@ -393,7 +425,7 @@ mod tests {
                 }
             });
             let function: Function = f.as_ref().unchecked_ref::<Function>().clone();
-            self.driver.run(|c, _| c.on("t", None, function, crate::client::Latest::No)).unwrap();
+            self.driver.run(|c, _| c.on("t", None, function, crate::client::Latest::No));
             self._keep.push(f);
         }
 
@@ -467,11 +499,11 @@ mod tests {
                     // Both asked of the client before the rest of the frame is judged.
                     d.run(|c, now| {
                         c.unsubscribe("a");
-                        c.subscribe("a", None, now).unwrap();
+                        c.subscribe("a", None, now);
                     });
                     let function =
                         Function::new_with_args("data, meta", "globalThis.late = (globalThis.late || 0) + 1");
-                    d.run(|c, _| c.on("t", None, function, crate::client::Latest::No)).unwrap();
+                    d.run(|c, _| c.on("t", None, function, crate::client::Latest::No));
                 }
             }),
         );
@@ -514,7 +546,7 @@ mod tests {
             "globalThis.thrown = (globalThis.thrown || 0) + 1; if (meta.offset === 2) throw new Error('boom')",
         );
         Reflect::set(&js_sys::global(), &"thrown".into(), &0.into()).unwrap();
-        f.driver.run(|c, _| c.on("t", None, thrower, crate::client::Latest::No)).unwrap();
+        f.driver.run(|c, _| c.on("t", None, thrower, crate::client::Latest::No));
         f.listen("other", nothing());
         f.frame(&[("a", 1), ("a", 2), ("a", 3), ("a", 3), ("a", 4)]);
         assert_eq!(f.take(), ["other a 1", "other a 2", "other a 3", "other a 4"]);

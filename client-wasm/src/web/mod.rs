@@ -7,6 +7,9 @@
 //!   client which are new and wanted.
 //! - [`decode`]: the other server frames, read from what `JSON.parse` gave.
 //! - [`convert`]: options in; states and events out.
+//! - `browser.js`: the socket's calls, the window's `online` and the document's
+//!   `visibilitychange` listeners, and the objects of states and events, in JavaScript: one call
+//!   each instead of many across the boundary.
 
 mod api;
 mod convert;
