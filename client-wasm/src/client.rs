@@ -291,13 +291,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// asking the server for `topic`'s by name (however old: the client says it lacks it) or, for
     /// `*`, for what the client has not seen. Nothing is asked in the legacy protocol, nor for a
     /// site not yet wanted (its first subscribe asks for every topic's).
-    pub fn on(
-        &mut self,
-        topic: &str,
-        site: Option<&str>,
-        callback: F,
-        latest: Latest,
-    ) -> ListenerId {
+    pub fn on(&mut self, topic: &str, site: Option<&str>, callback: F, latest: Latest) -> ListenerId {
         let selector = TopicSelector::parse(topic);
         let id = self.core.callbacks.add(selector, site.map(str::to_owned), callback, latest != Latest::No);
         if let (Latest::Ask, Machine::V2(v2)) = (latest, &mut self.rules) {

@@ -369,8 +369,7 @@ async fn a_silent_connection_is_detected_by_the_heartbeat() {
 /// Dispatches a plain event named `name` on the window or, with `on_document`, on its document.
 fn browser_event(name: &str, on_document: bool) {
     let window = web_sys::window().unwrap();
-    let target: web_sys::EventTarget =
-        if on_document { window.document().unwrap().into() } else { window.into() };
+    let target: web_sys::EventTarget = if on_document { window.document().unwrap().into() } else { window.into() };
     target.dispatch_event(&web_sys::Event::new(name).unwrap()).unwrap();
 }
 
@@ -386,7 +385,8 @@ async fn online_and_visible_retry_at_once_and_are_let_go_on_close() {
     wait_until("reconnecting", 5_000, || p.state() == "reconnecting").await;
     browser_event("online", false);
     wait_until("reconnected on `online`", 5_000, || p.core.is_ready()).await;
-    let visible = web_sys::window().unwrap().document().unwrap().visibility_state() == web_sys::VisibilityState::Visible;
+    let visible =
+        web_sys::window().unwrap().document().unwrap().visibility_state() == web_sys::VisibilityState::Visible;
     if visible {
         control("/cut", "").await;
         wait_until("reconnecting", 5_000, || p.state() == "reconnecting").await;

@@ -72,7 +72,9 @@ pub(crate) fn state(state: &State) -> JsValue {
         State::Reconnecting { attempt, delay_ms, reason } => {
             shape("type attempt delay reason", name, (*attempt).into(), (*delay_ms).into(), (*reason).into(), NONE)
         }
-        State::Closed { code, reason } => shape("type code reason", name, (*code).into(), reason.as_str().into(), NONE, NONE),
+        State::Closed { code, reason } => {
+            shape("type code reason", name, (*code).into(), reason.as_str().into(), NONE, NONE)
+        }
         State::Idle | State::Connecting | State::Connected => shape("type", name, NONE, NONE, NONE, NONE),
     }
 }
@@ -98,9 +100,13 @@ pub(crate) fn event(event: Event<JsValue>) -> JsValue {
                 ClientError::Callback { site, topic, error } => {
                     shape("message kind site topic error", message, "callback".into(), site.into(), topic.into(), error)
                 }
-                ClientError::Hook { error } => shape("message kind error", message, "listener".into(), error, NONE, NONE),
+                ClientError::Hook { error } => {
+                    shape("message kind error", message, "listener".into(), error, NONE, NONE)
+                }
                 ClientError::Server { code, site, .. } => match site {
-                    Some(site) => shape("message kind code site", message, "server".into(), code.into(), site.into(), NONE),
+                    Some(site) => {
+                        shape("message kind code site", message, "server".into(), code.into(), site.into(), NONE)
+                    }
                     None => shape("message kind code", message, "server".into(), code.into(), NONE, NONE),
                 },
                 ClientError::Frame(_) => shape("message kind", message, "frame".into(), NONE, NONE, NONE),
