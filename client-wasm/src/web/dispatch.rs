@@ -102,6 +102,9 @@ pub(crate) trait ClientSide: Clone + 'static {
     fn other(&self, link: LinkId, frame: JsValue);
     /// A callback for a publication of `site` on `topic` threw `error`.
     fn failed(&self, site: String, topic: String, error: JsValue);
+    /// A publication of `site` could not be read in full (a delta that does not apply): a gap
+    /// ([`Client::gap`](crate::client::Client::gap)).
+    fn gap(&self, site: String);
 }
 
 /// The dispatcher's requests other than `accept`, by number (`ask(what, a, b, c)` in JavaScript).
@@ -109,6 +112,7 @@ const INTERN: u32 = 0;
 const ROUTE: u32 = 1;
 const OTHER: u32 = 2;
 const FAILED: u32 = 3;
+const GAP: u32 = 4;
 
 /// One client's dispatcher and the closures it calls, which live as long as it does.
 pub(crate) struct Dispatch {
@@ -129,7 +133,7 @@ impl Dispatch {
     /// rarer requests share one
     /// function, `ask(what, a, b, c)` (one closure instead of four in the bundle, values passed
     /// as they are): [`INTERN`] `(name, first)`, [`ROUTE`] `(site, topic, latest)`, [`OTHER`]
-    /// `(link, frame)`, [`FAILED`] `(site, topic, error)`.
+    /// `(link, frame)`, [`FAILED`] `(site, topic, error)`, [`GAP`] `(site)`.
     ///
     /// `options.cache` (a `Map`; a new one when absent) receives the last publication of each
     /// site and slot; the app's side reads it, and drops a site's when unsubscribing it.
@@ -151,6 +155,10 @@ impl Dispatch {
                 }
                 FAILED => {
                     asked.failed(text(&a), text(&b), c);
+                    JsValue::UNDEFINED
+                }
+                GAP => {
+                    asked.gap(text(&a));
                     JsValue::UNDEFINED
                 }
                 _ => JsValue::UNDEFINED,
@@ -235,6 +243,10 @@ mod tests {
         fn failed(&self, site: String, topic: String, error: JsValue) {
             let message = Reflect::get(&error, &"message".into()).unwrap().as_string().unwrap();
             self.log.borrow_mut().push(format!("failed {site} {topic} {message}"));
+        }
+
+        fn gap(&self, site: String) {
+            self.log.borrow_mut().push(format!("gap {site}"));
         }
     }
 
