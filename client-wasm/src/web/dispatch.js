@@ -295,7 +295,15 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
                   t = text.slice(at + 8, text.length - (f.latest === true ? 15 : 1));
                 }
               }
-              if (t !== undefined && deltas) remember(s, k, [epoch, offset, t], texts);
+              if (t !== undefined && deltas) {
+                // Updated in place (the hot path): the order of the slots is the order they came.
+                const h = texts.get(s)?.get(k);
+                if (h) {
+                  h[0] = epoch;
+                  h[1] = offset;
+                  h[2] = t;
+                } else remember(s, k, [epoch, offset, t], texts);
+              }
             }
             // Anything but a well-formed publication goes to the client, which reads it or says
             // what is wrong with it.

@@ -58,6 +58,17 @@
 //!   `latest(site, topic, key)`) and drops a site's when it unsubscribes it. Publications' data
 //!   stays in JavaScript.
 //!
+//! - Deltas (docs/PROTOCOL.md, "Deltas"), while the last `hello` offers `fossil` and the options'
+//!   `delta` is not `false` (the client then asks for them): the data text of each publication
+//!   received (full, latest, replayed, or rebuilt) is kept with its epoch and offset per site and
+//!   slot (the relay's slot rule, its `latest_keys`) in the options' `texts`, a `Map` the npm
+//!   wrapper drops a site's of when unsubscribing it. A `pub` with `delta` is rebuilt from the
+//!   slot's text at exactly `base` in its epoch with the Fossil applier, its length and checksum
+//!   checked, then parsed and dispatched as a full one. One that cannot be (base not held, bad
+//!   delta) is a gap: the publications before it are dispatched, it is dropped, and the client is
+//!   told ([`ClientSide::gap`]): it accepts nothing more of the site until a resubscribe that
+//!   recovers from the last position delivered is confirmed.
+//!
 //! The name table and the cached callbacks start over past 1,000 entries, so names that never
 //! repeat cannot grow them without bound.
 
