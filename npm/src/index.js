@@ -590,6 +590,8 @@ export class Datastream {
     this.#closed = true;
     live.delete(this);
     clearTimeout(this.#refreshTimer);
+    // Nothing more arrives: the bases of deltas go now, whoever still holds the client.
+    this.#texts.clear();
     const core = this.#core;
     if (!core) {
       this.#fail(new DatastreamError('closed', 'closed by the client', { code: 1000 }), 1000);

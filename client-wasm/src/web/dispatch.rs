@@ -363,6 +363,45 @@ mod tests {
     }
 
     #[wasm_bindgen_test]
+    fn deltas_are_rebuilt_from_the_slot_at_their_base_else_a_gap() {
+        dispatched();
+        let fake = Fake::new(false);
+        fake.listen("");
+        let (ws, _detach) = socket(&fake, 7);
+        let hello = r#"{"type":"hello","version":2,"ping_interval_ms":25000,"latest_keys":{"s":"statusType"},"deltas":["fossil"]}"#;
+        let base = r#"{"statusType":"device","mount":{"ra":1}}"#;
+        // Copies 35 characters of the base, inserts `2}}`; 40 characters, then the checksum.
+        let delta = |offset: u32, base: u32, delta: &str| {
+            let delta = serde_json::to_string(delta).unwrap();
+            format!(
+                r#"{{"type":"pub","site":"mrc","topic":"s","epoch":"e","offset":{offset},"key":"device","base":{base},"delta":{delta}}}"#
+            )
+        };
+        let good = "d\na@0,3:2}}1S6Pzy;";
+        let text = [hello, &pub_frame("mrc", "s", "e", 1, base), &delta(2, 1, good)].join("\n");
+        message(&ws, &text.as_str().into());
+        let asked = |fake: &Fake| {
+            fake.take().into_iter().filter(|l| l.starts_with("accept") || l.starts_with("gap")).collect::<Vec<_>>()
+        };
+        assert_eq!(asked(&fake), vec!["accept 7 mrc e 1", "accept 7 mrc e 2"]);
+        let data = dispatched_data();
+        assert_eq!(data[1], serde_json::json!({"statusType":"device","mount":{"ra":2}}), "rebuilt as published");
+
+        // Not held at its base (the slot is at 2), a wrong checksum, a wrong length: each a gap,
+        // the publications before it dispatched first, nothing of it.
+        let text = [
+            pub_frame("mrc", "s", "e", 3, r#"{"statusType":"weather"}"#),
+            delta(4, 1, good),
+            delta(4, 2, "d\na@0,3:2}}1S6Pzz;"),
+            delta(4, 2, "e\na@0,3:2}}1S6Pzy;"),
+        ]
+        .join("\n");
+        message(&ws, &text.as_str().into());
+        assert_eq!(asked(&fake), vec!["accept 7 mrc e 3", "gap mrc", "gap mrc", "gap mrc"]);
+        assert_eq!(dispatched_data(), vec![serde_json::json!({"statusType":"weather"})]);
+    }
+
+    #[wasm_bindgen_test]
     fn packed_frames_are_taken_in_order_and_publications_dispatched() {
         dispatched();
         let fake = Fake::new(false);
