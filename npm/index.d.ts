@@ -42,6 +42,12 @@ export interface DatastreamOptions {
    * telling the kinds apart, e.g. `{ sitestatus: 'statusType' }`. Default: what the relay
    * announces (v2); none in legacy mode. */
   latestKeys?: Record<string, string>;
+  /** `false`: receive every publication in full. Default `true` (v2): when the relay offers
+   * deltas, a publication may come as the difference from the previous one of its kind of state,
+   * rebuilt here and checked before anything sees it (callbacks get the data as published); one
+   * that cannot be rebuilt is treated as a gap and recovered. A device status comes in ~1/17 of
+   * its size. */
+  delta?: boolean;
 }
 
 /** What `debug` logs and `logger` receives. */

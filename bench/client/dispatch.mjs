@@ -18,6 +18,12 @@
 // so the engine has optimised its code: the steady state of a long-lived page rather than a fresh
 // one.
 //
+// Then the browser's time to apply one device-status delta: a page subscribes with
+// `"delta":"fossil"` to a statusgen device stream (--deltas publications, default 200) published to
+// the relay, which computes the deltas; the SDK's applier (client-wasm/src/web/dispatch.js, the
+// function the dispatcher calls, checksum verified) rebuilds each from the previous text, timed over
+// --rounds rounds (the best kept), and JSON.parse of the result beside it.
+//
 // --profile <prefix>: also records a CPU profile (Chrome's sampling profiler) of each handler's
 // last round into <prefix>-plain.cpuprofile and <prefix>-sdk.cpuprofile (they open in Chrome
 // DevTools) and prints the heaviest functions by self time. Profiling slows both handlers down:
@@ -29,6 +35,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
+import { StatusStream } from '../../statusgen/statusgen.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -41,6 +48,7 @@ const rounds = Number(opt('--rounds', '5'));
 const warmup = Number(opt('--warmup', '0'));
 const npmDir = path.resolve(opt('--npm', path.join(root, 'npm')));
 const batch = 500;
+const deltaCount = Number(opt('--deltas', '200'));
 
 /** The functions with the most self time in a CDP profile, per message, on stderr. */
 function printProfile(kind, profile, count) {
@@ -80,7 +88,9 @@ try {
     const p = new URL(req.url, 'http://x').pathname;
     // The package's built dist/ when it has one (the page imports /npm/index.js).
     const base = existsSync(path.join(npmDir, 'dist/index.js')) ? path.join(npmDir, 'dist') : npmDir;
-    const file = p === '/' ? path.join(here, 'page.html') : p.startsWith('/npm/') ? path.join(base, p.slice('/npm/'.length)) : null;
+    const file = p === '/' ? path.join(here, 'page.html')
+      : p === '/applier.js' ? path.join(root, 'client-wasm/src/web/dispatch.js')
+      : p.startsWith('/npm/') ? path.join(base, p.slice('/npm/'.length)) : null;
     try {
       const body = readFileSync(file);
       res.writeHead(200, { 'content-type': types[path.extname(file)] ?? 'application/octet-stream' }).end(body);
@@ -172,6 +182,52 @@ try {
     await page.close();
     await new Promise((r) => setTimeout(r, 2000));
   }
+  // One device-status delta applied in the browser, as the dispatcher does.
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${webPort}/?relay=ws://127.0.0.1:${relayPort}/dev`);
+  await page.evaluate(async (url) => {
+    const ws = new WebSocket(url, 'datastream.v2');
+    window.deltaLines = [];
+    ws.onmessage = (e) => { for (const l of e.data.split('\n')) if (l.trim()) window.deltaLines.push(l); };
+    await new Promise((r) => (ws.onopen = r));
+    ws.send(JSON.stringify({ type: 'subscribe', id: 1, site: 'deltas', delta: 'fossil' }));
+    window.deltaWs = ws;
+  }, `ws://127.0.0.1:${relayPort}/dev`);
+  await page.waitForFunction(() => window.deltaLines.some((l) => l.includes('"subscribed"')));
+  for (const data of StatusStream.device('deltas', 1).take(deltaCount)) {
+    const r = await fetch(`http://127.0.0.1:${relayPort}/publish`, { method: 'POST', body: StatusStream.publication('deltas', data) });
+    if (!r.ok) throw new Error(`publish: ${r.status}`);
+  }
+  await page.waitForFunction((n) => window.deltaLines.filter((l) => l.startsWith('{"type":"pub"')).length >= n, deltaCount);
+  const delta = await page.evaluate(async (rounds) => {
+    const { fossil } = await import('/applier.js');
+    const pairs = [];
+    let text, full = 0, sent = 0;
+    for (const line of window.deltaLines) {
+      const f = JSON.parse(line);
+      if (f.type !== 'pub') continue;
+      if (typeof f.delta === 'string') {
+        pairs.push([text, f.delta]);
+        text = fossil(text, f.delta);
+      } else text = line.slice(line.indexOf(',"data":') + 8, -1);
+      full += text.length;
+      sent += line.length;
+    }
+    let apply = Infinity, parse = Infinity;
+    for (let r = 0; r < rounds; r++) {
+      let t = performance.now();
+      for (const [base, d] of pairs) text = fossil(base, d);
+      apply = Math.min(apply, (performance.now() - t) / pairs.length);
+      t = performance.now();
+      for (const [base, d] of pairs) JSON.parse(fossil(base, d));
+      parse = Math.min(parse, (performance.now() - t) / pairs.length - apply);
+    }
+    window.deltaWs.close();
+    return { publications: pairs.length + 1, deltas: pairs.length, data_bytes: full, frame_bytes: sent,
+      apply_us: +(1000 * apply).toFixed(1), json_parse_us: +(1000 * parse).toFixed(1) };
+  }, Math.max(rounds, 5));
+  await page.close();
+
   const size = (f) => { const b = readFileSync(path.join(npmDir, f)); return { raw: b.length, gzip: gzipSync(b, { level: 9 }).length }; };
   const snippetDir = path.join(npmDir, 'wasm/snippets');
   const snippets = existsSync(snippetDir)
@@ -189,6 +245,8 @@ try {
     sdk_vs_plain_cpu: +(result.sdk.cpu_s / result.plain.cpu_s).toFixed(2),
     sdk_vs_plain_wall: +(result.plain.messages_per_s / result.sdk.messages_per_s).toFixed(2), bundle,
     bundle_gzip_total: Object.values(bundle).reduce((a, b) => a + b.gzip, 0),
+    // The browser's time to apply one device-status delta (and to parse the rebuilt text).
+    delta,
   }));
 } finally {
   for (const stop of stopAll.reverse()) { try { await stop(); } catch {} }

@@ -408,7 +408,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         l.last_heard = now;
         l.probe_sent = None;
         match frame {
-            Inbound::Hello { ping_interval_ms } => {
+            Inbound::Hello { ping_interval_ms, fossil } => {
                 if !matches!(l.phase, Phase::Handshake { .. }) {
                     return;
                 }
@@ -420,6 +420,9 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 let ms = ms_u32(l.silence_limit);
                 self.core.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms });
                 self.token_retried = false;
+                if let Machine::V2(v2) = &mut self.rules {
+                    v2.deltas(fossil && self.core.config.delta);
+                }
                 self.rules.sync(&mut self.core);
                 self.report_state();
             }
@@ -483,6 +486,17 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         l.probe_sent = None;
         // The original service has no latest publications.
         matches!(&self.rules, Machine::V2(v2) if v2.latest(site, epoch))
+    }
+
+    /// A publication of `site` could not be read in full (a delta whose base the browser does not
+    /// hold, or that does not apply): a gap. Nothing of the site is accepted any more until it is
+    /// subscribed again, recovering from the last position delivered (the replay comes in full).
+    pub fn gap(&mut self, site: &str) {
+        if let Machine::V2(v2) = &mut self.rules
+            && v2.gap(site)
+        {
+            self.schedule_flush();
+        }
     }
 
     /// Forgets a publication of `site` recorded by [`Client::accept_undoable`] (the latest first):

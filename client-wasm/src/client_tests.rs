@@ -1048,3 +1048,62 @@ fn an_undone_first_publication_leaves_no_position() {
     let a = hello(&mut c, 1001.0);
     assert_eq!(sends(&a)[0].get("recover"), None, "no position to recover from");
 }
+
+fn hello_with_deltas(c: &mut C, now: f64) -> Out {
+    c.opened(1, now);
+    frame(
+        c,
+        r#"{"type":"hello","version":2,"ping_interval_ms":25000,"max_subscriptions":100,"deltas":["fossil"]}"#,
+        now,
+    )
+}
+
+#[test]
+fn subscribes_ask_for_deltas_when_offered_unless_turned_off() {
+    let (mut c, _) = started(config(&["mrc"]));
+    let a = hello_with_deltas(&mut c, 0.0);
+    assert_eq!(sends(&a), vec![serde_json::json!({"type":"subscribe","id":1,"site":"mrc","delta":"fossil"})]);
+
+    let (mut c, _) = started(config(&["mrc"]));
+    let a = hello(&mut c, 0.0);
+    assert_eq!(sends(&a), vec![serde_json::json!({"type":"subscribe","id":1,"site":"mrc"})], "not offered");
+
+    let mut off = config(&["mrc"]);
+    off.delta = false;
+    let (mut c, _) = started(off);
+    let a = hello_with_deltas(&mut c, 0.0);
+    assert_eq!(sends(&a), vec![serde_json::json!({"type":"subscribe","id":1,"site":"mrc"})], "delta: false");
+}
+
+#[test]
+fn a_gap_resubscribes_from_the_last_delivered_and_drops_the_site_until_confirmed() {
+    let (mut c, _) = started(config(&["mrc", "wmd"]));
+    c.on("*", None, "all", Latest::No);
+    hello_with_deltas(&mut c, 0.0);
+    frame(&mut c, &[subscribed("mrc", 1, "e", 10, None, 0), subscribed("wmd", 2, "w", 3, None, 0)].join("\n"), 1.0);
+    let a = frame(&mut c, &publ("mrc", "x", "e", 11), 2.0);
+    assert_eq!(delivered(&a).len(), 1);
+    // The browser could not rebuild the publication at 12 (a delta whose base it lacks).
+    c.gap("mrc");
+    c.gap("mrc");
+    let a = acts(&mut c);
+    assert_eq!(
+        sends(&a),
+        vec![
+            serde_json::json!({"type":"subscribe","id":3,"site":"mrc","recover":{"epoch":"e","offset":11},"delta":"fossil"})
+        ],
+        "one resubscribe, from the last delivered"
+    );
+    // Until it is confirmed, the site's publications are not delivered (the position stays);
+    // other sites flow.
+    let a = frame(&mut c, &[publ("mrc", "x", "e", 13), publ("wmd", "x", "w", 4)].join("\n"), 3.0);
+    assert_eq!(delivered(&a), vec![("wmd".into(), 4, vec!["all"])]);
+    c.gap("mrc");
+    assert!(sends(&acts(&mut c)).is_empty(), "a resubscribe is on its way");
+    let text = [subscribed("mrc", 3, "e", 13, Some(true), 2), publ("mrc", "x", "e", 12), publ("mrc", "x", "e", 13)];
+    let a = frame(&mut c, &text.join("\n"), 4.0);
+    let offsets: Vec<u64> = delivered(&a).iter().map(|d| d.1).collect();
+    assert_eq!(offsets, vec![12, 13], "the replay fills the gap, once and in order");
+    let a = frame(&mut c, &publ("mrc", "x", "e", 14), 5.0);
+    assert_eq!(delivered(&a).len(), 1);
+}

@@ -44,6 +44,8 @@ pub struct Config {
     /// The app gives tokens on demand (its `getToken`): each connection attempt first asks for
     /// one ([`crate::client::Event::TokenNeeded`]) and opens once it has the answer.
     pub fetch_tokens: bool,
+    /// Ask for v2 publications as deltas when the relay offers them (the browser applies them).
+    pub delta: bool,
 }
 
 /// Why options were refused.
@@ -107,6 +109,7 @@ impl Config {
             connect_timeout: Duration::from_secs(10),
             token: None,
             fetch_tokens: false,
+            delta: true,
         }
     }
 

@@ -9,6 +9,8 @@
 
 use datastream_protocol::v2::ServerFrame;
 
+use crate::subscriptions::FOSSIL;
+
 /// One frame from the server, other than a publication.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
@@ -16,6 +18,8 @@ pub enum Inbound {
     Hello {
         /// The server's ping interval.
         ping_interval_ms: u64,
+        /// Whether the relay offers Fossil deltas (its `deltas` lists `fossil`).
+        fossil: bool,
     },
     /// v2: a subscription is in place.
     Subscribed {
@@ -58,7 +62,9 @@ impl Inbound {
     /// [`Client::accept`]: crate::client::Client::accept
     pub fn from_server_frame(frame: ServerFrame) -> Option<Self> {
         Some(match frame {
-            ServerFrame::Hello { ping_interval_ms, .. } => Inbound::Hello { ping_interval_ms },
+            ServerFrame::Hello { ping_interval_ms, deltas, .. } => {
+                Inbound::Hello { ping_interval_ms, fossil: deltas.iter().any(|d| d == FOSSIL) }
+            }
             ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed, .. } => {
                 Inbound::Subscribed { id, site, epoch, offset, recovered, replayed }
             }

@@ -25,7 +25,13 @@ struct Subscription {
     /// Topics whose latest publication a listener wants and the client does not hold: asked for
     /// by name (whatever the position recovered from) until a subscribe asking is confirmed.
     lacking: Vec<String>,
+    /// A publication could not be read (see [`Subscriptions::gap`]): nothing is accepted until
+    /// the subscribe sent since is confirmed, so the position stays at the last delivered.
+    broken: bool,
 }
+
+/// The delta encoding the client applies.
+pub(crate) const FOSSIL: &str = "fossil";
 
 /// Why a site's missed publications could not be replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,8 @@ pub struct Subscriptions {
     /// subscribe in one task change nothing on the wire).
     released: Vec<String>,
     next_id: u64,
+    /// Subscribes ask for deltas ([`FOSSIL`]).
+    pub(crate) deltas: bool,
 }
 
 impl Subscriptions {
@@ -156,8 +164,21 @@ impl Subscriptions {
             rewind: if recover.is_none() { sub.rewind } else { None },
             recover,
             latest,
-            delta: None,
+            delta: self.deltas.then(|| FOSSIL.to_owned()),
         })
+    }
+
+    /// A publication of `site` could not be read in full: a gap. Until a new subscribe is
+    /// confirmed nothing of the site is accepted, so it recovers from the last position
+    /// delivered. Returns whether that subscribe is to be sent (not when one is already due).
+    pub fn gap(&mut self, site: &str) -> bool {
+        let Some(sub) = self.get_mut(site) else { return false };
+        if sub.broken {
+            return false;
+        }
+        sub.broken = true;
+        sub.sent_topics = None;
+        true
     }
 
     /// Makes the next [`Subscriptions::needs_subscribe`] of `site` (every wanted site when
@@ -197,6 +218,7 @@ impl Subscriptions {
         let sub = self.get_mut(site)?;
         sub.stream = Some(Stream::confirmed(sub.stream.take(), epoch, offset, replayed));
         if id.is_some() && sub.pending == id {
+            sub.broken = false;
             sub.pending = None;
             sub.rewind = None;
             sub.lacking.clear();
@@ -222,7 +244,7 @@ impl Subscriptions {
 
     /// Whether the publication at (`epoch`, `offset`) on `site` is new and wanted; records it.
     pub fn accept(&mut self, site: &str, epoch: &str, offset: u64) -> bool {
-        let Some(sub) = self.get_mut(site) else { return false };
+        let Some(sub) = self.get_mut(site).filter(|s| !s.broken) else { return false };
         match &mut sub.stream {
             Some(stream) => stream.accept(epoch, offset),
             None => {
@@ -237,7 +259,7 @@ impl Subscriptions {
     /// [`Subscriptions::accept`], with what undoes it ([`Subscriptions::undo`]): `None` when it
     /// changed nothing, else the stream's undo (`None` inside: the stream was just started).
     pub fn accept_undoable(&mut self, site: &str, epoch: &str, offset: u64) -> (bool, Option<Option<Undo>>) {
-        let Some(sub) = self.get_mut(site) else { return (false, None) };
+        let Some(sub) = self.get_mut(site).filter(|s| !s.broken) else { return (false, None) };
         match &mut sub.stream {
             Some(stream) => {
                 let (fresh, undo) = stream.accept_undoable(epoch, offset);

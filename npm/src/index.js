@@ -85,7 +85,7 @@ function checkListener(topic, callback) {
 }
 
 const OPTIONS = new Set(
-  'url sites protocol minReconnectDelay maxReconnectDelay heartbeatGrace connectTimeout token getToken WebSocket wasmUrl debug logger latestKeys autoConnect'.split(
+  'url sites protocol minReconnectDelay maxReconnectDelay heartbeatGrace connectTimeout token getToken WebSocket wasmUrl debug logger latestKeys autoConnect delta'.split(
     ' ',
   ),
 );
@@ -128,6 +128,9 @@ export class Datastream {
    * client had delivered already go to `to` (`[topic, callback, handle]`, the listeners of the
    * handles that asked for it) only; filled by `#subscribed`, read by the module's dispatcher. */
   #replays = new Map();
+  /** Site → slot → the epoch, offset and data text of the last publication received: the base
+   * of the next delta, while deltas are on; filled by the dispatcher. */
+  #texts = new Map();
   /** The app's `onError` listeners, and internal listeners for refusals (`ready()`). */
   #errorListeners = new Set();
   #refusalListeners = new Set();
@@ -214,7 +217,7 @@ export class Datastream {
   #start() {
     if (this.#closed || this.#core || !this.#loaded || !this.#permitted) return;
     try {
-      this.#core = new DatastreamCore({ ...this.#options, cache: this.#cache, keys: this.#keys, replays: this.#replays });
+      this.#core = new DatastreamCore({ ...this.#options, cache: this.#cache, keys: this.#keys, replays: this.#replays, texts: this.#texts });
     } catch (error) {
       this.#fail(error);
       return;
@@ -326,6 +329,7 @@ export class Datastream {
       this.#sites.delete(site);
       for (const handle of entry.handles) handle._end('refused', e);
       this.#cache.delete(site);
+      this.#texts.delete(site);
       this.#replays.delete(site);
       this.#core?.unsubscribe(site);
     }
@@ -417,6 +421,7 @@ export class Datastream {
     this.#log('unsubscribe', { site });
     this.#call((core) => {
       this.#cache.delete(site);
+      this.#texts.delete(site);
       core.unsubscribe(site);
     });
   }
@@ -585,6 +590,8 @@ export class Datastream {
     this.#closed = true;
     live.delete(this);
     clearTimeout(this.#refreshTimer);
+    // Nothing more arrives: the bases of deltas go now, whoever still holds the client.
+    this.#texts.clear();
     const core = this.#core;
     if (!core) {
       this.#fail(new DatastreamError('closed', 'closed by the client', { code: 1000 }), 1000);

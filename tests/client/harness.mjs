@@ -20,7 +20,10 @@
 //   /accept    proxy new connections again
 //   /freeze    stop forwarding on current connections without closing them (a dead network)
 //   /restart   stop the relay (SIGTERM) and start it again on the same port: a new epoch
-//   /stats     {"connections", "open", "bytes_to_client"} since the last /reset
+//   /mangle    body {"find": regex, "with": text}: the next chunk the relay sends whose text matches
+//              `find` gets its first match replaced by `with`, of the same length (the WebSocket
+//              frame stays well-formed; the relay does not compress), once: a frame altered on its way
+//   /stats     {"connections", "open", "bytes_to_client", "mangled"} since the last /reset
 //   /reset     zero the counters
 //   /token     body {"sites": [...], "ttl_ms": n, "bad": bool}: an HS256 JWT granting `sites`, expiring
 //              after ttl_ms (whole seconds, rounded up); signed with another secret when `bad`
@@ -130,7 +133,8 @@ function stopRelay() {
 
 const pairs = new Set();
 let refusing = false;
-let stats = { connections: 0, bytes_to_client: 0 };
+let stats = { connections: 0, bytes_to_client: 0, mangled: 0 };
+let mangle = null;
 
 const proxy = net.createServer((client) => {
   stats.connections += 1;
@@ -151,6 +155,15 @@ const proxy = net.createServer((client) => {
   });
   upstream.on('data', (d) => {
     if (pair.frozen) return;
+    if (mangle) {
+      const s = d.toString('latin1');
+      const m = mangle.find.exec(s);
+      if (m && m[0].length === mangle.with.length) {
+        d = Buffer.from(s.slice(0, m.index) + mangle.with + s.slice(m.index + m[0].length), 'latin1');
+        mangle = null;
+        stats.mangled += 1;
+      }
+    }
     stats.bytes_to_client += d.length;
     client.write(d);
   });
@@ -211,7 +224,12 @@ const routes = {
   },
   '/stats': async () => [200, JSON.stringify({ ...stats, open: pairs.size })],
   '/reset': async () => {
-    stats = { connections: 0, bytes_to_client: 0 };
+    stats = { connections: 0, bytes_to_client: 0, mangled: 0 };
+    return [200, '{}'];
+  },
+  '/mangle': async (body) => {
+    const { find, with: text } = JSON.parse(body);
+    mangle = { find: new RegExp(find), with: text };
     return [200, '{}'];
   },
 };

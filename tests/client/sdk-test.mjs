@@ -3,13 +3,15 @@
 // site and the linger after the last, subscription changes of one task in one frame per site,
 // errors and logging, the module's version check, and tokens against a relay that requires them
 // but lets anonymous visitors read some sites (expiry with and without refresh, a revoked site, a
-// token that stops verifying, a failing getToken, no token, legacy `?token=`).
+// token that stops verifying, a failing getToken, no token, legacy `?token=`); and deltas (device
+// statuses rebuilt as published for a fraction of the bytes, `delta: false`, a corrupted or
+// base-less delta recovered), those also in headless Firefox.
 //
 //   node tests/client/sdk-test.mjs --control <port> --proxy <port> --jwt-control <port> --jwt-relay <port>
 //
 // `--control`/`--proxy`: the plain relay's harness; `--jwt-*`: a harness started with
 // --jwt-secret, --max-subscriptions 4 and --anonymous-sites open-a,open-b. Serves npm/dist
-// (npm/build.sh) to a test page. Uses /usr/bin/chromium. SDK_TEST_ONLY=<text> runs the tests
+// (npm/build.sh) to a test page. Uses /usr/bin/chromium, and /usr/bin/firefox-esr with geckodriver. SDK_TEST_ONLY=<text> runs the tests
 // whose name contains it.
 
 import http from 'node:http';
@@ -17,6 +19,9 @@ import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawn } from 'node:child_process';
+
+import { StatusStream } from '../../statusgen/statusgen.mjs';
 
 const require = createRequire(path.join(process.env.NODE_PATH.split(':')[0], 'x.js'));
 const { chromium } = require('playwright-core');
@@ -66,6 +71,17 @@ const recording = () => {
   return log;
 };
 const loginRequired = () => Object.assign(new Error('Login required'), { error: 'login_required' });
+// Photon Ranch-shaped statuses (statusgen): data texts, published byte for byte.
+const DEVICE = ${JSON.stringify(StatusStream.device('mrc', 23).take(24))};
+const WEATHER = ${JSON.stringify(StatusStream.weather('mrc', 23).take(6))};
+const publishStatus = (site, data) => post(P.control, '/publish', '{"site": ' + JSON.stringify(site) + ', "topic": "sitestatus", "data": ' + data + '}');
+const stats = () => post(P.control, '/stats');
+// Publishes \`texts\` of \`site\` in order; resolves once \`got\` (the data received, as JSON) has them all.
+const statuses = async (site, texts, got, from = 0) => {
+  for (const t of texts) await publishStatus(site, t);
+  await until('the statuses', () => got.length >= from + texts.length);
+};
+const asPublished = (got, texts) => got.length === texts.length && got.every((g, i) => g === JSON.stringify(JSON.parse(texts[i])));
 `;
 
 const tests = {
@@ -576,6 +592,86 @@ const tests = {
     await until('a publication', () => got.length === 1);
     ds.close();
     return { got, ok: got[0] === 7 };`,
+
+  'deltas: the callbacks, meta and latest() get the statuses as published, for a fraction of their bytes': `
+    const site = unique('d1');
+    const log = recording();
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', WebSocket: log.WebSocket });
+    const sub = ds.subscribe(site);
+    const got = [], metas = [];
+    sub.on('sitestatus', (d, m) => { got.push(JSON.stringify(d)); metas.push(m.offset); });
+    await sub.ready;
+    await post(P.control, '/reset');
+    // Device statuses with a weather status now and then: two slots, each its own base.
+    const texts = DEVICE.flatMap((t, i) => (i % 4 === 3 ? [t, WEATHER[(i - 3) / 4]] : [t]));
+    await statuses(site, texts, got);
+    const { bytes_to_client: bytes } = await stats();
+    const full = texts.reduce((n, t) => n + t.length, 0);
+    const latest = JSON.stringify(ds.latest(site, 'sitestatus', 'device'));
+    ds.close();
+    const asked = log.sent.find((f) => f.type === 'subscribe')?.delta;
+    return { asked, bytes, full, n: got.length, metas: metas.join(), note: bytes + ' bytes received for ' + full + ' of data',
+      ok: asked === 'fossil' && asPublished(got, texts) && metas.every((o, i) => o === i + 1)
+        && latest === JSON.stringify(JSON.parse(DEVICE[DEVICE.length - 1])) && bytes < full / 5 };`,
+
+  'deltas: delta: false receives every publication in full': `
+    const site = unique('d2');
+    const log = recording();
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', WebSocket: log.WebSocket, delta: false });
+    const sub = ds.subscribe(site);
+    const got = [];
+    sub.on('sitestatus', (d) => got.push(JSON.stringify(d)));
+    await sub.ready;
+    await post(P.control, '/reset');
+    const texts = DEVICE.slice(0, 8);
+    await statuses(site, texts, got);
+    const { bytes_to_client: bytes } = await stats();
+    const full = texts.reduce((n, t) => n + t.length, 0);
+    ds.close();
+    const asked = log.sent.find((f) => f.type === 'subscribe')?.delta;
+    return { asked, bytes, full, ok: asked === undefined && asPublished(got, texts) && bytes >= full };`,
+
+  'deltas: a corrupted delta (bad checksum) is a gap: recovered, never delivered wrong': `
+    const site = unique('d3');
+    const log = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', logger: (e, d) => log.push([e, d.recovered]) });
+    const sub = ds.subscribe(site);
+    const got = [];
+    sub.on('sitestatus', (d) => got.push(JSON.stringify(d)));
+    const errors = [];
+    ds.onError((e) => errors.push(e.message));
+    await sub.ready;
+    await statuses(site, DEVICE.slice(0, 3), got);
+    await post(P.control, '/reset');
+    // The last digit of the next delta's checksum changed.
+    await post(P.control, '/mangle', JSON.stringify({ find: '[0-9A-Za-z_];"}', with: '~;"}' }));
+    await statuses(site, DEVICE.slice(3, 10), got, 3);
+    const { mangled } = await stats();
+    ds.close();
+    const recoveries = log.filter(([e, r]) => e === 'subscribed' && r === true).length;
+    return { mangled, recoveries, n: got.length, errors,
+      ok: mangled === 1 && recoveries === 1 && asPublished(got, DEVICE.slice(0, 10)) && errors.length === 0 };`,
+
+  'deltas: a delta whose base the client does not hold is a gap: recovered, never delivered wrong': `
+    const site = unique('d4');
+    const log = [];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', logger: (e, d) => log.push([e, d.recovered]) });
+    const sub = ds.subscribe(site);
+    const got = [];
+    sub.on('sitestatus', (d) => got.push(JSON.stringify(d)));
+    const errors = [];
+    ds.onError((e) => errors.push(e.message));
+    await sub.ready;
+    // A new site's offsets start at 1: the delta at 5 applies to 4; it is sent as applying to 3.
+    await statuses(site, DEVICE.slice(0, 4), got);
+    await post(P.control, '/reset');
+    await post(P.control, '/mangle', JSON.stringify({ find: '"offset":5,"key":"device","base":4,', with: '"offset":5,"key":"device","base":3,' }));
+    await statuses(site, DEVICE.slice(4, 10), got, 4);
+    const { mangled } = await stats();
+    ds.close();
+    const recoveries = log.filter(([e, r]) => e === 'subscribed' && r === true).length;
+    return { mangled, recoveries, n: got.length, errors,
+      ok: mangled === 1 && recoveries === 1 && asPublished(got, DEVICE.slice(0, 10)) && errors.length === 0 };`,
 };
 
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm' };
@@ -615,7 +711,7 @@ try {
     await tab.waitForFunction(() => window.__loaded === true, null, { timeout: 10_000 });
     try {
       const result = await tab.evaluate(`(async () => { ${prelude}\n${body} })()`);
-      check(result.ok === true && errors.length === 0, `${name} ${result.ok ? '' : JSON.stringify(result)} ${errors.join('; ')}`);
+      check(result.ok === true && errors.length === 0, `${name} ${result.ok ? result.note ?? '' : JSON.stringify(result)} ${errors.join('; ')}`);
     } catch (e) {
       check(false, `${name}: ${e.message.split('\n')[0]}`);
     }
@@ -623,7 +719,70 @@ try {
   }
 } finally {
   await browser.close();
+}
+
+// The delta tests again in headless Firefox, through geckodriver (started and stopped by PID).
+try {
+  const only = process.env.SDK_TEST_ONLY;
+  const names = Object.keys(tests).filter((n) => n.startsWith('deltas:') && (!only || n.includes(only)));
+  if (names.length) await inFirefox(names);
+} finally {
   server.close();
+}
+
+async function inFirefox(names) {
+  const probe = http.createServer();
+  await new Promise((r) => probe.listen(0, '127.0.0.1', r));
+  const port = probe.address().port;
+  await new Promise((r) => probe.close(r));
+  const driver = spawn('geckodriver', ['--host', '127.0.0.1', '--port', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  driver.stderr.on('data', (d) => (log += d));
+  const wd = async (method, p, body) => {
+    const res = await fetch(`http://127.0.0.1:${port}${p}`, {
+      method,
+      headers: body ? { 'content-type': 'application/json' } : {},
+      body: body && JSON.stringify(body),
+    });
+    const json = await res.json();
+    if (!res.ok) throw new Error(`WebDriver ${p}: ${JSON.stringify(json.value).slice(0, 500)}`);
+    return json.value;
+  };
+  let session = null;
+  try {
+    for (let i = 0; i < 100; i++) {
+      if (await wd('GET', '/status').then((v) => v.ready, () => false)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    ({ sessionId: session } = await wd('POST', '/session', {
+      capabilities: { alwaysMatch: { browserName: 'firefox', 'moz:firefoxOptions': { binary: '/usr/bin/firefox-esr', args: ['-headless'] } } },
+    }));
+    await wd('POST', `/session/${session}/timeouts`, { script: 120_000, pageLoad: 30_000 });
+    for (const name of names) {
+      try {
+        await wd('POST', `/session/${session}/url`, { url: `${base}/test.html` });
+        const end = Date.now() + 20_000;
+        while (!(await wd('POST', `/session/${session}/execute/sync`, { script: 'return window.__loaded === true', args: [] }))) {
+          if (Date.now() > end) throw new Error('the page did not load');
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        const got = await wd('POST', `/session/${session}/execute/async`, {
+          script: `const done = arguments[arguments.length - 1];
+            (async () => { ${prelude}\n${tests[name]} })().then((r) => done({ r }), (e) => done({ error: String(e) }));`,
+          args: [],
+        });
+        if (got.error) throw new Error(got.error);
+        check(got.r.ok === true, `Firefox, ${name} ${got.r.ok ? got.r.note ?? '' : JSON.stringify(got.r)}`);
+      } catch (e) {
+        check(false, `Firefox, ${name}: ${e.message.split('\n')[0]}`);
+      }
+    }
+  } finally {
+    if (session) await wd('DELETE', `/session/${session}`).catch(() => {});
+    driver.kill('SIGTERM');
+    await new Promise((r) => (driver.exitCode !== null ? r() : driver.once('exit', r)));
+    if (failures) console.error(log.slice(-2000));
+  }
 }
 
 if (failures > 0) {

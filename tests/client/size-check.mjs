@@ -13,8 +13,12 @@ import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 
 /**
- * Gzip bytes allowed for the wasm and the modern build together: 35.6 KB, what was reached
- * (35.5 KB) with 0.1 KB of room. It was 42.55 KB (42 KB, plus 0.25 KB for latest values and
+ * Gzip bytes allowed for the wasm and the modern build together: 36.55 KB, the 35.6 KB below plus
+ * what deltas cost, measured (36,343 → 37,338 B, +0.97 KB): the Fossil applier with its checksum
+ * and each slot's last data text in the dispatcher (+0.7 KB of dist/index.js), asking for deltas
+ * and the gap's resubscribe in the client (+0.2 KB of WebAssembly).
+ *
+ * Before deltas it was 35.6 KB, what was reached (35.5 KB) with 0.1 KB of room. It was 42.55 KB (42 KB, plus 0.25 KB for latest values and
  * 0.3 KB for keeping them per kind of state; 42.6 KB shipped) until: the module's imports and
  * exports renamed to one or two letters in the module and the glue (-3.0 KB), the browser's
  * listeners, timers and socket through one call and one closure each instead of gloo and web-sys
@@ -23,7 +27,7 @@ import { gzipSync } from 'node:zlib';
  * the target_features section stripped (-0.1 KB). `node bench/client/size-table.mjs` shows
  * where the rest is.
  */
-const BUDGET_GZIP = 35.6 * 1024;
+const BUDGET_GZIP = 36.55 * 1024;
 
 const dir = path.resolve(process.argv[2] ?? path.join(path.dirname(fileURLToPath(import.meta.url)), '../../npm'));
 const counted = [

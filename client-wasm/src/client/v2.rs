@@ -41,6 +41,18 @@ impl V2 {
     pub(crate) fn lacks(&mut self, site: Option<&str>, topic: &str) {
         self.subs.resend(site, topic);
     }
+
+    /// Whether the next subscribes ask for deltas (the relay offers them and the app did not
+    /// opt out).
+    pub(crate) fn deltas(&mut self, on: bool) {
+        self.subs.deltas = on;
+    }
+
+    /// A gap in `site`'s stream (see [`crate::client::Client::gap`]); whether a resubscribe is
+    /// now due.
+    pub(crate) fn gap(&mut self, site: &str) -> bool {
+        self.subs.gap(site)
+    }
 }
 
 impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {

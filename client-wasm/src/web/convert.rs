@@ -51,6 +51,7 @@ pub(crate) fn config(options: &JsValue) -> Result<Config, JsValue> {
     }
     config.token = get(options, "token").as_string();
     config.fetch_tokens = get(options, "getToken").is_function();
+    config.delta = get(options, "delta").as_bool() != Some(false);
     config.validate().map_err(|e| js_sys::Error::new(&e.message()))?;
     Ok(config)
 }

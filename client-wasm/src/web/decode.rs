@@ -25,7 +25,10 @@ pub(crate) fn decode(obj: &JsValue, legacy: bool) -> Result<Inbound, String> {
     }
     Ok(match kind.as_deref() {
         Some("pub") => return Err(malformed(obj, &["site", "topic", "epoch"])),
-        Some("hello") => Inbound::Hello { ping_interval_ms: number(obj, "ping_interval_ms").unwrap_or(25_000) },
+        Some("hello") => Inbound::Hello {
+            ping_interval_ms: number(obj, "ping_interval_ms").unwrap_or(25_000),
+            fossil: deltas(&get(obj, "deltas")),
+        },
         Some("subscribed") => Inbound::Subscribed {
             id: number(obj, "id"),
             site: required(obj, "site")?,
@@ -41,6 +44,11 @@ pub(crate) fn decode(obj: &JsValue, legacy: bool) -> Result<Inbound, String> {
         // A newer server's frame: ignored, but it still shows the connection is alive.
         _ => Inbound::Other,
     })
+}
+
+/// Whether a `hello`'s `deltas` offers the encoding the client applies.
+fn deltas(offered: &JsValue) -> bool {
+    js_sys::Array::is_array(offered) && js_sys::Array::from(offered).includes(&crate::subscriptions::FOSSIL.into(), 0)
 }
 
 /// What is wrong with a publication whose fields `strings` must be strings. With those in

@@ -10,6 +10,63 @@ const KEEP = 64;
 /** What a key must be (the relay's name rules), else the publication is kept under its topic. */
 const NAME = /^[\w.:-]{1,64}$/;
 
+// Fossil deltas (https://fossil-scm.org/home/doc/tip/www/delta_format.wiki), applied to strings:
+// the format counts bytes, and the relay sends deltas only between ASCII texts, whose bytes are
+// the string's characters.
+const DIGITS = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~';
+const VALUE = new Int8Array(128).fill(-1);
+for (let i = 0; i < 64; i++) VALUE[DIGITS.charCodeAt(i)] = i;
+
+const checksum = (s) => {
+  let a = 0, b = 0, c = 0, d = 0;
+  const n = s.length & ~3;
+  for (let i = 0; i < n; i += 4) {
+    a += s.charCodeAt(i);
+    b += s.charCodeAt(i + 1);
+    c += s.charCodeAt(i + 2);
+    d += s.charCodeAt(i + 3);
+  }
+  let sum = d + (c << 8) + (b << 16) + (a << 24);
+  switch (s.length & 3) {
+    case 3: sum += s.charCodeAt(n + 2) << 8; // falls through
+    case 2: sum += s.charCodeAt(n + 1) << 16; // falls through
+    case 1: sum += s.charCodeAt(n) << 24;
+  }
+  return sum >>> 0;
+};
+
+/** The text Fossil `delta` makes of `base`; throws unless its length and checksum are right. */
+export function fossil(base, delta) {
+  let p = 0;
+  const int = () => {
+    let v = 0, x;
+    while ((x = VALUE[delta.charCodeAt(p)]) >= 0) {
+      v = v * 64 + x;
+      p++;
+    }
+    return v;
+  };
+  const size = int();
+  if (delta[p++] !== '\n') throw 0;
+  const parts = [];
+  while (p < delta.length) {
+    const n = int();
+    const op = delta[p++];
+    if (op === '@') {
+      const at = int();
+      if (delta[p++] !== ',' || at + n > base.length) throw 0;
+      parts.push(base.slice(at, at + n));
+    } else if (op === ':') {
+      parts.push(delta.slice(p, (p += n)));
+    } else if (op === ';') {
+      const out = parts.join('');
+      if (out.length !== size || checksum(out) !== n) throw 0;
+      return out;
+    } else throw 0;
+  }
+  throw 0;
+}
+
 /**
  * `accept(link, buf, from, to, now)` judges publications `from..to`, four numbers each in `buf`
  * (site, epoch — for a latest publication -1 - epoch —, offset, then the answer it writes: the
@@ -20,13 +77,19 @@ const NAME = /^[\w.:-]{1,64}$/;
  * here; `keys`: topic → the data field telling its kinds of state apart, from `latestKeys` if
  * given, else from each `hello` (its `latest_keys`), filled here; `replays`: site → `{ left, to }`,
  * a rewind's replay under way (filled by the app's side): of its next `left` publications, those
- * the client does not accept (delivered before) go to the listeners `to` (`[topic, callback]`).
+ * the client does not accept (delivered before) go to the listeners `to` (`[topic, callback]`);
+ * `texts`: site → slot → `[epoch, offset, data text]` of the last publication received, the base
+ * of the next delta, kept while deltas are on (the relay offers them, `delta` is not false).
  */
-export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys = new Map(), latestKeys, replays = new Map() }) {
+export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys = new Map(), latestKeys, replays = new Map(), texts = new Map(), delta }) {
   const intern = (name, first) => ask(0, name, first);
   const route = (site, topic, latest) => ask(1, site, topic, latest);
   const other = (link, frame) => ask(2, link, frame);
   const failed = (site, topic, error) => ask(3, site, topic, error);
+  const gap = (site) => ask(4, site);
+  // The relay's slot rule (its `latest_keys`), for the bases of deltas; and whether deltas are on.
+  const relayKeys = new Map();
+  let deltas = false;
 
   // Site and epoch names → their index in the client's table.
   const ids = new Map();
@@ -37,22 +100,22 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
   // The last names and route looked up: a stream mostly repeats them.
   let lastSite, lastSiteId, lastEpoch, lastEpochId, routeSite, routeTopic, routeFns;
 
-  const setKeys = (o) => {
-    keys.clear();
-    for (const t in o) keys.set(t, o[t]);
+  const setKeys = (o, to = keys) => {
+    to.clear();
+    for (const t in o) to.set(t, o[t]);
   };
   setKeys(latestKeys);
   // A publication's slot: its topic, and for a topic of `keys` whose data (an object) has a
   // string field of that name following the name rules, `topic\nvalue` (the relay's rule).
-  const slot = (topic, d) => {
-    const field = keys.get(topic);
+  const slot = (topic, d, by = keys) => {
+    const field = by.get(topic);
     const k = field !== undefined && d && typeof d === 'object' && !Array.isArray(d) ? d[field] : undefined;
     return typeof k === 'string' && NAME.test(k) ? `${topic}\n${k}` : topic;
   };
-  // Holds `f` as the last publication of its site and slot `k`.
-  const remember = (s, k, f) => {
-    let slots = cache.get(s);
-    if (!slots) cache.set(s, (slots = new Map()));
+  // Holds `f` as the last publication of its site and slot `k` (in `cache`, or `texts`).
+  const remember = (s, k, f, held = cache) => {
+    let slots = held.get(s);
+    if (!slots) held.set(s, (slots = new Map()));
     slots.delete(k);
     slots.set(k, f);
     if (slots.size > KEEP) slots.delete(slots.keys().next().value);
@@ -204,6 +267,44 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
             const topic = f?.topic;
             const epoch = legacy ? undefined : f?.epoch;
             const offset = legacy ? -1 : f?.offset;
+            if (!legacy && f?.type === 'pub' && typeof s === 'string' && typeof topic === 'string') {
+              const d = f.delta;
+              let k, t;
+              if (typeof d === 'string') {
+                // A delta: rebuilt from the slot's text at exactly `base`, else a gap (nothing is
+                // delivered; the client resubscribes and recovers from the last delivered).
+                k = typeof f.key === 'string' ? `${topic}\n${f.key}` : topic;
+                const held = texts.get(s)?.get(k);
+                try {
+                  if (!deltas || held?.[0] !== epoch || held[1] !== f.base) throw 0;
+                  f.data = JSON.parse((t = fossil(held[2], d)));
+                } catch {
+                  if (m) {
+                    if (!flush(m, now)) return;
+                    m = 0;
+                  }
+                  gap(s);
+                  if (!socket.live) return;
+                  continue;
+                }
+              } else if (deltas) {
+                // The data text: the relay writes `data` last, but for a latest publication's mark.
+                const at = text.indexOf(',"data":');
+                if (at > 0) {
+                  k = slot(topic, f.data, relayKeys);
+                  t = text.slice(at + 8, text.length - (f.latest === true ? 15 : 1));
+                }
+              }
+              if (t !== undefined && deltas) {
+                // Updated in place (the hot path): the order of the slots is the order they came.
+                const h = texts.get(s)?.get(k);
+                if (h) {
+                  h[0] = epoch;
+                  h[1] = offset;
+                  h[2] = t;
+                } else remember(s, k, [epoch, offset, t], texts);
+              }
+            }
             // Anything but a well-formed publication goes to the client, which reads it or says
             // what is wrong with it.
             if (
@@ -238,7 +339,12 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
           }
           if (i < end) {
             // The relay's rule for slots, unless the app gave its own.
-            if (f?.type === 'hello' && !latestKeys) setKeys(f.latest_keys);
+            if (f?.type === 'hello') {
+              if (!latestKeys) setKeys(f.latest_keys);
+              setKeys(f.latest_keys, relayKeys);
+              deltas = delta !== false && Array.isArray(f.deltas) && f.deltas.includes('fossil');
+              if (!deltas) texts.clear();
+            }
             other(link, f);
             if (!socket.live) return;
           }

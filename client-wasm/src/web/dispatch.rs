@@ -58,6 +58,17 @@
 //!   `latest(site, topic, key)`) and drops a site's when it unsubscribes it. Publications' data
 //!   stays in JavaScript.
 //!
+//! - Deltas (docs/PROTOCOL.md, "Deltas"), while the last `hello` offers `fossil` and the options'
+//!   `delta` is not `false` (the client then asks for them): the data text of each publication
+//!   received (full, latest, replayed, or rebuilt) is kept with its epoch and offset per site and
+//!   slot (the relay's slot rule, its `latest_keys`) in the options' `texts`, a `Map` the npm
+//!   wrapper drops a site's of when unsubscribing it. A `pub` with `delta` is rebuilt from the
+//!   slot's text at exactly `base` in its epoch with the Fossil applier, its length and checksum
+//!   checked, then parsed and dispatched as a full one. One that cannot be (base not held, bad
+//!   delta) is a gap: the publications before it are dispatched, it is dropped, and the client is
+//!   told ([`ClientSide::gap`]): it accepts nothing more of the site until a resubscribe that
+//!   recovers from the last position delivered is confirmed.
+//!
 //! The name table and the cached callbacks start over past 1,000 entries, so names that never
 //! repeat cannot grow them without bound.
 
@@ -102,6 +113,9 @@ pub(crate) trait ClientSide: Clone + 'static {
     fn other(&self, link: LinkId, frame: JsValue);
     /// A callback for a publication of `site` on `topic` threw `error`.
     fn failed(&self, site: String, topic: String, error: JsValue);
+    /// A publication of `site` could not be read in full (a delta that does not apply): a gap
+    /// ([`Client::gap`](crate::client::Client::gap)).
+    fn gap(&self, site: String);
 }
 
 /// The dispatcher's requests other than `accept`, by number (`ask(what, a, b, c)` in JavaScript).
@@ -109,6 +123,7 @@ const INTERN: u32 = 0;
 const ROUTE: u32 = 1;
 const OTHER: u32 = 2;
 const FAILED: u32 = 3;
+const GAP: u32 = 4;
 
 /// One client's dispatcher and the closures it calls, which live as long as it does.
 pub(crate) struct Dispatch {
@@ -129,7 +144,7 @@ impl Dispatch {
     /// rarer requests share one
     /// function, `ask(what, a, b, c)` (one closure instead of four in the bundle, values passed
     /// as they are): [`INTERN`] `(name, first)`, [`ROUTE`] `(site, topic, latest)`, [`OTHER`]
-    /// `(link, frame)`, [`FAILED`] `(site, topic, error)`.
+    /// `(link, frame)`, [`FAILED`] `(site, topic, error)`, [`GAP`] `(site)`.
     ///
     /// `options.cache` (a `Map`; a new one when absent) receives the last publication of each
     /// site and slot; the app's side reads it, and drops a site's when unsubscribing it.
@@ -151,6 +166,10 @@ impl Dispatch {
                 }
                 FAILED => {
                     asked.failed(text(&a), text(&b), c);
+                    JsValue::UNDEFINED
+                }
+                GAP => {
+                    asked.gap(text(&a));
                     JsValue::UNDEFINED
                 }
                 _ => JsValue::UNDEFINED,
@@ -235,6 +254,10 @@ mod tests {
         fn failed(&self, site: String, topic: String, error: JsValue) {
             let message = Reflect::get(&error, &"message".into()).unwrap().as_string().unwrap();
             self.log.borrow_mut().push(format!("failed {site} {topic} {message}"));
+        }
+
+        fn gap(&self, site: String) {
+            self.log.borrow_mut().push(format!("gap {site}"));
         }
     }
 
@@ -337,6 +360,45 @@ mod tests {
         format!(
             r#"{{"type":"pub","site":"{site}","topic":"{topic}","epoch":"{epoch}","offset":{offset},"data":{data}}}"#
         )
+    }
+
+    #[wasm_bindgen_test]
+    fn deltas_are_rebuilt_from_the_slot_at_their_base_else_a_gap() {
+        dispatched();
+        let fake = Fake::new(false);
+        fake.listen("");
+        let (ws, _detach) = socket(&fake, 7);
+        let hello = r#"{"type":"hello","version":2,"ping_interval_ms":25000,"latest_keys":{"s":"statusType"},"deltas":["fossil"]}"#;
+        let base = r#"{"statusType":"device","mount":{"ra":1}}"#;
+        // Copies 35 characters of the base, inserts `2}}`; 40 characters, then the checksum.
+        let delta = |offset: u32, base: u32, delta: &str| {
+            let delta = serde_json::to_string(delta).unwrap();
+            format!(
+                r#"{{"type":"pub","site":"mrc","topic":"s","epoch":"e","offset":{offset},"key":"device","base":{base},"delta":{delta}}}"#
+            )
+        };
+        let good = "d\na@0,3:2}}1S6Pzy;";
+        let text = [hello, &pub_frame("mrc", "s", "e", 1, base), &delta(2, 1, good)].join("\n");
+        message(&ws, &text.as_str().into());
+        let asked = |fake: &Fake| {
+            fake.take().into_iter().filter(|l| l.starts_with("accept") || l.starts_with("gap")).collect::<Vec<_>>()
+        };
+        assert_eq!(asked(&fake), vec!["accept 7 mrc e 1", "accept 7 mrc e 2"]);
+        let data = dispatched_data();
+        assert_eq!(data[1], serde_json::json!({"statusType":"device","mount":{"ra":2}}), "rebuilt as published");
+
+        // Not held at its base (the slot is at 2), a wrong checksum, a wrong length: each a gap,
+        // the publications before it dispatched first, nothing of it.
+        let text = [
+            pub_frame("mrc", "s", "e", 3, r#"{"statusType":"weather"}"#),
+            delta(4, 1, good),
+            delta(4, 2, "d\na@0,3:2}}1S6Pzz;"),
+            delta(4, 2, "e\na@0,3:2}}1S6Pzy;"),
+        ]
+        .join("\n");
+        message(&ws, &text.as_str().into());
+        assert_eq!(asked(&fake), vec!["accept 7 mrc e 3", "gap mrc", "gap mrc", "gap mrc"]);
+        assert_eq!(dispatched_data(), vec![serde_json::json!({"statusType":"weather"})]);
     }
 
     #[wasm_bindgen_test]

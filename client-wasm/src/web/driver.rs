@@ -363,6 +363,10 @@ impl ClientSide for Weak<Driver> {
     fn failed(&self, site: String, topic: String, error: JsValue) {
         with(self, |d| d.run(|c, _| c.callback_failed(site, topic, error)));
     }
+
+    fn gap(&self, site: String) {
+        with(self, |d| d.run(|c, _| c.gap(&site)));
+    }
 }
 
 /// Cancels `link`'s timer of `kind`, if one is running.
