@@ -299,8 +299,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         })
         .collect();
     for phase in &args.phases {
-        let result =
-            run_phase(phase, &mut publisher, &mut seq, &sites, &mut streams, &shared, &pid, &args).await?;
+        let result = run_phase(phase, &mut publisher, &mut seq, &sites, &mut streams, &shared, &pid, &args).await?;
         eprintln!("[{}] {}", args.label, result);
         phases.push(result);
     }
