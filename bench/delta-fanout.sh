@@ -22,6 +22,7 @@
 #
 #   bench/delta-fanout.sh     # BENCH_SUBS=5000 BENCH_RATE=4 BENCH_SECS=15 BENCH_REPEAT=2
 #   BENCH_SUBS=1000 BENCH_REPEAT=3 bench/delta-fanout.sh
+#   BENCH_OUT=results.jsonl bench/delta-fanout.sh   # also keep every run's JSON line
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 cd "$ROOT"
 SUBS=${BENCH_SUBS:-5000}
