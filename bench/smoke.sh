@@ -33,6 +33,14 @@ for target in relay relay-v2 floor; do
         --subs 40 --sites 2 --settle 0.3 --drain 5 --label smoke \
         --phase steady:20:1:1 --phase burst:2:10:1 >"$WORK/$target.json"
 done
+# Status payloads through the relay's delta path: every delta applied and checked.
+for mode in full delta; do
+    flag=()
+    [ "$mode" = delta ] && flag=(--delta)
+    timeout 30 "$BIN/loadgen" run --target relay-v2 --ws "127.0.0.1:$PORT" --server-pid "$PID" \
+        --subs 10 --sites 2 --payload device "${flag[@]}" --settle 0.3 --drain 5 --label smoke \
+        --phase steady:20:1:1 >"$WORK/status-$mode.json"
+done
 
 python3 - "$WORK"/relay.json "$WORK"/relay-v2.json "$WORK"/floor.json <<'PY'
 import json, sys
@@ -52,4 +60,17 @@ for path in sys.argv[1:]:
         assert p["server_cpu_s"] >= 0 and p["tool_cpu_s"] >= 0, f"{where}: CPU"
     print(f"bench smoke {name}: ok ({sum(p['received'] for p in r['phases'])} deliveries, "
           f"p99 {max(p['p99_ms'] for p in r['phases'])} ms)")
+PY
+
+python3 - "$WORK"/status-full.json "$WORK"/status-delta.json <<'PY'
+import json, sys
+full, delta = (json.load(open(p))["phases"][0] for p in sys.argv[1:])
+for name, p in (("full", full), ("delta", delta)):
+    c = p["status"]["counts"]
+    assert p["lost"] == 0 and p["received"] == p["expected"] > 0, f"status {name}: {p}"
+    assert c["delta_failures"] == c["mismatches"] == c["gaps"] == c["out_of_order"] == 0, f"status {name}: {c}"
+assert full["status"]["counts"]["deltas"] == 0 and delta["status"]["counts"]["deltas"] > 0, "deltas"
+ratio = full["status"]["frame_bytes_per_delivery"] / delta["status"]["frame_bytes_per_delivery"]
+assert ratio > 2, f"deltas saved only {ratio:.1f}x"
+print(f"bench smoke status payloads: ok ({delta['status']['counts']['deltas']} deltas applied, {ratio:.1f}x fewer bytes)")
 PY

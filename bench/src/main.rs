@@ -7,6 +7,8 @@
 //! - [`publish`]: the publisher (HTTP for the relays, TCP for the brokers).
 //! - [`tsstream`]: TCP reads that carry the kernel's receive timestamp (`SO_TIMESTAMPNS`).
 //! - [`payload`]: the messages (sequence number and send time inside `data`).
+//! - [`status`]: statusgen's status streams as payloads, rebuilt from Fossil deltas and checked
+//!   by the v2 subscribers (`--payload device|weather`, `--delta`).
 //! - [`mqtt`]: the few MQTT packets needed.
 //! - [`procstat`]: CPU and RSS of a process from `/proc`.
 //! - [`floor`]: `loadgen floor`, the least work any server can do for these workloads (a
@@ -24,6 +26,7 @@ mod mqtt;
 mod payload;
 mod procstat;
 mod publish;
+mod status;
 mod sub;
 mod track;
 mod tsstream;
@@ -39,8 +42,11 @@ use tokio::{
     time::{Instant, sleep, sleep_until},
 };
 
+use datastream_statusgen::StatusStream;
+
 use crate::{
     publish::{Outgoing, Publisher},
+    status::Payload,
     sub::{Endpoint, Shared, Target},
 };
 
@@ -97,9 +103,18 @@ struct RunArgs {
     /// Sites the subscribers are spread over (round robin); publications go round robin too.
     #[arg(long, default_value_t = 1)]
     sites: usize,
-    /// Size of each message (the legacy frame), bytes.
+    /// Size of each message (the legacy frame), bytes (synthetic payload).
     #[arg(long, default_value_t = 200)]
     size: usize,
+    /// What is published: synthetic messages of `--size`, or a statusgen status stream per site
+    /// (topic `sitestatus`, the tool's `seq` and `t` added at the end of each status; relay-v2
+    /// only). With a status stream every subscriber rebuilds each publication's data text and
+    /// checks it against the published one.
+    #[arg(long, value_enum, default_value_t = Payload::Synthetic)]
+    payload: Payload,
+    /// Subscribers ask for Fossil deltas (`"delta":"fossil"`; status payloads only).
+    #[arg(long)]
+    delta: bool,
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -226,7 +241,14 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
 
     // Connect.
     let gate = Rc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let ep = Endpoint { target: args.target, addr: args.ws };
+    let status = args.payload != Payload::Synthetic;
+    if status && args.target != Target::RelayV2 {
+        bail!("--payload {:?} needs --target relay-v2", args.payload);
+    }
+    if args.delta && !status {
+        bail!("--delta needs a status payload (--payload device or weather)");
+    }
+    let ep = Endpoint { target: args.target, addr: args.ws, status, delta: args.delta };
     let started = Instant::now();
     for i in 0..args.subs {
         let idx = i % sites.len();
@@ -268,8 +290,16 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         Publisher::connect(args.target, args.publish.unwrap_or(args.ws), args.publish_token.as_deref()).await?;
     let mut seq = 0u64;
     let mut phases = Vec::new();
+    let mut streams: Vec<StatusStream> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| match args.payload {
+            Payload::Weather => StatusStream::weather(site, i as u32 + 1),
+            _ => StatusStream::device(site, i as u32 + 1),
+        })
+        .collect();
     for phase in &args.phases {
-        let result = run_phase(phase, &mut publisher, &mut seq, &sites, &shared, &pid, &args).await?;
+        let result = run_phase(phase, &mut publisher, &mut seq, &sites, &mut streams, &shared, &pid, &args).await?;
         eprintln!("[{}] {}", args.label, result);
         phases.push(result);
     }
@@ -280,6 +310,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         "subs": args.subs,
         "sites": sites.len(),
         "size": args.size,
+        "payload": args.payload,
+        "delta": args.delta,
         "connected": connected,
         "failed": failed,
         "first_error": first_error,
@@ -296,11 +328,13 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
     }))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_phase(
     phase: &Phase,
     publisher: &mut Publisher,
     seq: &mut u64,
     sites: &[String],
+    streams: &mut [StatusStream],
     shared: &Rc<RefCell<Shared>>,
     pid: &str,
     args: &RunArgs,
@@ -316,6 +350,7 @@ async fn run_phase(
         s.pings = 0;
         s.last_recv = None;
         s.latency.reset();
+        s.counts = status::Counts::default();
         s.live.clone()
     };
     let (server0, self0) = (cpu(pid), cpu("self"));
@@ -323,6 +358,7 @@ async fn run_phase(
     let started = Instant::now();
     let mut next = started;
     let mut expected = 0u64;
+    let mut data_bytes = 0u64;
     for _ in 0..ticks {
         sleep_until(next).await;
         next += interval;
@@ -331,7 +367,15 @@ async fn run_phase(
                 let idx = (*seq % sites.len() as u64) as usize;
                 expected += live[idx] as u64;
                 let site = sites[idx].clone();
-                let json = payload::message(&site, *seq, payload::now_ns(), args.size);
+                let json = if args.payload == Payload::Synthetic {
+                    payload::message(&site, *seq, payload::now_ns(), args.size)
+                } else {
+                    let data = payload::with_seq(&streams[idx].next_data(), *seq, payload::now_ns());
+                    data_bytes += data.len() as u64;
+                    let json = StatusStream::publication(&site, &data);
+                    shared.borrow_mut().published.insert(*seq, data);
+                    json
+                };
                 *seq += 1;
                 Outgoing { site, json }
             })
@@ -370,12 +414,21 @@ async fn run_phase(
     let lost = expected.saturating_sub(s.received);
     let live_now: usize = s.live.iter().sum();
     let live_before: usize = live.iter().sum();
+    let published = ticks * phase.per_tick as u64;
+    let c = s.counts;
+    let status = (args.payload != Payload::Synthetic).then(|| {
+        json!({
+            "data_bytes_per_pub": round(data_bytes as f64 / published.max(1) as f64, 1),
+            "frame_bytes_per_delivery": round(c.frame_bytes as f64 / c.pubs.max(1) as f64, 1),
+            "counts": c,
+        })
+    });
     Ok(json!({
         "phase": phase.name,
         "ticks_per_s": phase.ticks_per_s,
         "per_tick": phase.per_tick,
         "secs": phase.secs,
-        "published": ticks * phase.per_tick as u64,
+        "published": published,
         "publish_rate": round((ticks * phase.per_tick as u64) as f64 / publish_secs, 1),
         "expected": expected,
         "received": s.received,
@@ -387,6 +440,8 @@ async fn run_phase(
         "delivered_per_s": round(s.received as f64 / span, 0),
         "server_cpu_s": round(server_cpu, 2),
         "server_cpu_s_per_m": round(server_cpu / (s.received.max(1) as f64 / 1e6), 2),
+        "server_cpu_ms_per_pub": round(1000.0 * server_cpu / published.max(1) as f64, 3),
+        "status": status,
         "server_cpu_pct": round(100.0 * server_cpu / span, 1),
         "tool_cpu_s": round(tool_cpu, 2),
         "tool_cpu_pct": round(100.0 * tool_cpu / span, 1),

@@ -24,9 +24,20 @@ pub(crate) fn message(site: &str, seq: u64, t_ns: u64, size: usize) -> String {
     s
 }
 
+/// A status `data` text (statusgen) carrying the tool's sequence number and send time as two
+/// more fields at its end, in the status's own layout: `…, "seq": 3, "t": 1700000000123456789}`.
+pub(crate) fn with_seq(data: &str, seq: u64, t_ns: u64) -> String {
+    let body = data.strip_suffix('}').unwrap_or(data);
+    format!("{body}, \"seq\": {seq}, \"t\": {t_ns}}}")
+}
+
 /// The decimal number right after the first `key` in `bytes`, and where it ends.
-fn number_after(bytes: &[u8], key: &[u8]) -> Option<(u64, usize)> {
-    let start = bytes.windows(key.len()).position(|w| w == key)? + key.len();
+pub(crate) fn number_after(bytes: &[u8], key: &[u8]) -> Option<(u64, usize)> {
+    let mut start = bytes.windows(key.len()).position(|w| w == key)? + key.len();
+    // Status texts are laid out as Python's `json.dumps` writes them: `"seq": 1`.
+    while bytes.get(start) == Some(&b' ') {
+        start += 1;
+    }
     let mut value = 0u64;
     let mut end = start;
     while let Some(d) = bytes.get(end).filter(|b| b.is_ascii_digit()) {
@@ -55,6 +66,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&m).expect("valid JSON");
         assert_eq!(v["data"]["seq"], 42);
         assert_eq!(extract(m.as_bytes()), Some((42, 1_700_000_000_123_456_789)));
+    }
+
+    #[test]
+    fn a_status_carries_seq_and_time_and_stays_json() {
+        let d = with_seq(r#"{"site": "s0", "statusType": "device", "server_timestamp_ms": 5}"#, 7, 99);
+        let v: serde_json::Value = serde_json::from_str(&d).expect("valid JSON");
+        assert_eq!((v["seq"].as_u64(), v["statusType"].as_str()), (Some(7), Some("device")));
+        assert_eq!(extract(d.as_bytes()), Some((7, 99)));
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! Subscribers: one task per WebSocket, speaking each server's protocol, all recording into one
 //! [`Shared`] (the load tool runs on a single thread).
 
-use std::{cell::RefCell, collections::BTreeMap, net::SocketAddr, rc::Rc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    rc::Rc,
+};
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -12,7 +17,11 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
 };
 
-use crate::{mqtt, payload, tsstream::TsStream};
+use crate::{
+    mqtt, payload,
+    status::{self, Counts, Viewer},
+    tsstream::TsStream,
+};
 
 /// The server under test, and so the protocol its subscribers speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -61,6 +70,10 @@ pub(crate) struct Shared {
     pub(crate) kernel_ts: u64,
     /// Subscribers currently ready, per site.
     pub(crate) live: Vec<usize>,
+    /// Status payloads: what the subscribers counted in the current phase.
+    pub(crate) counts: Counts,
+    /// Status payloads: the data text published under each sequence number.
+    pub(crate) published: HashMap<u64, String>,
 }
 
 impl Shared {
@@ -80,6 +93,8 @@ impl Shared {
             closed: BTreeMap::new(),
             kernel_ts: 0,
             live: vec![0; sites],
+            counts: Counts::default(),
+            published: HashMap::new(),
         })
     }
 
@@ -94,6 +109,16 @@ impl Shared {
         let us = recv_ns.saturating_sub(t) / 1000;
         self.latency.saturating_record(us.max(1));
     }
+
+    /// A status publication's data text as a subscriber ended up with it: compared with the text
+    /// published under its sequence number, then recorded.
+    fn record_status(&mut self, text: &str, recv_ns: u64) {
+        let seq = payload::extract(text.as_bytes()).map(|(seq, _)| seq);
+        if seq.and_then(|seq| self.published.get(&seq)).is_none_or(|p| p != text) {
+            self.counts.mismatches += 1;
+        }
+        self.record(text.as_bytes(), recv_ns);
+    }
 }
 
 type Ws = WebSocketStream<TsStream>;
@@ -103,6 +128,10 @@ type Ws = WebSocketStream<TsStream>;
 pub(crate) struct Endpoint {
     pub(crate) target: Target,
     pub(crate) addr: SocketAddr,
+    /// v2 with a status payload: subscribe with a `subscribe` message (asking for Fossil deltas
+    /// when `delta`), rebuild and check every publication.
+    pub(crate) status: bool,
+    pub(crate) delta: bool,
 }
 
 /// Connects one subscriber to `site` (index `site_idx`), then records every message until the
@@ -134,7 +163,7 @@ pub(crate) async fn run(
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         s.connect.saturating_record(us.max(1));
     }
-    let reason = match read_loop(ep.target, ws, &shared).await {
+    let reason = match read_loop(&ep, ws, &shared).await {
         Ok(reason) => reason,
         Err(e) => format!("error: {e:#}"),
     };
@@ -175,6 +204,22 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 async fn connect(ep: &Endpoint, site: &str, id: usize) -> anyhow::Result<Ws> {
     match ep.target {
         Target::Relay | Target::Node | Target::Floor => handshake(ep, &format!("/dev?site={site}"), None).await,
+        Target::RelayV2 if ep.status => {
+            let mut ws = handshake(ep, "/dev", Some("datastream.v2")).await?;
+            let delta = if ep.delta { r#","delta":"fossil""# } else { "" };
+            let req = format!(r#"{{"type":"subscribe","id":1,"site":"{site}"{delta}}}"#);
+            ws.send(Message::text(req)).await?;
+            let mut granted = false;
+            await_frame(&mut ws, |f| {
+                granted = contains(f, br#""delta":"fossil""#);
+                contains(f, br#""type":"subscribed""#)
+            })
+            .await?;
+            if ep.delta && !granted {
+                bail!("the relay did not grant deltas");
+            }
+            Ok(ws)
+        }
         Target::RelayV2 => {
             let mut ws = handshake(ep, &format!("/dev?site={site}"), Some("datastream.v2")).await?;
             await_frame(&mut ws, |f| contains(f, br#""type":"subscribed""#)).await?;
@@ -202,7 +247,9 @@ async fn connect(ep: &Endpoint, site: &str, id: usize) -> anyhow::Result<Ws> {
 }
 
 /// Records messages until the connection ends; returns why it ended.
-async fn read_loop(target: Target, mut ws: Ws, shared: &RefCell<Shared>) -> anyhow::Result<String> {
+async fn read_loop(ep: &Endpoint, mut ws: Ws, shared: &RefCell<Shared>) -> anyhow::Result<String> {
+    let target = ep.target;
+    let mut viewer = Viewer::default();
     // Bytes of a broker's stream not yet parsed (NATS and MQTT messages may span frames).
     let mut pending: Vec<u8> = Vec::new();
     while let Some(msg) = ws.next().await {
@@ -229,8 +276,16 @@ async fn read_loop(target: Target, mut ws: Ws, shared: &RefCell<Shared>) -> anyh
                 let pong = {
                     let mut s = shared.borrow_mut();
                     let mut pong = false;
+                    if ep.status && contains(&data, br#""type":"pub""#) {
+                        s.counts.frame_bytes += status::frame_size(data.len());
+                    }
                     for frame in data.split(|&b| b == b'\n') {
-                        if contains(frame, br#""type":"pub""#) {
+                        if ep.status && contains(frame, br#""type":"pub""#) {
+                            let line = std::str::from_utf8(frame).unwrap_or_default();
+                            if let Some(text) = viewer.take(line, &mut s.counts) {
+                                s.record_status(text, recv_ns);
+                            }
+                        } else if contains(frame, br#""type":"pub""#) {
                             s.record(frame, recv_ns);
                         } else if contains(frame, br#""type":"ping""#) {
                             s.pings += 1;
