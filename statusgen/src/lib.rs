@@ -168,7 +168,7 @@ pub struct StatusStream {
 }
 
 /// Python's `json.dumps` of a string (`ensure_ascii`): `"`, `\` and control characters escaped,
-/// anything past ASCII as `\uXXXX`.
+/// anything past ASCII as `\u` and four hex digits per UTF-16 unit.
 fn push_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {

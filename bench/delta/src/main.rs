@@ -24,7 +24,7 @@ mod vcdiff;
 
 use std::{hint::black_box, path::PathBuf, time::Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use base64::Engine as _;
 use datastream_statusgen::{Kind, StatusStream};
 use serde_json::{Value, json};
@@ -32,33 +32,27 @@ use serde_json::{Value, json};
 /// A v2 epoch as the relay writes it.
 const EPOCH: &str = "9f3c0b7e2a1d4c55";
 
-#[derive(Debug)]
+/// Delta encodings measured on statusgen's streams: sizes, relay CPU, correctness.
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// Publications per stream after the first.
+    #[arg(long, default_value_t = 500)]
     count: usize,
+    /// Timing rounds (the best is kept).
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// The streams' seed.
+    #[arg(long, default_value_t = 1)]
     seed: u32,
+    /// The site the streams are published for.
+    #[arg(long, default_value = "mrc")]
     site: String,
+    /// Directory for the deltas the browser half applies.
+    #[arg(long)]
     out: Option<PathBuf>,
     /// Whether to run `xdelta3` (slow: one process per delta).
-    vcdiff: bool,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args { count: 500, rounds: 5, seed: 1, site: "mrc".into(), out: None, vcdiff: true };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let v = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--count" => a.count = v.parse()?,
-            "--rounds" => a.rounds = v.parse()?,
-            "--seed" => a.seed = v.parse()?,
-            "--site" => a.site = v,
-            "--out" => a.out = Some(v.into()),
-            "--vcdiff" => a.vcdiff = v == "on",
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    Ok(a)
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    vcdiff: String,
 }
 
 /// The v2 `pub` frame up to (not including) its payload field.
@@ -232,7 +226,7 @@ fn measure(args: &Args, title: &str, kind: Kind, restamp: bool, dir: &std::path:
     let vc_dir = dir.join(format!("vcdiff-{key}-{restamp}"));
     std::fs::create_dir_all(&vc_dir)?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let vcdiff: Option<Vec<String>> = if args.vcdiff {
+    let vcdiff: Option<Vec<String>> = if args.vcdiff == "on" {
         (1..=n).map(|i| vcdiff::delta(&vc_dir, &texts[i - 1], &texts[i]).map(|d| b64.encode(d))).collect()
     } else {
         None
@@ -328,7 +322,7 @@ fn measure(args: &Args, title: &str, kind: Kind, restamp: bool, dir: &std::path:
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let tmp = std::env::temp_dir().join(format!("deltabench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     println!(
