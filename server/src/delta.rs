@@ -13,6 +13,12 @@
 /// header eat most of the saving.
 pub const MIN_DATA_BYTES: usize = 256;
 
+/// Most slots of a site whose last publication the hub keeps as a base, and whose last offset a
+/// connection's outbox keeps per subscribed site: a publisher inventing topics must not grow
+/// either without bound. Past it the least recently published slot is forgotten; its next
+/// publication goes in full and becomes its base again. Photon Ranch's sites have a handful.
+pub const MAX_SLOTS: usize = 64;
+
 /// A delta is sent only if its frame is at most this share of the full data text (in percent):
 /// past it a viewer saves less than half and pays for applying it on top.
 pub const MAX_FRAME_PERCENT: usize = 50;

@@ -44,6 +44,7 @@ pub use outbox::{Outbox, Queued};
 pub use writers::Batch;
 
 use crate::{
+    delta,
     metrics::Metrics,
     publication::Publication,
     topics::{TopicFilter, wants},
@@ -113,8 +114,20 @@ impl Site {
         {
             return false;
         }
+        if !slots.contains_key(&slot) {
+            Site::make_room(slots);
+        }
         slots.insert(slot, p.clone());
         true
+    }
+
+    /// Forgets the least recently published slot if `slots` is full ([`delta::MAX_SLOTS`]).
+    fn make_room(slots: &mut HashMap<Slot, Arc<Publication>>) {
+        if slots.len() >= delta::MAX_SLOTS
+            && let Some(oldest) = slots.iter().min_by_key(|(_, p)| p.position.offset).map(|(slot, _)| slot.clone())
+        {
+            slots.remove(&oldest);
+        }
     }
 
     /// Makes `p` the last publication of its slot and computes it as a delta from the one it
@@ -124,7 +137,11 @@ impl Site {
 
         let base = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            match slots.entry((p.topic.clone(), p.latest_key.clone())) {
+            let slot = (p.topic.clone(), p.latest_key.clone());
+            if !slots.contains_key(&slot) {
+                Site::make_room(&mut slots);
+            }
+            match slots.entry(slot) {
                 Entry::Vacant(e) => {
                     e.insert(p.clone());
                     return false;

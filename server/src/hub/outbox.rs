@@ -35,7 +35,7 @@ use std::{
 use futures_util::task::AtomicWaker;
 
 use super::{Batch, Framing, inbox::Inbox};
-use crate::{metrics::Metrics, publication::Publication, wire::Wire};
+use crate::{delta, metrics::Metrics, publication::Publication, wire::Wire};
 
 /// A connection's send queue: unbounded in count, bounded by its byte budget (module doc).
 #[derive(Debug)]
@@ -109,6 +109,12 @@ impl Sent {
                 delta
             }
             None => {
+                if self.slots.len() >= delta::MAX_SLOTS
+                    && let Some(oldest) = (0..self.slots.len()).min_by_key(|&i| self.slots[i].2)
+                {
+                    // Its next publication goes in full (module doc of `delta`).
+                    self.slots.swap_remove(oldest);
+                }
                 self.slots.push((p.topic.clone(), p.latest_key.clone(), p.position.offset));
                 false
             }
@@ -347,6 +353,12 @@ impl Outbox {
             }
             queue.sent.push(sent);
         }
+    }
+
+    /// How many slots of `site` the delta record holds.
+    #[cfg(test)]
+    pub(super) fn delta_slots(&self, site: &str) -> usize {
+        self.queue().sent.iter().find(|s| &*s.site == site).map_or(0, |s| s.slots.len())
     }
 
     /// Removes queued publications of `site`, its floor and its delta record (the connection no

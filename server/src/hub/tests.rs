@@ -376,3 +376,40 @@ fn a_delta_goes_only_to_a_connection_that_was_sent_its_base() {
     assert!(!next(&p5));
     assert!(p5.delta().is_some(), "computed all the same: the hub still counts a subscriber with deltas");
 }
+
+#[test]
+fn invented_slots_are_bounded_in_the_hub_and_the_outbox_and_the_forgotten_go_full() {
+    let hub = Hub::new(Arc::new(Metrics::new()));
+    let (outbox, mut rx) = Outbox::new(1 << 30, Framing::Packed);
+    let (site, epoch): (Arc<str>, Arc<str>) = ("mrc".into(), "e".into());
+    hub.subscribe(&site, 1, Subscriber { outbox: outbox.clone(), topics: None, delta: true });
+    outbox.track_deltas(&site, &epoch, true, []);
+    let mut device = datastream_statusgen::StatusStream::device("mrc", 5);
+    let mut offset = 0;
+    let mut publish = |key: String| {
+        offset += 1;
+        let data = serde_json::value::RawValue::from_string(device.next_data()).unwrap();
+        let p =
+            Publication::from_parts(site.clone(), "sitestatus".into(), data, Position { epoch: epoch.clone(), offset });
+        let p = Arc::new(p.with_latest_key(Some(key.into())));
+        hub.deliver(&p);
+        let mut sent = [Queued { publication: rx.try_recv().unwrap(), delta: false }];
+        outbox.written(&mut sent);
+        (p, sent[0].delta)
+    };
+    // A publisher inventing kinds: every one new, none kept past the bound.
+    for i in 0..delta::MAX_SLOTS * 3 {
+        let (_, delta) = publish(format!("kind{i}"));
+        assert!(!delta, "a slot's first publication is full");
+    }
+    let kept = hub.shard(&site).read().unwrap().get(&site).map(|s| s.slots.lock().unwrap().len());
+    assert_eq!(kept, Some(delta::MAX_SLOTS), "the hub keeps at most MAX_SLOTS bases");
+    assert_eq!(outbox.delta_slots(&site), delta::MAX_SLOTS, "and the connection as many offsets");
+    // The most recent slot is still a base on both sides; a forgotten one starts again in full.
+    let (p, delta) = publish(format!("kind{}", delta::MAX_SLOTS * 3 - 1));
+    assert!(delta && p.delta().is_some(), "a kept slot still gets its delta");
+    let (_, delta) = publish("kind0".into());
+    assert!(!delta, "a forgotten slot goes in full");
+    let (_, delta) = publish("kind0".into());
+    assert!(delta, "and is a base again");
+}
