@@ -24,6 +24,10 @@ rm -rf npm/wasm npm/dist
 wasm-pack build client-wasm --target web --profile wasm-release \
   --out-dir ../npm/wasm --out-name datastream --no-pack --no-opt
 rm -f npm/wasm/.gitignore
+# The wrapper takes the name and slot rules from the dispatcher, whose copy sits under a
+# directory named with a hash: one module, bundled once.
+snippet=(npm/wasm/snippets/datastream-client-*/src/web/dispatch.js)
+echo "export { NAME, slotOf } from './${snippet[0]#npm/wasm/}';" >npm/wasm/rules.js
 # wasm-bindgen drops the section naming the features rustc used, so name them: those rustc
 # enables by default for wasm32-unknown-unknown, which every current browser supports.
 mkdir -p npm/dist

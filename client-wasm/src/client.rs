@@ -9,17 +9,18 @@
 //!
 //! What differs between the two protocols — how sites are subscribed, when a connection counts as
 //! accepted, which publications are wanted, what a socket is opened with — is each protocol's
-//! rules (the interface in `client/rules.rs`, the protocols in `client/v2.rs` and
-//! `client/legacy.rs`); this file holds what they share: links, timers, backoff, tokens, states
-//! and hooks.
+//! rules: `client/rules.rs` asks the protocol the client speaks (`client/v2.rs`,
+//! `client/legacy.rs`), and says what a protocol without the concept does. This file holds what
+//! they share: links, timers, backoff, tokens, states and hooks; `client/shared.rs` the data they
+//! all work on.
 //!
 //! `F` is a callback (a JavaScript function in the browser), `D` a value thrown by one.
 
 use datastream_protocol::close::{CloseCode, should_reconnect};
-use datastream_protocol::v2::ClientFrame;
+use datastream_protocol::v2::{ClientFrame, StreamPosition};
 
 use crate::callbacks::{Callbacks, HookKind, ListenerId, TopicSelector};
-use crate::config::{Config, ConfigError, Protocol, duration_ms};
+use crate::config::{Config, ConfigError, duration_ms};
 use crate::inbound::Inbound;
 use crate::link::{Link, LinkId, Phase, TimerKind};
 use crate::state::State;
@@ -29,9 +30,11 @@ use crate::wire::encode;
 
 mod legacy;
 mod rules;
+mod shared;
 mod v2;
 
-use rules::{Core, Machine, Rules};
+use rules::Rules;
+use shared::Core;
 
 /// Something for the browser layer to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,14 +105,13 @@ pub enum Event<D> {
     RecoveryFailed(RecoveryFailure),
     /// Connected, and every subscription confirmed.
     Ready,
-    /// The server confirmed a subscription of `site`.
+    /// A subscription of `site` took effect: the server confirmed it (v2), or its socket is
+    /// open (legacy, which has no confirmations).
     Subscribed {
         /// The site.
         site: String,
-        /// Its history's epoch.
-        epoch: String,
-        /// Its latest offset when the subscription took effect.
-        offset: u64,
+        /// Its history's epoch and latest offset when the subscription took effect (v2 only).
+        position: Option<StreamPosition>,
         /// How many publications are replayed before live ones.
         replayed: u32,
         /// Whether the gap since the last position was recovered (absent: nothing to recover).
@@ -203,7 +205,7 @@ impl<D> ClientError<D> {
 /// The client: what both protocols share, and its protocol's rules.
 pub struct Client<F, D> {
     core: Core<F, D>,
-    rules: Machine,
+    rules: Rules,
     /// Set once the client is finished; nothing reconnects after.
     closed: Option<State>,
     /// The state last reported to the app.
@@ -232,10 +234,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// A client for `config`, not yet connected; call [`Client::start`].
     pub fn new(config: Config, random: Box<dyn FnMut() -> f64>) -> Result<Self, ConfigError> {
         config.validate()?;
-        let rules = match config.protocol {
-            Protocol::V2 => Machine::V2(v2::V2::default()),
-            Protocol::Legacy => Machine::Legacy(legacy::Legacy),
-        };
+        let rules = Rules::new(config.protocol);
         Ok(Client {
             core: Core { config, callbacks: Callbacks::default(), links: Vec::new(), next_link: 1, out: Vec::new() },
             rules,
@@ -261,9 +260,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
 
     /// Whether the client is connected and every subscription is confirmed.
     pub fn is_ready(&self) -> bool {
-        self.closed.is_none()
-            && self.core.links.iter().filter(|l| !l.spare).all(Link::is_live)
-            && self.rules.settled(&self.core)
+        self.closed.is_none() && self.core.links.iter().filter(|l| !l.spare).all(Link::is_live) && self.rules.settled()
     }
 
     /// Whether the client is finished.
@@ -294,8 +291,8 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     pub fn on(&mut self, topic: &str, site: Option<&str>, callback: F, latest: Latest) -> ListenerId {
         let selector = TopicSelector::parse(topic);
         let id = self.core.callbacks.add(selector, site.map(str::to_owned), callback, latest != Latest::No);
-        if let (Latest::Ask, Machine::V2(v2)) = (latest, &mut self.rules) {
-            v2.lacks(site, topic);
+        if latest == Latest::Ask {
+            self.rules.lacks(site, topic);
         }
         self.schedule_flush();
         id
@@ -384,7 +381,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
 
     /// `link`'s socket opened.
     pub fn opened(&mut self, link: LinkId, now: f64) {
-        let accepted = Rules::<F, D>::accepted_on_open(&self.rules);
+        let accepted = self.rules.accepted_on_open();
         let Some(l) = self.core.link_mut(link) else { return };
         let Phase::Opening { since } = l.phase else { return };
         l.last_heard = now;
@@ -420,17 +417,15 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 let ms = ms_u32(l.silence_limit);
                 self.core.out.push(Action::SetTimer { link, kind: TimerKind::Heartbeat, ms });
                 self.token_retried = false;
-                if let Machine::V2(v2) = &mut self.rules {
-                    v2.deltas(fossil && self.core.config.delta);
-                }
+                self.rules.deltas(fossil && self.core.config.delta);
                 self.rules.sync(&mut self.core);
                 self.report_state();
             }
             Inbound::Subscribed { id, site, epoch, offset, recovered, replayed } => {
-                let (wanted, failure) =
-                    Rules::<F, D>::confirmed(&mut self.rules, id, &site, &epoch, offset, recovered, replayed);
+                let (wanted, failure) = self.rules.confirmed(id, &site, &epoch, offset, recovered, replayed);
                 if wanted {
-                    let event = Event::Subscribed { site, epoch, offset, replayed, recovered };
+                    let position = Some(StreamPosition { epoch, offset });
+                    let event = Event::Subscribed { site, position, replayed, recovered };
                     self.notify(HookKind::Subscribed, event);
                 }
                 if let Some(failure) = failure {
@@ -439,8 +434,10 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
             }
             Inbound::Ping => self.core.out.push(Action::Send { link, text: encode(&ClientFrame::Pong) }),
             Inbound::Pong | Inbound::Unsubscribed | Inbound::Other => {}
-            Inbound::Error { id, code, message } => {
-                let site = id.and_then(|id| Rules::<F, D>::refused(&mut self.rules, id));
+            Inbound::Error { id, code, site, message } => {
+                // The subscribe refused, else what the server says it is about (a refresh that
+                // no longer grants a site).
+                let site = id.and_then(|id| self.rules.refused(id)).or(site);
                 self.notify(HookKind::Error, Event::Error(ClientError::Server { code, message, site }));
             }
         }
@@ -468,7 +465,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         epoch: &str,
         offset: u64,
         now: f64,
-    ) -> (bool, Option<Option<Undo>>) {
+    ) -> (bool, Option<Undo>) {
         let Some(l) = self.link_mut(link) else { return (false, None) };
         l.last_heard = now;
         l.probe_sent = None;
@@ -484,31 +481,28 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         let Some(l) = self.link_mut(link) else { return false };
         l.last_heard = now;
         l.probe_sent = None;
-        // The original service has no latest publications.
-        matches!(&self.rules, Machine::V2(v2) if v2.latest(site, epoch))
+        self.rules.latest(site, epoch)
     }
 
     /// A publication of `site` could not be read in full (a delta whose base the browser does not
     /// hold, or that does not apply): a gap. Nothing of the site is accepted any more until it is
     /// subscribed again, recovering from the last position delivered (the replay comes in full).
     pub fn gap(&mut self, site: &str) {
-        if let Machine::V2(v2) = &mut self.rules
-            && v2.gap(site)
-        {
+        if self.rules.gap(site) {
             self.schedule_flush();
         }
     }
 
     /// Forgets a publication of `site` recorded by [`Client::accept_undoable`] (the latest first):
     /// as if it had not arrived yet.
-    pub fn undo_accept(&mut self, site: &str, undo: Option<Undo>) {
-        Rules::<F, D>::undo(&mut self.rules, site, undo);
+    pub fn undo_accept(&mut self, site: &str, undo: Undo) {
+        self.rules.undo(site, undo);
     }
 
     /// The position `site`'s stream would be recovered from.
     #[cfg(all(test, target_arch = "wasm32"))]
     pub(crate) fn position(&self, site: &str) -> Option<datastream_protocol::v2::StreamPosition> {
-        Rules::<F, D>::position(&self.rules, site)
+        self.rules.position(site)
     }
 
     /// The callbacks for a publication of `site` on `topic`, in registration order; with
@@ -664,7 +658,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         l.phase = Phase::Waiting;
         self.core.out.push(Action::Close { link, code: 1000, reason: why });
         self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
-        Rules::<F, D>::disconnected(&mut self.rules);
+        self.rules.disconnected();
         self.ready_reported = false;
         self.report_state();
         if at_once {
@@ -678,7 +672,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     fn wake(&mut self, now: f64, from_hidden: bool) {
         let grace = self.grace_ms();
         // Legacy has no client ping; the browser's own close detection has to do there.
-        let can_probe = Rules::<F, D>::can_probe(&self.rules);
+        let can_probe = self.rules.can_probe();
         let ids: Vec<LinkId> = self.core.links.iter().map(|l| l.id).collect();
         for id in ids {
             let Some(l) = self.link_mut(id) else { continue };
@@ -735,10 +729,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     }
 
     fn notify(&mut self, kind: HookKind, event: Event<D>) {
-        let callbacks = self.core.callbacks.hooks(kind);
-        if !callbacks.is_empty() {
-            self.core.out.push(Action::Notify { callbacks, event });
-        }
+        self.core.notify(kind, event);
     }
 
     fn report_state(&mut self) {
@@ -755,6 +746,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     fn report_ready(&mut self) {
         let ready = self.is_ready();
         if ready && !self.ready_reported {
+            self.rules.ready(&mut self.core);
             self.notify(HookKind::Ready, Event::Ready);
         }
         self.ready_reported = ready;
@@ -776,5 +768,4 @@ fn ms_u32(ms: f64) -> u32 {
 }
 
 #[cfg(test)]
-#[path = "client_tests.rs"]
 mod tests;

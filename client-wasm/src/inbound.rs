@@ -51,6 +51,8 @@ pub enum Inbound {
         id: Option<u64>,
         /// The machine-readable code (`invalid_site`, …).
         code: String,
+        /// The site it is about, when the server says (a `forbidden` subscription).
+        site: Option<String>,
         /// What was wrong.
         message: String,
     },
@@ -72,7 +74,9 @@ impl Inbound {
             ServerFrame::Pub(_) => return None,
             ServerFrame::Ping => Inbound::Ping,
             ServerFrame::Pong => Inbound::Pong,
-            ServerFrame::Error { id, code, message } => Inbound::Error { id, code: code.as_str().to_owned(), message },
+            ServerFrame::Error { id, code, site, message } => {
+                Inbound::Error { id, code: code.as_str().to_owned(), site, message }
+            }
             _ => Inbound::Other,
         })
     }
@@ -92,10 +96,10 @@ mod tests {
         let text = encode_pub("mrc", "weather", "ep", 4, &data);
         let frame = ServerFrame::parse(&text).unwrap();
         assert_eq!(Inbound::from_server_frame(frame), None, "publications go to Client::accept");
-        let e = ServerFrame::Error { id: Some(2), code: ErrorCode::InvalidSite, message: "m".into() };
+        let e = ServerFrame::Error { id: Some(2), code: ErrorCode::InvalidSite, site: None, message: "m".into() };
         assert_eq!(
             Inbound::from_server_frame(e),
-            Some(Inbound::Error { id: Some(2), code: "invalid_site".into(), message: "m".into() })
+            Some(Inbound::Error { id: Some(2), code: "invalid_site".into(), site: None, message: "m".into() })
         );
     }
 }

@@ -14,11 +14,13 @@
 //! - [`stream`]: per-site positions and deduplication by offset.
 //! - [`inbound`]: decoded server frames, other than publications.
 //! - [`wire`]: client frames encoded as JSON text.
+//! - [`text`]: server frames read from text, for drivers outside the browser (`datastream tail`).
 //! - [`client`]: the state machine tying these together: events in, actions out; and, for
 //!   publications, whether each is new and wanted and whose callbacks get it. What depends on the
-//!   protocol is each protocol's rules, behind one interface (`client/rules.rs`): v2
-//!   (`client/v2.rs`: one link, subscriptions, positions, in-band token refresh) and legacy
-//!   (`client/legacy.rs`: one link per site, `updatesubscribersite`).
+//!   protocol is asked of the protocol the client speaks (`client/rules.rs`): v2
+//!   (`client/v2.rs`: one link, subscriptions, positions, in-band token refresh) or legacy
+//!   (`client/legacy.rs`: one link per site, `updatesubscribersite`). Its scenario tests are
+//!   `client/tests.rs`.
 //!
 //! In the browser only (`wasm32`), the `web` module carries the actions out: the socket, timers,
 //! the `online` and visibility listeners, frame decoding, and the JavaScript-facing class. Its
@@ -37,6 +39,7 @@ pub mod link;
 pub mod state;
 pub mod stream;
 pub mod subscriptions;
+pub mod text;
 pub mod wire;
 
 #[cfg(target_arch = "wasm32")]

@@ -19,17 +19,27 @@ pub struct Stream {
     replay: Option<Replay>,
 }
 
-/// What one [`Stream::accept`] changed.
+/// What undoes the record of one accepted publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Undo {
-    epoch: Option<String>,
-    delivered: u64,
-    replay: Option<Replay>,
+pub enum Undo {
+    /// The publication started its site's stream (none was confirmed yet): undone, the site has
+    /// no stream again.
+    Start,
+    /// The publication moved the stream on ([`Stream::accept_undoable`]): undone, it is back
+    /// where it was.
+    Back {
+        /// The epoch before, when the publication changed it.
+        epoch: Option<String>,
+        /// What was delivered before.
+        delivered: u64,
+        /// The replay under way before.
+        replay: Option<Replay>,
+    },
 }
 
 /// The rest of a replay announced by a `subscribed` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Replay {
+pub struct Replay {
     /// The site's offset when the subscription took effect: once the replay is through, the
     /// client has seen everything up to here.
     until: u64,
@@ -82,7 +92,7 @@ impl Stream {
 
     /// [`Stream::accept`], with what undoes it ([`Stream::undo`]).
     pub fn accept_undoable(&mut self, epoch: &str, offset: u64) -> (bool, Undo) {
-        let undo = Undo {
+        let undo = Undo::Back {
             epoch: (epoch != self.epoch).then(|| self.epoch.clone()),
             delivered: self.delivered,
             replay: self.replay,
@@ -92,12 +102,15 @@ impl Stream {
 
     /// Puts the stream back as it was before the [`Stream::accept_undoable`] that gave `undo`
     /// (undone latest first).
+    /// [`Undo::Start`] is not the stream's to undo: the caller forgets the stream.
     pub fn undo(&mut self, undo: Undo) {
-        if let Some(epoch) = undo.epoch {
-            self.epoch = epoch;
+        if let Undo::Back { epoch, delivered, replay } = undo {
+            if let Some(epoch) = epoch {
+                self.epoch = epoch;
+            }
+            self.delivered = delivered;
+            self.replay = replay;
         }
-        self.delivered = undo.delivered;
-        self.replay = undo.replay;
     }
 
     /// The position to recover from.

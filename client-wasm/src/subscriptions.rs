@@ -256,26 +256,26 @@ impl Subscriptions {
         }
     }
 
-    /// [`Subscriptions::accept`], with what undoes it ([`Subscriptions::undo`]): `None` when it
-    /// changed nothing, else the stream's undo (`None` inside: the stream was just started).
-    pub fn accept_undoable(&mut self, site: &str, epoch: &str, offset: u64) -> (bool, Option<Option<Undo>>) {
+    /// [`Subscriptions::accept`], with what undoes it ([`Subscriptions::undo`]) when it recorded
+    /// something (`None`: the site is not wanted).
+    pub fn accept_undoable(&mut self, site: &str, epoch: &str, offset: u64) -> (bool, Option<Undo>) {
         let Some(sub) = self.get_mut(site).filter(|s| !s.broken) else { return (false, None) };
         match &mut sub.stream {
             Some(stream) => {
                 let (fresh, undo) = stream.accept_undoable(epoch, offset);
-                (fresh, Some(Some(undo)))
+                (fresh, Some(undo))
             }
-            None => (self.accept(site, epoch, offset), Some(None)),
+            None => (self.accept(site, epoch, offset), Some(Undo::Start)),
         }
     }
 
     /// Undoes an [`Subscriptions::accept_undoable`] of `site` (the latest first).
-    pub fn undo(&mut self, site: &str, undo: Option<Undo>) {
+    pub fn undo(&mut self, site: &str, undo: Undo) {
         let Some(sub) = self.get_mut(site) else { return };
         match (undo, &mut sub.stream) {
-            (Some(undo), Some(stream)) => stream.undo(undo),
-            (Some(_), None) => {}
-            (None, stream) => *stream = None,
+            (Undo::Start, stream) => *stream = None,
+            (undo, Some(stream)) => stream.undo(undo),
+            (_, None) => {}
         }
     }
 

@@ -11,6 +11,8 @@
 // client starts. VERSION (the package's) and INLINE_WASM are defined by the build.
 
 import { DatastreamCore, initSync } from '../wasm/datastream.js';
+// The name and slot rules, from the module's dispatcher (npm/build.sh writes this re-export).
+import { NAME, slotOf } from '../wasm/rules.js';
 
 let loading = null;
 
@@ -61,12 +63,9 @@ export class DatastreamError extends Error {
   }
 }
 
-const NAME = /^[\w.:-]{1,64}$/;
-
 /**
- * Site codes and topics: 1–64 ASCII letters, digits, `_ - . :` (the relay's rules). The client's
- * one check of the app's names (the WebAssembly module does not repeat it): at once, before the
- * module has loaded.
+ * Site codes and topics follow `NAME`. The client's one check of the app's names (the WebAssembly
+ * module does not repeat it): at once, before the module has loaded.
  */
 function check(what, name) {
   if (typeof name !== 'string' || !NAME.test(name)) {
@@ -232,8 +231,6 @@ export class Datastream {
       if (state.type !== 'connected') for (const entry of this.#sites.values()) entry.info = null;
       if (state.type === 'closed') this.#settleAll(state);
     });
-    // Legacy: no confirmations; a site is subscribed once its socket is open.
-    if (options.protocol === 'legacy') core.hook('ready', () => this.#sites.forEach((_, site) => this.#subscribed({ site, replayed: 0 })));
     if (options.getToken) {
       // Before each connection attempt (and at once after a close over the token): the attempt
       // waits for the answer; a failure fails the attempt, retried after the backoff delay.
@@ -319,8 +316,6 @@ export class Datastream {
 
   /** An error the client reported, as a `DatastreamError`; a refused subscription ends its handles. */
   #serverError({ kind, message, code, site, topic, error }) {
-    // A refresh that no longer grants a site says which in its message only.
-    if (code === 'forbidden' && !site) site = /"([^"]+)"$/.exec(message)?.[1];
     const e = new DatastreamError(kind, message, { code, site, topic, cause: error, error });
     if (kind === 'server' && site && this.#sites.has(site)) {
       this.#log('refused', { site, code });
@@ -496,7 +491,7 @@ export class Datastream {
    */
   latest(site, topic, key) {
     const slots = this.#cache.get(site);
-    if (key !== undefined) return slots?.get(`${topic}\n${key}`)?.data;
+    if (key !== undefined) return slots?.get(slotOf(topic, key))?.data;
     let last;
     // Least recently updated first: the newest by offset, unless a later one is of another epoch.
     for (const f of slots?.values() ?? []) if (f.topic === topic && (!last || f.epoch !== last.epoch || !(f.offset <= last.offset))) last = f;

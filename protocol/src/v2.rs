@@ -303,6 +303,9 @@ pub enum ServerFrame {
         id: Option<u64>,
         /// Machine-readable reason.
         code: ErrorCode,
+        /// The site the refusal is about, when it is about one (see [`crate::error::ErrorFrame`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site: Option<String>,
         /// Human-readable detail.
         message: String,
     },

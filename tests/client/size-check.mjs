@@ -13,7 +13,13 @@ import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 
 /**
- * Gzip bytes allowed for the wasm and the modern build together: 36.55 KB, the 35.6 KB below plus
+ * Gzip bytes allowed for the wasm and the modern build together: 36.75 KB, 36.55 KB plus 0.2 KB
+ * (37,338 → 37,539 B) for two rules moved from the wrapper into the client: a legacy site counts
+ * as subscribed once its socket is open (and at once when switched to on a live socket, which
+ * the wrapper's version never confirmed), and a refusal's site is read from the relay's error
+ * frame instead of parsed out of its message.
+ *
+ * It was 36.55 KB, the 35.6 KB below plus
  * what deltas cost, measured (36,343 → 37,338 B, +0.97 KB): the Fossil applier with its checksum
  * and each slot's last data text in the dispatcher (+0.7 KB of dist/index.js), asking for deltas
  * and the gap's resubscribe in the client (+0.2 KB of WebAssembly).
@@ -27,7 +33,7 @@ import { gzipSync } from 'node:zlib';
  * the target_features section stripped (-0.1 KB). `node bench/client/size-table.mjs` shows
  * where the rest is.
  */
-const BUDGET_GZIP = 36.55 * 1024;
+const BUDGET_GZIP = 36.75 * 1024;
 
 const dir = path.resolve(process.argv[2] ?? path.join(path.dirname(fileURLToPath(import.meta.url)), '../../npm'));
 const counted = [

@@ -4,23 +4,24 @@
 //! the same task moves it to the new site with `updatesubscribersite` instead of a new
 //! handshake — the original service's way to switch sites.
 
-use super::Action;
-use super::rules::{Core, Rules};
+use super::shared::Core;
+use super::{Action, Event};
+use crate::callbacks::HookKind;
 use crate::link::{Link, LinkId, TimerKind};
-use crate::stream::Undo;
-use crate::subscriptions::RecoveryFailure;
 use crate::wire::encode_legacy_update;
 
 /// The legacy client keeps everything in its links.
 #[derive(Debug, Default)]
 pub(crate) struct Legacy;
 
-impl<F: Clone + PartialEq, D> Rules<F, D> for Legacy {
-    fn start(&mut self, core: &mut Core<F, D>, sites: Vec<String>) -> Vec<LinkId> {
+impl Legacy {
+    /// One link per configured site.
+    pub(crate) fn start<F, D>(core: &mut Core<F, D>, sites: Vec<String>) -> Vec<LinkId> {
         sites.into_iter().map(|site| core.new_link(Some(site))).collect()
     }
 
-    fn subscribe(&mut self, core: &mut Core<F, D>, site: &str, _rewind: Option<u32>) -> Option<LinkId> {
+    /// Wants `site`: a spare link moves to it, else a new link is returned to open.
+    pub(crate) fn subscribe<F: Clone + PartialEq, D>(core: &mut Core<F, D>, site: &str) -> Option<LinkId> {
         if core.links.iter().any(|l| !l.spare && l.site.as_deref() == Some(site)) {
             return None;
         }
@@ -35,14 +36,18 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for Legacy {
             }
             core.out.push(Action::ClearTimer { link, kind: TimerKind::Release });
             if live {
+                // The original service answers nothing: the site counts as subscribed now.
                 core.out.push(Action::Send { link, text: encode_legacy_update(site) });
+                Self::subscribed(core, Some(site));
             }
             return None;
         }
         Some(core.new_link(Some(site.to_owned())))
     }
 
-    fn unsubscribe(&mut self, core: &mut Core<F, D>, site: &str) {
+    /// Stops wanting `site`: its link becomes a spare, released at the end of the task unless a
+    /// subscribe takes it.
+    pub(crate) fn unsubscribe<F, D>(core: &mut Core<F, D>, site: &str) {
         if let Some(l) = core.links.iter_mut().find(|l| !l.spare && l.site.as_deref() == Some(site)) {
             l.spare = true;
             let link = l.id;
@@ -50,16 +55,31 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for Legacy {
         }
     }
 
-    fn release(&mut self, core: &Core<F, D>, link: LinkId) -> bool {
+    /// Tells the `subscribed` hooks that `site` (every site with a link, when `None`) is
+    /// subscribed: the original service sends no confirmation, so an open socket is one.
+    pub(crate) fn subscribed<F: Clone + PartialEq, D>(core: &mut Core<F, D>, site: Option<&str>) {
+        for i in 0..core.links.len() {
+            let l = &core.links[i];
+            if l.spare || site.is_some_and(|site| l.site.as_deref() != Some(site)) {
+                continue;
+            }
+            if let Some(site) = l.site.clone() {
+                core.notify(
+                    HookKind::Subscribed,
+                    Event::Subscribed { site, position: None, replayed: 0, recovered: None },
+                );
+            }
+        }
+    }
+
+    /// Whether `link` is a spare no subscribe took.
+    pub(crate) fn release<F, D>(core: &Core<F, D>, link: LinkId) -> bool {
         core.links.iter().any(|l| l.id == link && l.spare)
     }
 
-    fn accepted_on_open(&self) -> bool {
-        true
-    }
-
-    fn opened(&mut self, core: &mut Core<F, D>, link: LinkId) {
-        // A link moved to another site while its socket was opening asks for the new site now.
+    /// `link`'s socket opened: a link moved to another site while its socket was opening asks
+    /// for the new site now.
+    pub(crate) fn opened<F, D>(core: &mut Core<F, D>, link: LinkId) {
         let Some(l) = core.link_mut(link) else { return };
         let update = (l.opened_site != l.site).then(|| l.site.clone()).flatten();
         l.opened_site.clone_from(&l.site);
@@ -68,61 +88,14 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for Legacy {
         }
     }
 
-    fn sync(&mut self, _core: &mut Core<F, D>) {}
-
-    fn settled(&self, _core: &Core<F, D>) -> bool {
-        true
-    }
-
-    fn socket(&self, core: &Core<F, D>, link: &Link) -> (String, Option<&'static str>, Option<String>) {
+    /// The socket: `?site=` (and `&token=`) on the configured URL, no subprotocol.
+    pub(crate) fn socket<F, D>(core: &Core<F, D>, link: &Link) -> (String, Option<&'static str>, Option<String>) {
         (core.config.socket_url(link.site.as_deref()), None, None)
     }
 
-    fn disconnected(&mut self) {}
-
-    fn can_probe(&self) -> bool {
-        // No client ping in this protocol: the browser's own close detection has to do.
-        false
-    }
-
-    fn refresh(&mut self, _core: &mut Core<F, D>, _token: &str) {}
-
-    fn wanted(&mut self, core: &Core<F, D>, link: LinkId, site: &str, _position: Option<(&str, u64)>) -> bool {
-        // A socket moved to another site may still deliver a few of the old site's frames.
+    /// Whether a publication of `site` that arrived on `link` is wanted: a socket moved to
+    /// another site may still deliver a few of the old site's frames.
+    pub(crate) fn wanted<F, D>(core: &Core<F, D>, link: LinkId, site: &str) -> bool {
         core.links.iter().any(|l| l.id == link && !l.spare && l.site.as_deref() == Some(site))
-    }
-
-    fn accept_undoable(
-        &mut self,
-        core: &Core<F, D>,
-        link: LinkId,
-        site: &str,
-        epoch: &str,
-        offset: u64,
-    ) -> (bool, Option<Option<Undo>>) {
-        (Rules::<F, D>::wanted(self, core, link, site, Some((epoch, offset))), None)
-    }
-
-    fn undo(&mut self, _site: &str, _undo: Option<Undo>) {}
-
-    fn confirmed(
-        &mut self,
-        _id: Option<u64>,
-        _site: &str,
-        _epoch: &str,
-        _offset: u64,
-        _recovered: Option<bool>,
-        _replayed: u32,
-    ) -> (bool, Option<RecoveryFailure>) {
-        (false, None)
-    }
-
-    fn refused(&mut self, _id: u64) -> Option<String> {
-        None
-    }
-
-    #[cfg(all(test, target_arch = "wasm32"))]
-    fn position(&self, _site: &str) -> Option<datastream_protocol::v2::StreamPosition> {
-        None
     }
 }

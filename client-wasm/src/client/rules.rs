@@ -1,186 +1,183 @@
-//! The interface between the client and its protocol: [`Rules`], what each protocol decides for
-//! itself, and [`Core`], what both work on. [`Machine`] picks the protocol once, when the client
-//! is created.
+//! [`Rules`]: the protocol a client speaks, picked once when it is created. Every question whose
+//! answer depends on the protocol goes through here; where one protocol lacks the concept, its
+//! match arm says what that means for it, once.
+//!
+//! An enum rather than a boxed trait object: each call goes to one of two known types, which the
+//! compiler can inline (a boxed trait object made the WebAssembly 0.9 KB larger).
 
-use crate::callbacks::Callbacks;
-use crate::config::Config;
+use crate::config::Protocol;
 use crate::link::{Link, LinkId};
 use crate::stream::Undo;
 use crate::subscriptions::RecoveryFailure;
 
-use super::{Action, legacy, v2};
+use super::legacy::Legacy;
+use super::shared::Core;
+use super::v2::V2;
 
-/// What both protocols' rules work on: the options, the app's callbacks, the links, and the
-/// actions decided.
-pub(crate) struct Core<F, D> {
-    pub(crate) config: Config,
-    pub(crate) callbacks: Callbacks<F>,
-    pub(crate) links: Vec<Link>,
-    pub(crate) next_link: LinkId,
-    pub(crate) out: Vec<Action<F, D>>,
+/// The protocol a client speaks, with its rules' state.
+#[derive(Debug)]
+pub(crate) enum Rules {
+    V2(V2),
+    Legacy(Legacy),
 }
 
-impl<F, D> Core<F, D> {
-    pub(crate) fn link_mut(&mut self, id: LinkId) -> Option<&mut Link> {
-        self.links.iter_mut().find(|l| l.id == id)
+impl Rules {
+    pub(crate) fn new(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::V2 => Rules::V2(V2::default()),
+            Protocol::Legacy => Rules::Legacy(Legacy),
+        }
     }
 
-    /// A new link (for `site` in the legacy protocol), not yet opened.
-    pub(crate) fn new_link(&mut self, site: Option<String>) -> LinkId {
-        let id = self.next_link;
-        self.next_link += 1;
-        self.links.push(Link::new(id, site));
-        id
-    }
-}
-
-/// One protocol's rules; the client asks them whatever depends on the protocol.
-pub(crate) trait Rules<F, D> {
     /// Takes the configured sites; returns the links to open.
-    fn start(&mut self, core: &mut Core<F, D>, sites: Vec<String>) -> Vec<LinkId>;
+    pub(crate) fn start<F, D>(&mut self, core: &mut Core<F, D>, sites: Vec<String>) -> Vec<LinkId> {
+        match self {
+            Rules::V2(r) => r.start(core, sites),
+            Rules::Legacy(_) => Legacy::start(core, sites),
+        }
+    }
+
     /// Wants `site` (with a rewind, where the protocol has history); returns a link to open.
-    fn subscribe(&mut self, core: &mut Core<F, D>, site: &str, rewind: Option<u32>) -> Option<LinkId>;
+    pub(crate) fn subscribe<F, D>(&mut self, core: &mut Core<F, D>, site: &str, rewind: Option<u32>) -> Option<LinkId>
+    where
+        F: Clone + PartialEq,
+    {
+        match self {
+            Rules::V2(r) => r.subscribe(core, site, rewind),
+            // No history in the original service: nothing to rewind.
+            Rules::Legacy(_) => Legacy::subscribe(core, site),
+        }
+    }
+
     /// Stops wanting `site`.
-    fn unsubscribe(&mut self, core: &mut Core<F, D>, site: &str);
+    pub(crate) fn unsubscribe<F, D>(&mut self, core: &mut Core<F, D>, site: &str) {
+        match self {
+            Rules::V2(r) => r.unsubscribe(core, site),
+            Rules::Legacy(_) => Legacy::unsubscribe(core, site),
+        }
+    }
+
     /// `link`'s release timer fired: whether its socket is no longer needed (and is to be closed
     /// and forgotten).
-    fn release(&mut self, core: &Core<F, D>, link: LinkId) -> bool;
-    /// Whether an open socket is an accepted connection (else the server's `hello` accepts it).
-    fn accepted_on_open(&self) -> bool;
-    /// `link`'s socket opened and the connection is accepted with it.
-    fn opened(&mut self, core: &mut Core<F, D>, link: LinkId);
-    /// The connection was accepted or the listeners changed: brings the server in line.
-    fn sync(&mut self, core: &mut Core<F, D>);
-    /// Whether every subscription the server was asked for is answered.
-    fn settled(&self, core: &Core<F, D>) -> bool;
+    pub(crate) fn release<F, D>(&mut self, core: &Core<F, D>, link: LinkId) -> bool {
+        match self {
+            Rules::V2(r) => r.release(),
+            Rules::Legacy(_) => Legacy::release(core, link),
+        }
+    }
+
+    /// Whether an open socket is an accepted connection; in v2 the server's `hello` accepts it.
+    pub(crate) fn accepted_on_open(&self) -> bool {
+        matches!(self, Rules::Legacy(_))
+    }
+
+    /// `link`'s socket opened and the connection is accepted with it (legacy only: v2's is
+    /// accepted by `hello`, and [`Rules::sync`] follows).
+    pub(crate) fn opened<F, D>(&mut self, core: &mut Core<F, D>, link: LinkId) {
+        if let Rules::Legacy(_) = self {
+            Legacy::opened(core, link);
+        }
+    }
+
+    /// The connection was accepted or the listeners changed: brings the server in line. The
+    /// original service has no subscriptions of its own: a link is for its site.
+    pub(crate) fn sync<F: Clone + PartialEq, D>(&mut self, core: &mut Core<F, D>) {
+        if let Rules::V2(r) = self {
+            r.sync(core);
+        }
+    }
+
+    /// Every link is accepted and every subscription answered: a legacy site counts as
+    /// subscribed now (v2's are confirmed one by one by the server).
+    pub(crate) fn ready<F: Clone + PartialEq, D>(&mut self, core: &mut Core<F, D>) {
+        if let Rules::Legacy(_) = self {
+            Legacy::subscribed(core, None);
+        }
+    }
+
+    /// Whether every subscription the server was asked for is answered (legacy: none is asked).
+    pub(crate) fn settled(&self) -> bool {
+        match self {
+            Rules::V2(r) => r.settled(),
+            Rules::Legacy(_) => true,
+        }
+    }
+
     /// What `link`'s socket is opened with: URL, subprotocol, token for a subprotocol entry.
-    fn socket(&self, core: &Core<F, D>, link: &Link) -> (String, Option<&'static str>, Option<String>);
-    /// The connection was lost: nothing the server held for it remains.
-    fn disconnected(&mut self);
-    /// Whether a live connection can be checked with a client ping.
-    fn can_probe(&self) -> bool;
-    /// A new token, for a live connection if the protocol can take one without reconnecting.
-    fn refresh(&mut self, core: &mut Core<F, D>, token: &str);
+    pub(crate) fn socket<F, D>(
+        &self,
+        core: &Core<F, D>,
+        link: &Link,
+    ) -> (String, Option<&'static str>, Option<String>) {
+        match self {
+            Rules::V2(_) => V2::socket(core),
+            Rules::Legacy(_) => Legacy::socket(core, link),
+        }
+    }
+
+    /// The connection was lost: nothing the server held for it remains (legacy: it held
+    /// nothing).
+    pub(crate) fn disconnected(&mut self) {
+        if let Rules::V2(r) = self {
+            r.disconnected();
+        }
+    }
+
+    /// Whether a live connection can be checked with a client ping; the original service has
+    /// none: the browser's own close detection has to do there.
+    pub(crate) fn can_probe(&self) -> bool {
+        matches!(self, Rules::V2(_))
+    }
+
+    /// A new token, sent on a live v2 connection; the legacy protocol takes a token in its URL
+    /// only, so its next connection uses it.
+    pub(crate) fn refresh<F, D>(&mut self, core: &mut Core<F, D>, token: &str) {
+        if let Rules::V2(_) = self {
+            V2::refresh(core, token);
+        }
+    }
+
     /// Whether a publication of `site` at `position` (absent in the legacy protocol) that
     /// arrived on `link` is new and wanted; records it.
-    fn wanted(&mut self, core: &Core<F, D>, link: LinkId, site: &str, position: Option<(&str, u64)>) -> bool;
-    /// `wanted` for a v2 publication, with what undoes its record when it changed one.
-    fn accept_undoable(
+    pub(crate) fn wanted<F, D>(
         &mut self,
         core: &Core<F, D>,
         link: LinkId,
         site: &str,
-        epoch: &str,
-        offset: u64,
-    ) -> (bool, Option<Option<Undo>>);
-    /// Undoes an `accept_undoable` of `site`.
-    fn undo(&mut self, site: &str, undo: Option<Undo>);
-    /// A `subscribed` answer: whether the site is still wanted, and a failed recovery to report.
-    fn confirmed(
-        &mut self,
-        id: Option<u64>,
-        site: &str,
-        epoch: &str,
-        offset: u64,
-        recovered: Option<bool>,
-        replayed: u32,
-    ) -> (bool, Option<RecoveryFailure>);
-    /// The server refused request `id`: the site of the subscribe it was, if it was one.
-    fn refused(&mut self, id: u64) -> Option<String>;
-    /// The position `site`'s stream would be recovered from.
-    #[cfg(all(test, target_arch = "wasm32"))]
-    fn position(&self, site: &str) -> Option<datastream_protocol::v2::StreamPosition>;
-}
-
-/// The protocol a client speaks, with its rules' state. An enum rather than a boxed trait
-/// object: each call is forwarded to one of two known types, which the compiler can inline (a
-/// boxed trait object made the WebAssembly 0.9 KB larger). What only v2 has (latest
-/// publications) the client asks `V2` itself.
-#[derive(Debug)]
-pub(crate) enum Machine {
-    V2(v2::V2),
-    Legacy(legacy::Legacy),
-}
-
-/// Calls the same method on whichever protocol's rules `$machine` holds.
-macro_rules! each {
-    ($machine:expr, $rules:ident => $call:expr) => {
-        match $machine {
-            Machine::V2($rules) => $call,
-            Machine::Legacy($rules) => $call,
+        position: Option<(&str, u64)>,
+    ) -> bool {
+        match self {
+            Rules::V2(r) => r.wanted(site, position),
+            Rules::Legacy(_) => Legacy::wanted(core, link, site),
         }
-    };
-}
-
-impl<F: Clone + PartialEq, D> Rules<F, D> for Machine {
-    fn start(&mut self, core: &mut Core<F, D>, sites: Vec<String>) -> Vec<LinkId> {
-        each!(self, r => Rules::<F, D>::start(r, core, sites))
     }
 
-    fn subscribe(&mut self, core: &mut Core<F, D>, site: &str, rewind: Option<u32>) -> Option<LinkId> {
-        each!(self, r => Rules::<F, D>::subscribe(r, core, site, rewind))
-    }
-
-    fn unsubscribe(&mut self, core: &mut Core<F, D>, site: &str) {
-        each!(self, r => Rules::<F, D>::unsubscribe(r, core, site))
-    }
-
-    fn release(&mut self, core: &Core<F, D>, link: LinkId) -> bool {
-        each!(self, r => Rules::<F, D>::release(r, core, link))
-    }
-
-    fn accepted_on_open(&self) -> bool {
-        each!(self, r => Rules::<F, D>::accepted_on_open(r))
-    }
-
-    fn opened(&mut self, core: &mut Core<F, D>, link: LinkId) {
-        each!(self, r => Rules::<F, D>::opened(r, core, link))
-    }
-
-    fn sync(&mut self, core: &mut Core<F, D>) {
-        each!(self, r => Rules::<F, D>::sync(r, core))
-    }
-
-    fn settled(&self, core: &Core<F, D>) -> bool {
-        each!(self, r => Rules::<F, D>::settled(r, core))
-    }
-
-    fn socket(&self, core: &Core<F, D>, link: &Link) -> (String, Option<&'static str>, Option<String>) {
-        each!(self, r => Rules::<F, D>::socket(r, core, link))
-    }
-
-    fn disconnected(&mut self) {
-        each!(self, r => Rules::<F, D>::disconnected(r))
-    }
-
-    fn can_probe(&self) -> bool {
-        each!(self, r => Rules::<F, D>::can_probe(r))
-    }
-
-    fn refresh(&mut self, core: &mut Core<F, D>, token: &str) {
-        each!(self, r => Rules::<F, D>::refresh(r, core, token))
-    }
-
-    fn wanted(&mut self, core: &Core<F, D>, link: LinkId, site: &str, position: Option<(&str, u64)>) -> bool {
-        each!(self, r => Rules::<F, D>::wanted(r, core, link, site, position))
-    }
-
-    fn accept_undoable(
+    /// `wanted` for a publication with a position, with what undoes its record when it changed
+    /// one (legacy records nothing).
+    pub(crate) fn accept_undoable<F, D>(
         &mut self,
         core: &Core<F, D>,
         link: LinkId,
         site: &str,
         epoch: &str,
         offset: u64,
-    ) -> (bool, Option<Option<Undo>>) {
-        each!(self, r => Rules::<F, D>::accept_undoable(r, core, link, site, epoch, offset))
+    ) -> (bool, Option<Undo>) {
+        match self {
+            Rules::V2(r) => r.accept_undoable(site, epoch, offset),
+            Rules::Legacy(_) => (Legacy::wanted(core, link, site), None),
+        }
     }
 
-    fn undo(&mut self, site: &str, undo: Option<Undo>) {
-        each!(self, r => Rules::<F, D>::undo(r, site, undo))
+    /// Undoes an `accept_undoable` of `site` (only v2 gives an undo).
+    pub(crate) fn undo(&mut self, site: &str, undo: Undo) {
+        if let Rules::V2(r) = self {
+            r.undo(site, undo);
+        }
     }
 
-    fn confirmed(
+    /// A `subscribed` answer (v2 only: the original service sends none): whether the site is
+    /// still wanted, and a failed recovery to report.
+    pub(crate) fn confirmed(
         &mut self,
         id: Option<u64>,
         site: &str,
@@ -189,15 +186,57 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for Machine {
         recovered: Option<bool>,
         replayed: u32,
     ) -> (bool, Option<RecoveryFailure>) {
-        each!(self, r => Rules::<F, D>::confirmed(r, id, site, epoch, offset, recovered, replayed))
+        match self {
+            Rules::V2(r) => r.confirmed(id, site, epoch, offset, recovered, replayed),
+            Rules::Legacy(_) => (false, None),
+        }
     }
 
-    fn refused(&mut self, id: u64) -> Option<String> {
-        each!(self, r => Rules::<F, D>::refused(r, id))
+    /// The server refused request `id`: the site of the subscribe it was, if it was one (legacy
+    /// requests carry no id).
+    pub(crate) fn refused(&mut self, id: u64) -> Option<String> {
+        match self {
+            Rules::V2(r) => r.refused(id),
+            Rules::Legacy(_) => None,
+        }
     }
 
+    /// Whether a latest publication of `site` in `epoch` is for a wanted site's current stream;
+    /// the original service has no latest publications.
+    pub(crate) fn latest(&self, site: &str, epoch: &str) -> bool {
+        matches!(self, Rules::V2(r) if r.latest(site, epoch))
+    }
+
+    /// The client lacks the latest publication of `topic` of `site` (every wanted site when
+    /// `None`); nothing to ask for in the legacy protocol.
+    pub(crate) fn lacks(&mut self, site: Option<&str>, topic: &str) {
+        if let Rules::V2(r) = self {
+            r.lacks(site, topic);
+        }
+    }
+
+    /// Whether the next subscribes ask for deltas (v2's `hello` offers them).
+    pub(crate) fn deltas(&mut self, on: bool) {
+        if let Rules::V2(r) = self {
+            r.deltas(on);
+        }
+    }
+
+    /// A gap in `site`'s stream: whether a resubscribe is now due (legacy frames are whole: no
+    /// gap, and nothing to recover from).
+    pub(crate) fn gap(&mut self, site: &str) -> bool {
+        match self {
+            Rules::V2(r) => r.gap(site),
+            Rules::Legacy(_) => false,
+        }
+    }
+
+    /// The position `site`'s stream would be recovered from.
     #[cfg(all(test, target_arch = "wasm32"))]
-    fn position(&self, site: &str) -> Option<datastream_protocol::v2::StreamPosition> {
-        each!(self, r => Rules::<F, D>::position(r, site))
+    pub(crate) fn position(&self, site: &str) -> Option<datastream_protocol::v2::StreamPosition> {
+        match self {
+            Rules::V2(r) => r.position(site),
+            Rules::Legacy(_) => None,
+        }
     }
 }

@@ -8,8 +8,8 @@
 use datastream_protocol::v2::{ClientFrame, SUBPROTOCOL};
 
 use super::Action;
-use super::rules::{Core, Rules};
-use crate::link::{Link, LinkId, TimerKind};
+use super::shared::Core;
+use crate::link::{LinkId, TimerKind};
 use crate::stream::Undo;
 use crate::subscriptions::{RecoveryFailure, Subscriptions};
 use crate::wire::encode;
@@ -53,17 +53,17 @@ impl V2 {
     pub(crate) fn gap(&mut self, site: &str) -> bool {
         self.subs.gap(site)
     }
-}
 
-impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
-    fn start(&mut self, core: &mut Core<F, D>, sites: Vec<String>) -> Vec<LinkId> {
+    /// Takes the configured sites; returns the link to open, if there is one.
+    pub(crate) fn start<F, D>(&mut self, core: &mut Core<F, D>, sites: Vec<String>) -> Vec<LinkId> {
         for site in &sites {
             self.subs.add(site, None);
         }
         if sites.is_empty() { Vec::new() } else { vec![core.new_link(None)] }
     }
 
-    fn subscribe(&mut self, core: &mut Core<F, D>, site: &str, rewind: Option<u32>) -> Option<LinkId> {
+    /// Wants `site`; the first site opens the link (or keeps a lingering one).
+    pub(crate) fn subscribe<F, D>(&mut self, core: &mut Core<F, D>, site: &str, rewind: Option<u32>) -> Option<LinkId> {
         let idle = self.subs.is_empty();
         self.subs.add(site, rewind);
         match core.links.first() {
@@ -77,7 +77,8 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
         }
     }
 
-    fn unsubscribe(&mut self, core: &mut Core<F, D>, site: &str) {
+    /// Stops wanting `site`; after the last one, the link lingers.
+    pub(crate) fn unsubscribe<F, D>(&mut self, core: &mut Core<F, D>, site: &str) {
         if self.subs.remove(site)
             && self.subs.is_empty()
             && let Some(l) = core.links.first()
@@ -86,7 +87,8 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
         }
     }
 
-    fn release(&mut self, _core: &Core<F, D>, _link: LinkId) -> bool {
+    /// The linger is over: whether the link goes (no site came meanwhile).
+    pub(crate) fn release(&mut self) -> bool {
         if !self.subs.is_empty() {
             return false;
         }
@@ -96,14 +98,9 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
         true
     }
 
-    fn accepted_on_open(&self) -> bool {
-        // The server's hello, not the socket, says the connection is accepted.
-        false
-    }
-
-    fn opened(&mut self, _core: &mut Core<F, D>, _link: LinkId) {}
-
-    fn sync(&mut self, core: &mut Core<F, D>) {
+    /// Sends what the server lacks: unsubscribes of released sites, subscribes of sites whose
+    /// subscription (topics, latest, recovery) is not what the listeners need.
+    pub(crate) fn sync<F: Clone + PartialEq, D>(&mut self, core: &mut Core<F, D>) {
         let live = Self::live_link(core);
         for site in self.subs.take_released() {
             if let Some(link) = live {
@@ -124,52 +121,49 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
         }
     }
 
-    fn settled(&self, _core: &Core<F, D>) -> bool {
+    /// Whether every subscription the server was asked for is answered.
+    pub(crate) fn settled(&self) -> bool {
         self.subs.settled()
     }
 
-    fn socket(&self, core: &Core<F, D>, _link: &Link) -> (String, Option<&'static str>, Option<String>) {
+    /// The socket: the configured URL, the v2 subprotocol, the token as a subprotocol entry.
+    pub(crate) fn socket<F, D>(core: &Core<F, D>) -> (String, Option<&'static str>, Option<String>) {
         (core.config.socket_url(None), Some(SUBPROTOCOL), core.config.token.clone())
     }
 
-    fn disconnected(&mut self) {
+    /// The connection was lost: the server holds no subscription any more.
+    pub(crate) fn disconnected(&mut self) {
         self.subs.disconnected();
     }
 
-    fn can_probe(&self) -> bool {
-        true
-    }
-
-    fn refresh(&mut self, core: &mut Core<F, D>, token: &str) {
+    /// A new token, sent in-band on a live connection.
+    pub(crate) fn refresh<F, D>(core: &mut Core<F, D>, token: &str) {
         if let Some(link) = Self::live_link(core) {
             let frame = ClientFrame::Refresh { id: None, token: token.to_owned() };
             core.out.push(Action::Send { link, text: encode(&frame) });
         }
     }
 
-    fn wanted(&mut self, _core: &Core<F, D>, _link: LinkId, site: &str, position: Option<(&str, u64)>) -> bool {
+    /// Whether a publication of `site` (at `position`, if it has one) is new and wanted.
+    pub(crate) fn wanted(&mut self, site: &str, position: Option<(&str, u64)>) -> bool {
         match position {
             Some((epoch, offset)) => self.subs.accept(site, epoch, offset),
             None => self.subs.contains(site),
         }
     }
 
-    fn accept_undoable(
-        &mut self,
-        _core: &Core<F, D>,
-        _link: LinkId,
-        site: &str,
-        epoch: &str,
-        offset: u64,
-    ) -> (bool, Option<Option<Undo>>) {
+    /// [`V2::wanted`], with what undoes its record when it changed one.
+    pub(crate) fn accept_undoable(&mut self, site: &str, epoch: &str, offset: u64) -> (bool, Option<Undo>) {
         self.subs.accept_undoable(site, epoch, offset)
     }
 
-    fn undo(&mut self, site: &str, undo: Option<Undo>) {
+    /// Undoes an [`V2::accept_undoable`] of `site` (the latest first).
+    pub(crate) fn undo(&mut self, site: &str, undo: Undo) {
         self.subs.undo(site, undo);
     }
 
-    fn confirmed(
+    /// A `subscribed` answer: whether the site is still wanted, and a failed recovery to report.
+    pub(crate) fn confirmed(
         &mut self,
         id: Option<u64>,
         site: &str,
@@ -182,12 +176,14 @@ impl<F: Clone + PartialEq, D> Rules<F, D> for V2 {
         (self.subs.contains(site), failure)
     }
 
-    fn refused(&mut self, id: u64) -> Option<String> {
+    /// The server refused request `id`: the site of the subscribe it was, if it was one.
+    pub(crate) fn refused(&mut self, id: u64) -> Option<String> {
         self.subs.refused(id).map(str::to_owned)
     }
 
+    /// The position `site`'s stream would be recovered from.
     #[cfg(all(test, target_arch = "wasm32"))]
-    fn position(&self, site: &str) -> Option<datastream_protocol::v2::StreamPosition> {
+    pub(crate) fn position(&self, site: &str) -> Option<datastream_protocol::v2::StreamPosition> {
         self.subs.position(site)
     }
 }

@@ -20,11 +20,12 @@ export function listen(event) {
   };
 }
 
-/** `{k1: a, k2: b, …}` for the space-separated `keys`, in that order: the objects of states and
- * events (convert.rs), built here in one call rather than field by field across the boundary. */
+/** `{k1: a, k2: b, …}` for the space-separated `keys`, in that order, leaving out keys whose value
+ * is undefined: the objects of states and events (convert.rs), built here in one call rather
+ * than field by field across the boundary. */
 export function shape(keys, ...values) {
   const o = {};
-  keys.split(' ').forEach((k, i) => (o[k] = values[i]));
+  keys.split(' ').forEach((k, i) => values[i] !== undefined && (o[k] = values[i]));
   return o;
 }
 

@@ -58,14 +58,15 @@ pub(crate) fn config(options: &JsValue) -> Result<Config, JsValue> {
 
 #[wasm_bindgen(module = "/src/web/browser.js")]
 extern "C" {
-    /// `{k1: a, k2: b, …}` for the space-separated `keys`, in that order (browser.js): a state's
-    /// or an event's object built in one call instead of a call and a key string per field.
+    /// `{k1: a, k2: b, …}` for the space-separated `keys`, in that order, without the keys whose
+    /// value is `undefined` (browser.js): a state's or an event's object built in one call
+    /// instead of a call and a key string per field.
     fn shape(keys: &str, a: JsValue, b: JsValue, c: JsValue, d: JsValue, e: JsValue) -> JsValue;
 }
 
 const NONE: JsValue = JsValue::UNDEFINED;
 
-/// `{type: 'connecting'}`, `{type: 'reconnecting', attempt, delay}`, `{type: 'closed', code,
+/// `{type: 'connecting'}`, `{type: 'reconnecting', attempt, delay, reason}`, `{type: 'closed', code,
 /// reason}`…
 pub(crate) fn state(state: &State) -> JsValue {
     let name = state.name().into();
@@ -85,14 +86,11 @@ pub(crate) fn event(event: Event<JsValue>) -> JsValue {
     match event {
         Event::State(s) => state(&s),
         Event::Ready => JsValue::UNDEFINED,
-        Event::Subscribed { site, epoch, offset, replayed, recovered } => shape(
-            if recovered.is_some() { "site epoch offset replayed recovered" } else { "site epoch offset replayed" },
-            site.into(),
-            epoch.into(),
-            (offset as f64).into(),
-            replayed.into(),
-            recovered.map_or(NONE, JsValue::from),
-        ),
+        Event::Subscribed { site, position, replayed, recovered } => {
+            let (epoch, offset) = position.map_or((NONE, NONE), |p| (p.epoch.into(), (p.offset as f64).into()));
+            let recovered = recovered.map_or(NONE, JsValue::from);
+            shape("site epoch offset replayed recovered", site.into(), epoch, offset, replayed.into(), recovered)
+        }
         Event::TokenNeeded { code, reason } => shape("code reason", code.into(), reason.into(), NONE, NONE, NONE),
         Event::RecoveryFailed(f) => shape("site reason", f.site.into(), f.reason.into(), NONE, NONE, NONE),
         Event::Error(e) => {
@@ -104,12 +102,10 @@ pub(crate) fn event(event: Event<JsValue>) -> JsValue {
                 ClientError::Hook { error } => {
                     shape("message kind error", message, "listener".into(), error, NONE, NONE)
                 }
-                ClientError::Server { code, site, .. } => match site {
-                    Some(site) => {
-                        shape("message kind code site", message, "server".into(), code.into(), site.into(), NONE)
-                    }
-                    None => shape("message kind code", message, "server".into(), code.into(), NONE, NONE),
-                },
+                ClientError::Server { code, site, .. } => {
+                    let site = site.map_or(NONE, JsValue::from);
+                    shape("message kind code site", message, "server".into(), code.into(), site, NONE)
+                }
                 ClientError::Frame(_) => shape("message kind", message, "frame".into(), NONE, NONE, NONE),
             }
         }

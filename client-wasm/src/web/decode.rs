@@ -73,6 +73,7 @@ fn error(obj: &JsValue) -> Inbound {
     Inbound::Error {
         id: number(obj, "id"),
         code: string(obj, "code").unwrap_or_default(),
+        site: string(obj, "site"),
         message: string(obj, "message").unwrap_or_default(),
     }
 }

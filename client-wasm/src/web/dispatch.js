@@ -1,14 +1,22 @@
 // The client's hot path: every socket's frames are read here and publications handed to their
 // callbacks, asking the client (WebAssembly) about a frame's publications at once, with numbers
-// only. The contract is
-// documented in dispatch.rs. npm/build.sh leaves these comments out of the package.
+// only. The contract is documented in dispatch.rs. The package's bundles leave comments out.
 
 /** Names, and cached routes, kept before starting over. */
 const LIMIT = 1000;
 /** Slots whose last publication is kept per site; the least recently updated goes first. */
 const KEEP = 64;
-/** What a key must be (the relay's name rules), else the publication is kept under its topic. */
-const NAME = /^[\w.:-]{1,64}$/;
+/**
+ * Site codes, topics and keys: 1–64 ASCII letters, digits, `_ - . :` (the relay's rules). The
+ * package's one copy: the wrapper (npm/src/index.js) checks the app's names with it.
+ */
+export const NAME = /^[\w.:-]{1,64}$/;
+
+/**
+ * The slot of a topic's publication with `key`, the value of the topic's key field (undefined: the
+ * topic has one slot). The package's one copy: the wrapper's `latest(site, topic, key)` reads it.
+ */
+export const slotOf = (topic, key) => (key === undefined ? topic : `${topic}\n${key}`);
 
 // Fossil deltas (https://fossil-scm.org/home/doc/tip/www/delta_format.wiki), applied to strings:
 // the format counts bytes, and the relay sends deltas only between ASCII texts, whose bytes are
@@ -68,18 +76,9 @@ export function fossil(base, delta) {
 }
 
 /**
- * `accept(link, buf, from, to, now)` judges publications `from..to`, four numbers each in `buf`
- * (site, epoch — for a latest publication -1 - epoch —, offset, then the answer it writes: the
- * listeners' version, or -1 to drop it);
- * `state`: [the publication being dispatched, whether the client was called since `accept`];
- * `ask(what, a, b, c)` for the rest, `what` as numbered in dispatch.rs; the options' `cache`: site →
- * slot → the last publication received (the parsed frame), least recently updated first, filled
- * here; `keys`: topic → the data field telling its kinds of state apart, from `latestKeys` if
- * given, else from each `hello` (its `latest_keys`), filled here; `replays`: site → `{ left, to }`,
- * a rewind's replay under way (filled by the app's side): of its next `left` publications, those
- * the client does not accept (delivered before) go to the listeners `to` (`[topic, callback]`);
- * `texts`: site → slot → `[epoch, offset, data text]` of the last publication received, the base
- * of the next delta, kept while deltas are on (the relay offers them, `delta` is not false).
+ * A dispatcher of the frames of the sockets it is attached to. Its arguments (`accept`'s numbers
+ * in a shared `Float64Array`, `state`, `ask`, the options' `cache`, `keys`, `replays`, `texts`)
+ * are described in dispatch.rs only: `ClientSide` and the module's docs.
  */
 export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys = new Map(), latestKeys, replays = new Map(), texts = new Map(), delta }) {
   const intern = (name, first) => ask(0, name, first);
@@ -110,7 +109,7 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
   const slot = (topic, d, by = keys) => {
     const field = by.get(topic);
     const k = field !== undefined && d && typeof d === 'object' && !Array.isArray(d) ? d[field] : undefined;
-    return typeof k === 'string' && NAME.test(k) ? `${topic}\n${k}` : topic;
+    return slotOf(topic, typeof k === 'string' && NAME.test(k) ? k : undefined);
   };
   // Holds `f` as the last publication of its site and slot `k` (in `cache`, or `texts`).
   const remember = (s, k, f, held = cache) => {
@@ -273,7 +272,7 @@ export function dispatcher(legacy, accept, ask, state, { cache = new Map(), keys
               if (typeof d === 'string') {
                 // A delta: rebuilt from the slot's text at exactly `base`, else a gap (nothing is
                 // delivered; the client resubscribes and recovers from the last delivered).
-                k = typeof f.key === 'string' ? `${topic}\n${f.key}` : topic;
+                k = slotOf(topic, typeof f.key === 'string' ? f.key : undefined);
                 const held = texts.get(s)?.get(k);
                 try {
                   if (!deltas || held?.[0] !== epoch || held[1] !== f.base) throw 0;

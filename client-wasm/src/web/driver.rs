@@ -41,7 +41,7 @@ pub(crate) struct Driver {
     /// The dispatcher's latest batch of publications is still being dispatched.
     batch_open: std::cell::Cell<bool>,
     /// What accepting each of that batch's publications recorded (its index, site, the undo).
-    batch: RefCell<Vec<(u32, u32, Option<Undo>)>>,
+    batch: RefCell<Vec<(u32, u32, Undo)>>,
     /// Calls [`crate::client::Client::flush`] on its second run: queued as a microtask by
     /// [`Action::Flush`], it queues itself once more first, so the microtasks the task queued
     /// meanwhile run before it — a framework's scheduler (Vue's watchers run in one) makes its

@@ -7,6 +7,7 @@ use datastream_protocol::v2::{ServerFrame, encode_pub};
 use serde_json::value::RawValue;
 
 use super::*;
+use crate::config::Protocol;
 
 type C = Client<&'static str, String>;
 type A = Action<&'static str, String>;
@@ -59,31 +60,11 @@ impl std::ops::Deref for Out {
     }
 }
 
-/// Hands the frames of `text` to the client as the browser does: publications to
-/// [`Client::accept`] and [`Client::listeners`], everything else to [`Client::received`].
+/// Hands the frames of `text` to the client as the browser does ([`Client::read`]): publications
+/// to [`Client::accept`] and [`Client::listeners`], everything else to [`Client::received`].
 fn frame(c: &mut C, text: &str, now: f64) -> Out {
-    let (mut actions, mut delivered) = (Vec::new(), Vec::new());
-    for line in text.split('\n') {
-        let latest = serde_json::from_str::<serde_json::Value>(line).unwrap()["latest"] == true;
-        match ServerFrame::parse(line).unwrap() {
-            ServerFrame::Pub(p) => {
-                actions.extend(acts(c));
-                let accepted = if latest {
-                    c.accept_latest(1, &p.site, &p.epoch, now)
-                } else {
-                    c.accept(1, &p.site, Some((&p.epoch, p.offset)), now)
-                };
-                assert!(c.take_actions().is_empty(), "accept decides no action");
-                if accepted {
-                    let callbacks = c.listeners(&p.site, &p.topic, latest);
-                    if !callbacks.is_empty() {
-                        delivered.push((p.site.clone(), p.offset, callbacks));
-                    }
-                }
-            }
-            other => c.received(1, Inbound::from_server_frame(other).unwrap(), now),
-        }
-    }
+    let mut actions = acts(c);
+    let delivered = c.read(1, text, now).into_iter().map(|d| (d.frame.site, d.frame.offset, d.callbacks)).collect();
     actions.extend(acts(c));
     Out { actions, delivered }
 }
@@ -148,6 +129,10 @@ fn delivered(out: &Out) -> Vec<Delivery> {
 
 fn has_event(actions: &[A], want: &Event<String>) -> bool {
     actions.iter().any(|a| matches!(a, Action::Notify { event, .. } if event == want))
+}
+
+fn pos(epoch: &str, offset: u64) -> Option<StreamPosition> {
+    Some(StreamPosition { epoch: epoch.into(), offset })
 }
 
 fn reconnect_timer(actions: &[A]) -> Option<u32> {
@@ -363,6 +348,7 @@ fn refused_subscribe_is_reported_and_does_not_block_ready() {
     let err = ServerFrame::Error {
         id: Some(1),
         code: datastream_protocol::error::ErrorCode::TooManySubscriptions,
+        site: None,
         message: "at most 100".into(),
     };
     let a = frame(&mut c, &err.to_json(), 1.0);
@@ -375,6 +361,29 @@ fn refused_subscribe_is_reported_and_does_not_block_ready() {
         })
     ));
     assert!(has_event(&a, &Event::Ready));
+}
+
+/// A refresh that no longer grants a site: the relay's error names the site (no request id),
+/// and the error reported says which.
+#[test]
+fn a_refusal_about_a_site_names_it() {
+    let (mut c, _) = started(config(&["mrc"]));
+    hello(&mut c, 0.0);
+    let err = ServerFrame::Error {
+        id: None,
+        code: datastream_protocol::error::ErrorCode::Forbidden,
+        site: Some("mrc".into()),
+        message: "no longer allowed to read \"mrc\"".into(),
+    };
+    let a = frame(&mut c, &err.to_json(), 1.0);
+    assert!(has_event(
+        &a,
+        &Event::Error(ClientError::Server {
+            code: "forbidden".into(),
+            message: "no longer allowed to read \"mrc\"".into(),
+            site: Some("mrc".into())
+        })
+    ));
 }
 
 #[test]
@@ -473,6 +482,43 @@ fn legacy_mode_one_socket_per_site_and_site_switch_by_action() {
     c.unsubscribe("mrc2");
     c.timer(2, TimerKind::Release, 6.0);
     assert!(acts(&mut c).contains(&Action::Close { link: 2, code: 1000, reason: "site unsubscribed" }));
+}
+
+/// The original service confirms nothing: a legacy site counts as subscribed once every socket
+/// is open (again after a reconnect), and a site switched to on a live socket at once.
+#[test]
+fn legacy_sites_are_subscribed_when_their_sockets_are_open() {
+    let mut cfg = config(&["mrc", "mrc2"]);
+    cfg.protocol = Protocol::Legacy;
+    let (mut c, _) = started(cfg);
+    c.hook(HookKind::Subscribed, "subscribed");
+    let confirmed = |a: &[A]| -> Vec<String> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Notify {
+                    event: Event::Subscribed { site, position: None, replayed: 0, recovered: None },
+                    ..
+                } => Some(site.clone()),
+                Action::Notify { event: Event::Subscribed { .. }, .. } => {
+                    panic!("a legacy confirmation with a position")
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    c.opened(1, 1.0);
+    assert!(confirmed(&acts(&mut c)).is_empty(), "mrc2's socket is still opening");
+    c.opened(2, 1.0);
+    assert_eq!(confirmed(&acts(&mut c)), vec!["mrc", "mrc2"]);
+    c.unsubscribe("mrc");
+    c.subscribe("saf", None, 2.0);
+    assert_eq!(confirmed(&acts(&mut c)), vec!["saf"], "moved on a live socket: subscribed at once");
+    c.socket_closed(2, 1006, String::new(), 3.0);
+    assert!(confirmed(&acts(&mut c)).is_empty());
+    c.timer(2, TimerKind::Reconnect, 1000.0);
+    acts(&mut c);
+    c.opened(2, 1001.0);
+    assert_eq!(confirmed(&acts(&mut c)), vec!["saf", "mrc2"], "open again: every site confirmed again");
 }
 
 #[test]
@@ -827,7 +873,7 @@ fn every_confirmation_is_reported_with_its_position() {
     c.hook(HookKind::Subscribed, "subscribed");
     hello(&mut c, 1.0);
     let a = frame(&mut c, &subscribed("mrc", 1, "e", 7, None, 2), 2.0);
-    let want = Event::Subscribed { site: "mrc".into(), epoch: "e".into(), offset: 7, replayed: 2, recovered: None };
+    let want = Event::Subscribed { site: "mrc".into(), position: pos("e", 7), replayed: 2, recovered: None };
     assert!(has_event(&a, &want));
     c.unsubscribe("mrc");
     acts(&mut c);
@@ -862,7 +908,7 @@ fn latest_publications_reach_latest_listeners_and_leave_the_position_alone() {
     ]
     .join("\n");
     let a = frame(&mut c, &text, 1.0);
-    let want = Event::Subscribed { site: "mrc".into(), epoch: "e".into(), offset: 520, replayed: 0, recovered: None };
+    let want = Event::Subscribed { site: "mrc".into(), position: pos("e", 520), replayed: 0, recovered: None };
     assert!(has_event(&a, &want));
     assert_eq!(
         delivered(&a),
@@ -1038,10 +1084,10 @@ fn an_undone_first_publication_leaves_no_position() {
     let (fresh, undo) = c.accept_undoable(1, "mrc", "e", 5, 1.0);
     assert!(fresh);
     let undo = undo.expect("a wanted site's record changed");
-    assert_eq!(undo, None, "no stream before it: undoing forgets the stream");
+    assert_eq!(undo, Undo::Start, "no stream before it: undoing forgets the stream");
     c.undo_accept("mrc", undo);
     assert!(c.accept_undoable(1, "mrc", "e", 5, 1.5).0, "5 is new again");
-    c.undo_accept("mrc", None);
+    c.undo_accept("mrc", Undo::Start);
     c.socket_closed(1, 1006, String::new(), 2.0);
     c.timer(1, TimerKind::Reconnect, 1000.0);
     acts(&mut c);
