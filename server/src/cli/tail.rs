@@ -5,20 +5,35 @@
 //! (`{"event":"recovery_failed",…}`) and carries on from the current position. With `--latest`,
 //! each site starts with the latest publication of every (matching) topic, printed as the relay
 //! marks it (`"latest":true`), however long ago it was published.
+//!
+//! Every decision — when to connect and reconnect, the heartbeat, what to subscribe and recover
+//! from, which publications are new — is the browser SDK's own client core
+//! (`datastream_client::client::Client`), run natively: this file only carries its actions out
+//! over a tokio socket and a timer table, and prints. It adds one thing of its own: with several
+//! `--url`s, which node to try next.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, time::Duration};
 
 use clap::Args;
-use datastream_protocol::{
-    backoff::Backoff,
-    close::{CloseCode, should_reconnect},
-    v2::{ClientFrame, SUBPROTOCOL, ServerFrame, StreamPosition},
+use datastream_client::{
+    callbacks::HookKind,
+    client::{Action, Client, ClientError, Event, Latest},
+    config::Config,
+    link::{LinkId, TimerKind},
+    state::State,
 };
+use datastream_protocol::{backoff::Backoff, close::CloseCode};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::{net::TcpStream, time::Instant};
 use tokio_tungstenite::{
-    connect_async,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{
+        Message,
+        client::IntoClientRequest,
+        http::HeaderValue,
+        protocol::{CloseFrame, frame::coding::CloseCode as WsCloseCode},
+    },
 };
 
 use super::ToolError;
@@ -26,8 +41,12 @@ use super::ToolError;
 /// Reconnect delays.
 const RETRY: Backoff = Backoff { min: Duration::from_millis(500), max: Duration::from_secs(20) };
 
-/// Silence tolerated beyond the server's ping interval before the connection counts as dead.
-const GRACE: Duration = Duration::from_secs(10);
+/// The close code of a connection lost without a close frame (RFC 6455 §7.1.5), as browsers
+/// report it.
+const ABNORMAL: u16 = 1006;
+
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Arguments of `datastream tail`.
 #[derive(Debug, Args)]
@@ -63,154 +82,269 @@ pub struct TailArgs {
     pub count: Option<u64>,
 }
 
-/// How one connection ended.
-enum Outcome {
-    /// `--count` reached.
-    Done,
-    /// Lost; reconnect.
-    Retry(String),
+/// The client core's callbacks: tail's own hooks, and its one publication listener.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Hook {
+    Print,
+    State,
+    Error,
+    RecoveryFailed,
 }
 
-/// What tail remembers across connections.
-struct Follow {
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Socket, String>> + Send>>;
+
+/// The client core and what carries its actions out.
+struct Tail {
+    client: Client<Hook, String>,
     args: TailArgs,
-    /// Last position printed (or skipped past) per site.
-    positions: HashMap<String, StreamPosition>,
-    printed: u64,
-    /// Index (modulo the count) of the URL to use next.
+    started: Instant,
+    /// The socket being opened, and the open one, with their link.
+    connecting: Option<(LinkId, Connecting)>,
+    socket: Option<(LinkId, Socket)>,
+    timers: HashMap<(LinkId, TimerKind), Instant>,
+    flush_due: bool,
+    /// Index (modulo their count) of the URL the next socket opens.
     next_url: usize,
+    /// Whether the relay accepted the current socket (its `hello`): a node that never did is
+    /// passed over at the next attempt.
+    accepted: bool,
+    printed: u64,
 }
 
 /// Runs until `--count` publications were printed, a terminal close, or Ctrl-C.
 pub async fn run(args: TailArgs) -> Result<(), ToolError> {
-    let mut follow = Follow { args, positions: HashMap::new(), printed: 0, next_url: 0 };
-    let mut attempt = 0;
-    loop {
-        let outcome = tokio::select! {
-            r = follow.connection(&mut attempt) => r?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        match outcome {
-            Outcome::Done => return Ok(()),
-            Outcome::Retry(why) => {
-                let delay = RETRY.delay(attempt, rand::random());
-                eprintln!(
-                    "{}",
-                    json!({"event": "reconnecting", "reason": why, "attempt": attempt + 1, "delay_ms": delay.as_millis() as u64})
-                );
-                attempt = attempt.saturating_add(1);
-                tokio::time::sleep(delay).await;
-            }
-        }
+    let mut config = Config::new(args.url.first().cloned().unwrap_or_default());
+    config.token = args.token.clone();
+    config.backoff = RETRY;
+    // Deltas are rebuilt by the browser's dispatcher; tail prints the relay's full frames.
+    config.delta = false;
+    let mut client = Client::new(config, Box::new(rand::random::<f64>))
+        .map_err(|e| ToolError::Usage(format!("--url/--token: {}", e.message())))?;
+    client.hook(HookKind::State, Hook::State);
+    client.hook(HookKind::Error, Hook::Error);
+    client.hook(HookKind::RecoveryFailed, Hook::RecoveryFailed);
+    let latest = if args.latest { Latest::Ask } else { Latest::No };
+    if args.topic.is_empty() {
+        client.on("*", None, Hook::Print, latest);
+    }
+    for topic in &args.topic {
+        client.on(topic, None, Hook::Print, latest);
+    }
+    let mut tail = Tail {
+        client,
+        args,
+        started: Instant::now(),
+        connecting: None,
+        socket: None,
+        timers: HashMap::new(),
+        flush_due: false,
+        next_url: 0,
+        accepted: false,
+        printed: 0,
+    };
+    tail.client.start(0.0);
+    let now = tail.now();
+    for site in tail.args.site.clone() {
+        tail.client.subscribe(&site, tail.args.rewind, now);
+    }
+    tokio::select! {
+        r = tail.follow() => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
 
-impl Follow {
-    async fn connection(&mut self, attempt: &mut u32) -> Result<Outcome, ToolError> {
-        let url = self.args.url[self.next_url % self.args.url.len().max(1)].clone();
-        let mut req = url.as_str().into_client_request().map_err(|e| ToolError::Usage(format!("--url: {e}")))?;
-        let mut protocols = SUBPROTOCOL.to_owned();
-        if let Some(token) = &self.args.token {
-            protocols.push_str(&format!(", datastream.token.{token}"));
-        }
-        let header = HeaderValue::from_str(&protocols).map_err(|e| ToolError::Usage(format!("--token: {e}")))?;
-        req.headers_mut().insert("sec-websocket-protocol", header);
-        // Until this connection proves healthy, a retry moves on to the next URL.
-        self.next_url += 1;
-        let mut ws = match connect_async(req).await {
-            Ok((ws, _)) => ws,
-            Err(e) => return Ok(Outcome::Retry(format!("{url}: {e}"))),
-        };
-        let mut silence = Duration::from_secs(35);
-        let mut id = 0;
-        for site in &self.args.site {
-            id += 1;
-            let recover = self.positions.get(site).cloned();
-            let rewind = if recover.is_none() { self.args.rewind } else { None };
-            let frame = ClientFrame::Subscribe {
-                id: Some(id),
-                site: site.clone(),
-                topics: self.args.topic.clone(),
-                recover,
-                rewind,
-                latest: self.args.latest.into(),
-                delta: None,
-            };
-            let text = serde_json::to_string(&frame).unwrap_or_default();
-            if ws.send(Message::text(text)).await.is_err() {
-                return Ok(Outcome::Retry("send failed".into()));
-            }
-        }
+impl Tail {
+    /// Milliseconds since tail started: the client core's clock.
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    async fn follow(&mut self) -> Result<(), ToolError> {
         loop {
-            let msg = match tokio::time::timeout(silence, ws.next()).await {
-                Err(_) => return Ok(Outcome::Retry("no heartbeat from the relay".into())),
-                Ok(None) => return Ok(Outcome::Retry("connection closed".into())),
-                Ok(Some(Err(e))) => return Ok(Outcome::Retry(e.to_string())),
-                Ok(Some(Ok(msg))) => msg,
-            };
-            let text = match msg {
-                Message::Text(t) => t,
-                Message::Close(Some(frame)) => {
-                    let code = u16::from(frame.code);
-                    if code == CloseCode::GoingAway.code() {
-                        // This node is draining: prefer another.
-                        self.next_url += 1;
+            if let Some(done) = self.carry_out().await {
+                return done;
+            }
+            let deadline = self.timers.values().min().copied();
+            tokio::select! {
+                opened = async { self.connecting.as_mut().expect("checked").1.as_mut().await }, if self.connecting.is_some() => {
+                    let Some((link, _)) = self.connecting.take() else { continue };
+                    match opened {
+                        Ok(socket) => {
+                            self.socket = Some((link, socket));
+                            self.client.opened(link, self.now());
+                        }
+                        Err(why) => self.closed(link, ABNORMAL, why),
                     }
-                    if should_reconnect(code) {
-                        return Ok(Outcome::Retry(format!("closed {code}: {}", frame.reason)));
-                    }
-                    return Err(ToolError::Refused(format!("closed {code}: {}", frame.reason)));
                 }
-                Message::Close(None) => return Ok(Outcome::Retry("closed".into())),
-                _ => continue,
-            };
-            for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-                match ServerFrame::parse(line) {
-                    Ok(ServerFrame::Hello { ping_interval_ms, .. }) => {
-                        *attempt = 0;
-                        self.next_url -= 1;
-                        silence = Duration::from_millis(ping_interval_ms) + GRACE;
-                    }
-                    Ok(ServerFrame::Subscribed { site, epoch, offset, recovered, replayed, .. }) => {
-                        if recovered == Some(false) {
-                            eprintln!(
-                                "{}",
-                                json!({"event": "recovery_failed", "site": site, "epoch": epoch, "offset": offset})
-                            );
+                message = async { self.socket.as_mut().expect("checked").1.next().await }, if self.socket.is_some() => {
+                    let Some((link, _)) = self.socket else { continue };
+                    match message {
+                        Some(Ok(Message::Text(text))) => self.received(link, &text),
+                        Some(Ok(Message::Close(frame))) => {
+                            let (code, reason) = frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                            self.socket = None;
+                            self.closed(link, code, reason);
                         }
-                        if recovered == Some(false) || (replayed == 0 && !self.positions.contains_key(&site)) {
-                            self.positions.insert(site, StreamPosition { epoch, offset });
+                        // Pings are answered by the socket itself; the relay sends no binary frames.
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            self.socket = None;
+                            self.closed(link, ABNORMAL, e.to_string());
                         }
-                    }
-                    Ok(ServerFrame::Pub(p)) => {
-                        // A latest publication is older than the subscription's position (and
-                        // sent only if not seen): printed, without moving the position.
-                        let seen = self.positions.get(&p.site);
-                        if !p.latest && seen.is_some_and(|s| s.epoch == p.epoch && s.offset >= p.offset) {
-                            continue;
-                        }
-                        println!("{line}");
-                        if !p.latest {
-                            self.positions.insert(p.site, StreamPosition { epoch: p.epoch, offset: p.offset });
-                        }
-                        self.printed += 1;
-                        if self.args.count.is_some_and(|c| self.printed >= c) {
-                            let _ = ws.close(None).await;
-                            return Ok(Outcome::Done);
+                        None => {
+                            self.socket = None;
+                            self.closed(link, ABNORMAL, "connection closed".into());
                         }
                     }
-                    Ok(ServerFrame::Ping) => {
-                        if ws.send(Message::text(r#"{"type":"pong"}"#)).await.is_err() {
-                            return Ok(Outcome::Retry("send failed".into()));
-                        }
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let now = Instant::now();
+                    let due: Vec<(LinkId, TimerKind)> =
+                        self.timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| *k).collect();
+                    for (link, kind) in due {
+                        self.timers.remove(&(link, kind));
+                        self.client.timer(link, kind, self.now());
                     }
-                    Ok(ServerFrame::Error { code, message, .. }) => {
-                        eprintln!("{}", json!({"event": "error", "code": code, "message": message}));
-                    }
-                    Ok(_) => {}
-                    Err(e) => eprintln!("{}", json!({"event": "unreadable_frame", "error": e.to_string()})),
                 }
             }
         }
+    }
+
+    /// A text frame from the relay: its publications printed, the rest told to the client.
+    fn received(&mut self, link: LinkId, text: &str) {
+        let now = self.now();
+        for delivery in self.client.read(link, text, now) {
+            if self.printed < self.args.count.unwrap_or(u64::MAX) {
+                println!("{}", delivery.line);
+                self.printed += 1;
+            }
+        }
+        if self.args.count.is_some_and(|c| self.printed >= c) {
+            self.client.close();
+        }
+        if matches!(self.client.state(), State::Connected) {
+            self.accepted = true;
+        }
+    }
+
+    /// `link`'s socket closed (or failed to open) with `code`.
+    fn closed(&mut self, link: LinkId, code: u16, reason: String) {
+        // A draining node (1001), or one that never accepted the connection: try the next one.
+        if code == CloseCode::GoingAway.code() || !self.accepted {
+            self.next_url += 1;
+        }
+        self.client.socket_closed(link, code, reason, self.now());
+    }
+
+    /// Carries out what the client decided; `Some` once tail is done.
+    async fn carry_out(&mut self) -> Option<Result<(), ToolError>> {
+        loop {
+            let actions = self.client.take_actions();
+            if actions.is_empty() {
+                if !std::mem::take(&mut self.flush_due) {
+                    break;
+                }
+                self.client.flush();
+                continue;
+            }
+            for action in actions {
+                match action {
+                    Action::Open { link, url: _, subprotocol, token } => self.open(link, subprotocol, token),
+                    Action::Send { link, text } => {
+                        let sent = match &mut self.socket {
+                            Some((l, socket)) if *l == link => socket.send(Message::text(text)).await.is_ok(),
+                            _ => true,
+                        };
+                        if !sent {
+                            self.socket = None;
+                            self.closed(link, ABNORMAL, "send failed".into());
+                        }
+                    }
+                    Action::Close { link, code, reason } => {
+                        if self.connecting.as_ref().is_some_and(|(l, _)| *l == link) {
+                            self.connecting = None;
+                        }
+                        if let Some((l, mut socket)) = self.socket.take() {
+                            if l == link {
+                                let frame = CloseFrame { code: WsCloseCode::from(code), reason: reason.into() };
+                                let _ = tokio::time::timeout(CLOSE_WAIT, socket.close(Some(frame))).await;
+                            } else {
+                                self.socket = Some((l, socket));
+                            }
+                        }
+                    }
+                    Action::SetTimer { link, kind, ms } => {
+                        self.timers.insert((link, kind), Instant::now() + Duration::from_millis(ms.into()));
+                    }
+                    Action::ClearTimer { link, kind } => {
+                        self.timers.remove(&(link, kind));
+                    }
+                    Action::Notify { callbacks, event } => {
+                        for hook in callbacks {
+                            if let Some(done) = self.notify(hook, &event) {
+                                return Some(done);
+                            }
+                        }
+                    }
+                    Action::Flush => self.flush_due = true,
+                }
+            }
+        }
+        None
+    }
+
+    /// Opens `link`'s socket on the next URL, with the subprotocol and token the client asks for.
+    fn open(&mut self, link: LinkId, subprotocol: Option<&'static str>, token: Option<String>) {
+        let url = self.args.url[self.next_url % self.args.url.len().max(1)].clone();
+        self.accepted = false;
+        let mut protocols = subprotocol.unwrap_or_default().to_owned();
+        if let Some(token) = token {
+            protocols.push_str(", datastream.token.");
+            protocols.push_str(&token);
+        }
+        self.connecting = Some((
+            link,
+            Box::pin(async move {
+                let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
+                let header = HeaderValue::from_str(&protocols).map_err(|e| format!("token: {e}"))?;
+                request.headers_mut().insert("sec-websocket-protocol", header);
+                connect_async(request).await.map(|(socket, _)| socket).map_err(|e| format!("{url}: {e}"))
+            }),
+        ));
+    }
+
+    /// Tells tail about an event of its hooks; `Some` once tail is done.
+    fn notify(&mut self, hook: Hook, event: &Event<String>) -> Option<Result<(), ToolError>> {
+        match (hook, event) {
+            (Hook::State, Event::State(State::Reconnecting { attempt, delay_ms, reason })) => {
+                eprintln!(
+                    "{}",
+                    json!({"event": "reconnecting", "reason": reason, "attempt": attempt, "delay_ms": delay_ms})
+                );
+            }
+            (Hook::State, Event::State(State::Closed { code, reason })) => {
+                // Closed by tail itself: --count was reached.
+                if self.args.count.is_some_and(|c| self.printed >= c) {
+                    return Some(Ok(()));
+                }
+                return Some(Err(ToolError::Refused(format!("closed {code}: {reason}"))));
+            }
+            (Hook::Error, Event::Error(e)) => {
+                let line = match e {
+                    ClientError::Server { code, message, site } => {
+                        json!({"event": "error", "code": code, "message": message, "site": site})
+                    }
+                    ClientError::Frame(why) => json!({"event": "unreadable_frame", "error": why}),
+                    other => json!({"event": "error", "message": other.message()}),
+                };
+                eprintln!("{line}");
+            }
+            (Hook::RecoveryFailed, Event::RecoveryFailed(f)) => {
+                eprintln!("{}", json!({"event": "recovery_failed", "site": f.site, "reason": f.reason}));
+            }
+            _ => {}
+        }
+        None
     }
 }
