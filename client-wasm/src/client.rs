@@ -117,9 +117,11 @@ pub enum Event<D> {
         /// Whether the gap since the last position was recovered (absent: nothing to recover).
         recovered: Option<bool>,
     },
-    /// A connection attempt waits for the app's token ([`Client::set_token`], or
-    /// [`Client::token_failed`]). `code` 0: before connecting; 3002 (expired) or 3501 (refused):
-    /// the server closed the last connection over its token, so a fresh one is needed.
+    /// A token is needed from the app ([`Client::set_token`], or [`Client::token_failed`]): a
+    /// connection attempt waits for it — `code` 0 before connecting; 3002 (expired) or 3501
+    /// (refused): the server closed the last connection over its token — or, `code` 0 and
+    /// `reason` `expiring`, the live connection's token expires soon and the answer is sent
+    /// in-band.
     TokenNeeded {
         /// The close code, or 0.
         code: u16,
@@ -405,7 +407,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         l.last_heard = now;
         l.probe_sent = None;
         match frame {
-            Inbound::Hello { ping_interval_ms, fossil } => {
+            Inbound::Hello { ping_interval_ms, fossil, expires_at } => {
                 if !matches!(l.phase, Phase::Handshake { .. }) {
                     return;
                 }
@@ -420,7 +422,9 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 self.rules.deltas(fossil && self.core.config.delta);
                 self.rules.sync(&mut self.core);
                 self.report_state();
+                self.expires(link, expires_at, now);
             }
+            Inbound::Refreshed { expires_at } => self.expires(link, expires_at, now),
             Inbound::Subscribed { id, site, epoch, offset, recovered, replayed } => {
                 let (wanted, failure) = self.rules.confirmed(id, &site, &epoch, offset, recovered, replayed);
                 if wanted {
@@ -571,6 +575,9 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
                 Ok(next) => self.core.out.push(Action::SetTimer { link, kind, ms: ms_u32(next) }),
             },
             (TimerKind::Release, _) if self.rules.release(&self.core, link) => self.drop_link(link),
+            (TimerKind::Refresh, Phase::Live) => {
+                self.notify(HookKind::Token, Event::TokenNeeded { code: 0, reason: "expiring".to_owned() });
+            }
             _ => {}
         }
     }
@@ -602,6 +609,17 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     }
 
     // ----- internals -----
+
+    /// The relay says `link`'s token expires at `expires_at` (Unix seconds): with tokens from the
+    /// app, a fresh one is asked for a quarter of its remaining life before then (at most 30 s
+    /// before, which also absorbs a small difference between the two clocks), and sent in-band.
+    fn expires(&mut self, link: LinkId, expires_at: Option<u64>, now: f64) {
+        if let (Some(at), true) = (expires_at, self.core.config.fetch_tokens) {
+            let left = at as f64 * 1000.0 - now;
+            let ms = ms_u32(left - (left / 4.0).min(30_000.0));
+            self.core.out.push(Action::SetTimer { link, kind: TimerKind::Refresh, ms });
+        }
+    }
 
     fn grace_ms(&self) -> f64 {
         duration_ms(self.core.config.heartbeat_grace) as f64
@@ -658,6 +676,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         l.phase = Phase::Waiting;
         self.core.out.push(Action::Close { link, code: 1000, reason: why });
         self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Heartbeat });
+        self.core.out.push(Action::ClearTimer { link, kind: TimerKind::Refresh });
         self.rules.disconnected();
         self.ready_reported = false;
         self.report_state();
@@ -705,7 +724,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// Closes `link`'s socket and cancels its timers.
     fn close_link(&mut self, link: LinkId, reason: &'static str) {
         self.core.out.push(Action::Close { link, code: 1000, reason });
-        for kind in [TimerKind::Reconnect, TimerKind::Heartbeat, TimerKind::Release] {
+        for kind in [TimerKind::Reconnect, TimerKind::Heartbeat, TimerKind::Release, TimerKind::Refresh] {
             self.core.out.push(Action::ClearTimer { link, kind });
         }
     }

@@ -20,6 +20,13 @@ pub enum Inbound {
         ping_interval_ms: u64,
         /// Whether the relay offers Fossil deltas (its `deltas` lists `fossil`).
         fossil: bool,
+        /// When the connection's token expires (seconds since the Unix epoch), if it does.
+        expires_at: Option<u64>,
+    },
+    /// v2: a token refresh was accepted; the new token expires at `expires_at`, if it does.
+    Refreshed {
+        /// Seconds since the Unix epoch.
+        expires_at: Option<u64>,
     },
     /// v2: a subscription is in place.
     Subscribed {
@@ -64,9 +71,10 @@ impl Inbound {
     /// [`Client::accept`]: crate::client::Client::accept
     pub fn from_server_frame(frame: ServerFrame) -> Option<Self> {
         Some(match frame {
-            ServerFrame::Hello { ping_interval_ms, deltas, .. } => {
-                Inbound::Hello { ping_interval_ms, fossil: deltas.iter().any(|d| d == FOSSIL) }
+            ServerFrame::Hello { ping_interval_ms, deltas, expires_at, .. } => {
+                Inbound::Hello { ping_interval_ms, fossil: deltas.iter().any(|d| d == FOSSIL), expires_at }
             }
+            ServerFrame::Refreshed { expires_at, .. } => Inbound::Refreshed { expires_at },
             ServerFrame::Subscribed { id, site, epoch, offset, recovered, replayed, .. } => {
                 Inbound::Subscribed { id, site, epoch, offset, recovered, replayed }
             }
@@ -77,7 +85,6 @@ impl Inbound {
             ServerFrame::Error { id, code, site, message } => {
                 Inbound::Error { id, code: code.as_str().to_owned(), site, message }
             }
-            _ => Inbound::Other,
         })
     }
 }

@@ -21,6 +21,9 @@ pub enum TimerKind {
     /// a new site reuses it first; v2, the socket after the last site was released and a linger
     /// passed without a new one.
     Release,
+    /// v2 with tokens from the app: asks for a fresh token shortly before the connection's
+    /// expires (the relay says when, in `hello` and `refreshed`).
+    Refresh,
 }
 
 /// Where a link is in its life.

@@ -89,16 +89,6 @@ const OPTIONS = new Set(
   ),
 );
 
-/** The `exp` claim of a JWT, in ms (not verified: only to know when to refresh it). */
-function expiry(token) {
-  try {
-    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(part)).exp * 1000 || 0;
-  } catch {
-    return 0;
-  }
-}
-
 /** Clients not yet closed; kept reachable so an app holding only callbacks keeps receiving. */
 const live = new Set();
 
@@ -135,7 +125,6 @@ export class Datastream {
   #refusalListeners = new Set();
   /** Every listener `on` registered: `[topic, callback, off]`, for `off(topic, callback)`. */
   #listeners = new Set();
-  #refreshTimer;
 
   /**
    * @param {import('../index.js').DatastreamOptions} options
@@ -194,24 +183,6 @@ export class Datastream {
     this.#emitError(new DatastreamError('token', `getToken() failed: ${error?.message ?? error}`, { cause: error }));
   }
 
-  /** Refreshes `token` in-band shortly before it expires (a quarter of its life, at most 30 s). */
-  #scheduleRefresh(token) {
-    clearTimeout(this.#refreshTimer);
-    const left = expiry(token) - Date.now();
-    if (!this.#options.getToken || !(left > 0)) return;
-    this.#refreshTimer = setTimeout(() => {
-      this.#getToken().then(
-        (fresh) => {
-          if (!this.#core) return;
-          this.#log('token', { refreshed: true });
-          this.#core.setToken(fresh ?? '');
-          if (fresh) this.#scheduleRefresh(fresh);
-        },
-        (error) => this.#tokenFailed(error),
-      );
-    }, left - Math.min(30_000, left / 4));
-  }
-
   /** Creates the WebAssembly client once the module has loaded and the app lets it connect. */
   #start() {
     if (this.#closed || this.#core || !this.#loaded || !this.#permitted) return;
@@ -233,14 +204,14 @@ export class Datastream {
     });
     if (options.getToken) {
       // Before each connection attempt (and at once after a close over the token): the attempt
-      // waits for the answer; a failure fails the attempt, retried after the backoff delay.
+      // waits for the answer; a failure fails the attempt, retried after the backoff delay. And
+      // when the relay's word on the token's expiry says it is time (reason 'expiring'): the
+      // answer refreshes the live connection in-band.
       core.hook('token', ({ code, reason }) => {
         this.#log('token', { needed: true, code, reason });
         this.#getToken().then(
           (token) => {
-            if (!this.#core) return;
-            this.#core.setToken(token ?? '');
-            if (token) this.#scheduleRefresh(token);
+            if (this.#core) this.#core.setToken(token ?? '');
           },
           (error) => {
             this.#tokenFailed(error);
@@ -361,7 +332,6 @@ export class Datastream {
 
   /** The client closed: pending handles reject. */
   #settleAll(state) {
-    clearTimeout(this.#refreshTimer);
     const e =
       state.error ??
       new DatastreamError('closed', `datastream client closed (${state.code}): ${state.reason}`, { code: state.code, state });
@@ -584,7 +554,6 @@ export class Datastream {
     if (this.#closed) return;
     this.#closed = true;
     live.delete(this);
-    clearTimeout(this.#refreshTimer);
     // Nothing more arrives: the bases of deltas go now, whoever still holds the client.
     this.#texts.clear();
     const core = this.#core;

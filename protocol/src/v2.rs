@@ -244,6 +244,10 @@ pub enum ServerFrame {
         /// The delta encodings a subscribe may ask for (`["fossil"]`). Absent: none.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         deltas: Vec<String>,
+        /// When the connection's token expires (seconds since the Unix epoch), for a connection
+        /// made with an expiring token: refresh it before then. Absent: nothing expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// A subscription is in place.
     Subscribed {

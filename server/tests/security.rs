@@ -69,10 +69,16 @@ async fn open(s: &TestServer, path: &str, protocols: &[&str], origin: Option<&st
 }
 
 async fn v2_with_token(s: &TestServer, token: &str) -> Ws {
+    v2_with_token_hello(s, token).await.0
+}
+
+/// A v2 connection with `token`, and its hello.
+async fn v2_with_token_hello(s: &TestServer, token: &str) -> (Ws, Value) {
     let protocol = format!("datastream.token.{token}");
     let mut ws = open(s, "/dev", &["datastream.v2", &protocol], None).await.unwrap();
-    assert_eq!(next_json(&mut ws).await["type"], "hello");
-    ws
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "hello");
+    (ws, hello)
 }
 
 async fn subscribe(ws: &mut Ws, site: &str) -> Value {
@@ -120,6 +126,19 @@ async fn hs256_tokens_grant_sites() {
 
     let (_, metrics) = get_text(&s.url("/metrics")).await;
     assert!(metric(&metrics, r#"datastream_connections_refused_total{reason="auth"}"#) >= 5.0, "{metrics}");
+}
+
+/// The hello of a connection made with an expiring token says when it expires (the SDK
+/// refreshes it before then); without a token, or with one that does not expire, nothing.
+#[tokio::test]
+async fn the_hello_says_when_the_token_expires() {
+    let s = TestServer::start(&["--jwt-secret", SECRET, "--anonymous-sites", "pub"]).await;
+    let (_ws, hello) = v2_with_token_hello(&s, &hs256(&["mrc"], 600)).await;
+    let at = hello["expires_at"].as_u64().expect("expires_at");
+    assert!((now_unix() + 590..=now_unix() + 610).contains(&at), "{hello}");
+    let mut anonymous = open(&s, "/dev", &["datastream.v2"], None).await.unwrap();
+    let hello = next_json(&mut anonymous).await;
+    assert_eq!((hello["type"].as_str(), hello.get("expires_at")), (Some("hello"), None), "{hello}");
 }
 
 #[tokio::test]

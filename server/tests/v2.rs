@@ -507,7 +507,7 @@ async fn channel_session() -> (
         None,
         None,
     );
-    let hello = V2::hello(&state);
+    let hello = V2::hello(&state, &Grant::anonymous());
     let task = tokio::spawn(session::run(socket, state, V2, reg, rx, vec![hello], None));
     (from_server, task, to_server)
 }

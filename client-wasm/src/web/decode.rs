@@ -28,7 +28,9 @@ pub(crate) fn decode(obj: &JsValue, legacy: bool) -> Result<Inbound, String> {
         Some("hello") => Inbound::Hello {
             ping_interval_ms: number(obj, "ping_interval_ms").unwrap_or(25_000),
             fossil: deltas(&get(obj, "deltas")),
+            expires_at: number(obj, "expires_at"),
         },
+        Some("refreshed") => Inbound::Refreshed { expires_at: number(obj, "expires_at") },
         Some("subscribed") => Inbound::Subscribed {
             id: number(obj, "id"),
             site: required(obj, "site")?,

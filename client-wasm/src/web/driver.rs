@@ -150,7 +150,8 @@ impl Driver {
                     let kind = match kind {
                         0 => TimerKind::Reconnect,
                         1 => TimerKind::Heartbeat,
-                        _ => TimerKind::Release,
+                        2 => TimerKind::Release,
+                        _ => TimerKind::Refresh,
                     };
                     with(&weak, |d| {
                         // It ran: its id is spent.

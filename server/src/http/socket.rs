@@ -234,10 +234,11 @@ async fn setup_v2(
 ) -> (V2, Registration, Inbox, Vec<Utf8Bytes>) {
     let gauge = state.metrics.connections_v2.clone();
     let queue_bytes = state.config.client_queue_bytes;
+    let hello = V2::hello(state, &grant);
     let (mut reg, rx) =
         Registration::new(state.hub.clone(), queue_bytes, Framing::Packed, gauge, grant, Some(permit), wire);
     let mut proto = V2;
-    let mut greeting = vec![V2::hello(state)];
+    let mut greeting = vec![hello];
     for site in sites {
         let checked = proto.check_subscribe(state, &reg, None, &site, &[], None, None, v2::LatestWanted::No, None);
         match checked {

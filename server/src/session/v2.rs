@@ -14,6 +14,7 @@ use tracing::warn;
 
 use super::{Protocol, Registration, Start};
 use crate::{
+    auth::Grant,
     broker::Latest,
     config::{Config, Deltas},
     state::AppState,
@@ -216,13 +217,21 @@ impl V2 {
         Ok(frames)
     }
 
-    /// The connection's first frame (encoded once, at start: [`V2::hello_frame`]).
-    pub fn hello(state: &AppState) -> Utf8Bytes {
-        state.v2_hello.clone()
+    /// The connection's first frame: the one encoded at start ([`V2::hello_frame`]), unless the
+    /// connection's token expires, which it then says when.
+    pub fn hello(state: &AppState, grant: &Grant) -> Utf8Bytes {
+        match grant.expires.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            Some(at) => Self::hello_frame_expiring(&state.config, Some(at.as_secs())),
+            None => state.v2_hello.clone(),
+        }
     }
 
     /// Encodes the hello frame `config` implies.
     pub fn hello_frame(config: &Config) -> Utf8Bytes {
+        Self::hello_frame_expiring(config, None)
+    }
+
+    fn hello_frame_expiring(config: &Config, expires_at: Option<u64>) -> Utf8Bytes {
         ServerFrame::Hello {
             version: 2,
             ping_interval_ms: u64::try_from(config.ping_interval.as_millis()).unwrap_or(u64::MAX),
@@ -236,6 +245,7 @@ impl V2 {
                 Deltas::On => vec![DELTA_FOSSIL.to_owned()],
                 Deltas::Off => Vec::new(),
             },
+            expires_at,
         }
         .to_json()
         .into()
