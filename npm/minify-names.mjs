@@ -8,6 +8,7 @@
 //   node npm/minify-names.mjs <mapping.json from wasm-opt> <the renamed .wasm> <glue .js to rewrite>
 
 import { readFileSync, writeFileSync } from 'node:fs';
+import { parse } from './wasm-sections.mjs';
 
 const [mappingFile, wasmFile, glueFile] = process.argv.slice(2);
 const mapping = JSON.parse(readFileSync(mappingFile, 'utf8'));
@@ -20,7 +21,7 @@ const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 // keys are renamed below) and from the crate's JavaScript files it imports whole
 // (`import * as import1 from "./snippets/…"`), whose functions are handed over under their new
 // names beside the glue's.
-const newModules = importModules(readFileSync(wasmFile));
+const newModules = parse(readFileSync(wasmFile)).modules;
 if (newModules.size !== 1) fail(`the renamed module imports from ${newModules.size} modules`);
 const [newModule] = newModules;
 const entry = (module) => new RegExp(`^(\\s+)"${escape(module)}": (import\\d+),\\n`, 'm');
@@ -55,35 +56,3 @@ const left = [...glue.matchAll(/\bwasm\.([\w$]+)/g)].map((m) => m[1]).filter((na
 if (left.length) fail(`exports the mapping does not name: ${[...new Set(left)].join(', ')}`);
 writeFileSync(glueFile, glue);
 
-/** The module names a module's import section uses. */
-function importModules(bytes) {
-  let p = 8;
-  const leb = () => {
-    let r = 0;
-    let s = 0;
-    let x;
-    do {
-      x = bytes[p++];
-      r += (x & 0x7f) * 2 ** s;
-      s += 7;
-    } while (x & 0x80);
-    return r;
-  };
-  const str = () => { const n = leb(); const v = bytes.toString('utf8', p, p + n); p += n; return v; };
-  const limits = () => { const flags = bytes[p++]; leb(); if (flags & 1) leb(); };
-  const found = new Set();
-  while (p < bytes.length) {
-    const id = bytes[p++];
-    const end = leb() + p;
-    if (id === 2) {
-      for (let i = leb(); i > 0; i--) {
-        found.add(str());
-        str();
-        const kind = bytes[p++];
-        if (kind === 0) leb(); else if (kind === 1) { p++; limits(); } else if (kind === 2) limits(); else if (kind === 3) p += 2; else leb();
-      }
-    }
-    p = end;
-  }
-  return found;
-}

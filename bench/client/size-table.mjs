@@ -16,6 +16,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
+import { parse } from '../../npm/wasm-sections.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -25,63 +26,6 @@ const top = Number(opt('--top', '25'));
 const kb = (n) => `${(n / 1024).toFixed(1)} KB`;
 const gz = (b) => gzipSync(b, { level: 9 }).length;
 
-/** The sections of a module: id, custom name, payload; and each function body's size by index. */
-function parse(bytes) {
-  let p = 8;
-  const leb = () => {
-    let r = 0;
-    let s = 0;
-    let x;
-    do {
-      x = bytes[p++];
-      r += (x & 0x7f) * 2 ** s;
-      s += 7;
-    } while (x & 0x80);
-    return r;
-  };
-  const str = () => { const n = leb(); const v = bytes.toString('utf8', p, p + n); p += n; return v; };
-  const sections = [];
-  const bodies = [];
-  const names = new Map();
-  let imported = 0;
-  while (p < bytes.length) {
-    const start = p;
-    const id = bytes[p++];
-    const size = leb();
-    const end = p + size;
-    const section = { id, size: end - start };
-    if (id === 0) section.name = str();
-    if (id === 2) {
-      for (let i = leb(); i > 0; i--) {
-        str();
-        str();
-        const kind = bytes[p++];
-        if (kind === 0) { leb(); imported++; } else if (kind === 1) { p++; limits(); } else if (kind === 2) limits(); else if (kind === 3) p += 2; else leb();
-      }
-    }
-    if (id === 10) {
-      for (let i = leb(), f = 0; f < i; f++) {
-        const n = leb();
-        bodies.push(n);
-        p += n;
-      }
-    }
-    if (id === 0 && section.name === 'name') {
-      while (p < end) {
-        const sub = bytes[p++];
-        const len = leb();
-        const subEnd = p + len;
-        if (sub === 1) for (let i = leb(); i > 0; i--) { const idx = leb(); names.set(idx, str()); }
-        p = subEnd;
-      }
-    }
-    sections.push(section);
-    p = end;
-  }
-  return { sections, bodies, names, imported };
-
-  function limits() { const flags = bytes[p++]; leb(); if (flags & 1) leb(); }
-}
 
 const GROUPS = [
   ['core::fmt: formatting (Debug, Display, write!, pad_integral, float printing)', (n) => /\bcore::fmt\b|as core::fmt::|\bfmt::(Write|Debug|Display)\b|core::num::flt2dec|core::num::fmt/.test(n)],
