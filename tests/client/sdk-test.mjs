@@ -82,6 +82,28 @@ const statuses = async (site, texts, got, from = 0) => {
   await until('the statuses', () => got.length >= from + texts.length);
 };
 const asPublished = (got, texts) => got.length === texts.length && got.every((g, i) => g === JSON.stringify(JSON.parse(texts[i])));
+// Ten device statuses to a new site, the next delta after the first \`before\` altered on its way
+// by the proxy (\`mangle\`): the client must see a gap, recover once and deliver each status as
+// published, reporting no error.
+const deltaGap = async (site, before, mangle) => {
+  const log = [];
+  const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', logger: (e, d) => log.push([e, d.recovered]) });
+  const sub = ds.subscribe(site);
+  const got = [];
+  sub.on('sitestatus', (d) => got.push(JSON.stringify(d)));
+  const errors = [];
+  ds.onError((e) => errors.push(e.message));
+  await sub.ready;
+  await statuses(site, DEVICE.slice(0, before), got);
+  await post(P.control, '/reset');
+  await post(P.control, '/mangle', JSON.stringify(mangle));
+  await statuses(site, DEVICE.slice(before, 10), got, before);
+  const { mangled } = await stats();
+  ds.close();
+  const recoveries = log.filter(([e, r]) => e === 'subscribed' && r === true).length;
+  return { mangled, recoveries, n: got.length, errors,
+    ok: mangled === 1 && recoveries === 1 && asPublished(got, DEVICE.slice(0, 10)) && errors.length === 0 };
+};
 `;
 
 const tests = {
@@ -632,46 +654,12 @@ const tests = {
     return { asked, bytes, full, ok: asked === undefined && asPublished(got, texts) && bytes >= full };`,
 
   'deltas: a corrupted delta (bad checksum) is a gap: recovered, never delivered wrong': `
-    const site = unique('d3');
-    const log = [];
-    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', logger: (e, d) => log.push([e, d.recovered]) });
-    const sub = ds.subscribe(site);
-    const got = [];
-    sub.on('sitestatus', (d) => got.push(JSON.stringify(d)));
-    const errors = [];
-    ds.onError((e) => errors.push(e.message));
-    await sub.ready;
-    await statuses(site, DEVICE.slice(0, 3), got);
-    await post(P.control, '/reset');
-    // The last digit of the next delta's checksum changed.
-    await post(P.control, '/mangle', JSON.stringify({ find: '[0-9A-Za-z_];"}', with: '~;"}' }));
-    await statuses(site, DEVICE.slice(3, 10), got, 3);
-    const { mangled } = await stats();
-    ds.close();
-    const recoveries = log.filter(([e, r]) => e === 'subscribed' && r === true).length;
-    return { mangled, recoveries, n: got.length, errors,
-      ok: mangled === 1 && recoveries === 1 && asPublished(got, DEVICE.slice(0, 10)) && errors.length === 0 };`,
+    // The last digit of the checksum of the delta after the third status changed.
+    return deltaGap(unique('d3'), 3, { find: '[0-9A-Za-z_];"}', with: '~;"}' });`,
 
   'deltas: a delta whose base the client does not hold is a gap: recovered, never delivered wrong': `
-    const site = unique('d4');
-    const log = [];
-    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', logger: (e, d) => log.push([e, d.recovered]) });
-    const sub = ds.subscribe(site);
-    const got = [];
-    sub.on('sitestatus', (d) => got.push(JSON.stringify(d)));
-    const errors = [];
-    ds.onError((e) => errors.push(e.message));
-    await sub.ready;
     // A new site's offsets start at 1: the delta at 5 applies to 4; it is sent as applying to 3.
-    await statuses(site, DEVICE.slice(0, 4), got);
-    await post(P.control, '/reset');
-    await post(P.control, '/mangle', JSON.stringify({ find: '"offset":5,"key":"device","base":4,', with: '"offset":5,"key":"device","base":3,' }));
-    await statuses(site, DEVICE.slice(4, 10), got, 4);
-    const { mangled } = await stats();
-    ds.close();
-    const recoveries = log.filter(([e, r]) => e === 'subscribed' && r === true).length;
-    return { mangled, recoveries, n: got.length, errors,
-      ok: mangled === 1 && recoveries === 1 && asPublished(got, DEVICE.slice(0, 10)) && errors.length === 0 };`,
+    return deltaGap(unique('d4'), 4, { find: '"offset":5,"key":"device","base":4,', with: '"offset":5,"key":"device","base":3,' });`,
 };
 
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm' };
