@@ -28,6 +28,21 @@
 //! client about each publication with numbers only: the hot path stays out of WebAssembly memory.
 //!
 //! Reconnect delays come from [`datastream_protocol::backoff::Backoff`], shared with the relay.
+//!
+//! # What lives where
+//! Each rule has one home:
+//! - **This crate** decides every protocol question: connecting, backoff, heartbeats, which sites
+//!   the relay has and with which topics, latest values and deltas, positions and duplicates,
+//!   confirmations (the legacy protocol's included), when a token is needed (before each attempt,
+//!   and before the expiry the relay announces), refusals and the sites they concern.
+//! - **The dispatcher** (`web/dispatch.js`) is the hot path: it reads frames, keeps publications'
+//!   data (never copied into WebAssembly), the last publication of each slot and the bases of
+//!   deltas, applies deltas, and owns the name and slot rules (`NAME`, `slotOf`). Its contract
+//!   with this crate is documented once, in `web/dispatch.rs`.
+//! - **The npm wrapper** (`npm/src/index.js`) holds what the app holds: reference-counted
+//!   subscription handles and their promises, listener functions, typed errors, the module's
+//!   loading, the app's `getToken`; it checks the app's names with the dispatcher's rule and
+//!   otherwise asks this crate.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
