@@ -602,6 +602,25 @@ const tests = {
       ok: e instanceof DS.DatastreamError && e.kind === 'version' && e.message.includes(VERSION) && e.message.includes(other)
         && r === e && ds.state.type === 'closed' && ds.state.code === 0 };`,
 
+  'names: the SDK refuses at once exactly the site codes and topics the relay refuses': `
+    // Its one copy of the name rule (the dispatcher's NAME) against the relay's, name by name:
+    // the SDK throws synchronously; the relay's publish API answers 400.
+    const names = ['mrc', 'MRC2', 'a_b-c.d:e', 'x'.repeat(64), 'x'.repeat(65), '', ' mrc', 'mrc ', 'm/rc', 'm?rc',
+      'm#rc', 'm%20', 'mrç', '日本', 'a\\nb', 'a\\u0000', '..', ':', '-', '_', '*', 'a*', 'a,b', '"q"', 'é'.repeat(10)];
+    const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.proxy + '/dev', autoConnect: false });
+    const disagree = [];
+    for (const n of names) {
+      let site = true, topic = true;
+      try { ds.subscribe(n).unsubscribe(); } catch (e) { site = !(e instanceof DS.DatastreamError && e.code === 'invalid_site'); }
+      try { ds.on(n, () => {})(); } catch (e) { topic = !(e instanceof DS.DatastreamError && e.code === 'invalid_topic'); }
+      const asSite = await fetch('http://127.0.0.1:' + P.control + '/publish', { method: 'POST', body: JSON.stringify({ site: n, topic: 't', data: 1 }) });
+      const asTopic = await fetch('http://127.0.0.1:' + P.control + '/publish', { method: 'POST', body: JSON.stringify({ site: 'names', topic: n, data: 1 }) });
+      // '*' is the SDK's "every topic", not a topic: only its site verdict is compared.
+      if (site !== (asSite.status !== 400) || (n !== '*' && topic !== (asTopic.status !== 400))) disagree.push([n, site, asSite.status, topic, asTopic.status]);
+    }
+    ds.close();
+    return { disagree, ok: disagree.length === 0 };`,
+
   'tokens: legacy mode sends the token as ?token=': `
     const site = unique('t6');
     const ds = new DS.Datastream({ url: 'ws://127.0.0.1:' + P.jwtRelay + '/dev', protocol: 'legacy', sites: [site], token: await token([site], 60000) });
