@@ -21,8 +21,9 @@ source "$ROOT/scripts/client-env.sh"
 cd "$ROOT"
 
 rm -rf npm/wasm npm/dist
+# Without the crate's `std` feature: a `no_std` module whose panics trap (see client-wasm/Cargo.toml).
 wasm-pack build client-wasm --target web --profile wasm-release \
-  --out-dir ../npm/wasm --out-name datastream --no-pack --no-opt
+  --out-dir ../npm/wasm --out-name datastream --no-pack --no-opt -- --no-default-features
 rm -f npm/wasm/.gitignore
 # The wrapper takes the name and slot rules from the dispatcher, whose copy sits under a
 # directory named with a hash: one module, bundled once.

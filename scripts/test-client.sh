@@ -72,6 +72,8 @@ trap 'exit 130' INT TERM
 if stage clippy; then
   step "cargo clippy (client, wasm32)"
   cargo clippy -p datastream-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+  # And as the npm build compiles it: without std (its own panic handler).
+  cargo clippy -p datastream-client --target wasm32-unknown-unknown --no-default-features --lib --locked -- -D warnings
 fi
 
 if stage native; then

@@ -6,6 +6,9 @@
 //! the server: a site's publications on topics nobody listens to are not transferred at all; and
 //! whether the server is asked for each topic's latest publication (some listener wants it).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 /// Handle returned when a callback is registered; removes it again.
 pub type ListenerId = u32;
 

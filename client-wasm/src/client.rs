@@ -16,6 +16,9 @@
 //!
 //! `F` is a callback (a JavaScript function in the browser), `D` a value thrown by one.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use datastream_protocol::close::{CloseCode, should_reconnect};
 use datastream_protocol::v2::{ClientFrame, StreamPosition};
 
@@ -226,8 +229,8 @@ pub struct Client<F, D> {
     flush_due: bool,
 }
 
-impl<F, D> std::fmt::Debug for Client<F, D> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl<F, D> core::fmt::Debug for Client<F, D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Client").field("state", &self.reported).field("links", &self.core.links.len()).finish()
     }
 }
@@ -252,7 +255,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
 
     /// The actions decided since the last call.
     pub fn take_actions(&mut self) -> Vec<Action<F, D>> {
-        std::mem::take(&mut self.core.out)
+        core::mem::take(&mut self.core.out)
     }
 
     /// The current state.
@@ -272,7 +275,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
 
     /// Takes the configured sites and opens the connection(s) they need (none without a site).
     pub fn start(&mut self, now: f64) {
-        let sites = std::mem::take(&mut self.core.config.sites);
+        let sites = core::mem::take(&mut self.core.config.sites);
         for link in self.rules.start(&mut self.core, sites) {
             self.open(link, now);
         }
@@ -535,7 +538,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
             return;
         }
         let over_token = code == CloseCode::TokenExpired.code()
-            || (code == CloseCode::Forbidden.code() && !std::mem::take(&mut self.token_retried));
+            || (code == CloseCode::Forbidden.code() && !core::mem::take(&mut self.token_retried));
         if over_token && self.core.config.fetch_tokens {
             // Reconnect at once with a fresh token: the one it has would be refused.
             self.token_retried = code == CloseCode::Forbidden.code();
@@ -644,7 +647,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         }
         l.phase = Phase::Token { since: now };
         self.core.out.push(timer);
-        let (code, reason) = std::mem::take(&mut self.token_cause);
+        let (code, reason) = core::mem::take(&mut self.token_cause);
         if !asked {
             self.notify(HookKind::Token, Event::TokenNeeded { code, reason });
         }
@@ -731,7 +734,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
 
     /// Asks for a [`Client::flush`] once the current task is done, unless one is due already.
     fn schedule_flush(&mut self) {
-        if !std::mem::replace(&mut self.flush_due, true) {
+        if !core::mem::replace(&mut self.flush_due, true) {
             self.core.out.push(Action::Flush);
         }
     }
@@ -740,7 +743,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         if self.closed.is_some() {
             return;
         }
-        for l in std::mem::take(&mut self.core.links) {
+        for l in core::mem::take(&mut self.core.links) {
             self.close_link(l.id, "client closed");
         }
         self.closed = Some(State::Closed { code, reason });
@@ -782,7 +785,9 @@ fn ms_u32(ms: f64) -> u32 {
     } else if ms >= f64::from(MAX_TIMER_MS) {
         MAX_TIMER_MS
     } else {
-        ms.ceil() as u32
+        // `f64::ceil` is std's: the truncation, plus one when it dropped a fraction.
+        let whole = ms as u32;
+        if f64::from(whole) < ms { whole + 1 } else { whole }
     }
 }
 

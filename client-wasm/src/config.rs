@@ -6,7 +6,10 @@
 //! before the module has loaded, and the relay refuses anything else with an error frame; a second
 //! copy of the rule here would only add bytes.
 
-use std::time::Duration;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::time::Duration;
 
 use datastream_protocol::backoff::Backoff;
 

@@ -7,6 +7,9 @@
 //! crate's own [`ServerFrame`] into this form, which is how the tests drive the client with
 //! exactly what the relay encodes.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use datastream_protocol::v2::ServerFrame;
 
 use crate::subscriptions::FOSSIL;

@@ -44,7 +44,19 @@
 //!   loading, the app's `getToken`; it checks the app's names with the dispatcher's rule and
 //!   otherwise asks this crate.
 
+#![cfg_attr(not(feature = "std"), no_std)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+
+extern crate alloc;
+
+/// What std's prelude would bring, for the `no_std` build.
+mod prelude {
+    pub(crate) use alloc::borrow::ToOwned;
+    pub(crate) use alloc::boxed::Box;
+    pub(crate) use alloc::string::{String, ToString};
+    pub(crate) use alloc::vec;
+    pub(crate) use alloc::vec::Vec;
+}
 
 pub mod callbacks;
 pub mod client;
@@ -66,6 +78,14 @@ pub use web::DatastreamCore;
 /// A first-fit allocator with coalescing, a few hundred bytes of code instead of dlmalloc's
 /// several KB: the client allocates little (names, frames to send), and payloads stay in
 /// JavaScript.
+/// Without std (the npm build), a panic traps: the module's state is then unusable anyway, and
+/// std's handler would only format a message nobody reads.
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
 static ALLOCATOR: lol_alloc::LockedAllocator<lol_alloc::FreeListAllocator> =

@@ -5,6 +5,9 @@
 //! decisions about links are taken in [`crate::client`]; this module holds their data and the
 //! rules that depend only on it.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::state::State;
 
 /// Identifies a link for as long as the client lives (never reused).

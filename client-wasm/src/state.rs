@@ -1,6 +1,9 @@
 //! The connection state the app sees, and how the states of several sockets (legacy mode: one
 //! per site) combine into one.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 /// The client's connection state, as reported to `onState` listeners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {

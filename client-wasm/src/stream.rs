@@ -5,6 +5,9 @@
 //! delivered (a rewind over seen publications, a resubscribe racing a live publication), so every
 //! publication is checked against the position: each one reaches callbacks once, in offset order.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use datastream_protocol::v2::StreamPosition;
 
 /// What the client knows about one site's stream.

@@ -4,6 +4,9 @@
 //!
 //! The app's wishes live here, not in the connection, which is why they survive reconnects.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use datastream_protocol::v2::{ClientFrame, LatestWanted, StreamPosition};
 
 use crate::stream::{Stream, Undo};
@@ -102,7 +105,7 @@ impl Subscriptions {
     /// Forgets the released sites; returns those the server holds a subscription of (or was
     /// asked for one): they are to be unsubscribed.
     pub fn take_released(&mut self) -> Vec<String> {
-        let released = std::mem::take(&mut self.released);
+        let released = core::mem::take(&mut self.released);
         let mut held = Vec::new();
         self.sites.retain(|(site, s)| {
             let gone = released.contains(site);

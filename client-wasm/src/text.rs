@@ -8,6 +8,9 @@
 //!
 //! [`Config::delta`]: crate::config::Config::delta
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use datastream_protocol::v2::{PubFrame, ServerFrame};
 
 use crate::client::Client;

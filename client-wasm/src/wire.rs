@@ -5,6 +5,9 @@
 //! the WebAssembly bundle. The tests check the output byte for byte against serde_json's, so the
 //! two cannot drift apart.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use datastream_protocol::legacy::UPDATE_SUBSCRIBER_SITE;
 use datastream_protocol::v2::{ClientFrame, LatestWanted};
 

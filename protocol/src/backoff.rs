@@ -5,7 +5,10 @@
 //! capped, and the random part spreads many clients that lost the same server over the whole
 //! window instead of bringing them back at one instant.
 
-use std::time::Duration;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::time::Duration;
 
 /// Backoff bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

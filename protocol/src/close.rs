@@ -4,6 +4,9 @@
 //! Codes in 3000–3499 (and 1001, 1011, 1012, 1013) mean "reconnect"; codes in 3500–3999 mean "do not
 //! reconnect: something must change first". The full table with reasons is in `docs/PROTOCOL.md`.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 /// Close codes the relay sends. Stable: clients switch on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]

@@ -6,6 +6,9 @@
 //! A refused frame does not close the connection; a client that keeps sending bad frames is
 //! closed with [`crate::close::CloseCode::BadProtocol`].
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use serde::{Deserialize, Serialize};
 
 /// Why a client frame was refused. Serialized in `snake_case`.

@@ -7,6 +7,9 @@
 //! - Each publication arrives as one text frame holding exactly `{"site", "topic", "data"}`, with
 //!   `data` forwarded as the publisher's own JSON text.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 

@@ -10,9 +10,23 @@
 //! - [`error`]: the error frame sent for a refused client frame.
 //! - [`backoff`]: the retry delay policy shared by clients and the relay's upstream connections.
 //!
-//! Nothing here does I/O; every type is plain data with serde impls.
+//! Nothing here does I/O; every type is plain data with serde impls. `no_std` (with `alloc`), so
+//! the browser SDK's WebAssembly module links no std.
 
+#![no_std]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+
+#[macro_use]
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+/// What std's prelude would bring.
+mod prelude {
+    pub(crate) use alloc::boxed::Box;
+    pub(crate) use alloc::string::{String, ToString};
+    pub(crate) use alloc::vec::Vec;
+}
 
 pub mod backoff;
 pub mod close;

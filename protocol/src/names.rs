@@ -5,7 +5,10 @@
 //! [`NameRules::max_len`] characters. Every real Photon Ranch site (`mrc`, `mrc2`, `saf`, …) and topic
 //! (`sitestatus`, `phase_status`, …) fits.
 
-use std::fmt;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::fmt;
 
 /// What kind of name is being checked; used only to word errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

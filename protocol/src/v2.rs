@@ -9,7 +9,10 @@
 //! separated by `\n` (the server packs frames under load); clients split on `\n` before parsing.
 //! See `docs/PROTOCOL.md` for the whole exchange with examples.
 
-use std::collections::BTreeMap;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -217,7 +220,7 @@ pub struct PubFrame {
     pub delta: Option<String>,
     /// True for a topic's latest publication sent because the subscribe asked for `latest`: an
     /// older publication than the subscription's position, which it does not move.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
     pub latest: bool,
 }
 

@@ -4,6 +4,9 @@
 //! the same task moves it to the new site with `updatesubscribersite` instead of a new
 //! handshake — the original service's way to switch sites.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::shared::Core;
 use super::{Action, Event};
 use crate::callbacks::HookKind;

@@ -5,6 +5,9 @@
 //! An enum rather than a boxed trait object: each call goes to one of two known types, which the
 //! compiler can inline (a boxed trait object made the WebAssembly 0.9 KB larger).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::config::Protocol;
 use crate::link::{Link, LinkId};
 use crate::stream::Undo;

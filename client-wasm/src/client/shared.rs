@@ -1,5 +1,8 @@
 //! [`Core`]: what the client and both protocols' rules work on.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use crate::callbacks::{Callbacks, HookKind};
 use crate::config::Config;
 use crate::link::{Link, LinkId};

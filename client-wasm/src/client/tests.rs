@@ -1,7 +1,7 @@
 //! Scenario tests of the client's logic: each drives [`Client`] with the frames the relay would
 //! send (encoded by the protocol crate) and a fake clock, and checks the actions it decides.
 
-use std::time::Duration;
+use core::time::Duration;
 
 use datastream_protocol::v2::{ServerFrame, encode_pub};
 use serde_json::value::RawValue;
@@ -53,7 +53,7 @@ struct Out {
     delivered: Vec<Delivery>,
 }
 
-impl std::ops::Deref for Out {
+impl core::ops::Deref for Out {
     type Target = Vec<A>;
     fn deref(&self) -> &Vec<A> {
         &self.actions

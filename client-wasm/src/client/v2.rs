@@ -5,6 +5,9 @@
 //! The link exists only while the app wants a site: it is created (and opened) with the first
 //! one, and closed [`LINGER_MS`] after the last one was released, unless another came meanwhile.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use datastream_protocol::v2::{ClientFrame, SUBPROTOCOL};
 
 use super::Action;

@@ -2,7 +2,10 @@
 //! `Datastream` (which loads the WebAssembly module first, and turns listener ids into
 //! unsubscribe functions); this layer only converts arguments and forwards to the driver.
 
-use std::rc::Rc;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::rc::Rc;
 
 use js_sys::Function;
 use wasm_bindgen::prelude::*;
@@ -18,8 +21,8 @@ pub struct DatastreamCore {
     driver: Rc<Driver>,
 }
 
-impl std::fmt::Debug for DatastreamCore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for DatastreamCore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DatastreamCore").finish_non_exhaustive()
     }
 }

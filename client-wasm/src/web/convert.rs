@@ -1,7 +1,10 @@
 //! Values crossing the JavaScript boundary: the options object in; states and events out, as plain
 //! objects shaped like the TypeScript types the package ships.
 
-use std::time::Duration;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::time::Duration;
 
 use js_sys::{Array, Reflect};
 use wasm_bindgen::prelude::*;

@@ -1,6 +1,9 @@
 //! Server frames other than publications, as `JSON.parse` gave them to the dispatcher
 //! ([`super::dispatch`]); only the fields the client acts on are copied into Rust.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use js_sys::Reflect;
 use wasm_bindgen::prelude::*;
 
@@ -95,5 +98,6 @@ fn required(obj: &JsValue, key: &str) -> Result<String, String> {
 /// A non-negative integer field. Offsets stay far below 2^53, where JSON numbers are exact.
 fn number(obj: &JsValue, key: &str) -> Option<u64> {
     let n = get(obj, key).as_f64()?;
-    (n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0).then_some(n as u64)
+    // Whole: unchanged by a round trip through u64 (`f64::fract` is std's).
+    ((0.0..=9_007_199_254_740_991.0).contains(&n) && (n as u64) as f64 == n).then_some(n as u64)
 }

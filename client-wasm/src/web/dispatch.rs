@@ -72,6 +72,9 @@
 //! The name table and the cached callbacks start over past 1,000 entries, so names that never
 //! repeat cannot grow them without bound.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use js_sys::{Array, Float64Array, Function};
 use wasm_bindgen::prelude::*;
 
@@ -193,8 +196,8 @@ fn text(v: &JsValue) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::{Cell, RefCell};
-    use std::rc::Rc;
+    use alloc::rc::Rc;
+    use core::cell::{Cell, RefCell};
 
     use js_sys::{JSON, Object, Reflect};
     use wasm_bindgen_test::*;
@@ -280,7 +283,7 @@ mod tests {
         cache: js_sys::Map,
     }
 
-    impl std::ops::Deref for Fake {
+    impl core::ops::Deref for Fake {
         type Target = Script;
         fn deref(&self) -> &Script {
             &self.script
@@ -319,7 +322,7 @@ mod tests {
         }
 
         fn take(&self) -> Vec<String> {
-            std::mem::take(&mut *self.log.borrow_mut())
+            core::mem::take(&mut *self.log.borrow_mut())
         }
     }
 

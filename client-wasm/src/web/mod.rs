@@ -11,6 +11,9 @@
 //!   `visibilitychange` listeners, and the objects of states and events, in JavaScript: one call
 //!   each instead of many across the boundary.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 mod api;
 mod convert;
 mod decode;

@@ -6,6 +6,9 @@
 //! what keeps thousands of reconnects from leaking. The socket itself is handled in JavaScript
 //! (`browser.js`: open, send, close), one call each instead of a web-sys import per property.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use js_sys::{Array, Function};
 use wasm_bindgen::prelude::*;
 
