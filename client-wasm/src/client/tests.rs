@@ -135,11 +135,16 @@ fn pos(epoch: &str, offset: u64) -> Option<StreamPosition> {
     Some(StreamPosition { epoch: epoch.into(), offset })
 }
 
-fn reconnect_timer(actions: &[A]) -> Option<u32> {
+/// The delay of the timer of `kind` set by `actions`, if one is.
+fn timer_ms(actions: &[A], kind: TimerKind) -> Option<u32> {
     actions.iter().find_map(|a| match a {
-        Action::SetTimer { kind: TimerKind::Reconnect, ms, .. } => Some(*ms),
+        Action::SetTimer { kind: k, ms, .. } if *k == kind => Some(*ms),
         _ => None,
     })
+}
+
+fn reconnect_timer(actions: &[A]) -> Option<u32> {
+    timer_ms(actions, TimerKind::Reconnect)
 }
 
 #[test]
@@ -727,13 +732,6 @@ fn with_tokens_from_the_app_each_attempt_asks_first_and_nothing_without_a_site()
     assert_eq!(opens(&acts(&mut c)), [None]);
 }
 
-fn refresh_timer(actions: &[A]) -> Option<u32> {
-    actions.iter().find_map(|a| match a {
-        Action::SetTimer { kind: TimerKind::Refresh, ms, .. } => Some(*ms),
-        _ => None,
-    })
-}
-
 /// The relay says when the token expires (`hello`, `refreshed`); a quarter of its remaining life
 /// before then (at most 30 s) the app is asked for a fresh one, which goes out in-band. A fixed
 /// token is never refreshed, and a lost connection's timer goes with it.
@@ -745,7 +743,7 @@ fn tokens_are_refreshed_before_the_relays_expiry() {
     c.opened(1, 0.0);
     let hello = r#"{"type":"hello","version":2,"ping_interval_ms":25000,"max_subscriptions":100,"expires_at":8}"#;
     let a = frame(&mut c, hello, 1000.0);
-    assert_eq!(refresh_timer(&a), Some(5250), "7 s left: asked for 1.75 s before");
+    assert_eq!(timer_ms(&a, TimerKind::Refresh), Some(5250), "7 s left: asked for 1.75 s before");
     c.timer(1, TimerKind::Refresh, 6250.0);
     assert_eq!(asks(&acts(&mut c)), [(0, "expiring".to_string())]);
     c.set_token(Some("t2".into()), 6300.0);
@@ -753,7 +751,7 @@ fn tokens_are_refreshed_before_the_relays_expiry() {
     assert_eq!(sends(&a), [serde_json::json!({"type": "refresh", "token": "t2"})]);
     assert!(opens(&a).is_empty(), "no reconnect for a refresh");
     let a = frame(&mut c, r#"{"type":"refreshed","expires_at":3600}"#, 7000.0);
-    assert_eq!(refresh_timer(&a), Some(3_563_000), "an hour's token: asked for 30 s before");
+    assert_eq!(timer_ms(&a, TimerKind::Refresh), Some(3_563_000), "an hour's token: asked for 30 s before");
     c.socket_closed(1, 1006, String::new(), 8000.0);
     let a = acts(&mut c);
     assert!(a.contains(&Action::ClearTimer { link: 1, kind: TimerKind::Refresh }));
@@ -764,7 +762,7 @@ fn tokens_are_refreshed_before_the_relays_expiry() {
     cfg.token = Some("fixed".into());
     let (mut c, _) = started(cfg);
     c.opened(1, 0.0);
-    assert_eq!(refresh_timer(&frame(&mut c, hello, 1000.0)), None, "a fixed token is not refreshed");
+    assert_eq!(timer_ms(&frame(&mut c, hello, 1000.0), TimerKind::Refresh), None, "a fixed token is not refreshed");
 }
 
 #[test]
