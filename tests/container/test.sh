@@ -103,7 +103,7 @@ sleep 0.3
 kill "$TAIL_PID" 2>/dev/null || true
 check "exit code 0 after SIGTERM" test "$code" = 0
 check "drain logged" grep -q '"message":"stopped"' <<< "$logs"
-check "client saw close 1001" grep -q 'closed 1001: server shutting down' "$out"
+check "client saw close 1001" grep -q '"code":1001,"event":"closed","reason":"server shutting down"' "$out"
 rm -f "$out"
 
 if [ "$FAILS" -ne 0 ]; then

@@ -228,8 +228,10 @@ impl Tail {
         }
     }
 
-    /// `link`'s socket closed (or failed to open) with `code`.
+    /// `link`'s socket closed (or failed to open) with `code`: said on stderr, then told to the
+    /// client, which decides what follows.
     fn closed(&mut self, link: LinkId, code: u16, reason: String) {
+        eprintln!("{}", json!({"event": "closed", "code": code, "reason": reason}));
         // A draining node (1001), or one that never accepted the connection: try the next one.
         if code == CloseCode::GoingAway.code() || !self.accepted {
             self.next_url += 1;
