@@ -3,6 +3,7 @@
 
 use core::time::Duration;
 
+use datastream_protocol::error::ErrorCode;
 use datastream_protocol::v2::{ServerFrame, encode_pub};
 use serde_json::value::RawValue;
 
@@ -346,25 +347,23 @@ fn subscribe_rewind_and_unsubscribe() {
     assert!(delivered(&frame(&mut c, &publ("saf", "t", "e", 31), 2.0)).is_empty(), "in flight: dropped");
 }
 
+/// The relay refuses something: an error frame with `id` and `site`, read by the client.
+fn refused(c: &mut C, id: Option<u64>, code: ErrorCode, site: Option<&str>, message: &str) -> Out {
+    let err = ServerFrame::Error { id, code, site: site.map(Into::into), message: message.into() };
+    frame(c, &err.to_json(), 1.0)
+}
+
+/// What the error hooks are told of a refusal.
+fn refusal(code: &str, message: &str, site: Option<&str>) -> Event<String> {
+    Event::Error(ClientError::Server { code: code.into(), message: message.into(), site: site.map(Into::into) })
+}
+
 #[test]
 fn refused_subscribe_is_reported_and_does_not_block_ready() {
     let (mut c, _) = started(config(&["mrc"]));
     hello(&mut c, 0.0);
-    let err = ServerFrame::Error {
-        id: Some(1),
-        code: datastream_protocol::error::ErrorCode::TooManySubscriptions,
-        site: None,
-        message: "at most 100".into(),
-    };
-    let a = frame(&mut c, &err.to_json(), 1.0);
-    assert!(has_event(
-        &a,
-        &Event::Error(ClientError::Server {
-            code: "too_many_subscriptions".into(),
-            message: "at most 100".into(),
-            site: Some("mrc".into())
-        })
-    ));
+    let a = refused(&mut c, Some(1), ErrorCode::TooManySubscriptions, None, "at most 100");
+    assert!(has_event(&a, &refusal("too_many_subscriptions", "at most 100", Some("mrc"))), "the subscribe's site");
     assert!(has_event(&a, &Event::Ready));
 }
 
@@ -374,21 +373,8 @@ fn refused_subscribe_is_reported_and_does_not_block_ready() {
 fn a_refusal_about_a_site_names_it() {
     let (mut c, _) = started(config(&["mrc"]));
     hello(&mut c, 0.0);
-    let err = ServerFrame::Error {
-        id: None,
-        code: datastream_protocol::error::ErrorCode::Forbidden,
-        site: Some("mrc".into()),
-        message: "no longer allowed to read \"mrc\"".into(),
-    };
-    let a = frame(&mut c, &err.to_json(), 1.0);
-    assert!(has_event(
-        &a,
-        &Event::Error(ClientError::Server {
-            code: "forbidden".into(),
-            message: "no longer allowed to read \"mrc\"".into(),
-            site: Some("mrc".into())
-        })
-    ));
+    let a = refused(&mut c, None, ErrorCode::Forbidden, Some("mrc"), "no longer allowed to read \"mrc\"");
+    assert!(has_event(&a, &refusal("forbidden", "no longer allowed to read \"mrc\"", Some("mrc"))));
 }
 
 #[test]
