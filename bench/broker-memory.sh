@@ -109,10 +109,7 @@ measure "dedupe keys" 100 1 1000 20 keys DATASTREAM_HISTORY_SIZE=1 DATASTREAM_LA
 step "sites alone: 100,000 sites × 1 publication of 20 bytes (history of 1, no latest values)"
 measure "sites" 100000 1 1 20 no DATASTREAM_HISTORY_SIZE=1 DATASTREAM_LATEST_TOPICS=0
 
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-PIDS+=("$!")
-wait_port "$REDIS_PORT"
+start_redis
 step "Redis: 1,000 sites × 100 publications of 200 bytes (history 100, 1 latest value per site)"
 MEASURE=redis measure "Redis: history 200 B" 1000 1 100 200 no DATASTREAM_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
 redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null

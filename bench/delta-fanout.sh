@@ -39,13 +39,7 @@ LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
 source "$ROOT/bench/lib.sh"
 JSONL="$WORK/results.jsonl"
 
-command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
-REDIS_PORT=$(free_port)
-"${SERVER_CPU[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-PIDS+=("$REDIS_PID")
-wait_port "$REDIS_PORT"
+start_redis
 
 # case NAME BROKER(memory|redis) MODE(off|on) PAYLOAD SUBS RATE SECS: one relay, one loadgen run.
 case_run() {

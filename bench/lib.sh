@@ -4,7 +4,7 @@
 #                          on the machine disturbs the figures less
 #   WORK                   a scratch directory, removed at exit
 #   PIDS                   processes to stop at exit (append with PIDS+=("$!"))
-# and defines free_port, wait_port PORT, cpu PID and load_publish_script PORT.
+# and defines free_port, wait_port PORT, cpu PID, start_redis and load_publish_script PORT.
 
 NICE=(nice -n "${BENCH_NICE:--10}")
 if [ "$(nproc)" -ge 2 ]; then
@@ -39,6 +39,18 @@ wait_port() {
 
 # CPU seconds (user + system) of a process.
 cpu() { python3 -c 'import os, sys; f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"))' "$1"; }
+
+# Starts a throwaway redis-server on a free loopback port (no persistence, files in WORK, on the
+# server's core), installed first if missing; sets REDIS_PORT and REDIS_PID.
+start_redis() {
+    command -v redis-server >/dev/null || need_apt redis-server
+    REDIS_PORT=$(free_port)
+    "${SERVER_CPU[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_port "$REDIS_PORT"
+}
 
 # Loads the relay's Redis publish script into the Redis on PORT, as the relay compiles it in (the
 # clock helper, then the script: server/src/broker/redis/lua/); prints its SHA for EVALSHA. Its

@@ -34,15 +34,9 @@ cargo build --quiet --release -p datastream -p datastream-bench
 RELAY="$CARGO_TARGET_DIR/release/datastream"
 LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
 source "$ROOT/bench/lib.sh"
-command -v redis-server >/dev/null || need_apt redis-server
 export DATASTREAM_LOG=warn DATASTREAM_PING_INTERVAL=5m DATASTREAM_CLIENT_TIMEOUT=10m
 
-REDIS_PORT=$(free_port)
-"${SERVER_CPU[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-PIDS+=("$REDIS_PID")
-wait_port "$REDIS_PORT"
+start_redis
 
 # The same Redis over TLS only: a CA and a certificate for 127.0.0.1 made for the run.
 if [[ " $BROKERS " == *" redis-tls "* ]]; then

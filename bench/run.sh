@@ -54,13 +54,8 @@ NEXT_PORT=${BENCH_BASE_PORT:-21000}
 # every relay start (its keys flushed before each).
 RELAY_REDIS=()
 if [ "${BENCH_REDIS:-0}" = 1 ]; then
-    command -v redis-server >/dev/null || need_apt redis-server
-    BENCH_REDIS_PORT=$(free_port)
-    "${SERVER_CPU[@]}" redis-server --port "$BENCH_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-        --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-    PIDS+=("$!")
-    wait_port "$BENCH_REDIS_PORT"
-    RELAY_REDIS=(DATASTREAM_REDIS_URL="redis://127.0.0.1:$BENCH_REDIS_PORT/")
+    start_redis
+    RELAY_REDIS=(DATASTREAM_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/")
 fi
 
 # start_server TARGET: starts it on fresh ports; sets SPID, WS (subscriber address) and PUB
@@ -71,7 +66,7 @@ start_server() {
     NEXT_PORT=$((NEXT_PORT + 10))
     case "$1" in
     relay | relay-v2)
-        if [ -n "${BENCH_REDIS_PORT:-}" ]; then redis-cli -p "$BENCH_REDIS_PORT" FLUSHALL >/dev/null; fi
+        if [ -n "${REDIS_PORT:-}" ]; then redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null; fi
         # Heartbeats every 5 minutes, like nats below: no server's heartbeat falls in a measured
         # phase (their cost is measured on its own, see BENCHMARKS.md).
         env "${RELAY_REDIS[@]}" DATASTREAM_LISTEN="127.0.0.1:$p" DATASTREAM_MAX_CONNECTIONS_PER_IP=0 DATASTREAM_LOG=warn \

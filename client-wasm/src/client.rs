@@ -616,10 +616,12 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
     /// The relay says `link`'s token expires at `expires_at` (Unix seconds): with tokens from the
     /// app, a fresh one is asked for a quarter of its remaining life before then (at most 30 s
     /// before, which also absorbs a small difference between the two clocks), and sent in-band.
+    /// Never sooner than [`MIN_REFRESH_MS`]: a clock far ahead of the relay's, or an expiry
+    /// already past, would otherwise ask the app again as fast as the relay answers.
     fn expires(&mut self, link: LinkId, expires_at: Option<u64>, now: f64) {
         if let (Some(at), true) = (expires_at, self.core.config.fetch_tokens) {
             let left = at as f64 * 1000.0 - now;
-            let ms = ms_u32(left - (left / 4.0).min(30_000.0));
+            let ms = ms_u32(left - (left / 4.0).min(30_000.0)).max(MIN_REFRESH_MS);
             self.core.out.push(Action::SetTimer { link, kind: TimerKind::Refresh, ms });
         }
     }
@@ -774,6 +776,9 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         self.ready_reported = ready;
     }
 }
+
+/// The shortest wait before asking for a token to refresh the connection's with.
+const MIN_REFRESH_MS: u32 = 1000;
 
 /// Longest timer delay browsers honour (2^31 - 1 ms); a longer one fires at once.
 const MAX_TIMER_MS: u32 = i32::MAX as u32;

@@ -36,11 +36,7 @@ impl<F: Clone + PartialEq, D> Client<F, D> {
         let mut out = Vec::new();
         for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
             match ServerFrame::parse(line) {
-                Ok(ServerFrame::Pub(p)) if p.data.is_none() => {
-                    // A sign of life all the same.
-                    self.accept_latest(link, &p.site, &p.epoch, now);
-                    self.gap(&p.site);
-                }
+                Ok(ServerFrame::Pub(p)) if p.data.is_none() => self.gap(&p.site),
                 Ok(ServerFrame::Pub(p)) => {
                     let fresh = if p.latest {
                         self.accept_latest(link, &p.site, &p.epoch, now)

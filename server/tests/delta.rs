@@ -275,11 +275,10 @@ fn status_type(f: &Value) -> Option<&str> {
     f["key"].as_str().or_else(|| f["data"]["statusType"].as_str())
 }
 
-#[tokio::test]
-async fn a_recovery_is_sent_in_full_and_deltas_follow_it() {
-    let s = TestServer::start(&[]).await;
-    let url = s.ws_url("");
-    let mut delta = viewer(&url).await;
+/// A delta viewer of mrc on `s` that received ten statuses: it, its epoch and last offset, and
+/// the mix that goes on from there.
+async fn saw_ten(s: &TestServer) -> (Viewer, String, u64, Mix) {
+    let mut delta = viewer(&s.ws_url("")).await;
     let ack = delta.subscribe(json!({"site": "mrc", "delta": "fossil"})).await;
     let epoch = ack["epoch"].as_str().unwrap().to_owned();
     let mut mix = Mix::new("mrc");
@@ -288,6 +287,14 @@ async fn a_recovery_is_sent_in_full_and_deltas_follow_it() {
     delta.read(first.len()).await;
     assert!(delta.deltas > 0);
     let last = delta.got.last().unwrap().0;
+    (delta, epoch, last, mix)
+}
+
+#[tokio::test]
+async fn a_recovery_is_sent_in_full_and_deltas_follow_it() {
+    let s = TestServer::start(&[]).await;
+    let url = s.ws_url("");
+    let (delta, epoch, last, mut mix) = saw_ten(&s).await;
     drop(delta);
 
     // Missed while away; then back, on a new connection that holds nothing of this one's.
@@ -309,14 +316,7 @@ async fn a_recovery_is_sent_in_full_and_deltas_follow_it() {
 #[tokio::test]
 async fn a_restart_begins_a_new_epoch_in_full() {
     let s = TestServer::start(&["--drain-window", "0s"]).await;
-    let mut delta = viewer(&s.ws_url("")).await;
-    let ack = delta.subscribe(json!({"site": "mrc", "delta": "fossil"})).await;
-    let epoch = ack["epoch"].as_str().unwrap().to_owned();
-    let mut mix = Mix::new("mrc");
-    let first = mix.next(10);
-    publish_all(&s.url(""), "mrc", &first).await;
-    delta.read(first.len()).await;
-    let last = delta.got.last().unwrap().0;
+    let (delta, epoch, last, mut mix) = saw_ten(&s).await;
     let Viewer { ws, held, .. } = delta;
     drop(ws);
     s.shutdown().await.unwrap();

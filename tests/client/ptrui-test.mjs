@@ -18,13 +18,14 @@
 // the same with ff-a-) be read without one (--anonymous-sites). Uses /usr/bin/chromium (playwright-core) and /usr/bin/firefox-esr
 // (geckodriver).
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
+import { withFirefox } from './firefox.mjs';
 
 const require = createRequire(path.join(process.env.NODE_PATH.split(':')[0], 'x.js'));
 const { chromium } = require('playwright-core');
@@ -126,57 +127,18 @@ async function inChromium(url, scenario) {
   }
 }
 
-/** A WebDriver session of headless Firefox through geckodriver (started and stopped by PID). */
-async function inFirefox(url, scenario) {
-  const probe = http.createServer();
-  await new Promise((r) => probe.listen(0, '127.0.0.1', r));
-  const port = probe.address().port;
-  await new Promise((r) => probe.close(r));
-  const driver = spawn('geckodriver', ['--host', '127.0.0.1', '--port', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  driver.stderr.on('data', (d) => (log += d));
-  const wd = async (method, p, body) => {
-    const res = await fetch(`http://127.0.0.1:${port}${p}`, {
-      method,
-      headers: body ? { 'content-type': 'application/json' } : {},
-      body: body && JSON.stringify(body),
-    });
-    const json = await res.json();
-    if (!res.ok) throw new Error(`WebDriver ${p}: ${JSON.stringify(json.value)}`);
-    return json.value;
-  };
-  let session = null;
-  let failed = true;
-  try {
-    for (let i = 0; i < 100; i++) {
-      const ready = await wd('GET', '/status').then((v) => v.ready, () => false);
-      if (ready) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    ({ sessionId: session } = await wd('POST', '/session', {
-      capabilities: { alwaysMatch: { browserName: 'firefox', 'moz:firefoxOptions': { binary: '/usr/bin/firefox-esr', args: ['-headless'] } } },
-    }));
-    await wd('POST', `/session/${session}/timeouts`, { script: 120_000, pageLoad: 30_000 });
-    await wd('POST', `/session/${session}/url`, { url });
-    const end = Date.now() + 20_000;
-    while (!(await wd('POST', `/session/${session}/execute/sync`, { script: 'return window.__loaded === true', args: [] }))) {
-      if (Date.now() > end) throw new Error('the app did not load');
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const got = await wd('POST', `/session/${session}/execute/async`, {
-      script: `const done = arguments[arguments.length - 1];
+/** Runs `scenario` in the app at `url` in headless Firefox (tests/client/firefox.mjs). */
+function inFirefox(url, scenario) {
+  return withFirefox(async (page) => {
+    await page.load(url);
+    const got = await page.run(
+      `const done = arguments[arguments.length - 1];
         window.__run(arguments[0]).then((r) => done({ r }), (e) => done({ error: String(e) + ' ' + (e && e.stack) }));`,
-      args: [scenario],
-    });
+      [scenario],
+    );
     if (got.error) throw new Error(got.error);
-    failed = false;
     return { ...got.r, pageErrors: [] };
-  } finally {
-    if (session) await wd('DELETE', `/session/${session}`).catch(() => {});
-    driver.kill('SIGTERM');
-    await new Promise((r) => (driver.exitCode !== null ? r() : driver.once('exit', r)));
-    if (failed) console.error(log.slice(-2000));
-  }
+  });
 }
 
 // Equal as JSON, whatever the order of the keys (WebDriver sorts them).

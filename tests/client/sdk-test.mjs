@@ -19,9 +19,9 @@ import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { spawn } from 'node:child_process';
 
 import { StatusStream } from '../../statusgen/statusgen.mjs';
+import { withFirefox } from './firefox.mjs';
 
 const require = createRequire(path.join(process.env.NODE_PATH.split(':')[0], 'x.js'));
 const { chromium } = require('playwright-core');
@@ -738,58 +738,20 @@ try {
 }
 
 async function inFirefox(names) {
-  const probe = http.createServer();
-  await new Promise((r) => probe.listen(0, '127.0.0.1', r));
-  const port = probe.address().port;
-  await new Promise((r) => probe.close(r));
-  const driver = spawn('geckodriver', ['--host', '127.0.0.1', '--port', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  driver.stderr.on('data', (d) => (log += d));
-  const wd = async (method, p, body) => {
-    const res = await fetch(`http://127.0.0.1:${port}${p}`, {
-      method,
-      headers: body ? { 'content-type': 'application/json' } : {},
-      body: body && JSON.stringify(body),
-    });
-    const json = await res.json();
-    if (!res.ok) throw new Error(`WebDriver ${p}: ${JSON.stringify(json.value).slice(0, 500)}`);
-    return json.value;
-  };
-  let session = null;
-  try {
-    for (let i = 0; i < 100; i++) {
-      if (await wd('GET', '/status').then((v) => v.ready, () => false)) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    ({ sessionId: session } = await wd('POST', '/session', {
-      capabilities: { alwaysMatch: { browserName: 'firefox', 'moz:firefoxOptions': { binary: '/usr/bin/firefox-esr', args: ['-headless'] } } },
-    }));
-    await wd('POST', `/session/${session}/timeouts`, { script: 120_000, pageLoad: 30_000 });
+  await withFirefox(async (page) => {
     for (const name of names) {
       try {
-        await wd('POST', `/session/${session}/url`, { url: `${base}/test.html` });
-        const end = Date.now() + 20_000;
-        while (!(await wd('POST', `/session/${session}/execute/sync`, { script: 'return window.__loaded === true', args: [] }))) {
-          if (Date.now() > end) throw new Error('the page did not load');
-          await new Promise((r) => setTimeout(r, 100));
-        }
-        const got = await wd('POST', `/session/${session}/execute/async`, {
-          script: `const done = arguments[arguments.length - 1];
-            (async () => { ${prelude}\n${tests[name]} })().then((r) => done({ r }), (e) => done({ error: String(e) }));`,
-          args: [],
-        });
+        await page.load(`${base}/test.html`);
+        const got = await page.run(`const done = arguments[arguments.length - 1];
+          (async () => { ${prelude}\n${tests[name]} })().then((r) => done({ r }), (e) => done({ error: String(e) }));`);
         if (got.error) throw new Error(got.error);
         check(got.r.ok === true, `Firefox, ${name} ${got.r.ok ? got.r.note ?? '' : JSON.stringify(got.r)}`);
       } catch (e) {
         check(false, `Firefox, ${name}: ${e.message.split('\n')[0]}`);
       }
     }
-  } finally {
-    if (session) await wd('DELETE', `/session/${session}`).catch(() => {});
-    driver.kill('SIGTERM');
-    await new Promise((r) => (driver.exitCode !== null ? r() : driver.once('exit', r)));
-    if (failures) console.error(log.slice(-2000));
-  }
+    if (failures) console.error(page.log().slice(-2000));
+  });
 }
 
 if (failures > 0) {

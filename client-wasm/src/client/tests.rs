@@ -738,6 +738,10 @@ fn tokens_are_refreshed_before_the_relays_expiry() {
     assert!(opens(&a).is_empty(), "no reconnect for a refresh");
     let a = frame(&mut c, r#"{"type":"refreshed","expires_at":3600}"#, 7000.0);
     assert_eq!(timer_ms(&a, TimerKind::Refresh), Some(3_563_000), "an hour's token: asked for 30 s before");
+    // An expiry the client's clock sees as past: asked for after a second, not at once (nor
+    // again as fast as the relay answers).
+    let a = frame(&mut c, r#"{"type":"refreshed","expires_at":1}"#, 7500.0);
+    assert_eq!(timer_ms(&a, TimerKind::Refresh), Some(1000));
     c.socket_closed(1, 1006, String::new(), 8000.0);
     let a = acts(&mut c);
     assert!(a.contains(&Action::ClearTimer { link: 1, kind: TimerKind::Refresh }));
